@@ -1,0 +1,5 @@
+"""``python -m crnn_core`` runs the ``crnn`` command line (also under torchrun)."""
+
+from .cli import main
+
+main()

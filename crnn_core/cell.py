@@ -1,0 +1,53 @@
+"""The Cell interface: a recurrent module that unrolls a whole sequence from a given state."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from .options import NoOptions
+
+#: A recurrent state: named tensors, each ``[B, *shape]`` (e.g. ``h`` and ``c`` for an LSTM).
+State = dict[str, Tensor]
+
+
+class Cell(nn.Module, ABC):
+    """Base class of every cell plugin.
+
+    Subclasses set ``name`` (the registry key) and, if they take options, an
+    ``Options`` dataclass; they are constructed as ``Cell(input_size, options)``.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, input_size: int, options: object) -> None:
+        super().__init__()
+        self.input_size = input_size  # features per input step
+        self.options = options
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int:
+        """Features per output step (the last dimension of ``forward``'s outputs)."""
+
+    @abstractmethod
+    def state_spec(self) -> dict[str, tuple[int, ...]]:
+        """Name -> per-example shape of each state component, e.g. ``{"h": (H,), "A": (H, H)}``.
+
+        Init strategies build exactly these components, each ``[B, *shape]``.
+        """
+
+    @abstractmethod
+    def forward(self, inputs: Tensor, state: State) -> tuple[Tensor, State]:
+        """Unroll over ``inputs [B, T, input_size]`` from ``state``.
+
+        Returns outputs ``[B, T, hidden_size]`` and the final state (same keys as
+        ``state_spec``).
+        """
+
+    def describe_backend(self) -> str:
+        """A short human-readable note of how the cell computes (e.g. which kernel)."""
+        return "pytorch"

@@ -1,0 +1,31 @@
+"""The ContextNetwork interface: maps a task's context features to a vector."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from .options import NoOptions
+
+
+class ContextNetwork(nn.Module, ABC):
+    """Base class of every context-network plugin.
+
+    Constructed as ``ContextNetwork(in_features, options)``; must set
+    ``self.out_features`` (the width of its output) in ``__init__``.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, in_features: int, options: object) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.options = options
+        self.out_features = in_features
+
+    @abstractmethod
+    def forward(self, features: Tensor) -> Tensor:
+        """``[B, in_features] -> [B, out_features]``."""

@@ -1,0 +1,22 @@
+"""User-facing errors: anything raised as a ``CrnnError`` is shown as one line, no traceback."""
+
+from __future__ import annotations
+
+
+class CrnnError(Exception):
+    """A problem with the user's input or environment, reported as a one-line message.
+
+    The CLI catches it, prints ``Error: <message>`` on stderr and exits with status 2.
+    """
+
+
+class ConfigError(CrnnError):
+    """An option, override or combination of components that cannot work."""
+
+
+class PluginError(CrnnError):
+    """A plugin failed to load or registered something invalid."""
+
+
+class CheckpointError(CrnnError):
+    """A checkpoint or run directory is missing, corrupt, or belongs to another run."""

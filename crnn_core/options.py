@@ -1,0 +1,126 @@
+"""Component options: typed dataclasses filled from ``--set scope.key=value`` overrides.
+
+Every component class has an ``Options`` dataclass. Each field carries a help text
+(``option(default, "help")``); values from the command line are converted to the
+field's type (int, float, bool, str, Literal[...], Optional[...]) and checked by the
+dataclass's ``__post_init__``. Every failure is a one-line ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, Literal, Union
+
+from .errors import ConfigError
+
+SCOPES = ("cell", "init", "context", "task", "train")
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a help text (shown by ``crnn list``)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """For components without options."""
+
+
+def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, dict[str, str]]:
+    """Split ``["cell.inner_steps=2", ...]`` into ``{"cell": {"inner_steps": "2"}}``."""
+    out: dict[str, dict[str, str]] = {scope: {} for scope in SCOPES}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        scope, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set expects scope.key=value (e.g. cell.inner_steps=2), got '{pair}'")
+        if scope not in out:
+            raise ConfigError(f"--set '{pair}': unknown scope '{scope}' (choose from {', '.join(SCOPES)})")
+        out[scope][name.strip()] = value.strip()
+    return out
+
+
+def _convert(raw: Any, typ: Any, where: str) -> Any:
+    """Convert a raw value (a string from the CLI, or a JSON value) to ``typ``."""
+    origin = typing.get_origin(typ)
+    if origin is Literal:
+        choices = typing.get_args(typ)
+        value = str(raw) if not isinstance(raw, str) else raw
+        for choice in choices:
+            if str(choice) == value:
+                return choice
+        raise ConfigError(f"{where}: '{raw}' is not one of {', '.join(map(str, choices))}")
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
+            return None
+        return _convert(raw, args[0], where)
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got '{raw}'")
+    if typ is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected an integer, got '{raw}'")
+        try:
+            if isinstance(raw, float) and raw.is_integer():
+                return int(raw)
+            return int(str(raw), 10)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got '{raw}'") from None
+    if typ is float:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got '{raw}'") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got '{raw}'")
+        return value
+    if typ is str:
+        return str(raw)
+    raise ConfigError(f"{where}: unsupported option type {typ!r}")
+
+
+def build_options(options_cls: type, raw: dict[str, Any], scope: str) -> Any:
+    """Instantiate ``options_cls`` from raw values, with one-line errors for bad input."""
+    hints = typing.get_type_hints(options_cls)
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        valid = ", ".join(sorted(fields)) or "none"
+        raise ConfigError(f"unknown option {scope}.{unknown[0]} (valid {scope} options: {valid})")
+    values = {name: _convert(value, hints[name], f"{scope}.{name}") for name, value in raw.items()}
+    try:
+        return options_cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{scope}: {exc}") from None
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition``; for ``Options.__post_init__``."""
+    if not condition:
+        raise ValueError(message)
+
+
+def describe(options_cls: type) -> list[dict[str, Any]]:
+    """Name, type, default and help of each option field, for listings and docs."""
+    hints = typing.get_type_hints(options_cls)
+    rows = []
+    for f in dataclasses.fields(options_cls):
+        rows.append(
+            {
+                "name": f.name,
+                "type": getattr(hints[f.name], "__name__", str(hints[f.name])),
+                "default": f.default,
+                "help": f.metadata.get("help", ""),
+            }
+        )
+    return rows

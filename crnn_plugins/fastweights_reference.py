@@ -1,0 +1,103 @@
+"""Pure-PyTorch fast-weights math (Ba et al. 2016): the `reference` backend and the naive loop.
+
+Both functions compute, for t = 1..T (xp_t = U x_t + b precomputed for all t):
+
+    p_t   = W h_{t-1} + xp_t
+    A_t   = lam * A_{t-1} + eta * h_{t-1} h_{t-1}^T
+    z_0   = f(p_t);  z_{s+1} = f(LayerNorm(p_t + A_t z_s)), s = 0..S-1;  h_t = z_S
+
+and return (outputs h_1..h_T as [B, T, H], A_T as [B, H, H]).
+
+``fastweights_reference`` never materialises A_t inside the loop: it uses
+A_t z = lam^t A_0 z + eta * sum_{tau<t} lam^(t-1-tau) h_tau (h_tau . z) and builds
+A_T once at the end. ``fastweights_naive`` updates an explicit A every step, as most
+public implementations do; it is kept for tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ACTIVATIONS = ("relu", "tanh")
+
+
+def _activation(name: str):
+    if name == "relu":
+        return torch.relu
+    if name == "tanh":
+        return torch.tanh
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+def fastweights_reference(
+    xp: Tensor,
+    h0: Tensor,
+    A0: Tensor,
+    W: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    lam: float,
+    eta: float,
+    inner_steps: int,
+    activation: str = "relu",
+    eps: float = 1e-5,
+) -> tuple[Tensor, Tensor]:
+    """Fast-weights unroll in "attention form"; see the module docstring for the equations."""
+    f = _activation(activation)
+    B, T, H = xp.shape
+    hs = [h0]
+    h = h0
+    outputs = []
+    WT = W.t()
+    for t in range(1, T + 1):
+        p = torch.addmm(xp[:, t - 1], h, WT)
+        past = torch.stack(hs, dim=1)  # [B, t, H]: h_0 .. h_{t-1}
+        powers = torch.arange(t - 1, -1, -1, device=xp.device, dtype=xp.dtype)
+        decay = eta * torch.pow(torch.as_tensor(lam, dtype=xp.dtype, device=xp.device), powers)  # [t]
+        lam_t = lam**t
+        z = f(p)
+        for _ in range(inner_steps):
+            scores = torch.bmm(past, z.unsqueeze(-1)).squeeze(-1) * decay  # [B, t]
+            Az = torch.bmm(scores.unsqueeze(1), past).squeeze(1)
+            Az = Az + lam_t * torch.bmm(A0, z.unsqueeze(-1)).squeeze(-1)
+            z = f(F.layer_norm(p + Az, (H,), gamma, beta, eps))
+        h = z
+        hs.append(h)
+        outputs.append(h)
+    past = torch.stack(hs[:-1], dim=1)  # h_0 .. h_{T-1}
+    powers = torch.arange(T - 1, -1, -1, device=xp.device, dtype=xp.dtype)
+    decay = eta * torch.pow(torch.as_tensor(lam, dtype=xp.dtype, device=xp.device), powers)
+    A_T = (lam**T) * A0 + torch.bmm(past.transpose(1, 2) * decay, past)
+    return torch.stack(outputs, dim=1), A_T
+
+
+def fastweights_naive(
+    xp: Tensor,
+    h0: Tensor,
+    A0: Tensor,
+    W: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    lam: float,
+    eta: float,
+    inner_steps: int,
+    activation: str = "relu",
+    eps: float = 1e-5,
+) -> tuple[Tensor, Tensor]:
+    """Fast-weights unroll that materialises A_t at every step (the common public implementation)."""
+    f = _activation(activation)
+    B, T, H = xp.shape
+    h, A = h0, A0
+    outputs = []
+    for t in range(T):
+        p = xp[:, t] + h @ W.t()
+        A = lam * A + eta * torch.bmm(h.unsqueeze(2), h.unsqueeze(1))
+        z = f(p)
+        for _ in range(inner_steps):
+            Az = torch.bmm(A, z.unsqueeze(-1)).squeeze(-1)
+            z = f(F.layer_norm(p + Az, (H,), gamma, beta, eps))
+        h = z
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), A

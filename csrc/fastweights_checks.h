@@ -1,0 +1,109 @@
+// Input validation shared by the CPU and CUDA implementations of the crnn:: ops.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace crnn {
+
+enum ActivationId : int { kActRelu = 0, kActTanh = 1 };
+
+inline int parse_activation(c10::string_view activation) {
+  if (activation == "relu") return kActRelu;
+  if (activation == "tanh") return kActTanh;
+  TORCH_CHECK(false, "crnn::fastweights: activation must be 'relu' or 'tanh', got '",
+              std::string(activation), "'");
+  return -1;
+}
+
+inline void check_same(const char* op, const at::Tensor& ref, const char* ref_name,
+                       const std::vector<std::pair<const char*, const at::Tensor*>>& ts) {
+  TORCH_CHECK(ref.scalar_type() == at::kFloat || ref.scalar_type() == at::kDouble, op, ": ",
+              ref_name, " must be float32 or float64, got ", ref.scalar_type());
+  for (const auto& nt : ts) {
+    const at::Tensor& t = *nt.second;
+    TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", nt.first, " has dtype ",
+                t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type(),
+                "; all tensors must have the same dtype");
+    TORCH_CHECK(t.device() == ref.device(), op, ": ", nt.first, " is on ", t.device(), " but ",
+                ref_name, " is on ", ref.device(), "; all tensors must be on the same device");
+  }
+  TORCH_CHECK(ref.is_contiguous(), op, ": ", ref_name, " must be contiguous (call .contiguous())");
+  for (const auto& nt : ts)
+    TORCH_CHECK(nt.second->is_contiguous(), op, ": ", nt.first,
+                " must be contiguous (call .contiguous())");
+}
+
+inline void check_shape(const char* op, const char* name, const at::Tensor& t,
+                        at::IntArrayRef expected, const char* symbolic) {
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", symbolic, " = ",
+              expected, ", got ", t.sizes());
+}
+
+// Returns the activation id; validates shapes, dtypes, devices, contiguity and scalars.
+inline int check_forward_args(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& A0,
+                              const at::Tensor& W, const at::Tensor& gamma,
+                              const at::Tensor& beta, double lam, double eta,
+                              int64_t inner_steps, c10::string_view activation, double eps) {
+  const char* op = "crnn::fastweights_fwd";
+  TORCH_CHECK(xp.dim() == 3, op, ": xp must be [B, T, H], got shape ", xp.sizes());
+  const int64_t B = xp.size(0), T = xp.size(1), H = xp.size(2);
+  TORCH_CHECK(T >= 1, op, ": the sequence length T must be >= 1, got ", T);
+  TORCH_CHECK(H >= 1, op, ": the hidden size H must be >= 1, got ", H);
+  check_same(op, xp, "xp",
+             {{"h0", &h0}, {"A0", &A0}, {"W", &W}, {"gamma", &gamma}, {"beta", &beta}});
+  check_shape(op, "h0", h0, {B, H}, "[B, H]");
+  check_shape(op, "A0", A0, {B, H, H}, "[B, H, H]");
+  check_shape(op, "W", W, {H, H}, "[H, H]");
+  check_shape(op, "gamma", gamma, {H}, "[H]");
+  check_shape(op, "beta", beta, {H}, "[H]");
+  TORCH_CHECK(inner_steps >= 1, op, ": inner_steps must be >= 1, got ", inner_steps);
+  TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  TORCH_CHECK(std::isfinite(lam) && std::isfinite(eta), op, ": lam and eta must be finite");
+  return parse_activation(activation);
+}
+
+inline int check_backward_args(const c10::optional<at::Tensor>& grad_out,
+                               const c10::optional<at::Tensor>& grad_AT, const at::Tensor& h0,
+                               const at::Tensor& A0, const at::Tensor& W,
+                               const at::Tensor& gamma, const at::Tensor& out,
+                               const at::Tensor& zs, const at::Tensor& xhat,
+                               const at::Tensor& rstd, int64_t inner_steps,
+                               c10::string_view activation) {
+  const char* op = "crnn::fastweights_bwd";
+  TORCH_CHECK(out.dim() == 3, op, ": out must be [B, T, H], got shape ", out.sizes());
+  const int64_t B = out.size(0), T = out.size(1), H = out.size(2), S = inner_steps;
+  TORCH_CHECK(T >= 1 && H >= 1, op, ": empty sequence or hidden size");
+  TORCH_CHECK(inner_steps >= 1, op, ": inner_steps must be >= 1, got ", inner_steps);
+  std::vector<std::pair<const char*, const at::Tensor*>> ts = {
+      {"h0", &h0}, {"A0", &A0}, {"W", &W}, {"gamma", &gamma},
+      {"zs", &zs}, {"xhat", &xhat}, {"rstd", &rstd}};
+  if (grad_out.has_value()) ts.emplace_back("grad_out", &*grad_out);
+  if (grad_AT.has_value()) ts.emplace_back("grad_AT", &*grad_AT);
+  check_same(op, out, "out", ts);
+  check_shape(op, "h0", h0, {B, H}, "[B, H]");
+  check_shape(op, "A0", A0, {B, H, H}, "[B, H, H]");
+  check_shape(op, "W", W, {H, H}, "[H, H]");
+  check_shape(op, "gamma", gamma, {H}, "[H]");
+  TORCH_CHECK(zs.numel() > 0 || B == 0, op,
+              ": the forward was run with save=False, so nothing was saved for the backward");
+  check_shape(op, "zs", zs, {B, T, S, H}, "[B, T, S, H]");
+  check_shape(op, "xhat", xhat, {B, T, S, H}, "[B, T, S, H]");
+  check_shape(op, "rstd", rstd, {B, T, S}, "[B, T, S]");
+  if (grad_out.has_value()) check_shape(op, "grad_out", *grad_out, {B, T, H}, "[B, T, H]");
+  if (grad_AT.has_value()) check_shape(op, "grad_AT", *grad_AT, {B, H, H}, "[B, H, H]");
+  return parse_activation(activation);
+}
+
+// dW = sum_{b,t} dp_{b,t} h_{b,t-1}^T as one GEMM, with dp = dxp.
+inline at::Tensor weight_grad(const at::Tensor& dxp, const at::Tensor& h0, const at::Tensor& out) {
+  const int64_t B = out.size(0), T = out.size(1), H = out.size(2);
+  at::Tensor hprev = T > 1 ? at::cat({h0.unsqueeze(1), out.narrow(1, 0, T - 1)}, 1)
+                           : h0.unsqueeze(1);
+  return at::mm(dxp.reshape({B * T, H}).t(), hprev.reshape({B * T, H}));
+}
+
+}  // namespace crnn

@@ -1,0 +1,226 @@
+// The crnn:: fast-weights custom ops: schema, CPU implementation and the Python module.
+//
+//   crnn::fastweights_fwd(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation,
+//                         eps, save) -> (out, A_T, zs, xhat, rstd)
+//   crnn::fastweights_bwd(grad_out?, grad_AT?, h0, A0, W, gamma, out, zs, xhat, rstd,
+//                         lam, eta, inner_steps, activation, need_dA0)
+//                         -> (dxp, dh0, dA0, dW, dgamma, dbeta)
+//
+// zs/xhat/rstd are what the backward needs besides the inputs and `out` ([B,T,S,H],
+// [B,T,S,H], [B,T,S]); with save=False they are empty. dA0 is empty unless need_dA0.
+// Autograd and the fake (meta) implementations are registered from Python
+// (crnn_plugins/fastweights_fused.py). The CUDA implementation is in fastweights_cuda.cpp.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "fastweights_checks.h"
+#include "fastweights_cpu_kernel.h"
+
+namespace crnn {
+namespace {
+
+using at::Tensor;
+
+template <typename T>
+struct SharedBuffers {
+  std::vector<T> WTp, Wp, gamma, beta, mask, lam_pow;
+  cpu::Shared<T> sh;
+
+  SharedBuffers(const Tensor& W, const Tensor& gamma_t, const Tensor* beta_t, int64_t B,
+                int64_t Tn, int64_t H, int64_t S, double lam, double eta, double eps,
+                bool forward) {
+    const int64_t Hp = cpu::padded<T>(H);
+    const T* w = W.data_ptr<T>();
+    if (forward) {
+      WTp.assign(H * Hp, T(0));
+      for (int64_t j = 0; j < H; ++j)
+        for (int64_t i = 0; i < H; ++i) WTp[j * Hp + i] = w[i * H + j];
+    } else {
+      Wp.assign(H * Hp, T(0));
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < H; ++j) Wp[i * Hp + j] = w[i * H + j];
+    }
+    gamma.assign(Hp, T(0));
+    beta.assign(Hp, T(0));
+    mask.assign(Hp, T(0));
+    const T* g = gamma_t.data_ptr<T>();
+    for (int64_t i = 0; i < H; ++i) {
+      gamma[i] = g[i];
+      mask[i] = T(1);
+    }
+    if (beta_t) {
+      const T* bt = beta_t->data_ptr<T>();
+      for (int64_t i = 0; i < H; ++i) beta[i] = bt[i];
+    }
+    lam_pow.assign(Tn + 1, T(0));
+    double lp = 1.0;
+    for (int64_t k = 0; k <= Tn; ++k) {
+      lam_pow[k] = static_cast<T>(lp);
+      lp *= lam;
+    }
+    sh.B = B;
+    sh.T_len = Tn;
+    sh.H = H;
+    sh.Hp = Hp;
+    sh.S = S;
+    sh.lam = static_cast<T>(lam);
+    sh.eta = static_cast<T>(eta);
+    sh.eps = static_cast<T>(eps);
+    sh.WTp = WTp.empty() ? nullptr : WTp.data();
+    sh.Wp = Wp.empty() ? nullptr : Wp.data();
+    sh.gamma = gamma.data();
+    sh.beta = beta.data();
+    sh.mask = mask.data();
+    sh.lam_pow = lam_pow.data();
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
+    const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
+    const Tensor& beta, double lam, double eta, int64_t inner_steps,
+    c10::string_view activation, double eps, bool save) {
+  const int act = check_forward_args(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps,
+                                     activation, eps);
+  TORCH_CHECK(xp.device().is_cpu(), "crnn::fastweights_fwd: CPU implementation got ",
+              xp.device(), " tensors");
+  const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
+  Tensor out = at::empty({B, Tn, H}, xp.options());
+  Tensor AT = at::empty({B, H, H}, xp.options());
+  Tensor zs = save ? at::empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
+  Tensor xhat = save ? at::empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
+  Tensor rstd = save ? at::empty({B, Tn, S}, xp.options()) : at::empty({0}, xp.options());
+  if (B == 0) return {out, AT, zs, xhat, rstd};
+
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cpu", [&] {
+    using T = scalar_t;
+    SharedBuffers<T> buf(W, gamma, &beta, B, Tn, H, S, lam, eta, eps, /*forward=*/true);
+    cpu::FwdIO<T> io;
+    io.xp = xp.data_ptr<T>();
+    io.h0 = h0.data_ptr<T>();
+    io.A0 = A0.data_ptr<T>();
+    io.out = out.data_ptr<T>();
+    io.AT = AT.data_ptr<T>();
+    io.zs = save ? zs.data_ptr<T>() : nullptr;
+    io.xhat = save ? xhat.data_ptr<T>() : nullptr;
+    io.rstd = save ? rstd.data_ptr<T>() : nullptr;
+    const cpu::Shared<T>& sh = buf.sh;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      cpu::FwdScratch<T> ws;
+      ws.init(sh);
+      for (int64_t b = b0; b < b1; ++b) {
+        if (act == kActRelu)
+          cpu::forward_example<cpu::kRelu, T>(sh, io, b, ws);
+        else
+          cpu::forward_example<cpu::kTanh, T>(sh, io, b, ws);
+      }
+    });
+  });
+  return {out, AT, zs, xhat, rstd};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
+    const c10::optional<Tensor>& grad_out, const c10::optional<Tensor>& grad_AT,
+    const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma, const Tensor& out,
+    const Tensor& zs, const Tensor& xhat, const Tensor& rstd, double lam, double eta,
+    int64_t inner_steps, c10::string_view activation, bool need_dA0) {
+  const int act = check_backward_args(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
+                                      inner_steps, activation);
+  TORCH_CHECK(out.device().is_cpu(), "crnn::fastweights_bwd: CPU implementation got ",
+              out.device(), " tensors");
+  const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
+  Tensor dxp = at::empty({B, Tn, H}, out.options());
+  Tensor dh0 = at::empty({B, H}, out.options());
+  Tensor dA0 = need_dA0 ? at::empty({B, H, H}, out.options()) : at::empty({0}, out.options());
+  Tensor dgamma_part = at::empty({B, H}, out.options());
+  Tensor dbeta_part = at::empty({B, H}, out.options());
+  if (B == 0) {
+    return {dxp, dh0, dA0, at::zeros({H, H}, out.options()), at::zeros({H}, out.options()),
+            at::zeros({H}, out.options())};
+  }
+
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cpu", [&] {
+    using T = scalar_t;
+    SharedBuffers<T> buf(W, gamma, nullptr, B, Tn, H, S, lam, eta, 1e-5, /*forward=*/false);
+    cpu::BwdIO<T> io;
+    io.gout = grad_out.has_value() ? grad_out->data_ptr<T>() : nullptr;
+    io.gAT = grad_AT.has_value() ? grad_AT->data_ptr<T>() : nullptr;
+    io.h0 = h0.data_ptr<T>();
+    io.A0 = A0.data_ptr<T>();
+    io.out = out.data_ptr<T>();
+    io.zs = zs.data_ptr<T>();
+    io.xhat = xhat.data_ptr<T>();
+    io.rstd = rstd.data_ptr<T>();
+    io.dxp = dxp.data_ptr<T>();
+    io.dh0 = dh0.data_ptr<T>();
+    io.dA0 = need_dA0 ? dA0.data_ptr<T>() : nullptr;
+    io.dgamma_part = dgamma_part.data_ptr<T>();
+    io.dbeta_part = dbeta_part.data_ptr<T>();
+    const cpu::Shared<T>& sh = buf.sh;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      cpu::BwdScratch<T> ws;
+      ws.init(sh);
+      for (int64_t b = b0; b < b1; ++b) {
+        if (act == kActRelu)
+          cpu::backward_example<cpu::kRelu, T>(sh, io, b, ws);
+        else
+          cpu::backward_example<cpu::kTanh, T>(sh, io, b, ws);
+      }
+    });
+  });
+  Tensor dW = weight_grad(dxp, h0, out);
+  return {dxp, dh0, dA0, dW, dgamma_part.sum(0), dbeta_part.sum(0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(crnn, m) {
+  m.def(
+      "fastweights_fwd(Tensor xp, Tensor h0, Tensor A0, Tensor W, Tensor gamma, Tensor beta, "
+      "float lam, float eta, int inner_steps, str activation, float eps, bool save) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "fastweights_bwd(Tensor? grad_out, Tensor? grad_AT, Tensor h0, Tensor A0, Tensor W, "
+      "Tensor gamma, Tensor out, Tensor zs, Tensor xhat, Tensor rstd, float lam, float eta, "
+      "int inner_steps, str activation, bool need_dA0) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(crnn, CPU, m) {
+  m.impl("fastweights_fwd", &fastweights_fwd_cpu);
+  m.impl("fastweights_bwd", &fastweights_bwd_cpu);
+}
+
+}  // namespace crnn
+
+namespace {
+
+const char* cpu_isa() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__)
+  return "avx2";
+#elif defined(__SSE2__) || defined(__aarch64__)
+  return "baseline-simd";
+#else
+  return "scalar";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "crnn fused fast-weights kernels; the ops are torch.ops.crnn.fastweights_fwd/_bwd";
+  m.def("build_info", []() {
+    pybind11::dict d;
+#ifdef CRNN_WITH_CUDA
+    d["cuda"] = true;
+#else
+    d["cuda"] = false;
+#endif
+    d["cpu_isa"] = cpu_isa();
+    d["openmp"] = static_cast<bool>(AT_PARALLEL_OPENMP);
+    return d;
+  });
+}

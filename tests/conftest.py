@@ -1,0 +1,40 @@
+"""Shared fixtures: a CLI runner and tiny task sizes so end-to-end runs take seconds."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from crnn_core import plugins as plugins_module
+
+#: `--set` overrides that shrink ART to a few hundred sequences.
+TINY_ART = ["--set", "task.train_size=256", "--set", "task.val_size=128", "--batch-size", "64"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def fresh_plugins():
+    """A plugin system with built-ins only, installed as the process-wide one for the test."""
+    system = plugins_module.PluginSystem(load_entry_points=False).fill()
+    plugins_module.reset_plugins(system)
+    yield system
+    plugins_module.reset_plugins(None)
+
+
+def invoke(runner: CliRunner, args: list[str]):
+    from crnn_core.cli import cli
+
+    return runner.invoke(cli, args, catch_exceptions=False)
+
+
+def assert_one_line_error(result, fragment: str) -> None:
+    """Non-zero exit, a single 'Error: ...' line containing ``fragment``, no traceback."""
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout

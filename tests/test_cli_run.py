@@ -1,0 +1,123 @@
+"""`crnn run` end to end on tiny data: the run directory, resume, and bad input."""
+
+import json
+
+import pytest
+import torch
+
+from .conftest import TINY_ART, assert_one_line_error, invoke
+
+
+def run_tiny(runner, out, *extra):
+    return invoke(runner, ["run", "--cell", "fastweights", "--init", "learned", "--task", "art", "--epochs", "2",
+                           "--out", str(out), "-q", *TINY_ART, "--set", "cell.backend=reference", *extra])
+
+
+def test_run_writes_the_run_directory(runner, tmp_path):
+    out = tmp_path / "run"
+    result = run_tiny(runner, out)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["epochs"] == 2 and summary["steps"] == 8
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["cell"] == "fastweights" and config["model"]["context"] == "linear"
+    assert config["model"]["cell_options"]["lam"] == 0.95 and config["model"]["task_options"]["train_size"] == 256
+    assert config["train"]["lr"] == 1e-3 and config["train"]["batch_size"] == 64
+    assert (out / "command.txt").read_text().startswith("crnn run")
+    plugins = json.loads((out / "plugins.json").read_text())
+    assert plugins["cell"]["package"] == "crnn" and plugins["task"]["name"] == "art"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"epoch", "step", "split", "loss", "metrics", "wall_time"} <= set(records[0])
+    assert {"nll", "accuracy"} == set(records[0]["metrics"])
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(out / "checkpoints" / name, weights_only=True)
+        assert ckpt["format"] == "crnn-checkpoint-v1" and "model" in ckpt and "optimizer" in ckpt and "rng" in ckpt
+
+
+def test_resume_gives_the_same_metrics(runner, tmp_path):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert run_tiny(runner, whole, "--epochs", "3", "--set", "init.distribution=normal").exit_code == 0
+    assert run_tiny(runner, part, "--epochs", "1", "--set", "init.distribution=normal").exit_code == 0
+    result = invoke(runner, ["run", "--resume", str(part), "--epochs", "3", "-q"])
+    assert result.exit_code == 0, result.stderr
+
+    def strip(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in path.read_text().splitlines()]
+
+    assert strip(whole / "metrics.jsonl") == strip(part / "metrics.jsonl")
+    assert len((part / "command.txt").read_text().splitlines()) == 2
+
+
+def test_progress_lines_on_stderr_only(runner, tmp_path):
+    result = invoke(runner, ["run", "--epochs", "1", "--out", str(tmp_path / "r"), *TINY_ART, "--init", "zero"])
+    assert result.exit_code == 0
+    assert "epoch 1/1" in result.stderr and "epoch 1/1" not in result.stdout
+    json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--cell", "fastweight"], "Unknown cell 'fastweight'. Did you mean 'fastweights'? (see: crnn list cells)"),
+        (["--init", "learnd"], "Did you mean 'learned'?"),
+        (["--task", "nope"], "Unknown task 'nope'"),
+        (["--context", "mpl"], "Did you mean 'mlp'?"),
+        (["--set", "cell.inner_steps"], "--set expects scope.key=value"),
+        (["--set", "cell.nope=1"], "unknown option cell.nope"),
+        (["--set", "model.x=1"], "unknown scope 'model'"),
+        (["--set", "cell.hidden_size=abc"], "cell.hidden_size: expected an integer"),
+        (["--set", "cell.hidden_size=0"], "hidden_size must be positive"),
+        (["--set", "cell.hidden_size=-4"], "hidden_size must be positive"),
+        (["--set", "task.train_size=0"], "train_size must be positive"),
+        (["--set", "cell.activation=gelu"], "not one of relu, tanh"),
+        (["--epochs", "0"], "epochs must be positive"),
+        (["--batch-size", "-1"], "batch_size must be positive"),
+        (["--lr", "0"], "lr must be positive"),
+        (["--device", "tpu"], "device must be cpu or cuda"),
+        (["--init", "zero", "--context", "mlp"], "uses no context"),
+    ],
+)
+def test_bad_input_is_one_line(runner, tmp_path, args, fragment):
+    result = invoke(runner, ["run", "--out", str(tmp_path / "r"), *TINY_ART, *args])
+    assert_one_line_error(result, fragment)
+
+
+def test_cuda_without_cuda(runner, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert_one_line_error(invoke(runner, ["run", "--out", str(tmp_path / "r"), *TINY_ART, "--device", "cuda"]), "no CUDA device")
+
+
+def test_existing_run_is_not_overwritten(runner, tmp_path):
+    out = tmp_path / "run"
+    assert run_tiny(runner, out, "--epochs", "1").exit_code == 0
+    before = (out / "metrics.jsonl").read_text()
+    assert_one_line_error(run_tiny(runner, out, "--epochs", "1"), "already holds a run")
+    assert (out / "metrics.jsonl").read_text() == before
+    assert run_tiny(runner, out, "--epochs", "1", "--force").exit_code == 0
+
+
+def test_resume_errors(runner, tmp_path):
+    assert_one_line_error(invoke(runner, ["run", "--resume", str(tmp_path / "missing")]), "not a run directory")
+    out = tmp_path / "run"
+    assert run_tiny(runner, out, "--epochs", "1").exit_code == 0
+    assert_one_line_error(invoke(runner, ["run", "--resume", str(out), "--lr", "0.1"]), "cannot be combined with --resume")
+    (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    assert_one_line_error(invoke(runner, ["run", "--resume", str(out)]), "corrupt or not a crnn checkpoint")
+    (out / "checkpoints" / "last.pt").unlink()
+    assert_one_line_error(invoke(runner, ["run", "--resume", str(out)]), "is missing")
+
+
+def test_list_and_help(runner):
+    result = invoke(runner, ["list"])
+    assert result.exit_code == 0
+    for name in ("fastweights", "lstm", "zero", "free", "learned", "identity", "linear", "mlp", "art"):
+        assert f"  {name} " in result.stdout
+    data = json.loads(invoke(runner, ["list", "cells", "--json"]).stdout)
+    fw = next(e for e in data["cells"] if e["name"] == "fastweights")
+    assert fw["package"] == "crnn" and {o["name"] for o in fw["options"]} >= {"lam", "eta", "inner_steps", "backend"}
+    assert "cell: inner_steps=1" in invoke(runner, ["list", "cells", "--options"]).stdout
+    for command in (["--help"], ["run", "--help"], ["list", "--help"], ["plugins", "--help"]):
+        result = invoke(runner, command)
+        assert result.exit_code == 0 and "Example" in result.stdout

@@ -1,0 +1,30 @@
+"""The code in the docs runs: the worked plugin example in docs/plugins.md."""
+
+import re
+import types
+from pathlib import Path
+
+from crnn_core.model import ModelSpec, build_model
+
+from .conftest import TINY_ART, invoke
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def test_plugins_worked_example(fresh_plugins, runner, tmp_path):
+    module = types.ModuleType("docs_scalar_plugin")
+    exec(compile(python_blocks(DOCS / "plugins.md")[0], "docs/plugins.md", "exec"), module.__dict__)
+    fresh_plugins.register(module, name="docs-scalar")
+    assert fresh_plugins.registry("inits").get("scalar").cls is module.ScalarInit
+    built = build_model(ModelSpec("fastweights", "scalar", "art", init_options={"start": "0.1"},
+                                  cell_options={"backend": "reference"}), fresh_plugins)
+    assert set(built.model.init.values) == {"h", "A"}
+    result = invoke(runner, ["run", "--cell", "fastweights", "--init", "scalar", "--task", "art", "--epochs", "1",
+                             "--set", "init.start=0.1", "--out", str(tmp_path / "r"), "-q", *TINY_ART])
+    assert result.exit_code == 0, result.stderr
+    bad = invoke(runner, ["run", "--init", "scalar", "--set", "init.start=99", "--out", str(tmp_path / "s"), *TINY_ART])
+    assert bad.exit_code == 2 and "start must be in [-10, 10]" in bad.stderr
