@@ -273,20 +273,28 @@ def plugins(as_json: bool) -> None:
             click.echo(f"    error: {error}")
 
 
-def _attach_extra_commands() -> None:
-    """Add the kernel commands and plugin commands; failures never break the CLI."""
+def _add_builtin_commands() -> None:
+    """The commands that live in their own modules (generation, plots, grids, kernels)."""
     from .generate import sample_command
     from .plot import plot_command
+    from .reproduce import reproduce_command
 
     cli.add_command(sample_command, "sample")
     cli.add_command(plot_command, "plot")
+    cli.add_command(reproduce_command, "reproduce")
     try:
         from .bench import bench_command, kernels_command
+    except ImportError:  # pragma: no cover - bench.py ships with the package
+        return
+    cli.add_command(bench_command, "bench")
+    cli.add_command(kernels_command, "kernels")
 
-        cli.add_command(bench_command, "bench")
-        cli.add_command(kernels_command, "kernels")
-    except ImportError:
-        pass
+
+_add_builtin_commands()
+
+
+def _attach_extra_commands() -> None:
+    """Add the commands of plugins (``register_commands``); a failing plugin is only reported."""
     get_plugins().add_commands(cli)
 
 

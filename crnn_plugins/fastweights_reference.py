@@ -47,28 +47,27 @@ def fastweights_reference(
     """Fast-weights unroll in "attention form"; see the module docstring for the equations."""
     f = _activation(activation)
     B, T, H = xp.shape
-    hs = [h0]
+    hs = [h0]  # h_0 .. h_{t-1}
     h = h0
     outputs = []
     WT = W.t()
+    # Products with tiny per-example matrices are written as broadcast multiply + sum:
+    # on the CPU this is 2-3x faster than torch.bmm's per-example GEMV (see docs/kernels.md).
     for t in range(1, T + 1):
         p = torch.addmm(xp[:, t - 1], h, WT)
-        past = torch.stack(hs, dim=1)  # [B, t, H]: h_0 .. h_{t-1}
-        powers = torch.arange(t - 1, -1, -1, device=xp.device, dtype=xp.dtype)
-        decay = eta * torch.pow(torch.as_tensor(lam, dtype=xp.dtype, device=xp.device), powers)  # [t]
+        past = torch.stack(hs, dim=1)  # [B, t, H]
+        decay = xp.new_tensor([eta * lam ** (t - 1 - tau) for tau in range(t)])  # [t]
         lam_t = lam**t
         z = f(p)
         for _ in range(inner_steps):
-            scores = torch.bmm(past, z.unsqueeze(-1)).squeeze(-1) * decay  # [B, t]
-            Az = torch.bmm(scores.unsqueeze(1), past).squeeze(1)
-            Az = Az + lam_t * torch.bmm(A0, z.unsqueeze(-1)).squeeze(-1)
+            scores = (past * z.unsqueeze(1)).sum(-1) * decay  # [B, t]: eta lam^(t-1-tau) h_tau . z
+            Az = (scores.unsqueeze(-1) * past).sum(1) + lam_t * (A0 * z.unsqueeze(1)).sum(-1)
             z = f(F.layer_norm(p + Az, (H,), gamma, beta, eps))
         h = z
         hs.append(h)
         outputs.append(h)
     past = torch.stack(hs[:-1], dim=1)  # h_0 .. h_{T-1}
-    powers = torch.arange(T - 1, -1, -1, device=xp.device, dtype=xp.dtype)
-    decay = eta * torch.pow(torch.as_tensor(lam, dtype=xp.dtype, device=xp.device), powers)
+    decay = xp.new_tensor([eta * lam ** (T - 1 - tau) for tau in range(T)])
     A_T = (lam**T) * A0 + torch.bmm(past.transpose(1, 2) * decay, past)
     return torch.stack(outputs, dim=1), A_T
 

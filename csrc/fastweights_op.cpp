@@ -65,6 +65,7 @@ struct SharedBuffers {
     sh.H = H;
     sh.Hp = Hp;
     sh.S = S;
+    sh.Tp = cpu::padded<T>(Tn + 1);
     sh.lam = static_cast<T>(lam);
     sh.eta = static_cast<T>(eta);
     sh.eps = static_cast<T>(eps);

@@ -1,0 +1,279 @@
+"""``crnn reproduce art|lcd``: the paper's experiment grids, their figures and tables.
+
+Each run of a grid is a ``crnn run`` subprocess writing ``<out>/<init>_s<seed>/``; with
+``--jobs J`` up to J run at once, each pinned to its share of the CPU cores (and as many
+torch threads). Re-running the same command skips finished runs and resumes the
+interrupted ones from their ``last.pt``. Figures and a markdown table are written to
+``<out>/`` at the end (or alone with ``--report-only``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import ConfigError
+from .plot import collect, draw
+from .rundir import is_run_dir, read_metrics
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One of the paper's grids: the model, the inits compared and their extra options."""
+
+    task: str
+    cell: str
+    cell_options: tuple[str, ...]
+    inits: dict[str, tuple[str, ...]]  # init name -> --set overrides for that arm
+    epochs: int
+    metrics: tuple[str, ...]  # validation metrics drawn, one PNG each
+
+
+EXPERIMENTS = {
+    "art": Experiment(
+        task="art",
+        cell="fastweights",
+        cell_options=("cell.hidden_size=50",),
+        inits={"zero": (), "free": (), "learned": ()},
+        epochs=200,
+        metrics=("nll", "accuracy"),
+    ),
+    "lcd": Experiment(
+        task="lcd",
+        cell="lstm",
+        cell_options=("cell.hidden_size=128",),
+        inits={"zero": (), "learned": ("init.distribution=normal", "init.sigma_init=0.25")},
+        epochs=65,
+        metrics=("squared_error", "rollout_mse"),
+    ),
+}
+ART_THRESHOLDS = (0.9, 0.99, 1.0)
+
+
+@dataclass
+class GridRun:
+    init: str
+    seed: int
+    path: Path
+    args: list[str]  # arguments of `crnn run` for a fresh start
+
+
+def plan(exp: Experiment, inits: list[str], seeds: int, epochs: int, out: Path, early_stop: bool,
+         extra: tuple[str, ...]) -> list[GridRun]:
+    runs = []
+    for seed in range(seeds):
+        for init in inits:
+            path = out / f"{init}_s{seed}"
+            sets = [*exp.cell_options, *exp.inits[init], *extra]
+            args = ["run", "--cell", exp.cell, "--init", init, "--task", exp.task, "--seed", str(seed),
+                    "--epochs", str(epochs), "--out", str(path), "-q",
+                    "--early-stop" if early_stop else "--no-early-stop"]
+            for item in sets:
+                args += ["--set", item]
+            runs.append(GridRun(init, seed, path, args))
+    return runs
+
+
+def is_finished(run: GridRun, epochs: int) -> bool:
+    summary = run.path / "summary.json"
+    if not summary.is_file():
+        return False
+    data = json.loads(summary.read_text())
+    return data.get("epochs", 0) >= epochs or bool(data.get("stopped_early"))
+
+
+def core_groups(jobs: int) -> list[set[int]]:
+    """Split this process's CPU cores into ``jobs`` disjoint groups (round-robin)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    jobs = min(jobs, len(cores))
+    return [set(cores[i::jobs]) for i in range(jobs)]
+
+
+def execute(run: GridRun, epochs: int, cores: set[int]) -> dict[str, Any]:
+    """Run (or resume) one grid run pinned to ``cores``; returns its summary."""
+    if is_run_dir(run.path) and (run.path / "checkpoints" / "last.pt").is_file():
+        args = ["run", "--resume", str(run.path), "--epochs", str(epochs), "-q"]
+    else:
+        args = [*run.args, "--force"]
+    args += [] if "--resume" in args else ["--set", f"train.threads={len(cores)}"]
+
+    def pin() -> None:
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cores)
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(len(cores)))
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "crnn_core", *args], capture_output=True, text=True,
+                          preexec_fn=pin, env=env)
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"grid run {run.path} failed (exit {proc.returncode}): {reason}")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary["process_seconds"] = round(time.time() - started, 1)
+    (run.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_grid(runs: list[GridRun], epochs: int, jobs: int) -> None:
+    groups: queue.Queue[set[int]] = queue.Queue()
+    for group in core_groups(jobs):
+        groups.put(group)
+    todo = [r for r in runs if not is_finished(r, epochs)]
+    click.echo(f"crnn reproduce: {len(runs) - len(todo)} of {len(runs)} runs already finished; "
+               f"{len(todo)} to go with {groups.qsize()} job(s)", err=True)
+
+    def work(run: GridRun) -> None:
+        cores = groups.get()
+        try:
+            click.echo(f"  start {run.path.name} on cores {sorted(cores)}", err=True)
+            summary = execute(run, epochs, cores)
+            click.echo(f"  done  {run.path.name}: {summary['epochs']} epochs, {summary['wall_time']:.0f}s training", err=True)
+        finally:
+            groups.put(cores)
+
+    with ThreadPoolExecutor(max_workers=groups.qsize()) as pool:
+        for future in [pool.submit(work, r) for r in todo]:
+            future.result()
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.4g} ± {std:.2g}" if len(values) > 1 else f"{mean:.4g}"
+
+
+def _reached(records: list[dict[str, Any]], threshold: float) -> tuple[int, float] | None:
+    for r in records:
+        if r["metrics"].get("accuracy", 0.0) >= threshold:
+            return r["epoch"], r["wall_time"]
+    return None
+
+
+def art_table(runs: list[GridRun], inits: list[str]) -> str:
+    """Markdown: per init, epochs and wall time to 90/99/100% accuracy, best accuracy, final NLL."""
+    head = ["init", "seeds"]
+    for t in ART_THRESHOLDS:
+        head += [f"epochs to {t:.0%}", f"seconds to {t:.0%}"]
+    head += ["best accuracy", "final NLL", "epochs run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for init in inits:
+        records = [read_metrics(r.path / "metrics.jsonl") for r in runs if r.init == init]
+        records = [r for r in records if r]
+        row = [init, str(len(records))]
+        for t in ART_THRESHOLDS:
+            hits = [h for h in (_reached(r, t) for r in records) if h is not None]
+            suffix = "" if len(hits) == len(records) else f" ({len(hits)}/{len(records)} reached)"
+            row += [_mean_std([h[0] for h in hits]) + suffix, _mean_std([h[1] for h in hits])]
+        row += [
+            _mean_std([max(x["metrics"]["accuracy"] for x in r) for r in records]),
+            _mean_std([r[-1]["metrics"]["nll"] for r in records]),
+            _mean_std([r[-1]["epoch"] for r in records]),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def final_table(runs: list[GridRun], inits: list[str], metrics: tuple[str, ...]) -> str:
+    """Markdown: per init, final and best value of each metric (mean ± std over seeds)."""
+    head = ["init", "seeds", *[f"final {m}" for m in metrics], *[f"best {m}" for m in metrics], "epochs run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for init in inits:
+        records = [r for r in (read_metrics(g.path / "metrics.jsonl") for g in runs if g.init == init) if r]
+        row = [init, str(len(records))]
+        row += [_mean_std([r[-1]["metrics"][m] for r in records if m in r[-1]["metrics"]]) for m in metrics]
+        row += [_mean_std([min(x["metrics"][m] for x in r if m in x["metrics"]) for r in records if m in r[-1]["metrics"]]) for m in metrics]
+        row.append(_mean_std([r[-1]["epoch"] for r in records]))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(name: str, exp: Experiment, runs: list[GridRun], inits: list[str], out: Path) -> dict[str, Any]:
+    """Write the figures and the table; return what was written."""
+    done = [r.path for r in runs if is_run_dir(r.path) and read_metrics(r.path / "metrics.jsonl")]
+    if not done:
+        raise ConfigError(f"no finished epochs under {out} to report on")
+    figures = []
+    for metric in exp.metrics:
+        metric_name, groups, higher = collect(done, metric)
+        logy = not higher and all(p["min"] > 0 for g in groups for p in g["curve"])
+        path = out / f"{name}_val_{metric}.png"
+        draw(metric_name, groups, path, "std", logy, f"{name.upper()}: validation {metric} (mean ± 1 std over seeds)")
+        figures.append(str(path))
+    if name == "lcd":
+        figures += lcd_samples(runs, out)
+    table = art_table(runs, inits) if name == "art" else final_table(runs, inits, exp.metrics)
+    (out / "results.md").write_text(table)
+    return {"figures": figures, "table": str(out / "results.md"), "markdown": table}
+
+
+def lcd_samples(runs: list[GridRun], out: Path) -> list[str]:
+    """Figure 6: samples of the first learned run for T = 2.0 and T = 3.0."""
+    learned = [r for r in runs if r.init == "learned" and is_run_dir(r.path)]
+    if not learned:
+        return []
+    paths = []
+    for period in (2.0, 3.0):
+        path = out / f"lcd_samples_T{period:g}.png"
+        proc = subprocess.run([sys.executable, "-m", "crnn_core", "sample", str(learned[0].path), "--period", str(period),
+                               "--x0", "3.0", "-n", "10", "--out", str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ConfigError(f"sampling {learned[0].path} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        paths.append(str(path))
+    return paths
+
+
+REPRODUCE_EXAMPLES = """
+\b
+Examples:
+  crnn reproduce art --seeds 3 --jobs 2 --early-stop --out runs/reproduce-art
+  crnn reproduce lcd --seeds 3 --jobs 2
+  crnn reproduce art --seeds 1 --epochs 2 --set task.train_size=2000 --out /tmp/quick
+  crnn reproduce art --out runs/reproduce-art --report-only   # redraw from finished runs
+"""
+
+
+@click.command(epilog=REPRODUCE_EXAMPLES)
+@click.argument("experiment", type=click.Choice(sorted(EXPERIMENTS)))
+@click.option("--seeds", type=int, default=3, show_default=True, help="seeds per init strategy")
+@click.option("--epochs", type=int, help="epochs per run  [default: the paper's: art 200, lcd 65]")
+@click.option("--inits", help="comma-separated subset of the init strategies to run")
+@click.option("--out", type=click.Path(path_type=Path), help="grid directory  [default: runs/reproduce-<experiment>]")
+@click.option("--jobs", type=int, default=1, show_default=True, help="runs at once, each pinned to its share of the cores")
+@click.option("--early-stop/--no-early-stop", default=False, show_default=True, help="stop a run at 100% validation accuracy (art)")
+@click.option("--set", "overrides", multiple=True, metavar="SCOPE.KEY=VALUE", help="extra option for every run (e.g. cell.backend=fused)")
+@click.option("--report-only", is_flag=True, help="only redraw figures and the table from the runs on disk")
+def reproduce_command(experiment: str, seeds: int, epochs: int | None, inits: str | None, out: Path | None, jobs: int,
+                      early_stop: bool, overrides: tuple[str, ...], report_only: bool) -> None:
+    """Run one of the paper's experiment grids and write its figures and table.
+
+    Prints a JSON summary (figures, table) on stdout; progress goes to stderr.
+    """
+    exp = EXPERIMENTS[experiment]
+    if seeds <= 0 or jobs <= 0 or (epochs is not None and epochs <= 0):
+        raise ConfigError("--seeds, --jobs and --epochs must be positive")
+    chosen = [i.strip() for i in inits.split(",")] if inits else list(exp.inits)
+    unknown = [i for i in chosen if i not in exp.inits]
+    if unknown:
+        raise ConfigError(f"--inits: '{unknown[0]}' is not an arm of {experiment} (choose from {', '.join(exp.inits)})")
+    epochs = epochs or exp.epochs
+    out = out or Path("runs") / f"reproduce-{experiment}"
+    out.mkdir(parents=True, exist_ok=True)
+    runs = plan(exp, chosen, seeds, epochs, out, early_stop, overrides)
+    started = time.time()
+    if not report_only:
+        run_grid(runs, epochs, jobs)
+    result = report(experiment, exp, runs, chosen, out)
+    result["grid_seconds"] = round(time.time() - started, 1)
+    click.echo(json.dumps(result))
