@@ -6,8 +6,11 @@ from __future__ import annotations
 class CrnnError(Exception):
     """A problem with the user's input or environment, reported as a one-line message.
 
-    The CLI catches it, prints ``Error: <message>`` on stderr and exits with status 2.
+    The CLI catches it, prints ``Error: <message>`` on stderr and exits with status
+    ``exit_code`` (2, unless a subclass says otherwise; see docs/reliability.md).
     """
+
+    exit_code: int = 2
 
 
 class ConfigError(CrnnError):

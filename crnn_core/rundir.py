@@ -22,6 +22,8 @@ import torch
 from .errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "crnn-checkpoint-v1"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def default_run_dir(root: Path, cell: str, init: str, task: str, seed: int) -> Path:
@@ -57,6 +59,7 @@ def atomic_write_bytes(path: Path, write) -> None:  # type: ignore[no-untyped-de
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -116,7 +119,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drop records after ``last_epoch`` (written after the checkpoint a run resumes from)."""
+    """Drop records after ``last_epoch`` (written after the checkpoint a run resumes from).
+
+    A last line without its newline (the process was killed while appending it) is dropped too.
+    """
+    if path.exists():
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            atomic_write_bytes(path, lambda f: f.write(text[: text.rfind("\n") + 1].encode()))
     kept = [r for r in read_metrics(path) if r.get("epoch", 0) <= last_epoch]
     text = "".join(json.dumps(r) + "\n" for r in kept)
     atomic_write_bytes(path, lambda f: f.write(text.encode()))

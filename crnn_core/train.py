@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
+from . import distributed
 from .errors import CheckpointError, ConfigError, CrnnError
 from .model import ContextualRNN
 from .options import option, require
@@ -47,11 +48,17 @@ class TrainConfig:
 
 
 class Interrupted(CrnnError):
-    """Training stopped by SIGINT/SIGTERM after saving ``last.pt``."""
+    """Training stopped by SIGINT/SIGTERM after saving ``last.pt``; exit status 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 class NonFinite(CrnnError):
-    """A NaN or infinite loss or gradient (with ``on_nonfinite=stop``)."""
+    """A NaN or infinite loss or gradient (with ``on_nonfinite=stop``); exit status 3."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -100,7 +107,11 @@ def evaluate(model: ContextualRNN, task: Task, data: Batch, batch_size: int) -> 
 
 
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (a second signal aborts at once)."""
+    """Turns SIGINT/SIGTERM into a flag checked between steps (the same signal again aborts at once).
+
+    A different second signal is ignored: supervisors (torchrun, schedulers) often follow a
+    terminal's SIGINT with a SIGTERM, and that must not cut the checkpoint short.
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -115,9 +126,10 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:
+        if self.signal == signum:
             raise KeyboardInterrupt
-        self.signal = signum
+        if self.signal is None:
+            self.signal = signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
@@ -139,7 +151,8 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model`` on ``task``; returns a summary. Writes metrics.jsonl and checkpoints in ``run_dir``."""
     progress = progress or Progress()
-    device = resolve_device(cfg.device)
+    dist = distributed.context()  # single-process unless launched by torchrun (crnn_core/distributed.py)
+    device = resolve_device(dist.device_name(cfg.device))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model.to(device)
@@ -153,7 +166,7 @@ def train(
     sign = 1.0 if task.higher_is_better else -1.0
 
     epoch, batch_in_epoch, step, wall, best = 0, 0, 0, 0.0, None
-    epoch_loss, epoch_count = 0.0, 0
+    epoch_loss, epoch_count, skipped = 0.0, 0, 0
     if resume:
         ckpt = load_checkpoint(ckpt_dir / "last.pt")
         if ckpt.get("config") != checkpoint_identity(config_record):
@@ -163,31 +176,46 @@ def train(
             optimizer.load_state_dict(ckpt["optimizer"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{ckpt_dir / 'last.pt'} does not fit this model: {str(exc).splitlines()[0][:200]}") from None
-        epoch, batch_in_epoch, step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
-        wall, best = ckpt["wall_time"], ckpt["best"]
-        epoch_loss, epoch_count = ckpt["epoch_loss"], ckpt["epoch_count"]
-        torch.set_rng_state(ckpt["rng"])
-        truncate_metrics(metrics_path, epoch)
+        try:
+            epoch, batch_in_epoch, step = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]), int(ckpt["step"])
+            wall, best = float(ckpt["wall_time"]), None if ckpt["best"] is None else float(ckpt["best"])
+            epoch_loss, epoch_count = float(ckpt["epoch_loss"]), int(ckpt["epoch_count"])
+            skipped = int(ckpt.get("nonfinite_skipped", 0))
+            if not (0 <= epoch and 0 <= batch_in_epoch <= steps_per_epoch and 0 <= step and 0 <= epoch_count):
+                raise ValueError(f"position epoch {epoch}, batch {batch_in_epoch}, step {step} is impossible")
+            dist.restore_rng(ckpt, cfg.seed)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt_dir / 'last.pt'} has a missing or invalid field: {str(exc).splitlines()[0][:200]}") from None
+        if dist.is_main:
+            truncate_metrics(metrics_path, epoch)
     else:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(dist.rank_seed(cfg.seed))
+    net = dist.wrap(model, device)  # DistributedDataParallel when several processes train
 
     def checkpoint(path: Path) -> None:
-        save_checkpoint(
-            path,
-            {
-                "config": checkpoint_identity(config_record),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "step": step,
-                "wall_time": wall,
-                "best": best,
-                "epoch_loss": epoch_loss,
-                "epoch_count": epoch_count,
-                "rng": torch.get_rng_state(),
-            },
-        )
+        rng_ranks = dist.gather_rng()  # a collective: every rank calls checkpoint()
+        if dist.is_main:
+            save_checkpoint(path, payload(rng_ranks))
+        dist.barrier()
+
+    def payload(rng_ranks: list[torch.Tensor]) -> dict[str, Any]:
+        data = {
+            "config": checkpoint_identity(config_record),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "step": step,
+            "wall_time": wall,
+            "best": best,
+            "epoch_loss": epoch_loss,
+            "epoch_count": epoch_count,
+            "nonfinite_skipped": skipped,
+            "rng": rng_ranks[0],
+        }
+        if dist.enabled:  # every rank's RNG, so each continues its own stream on --resume
+            data.update(rng_ranks=rng_ranks, world_size=dist.world_size)
+        return data
 
     stopped_early = False
     last_record: dict[str, Any] | None = None
@@ -199,10 +227,14 @@ def train(
             started = time.perf_counter()
             while batch_in_epoch < steps_per_epoch:
                 index = order[batch_in_epoch * cfg.batch_size : (batch_in_epoch + 1) * cfg.batch_size]
-                batch = take(train_data, index)
-                loss = task.loss(model(batch), batch)
+                local, weight = dist.shard(index)  # this rank's part of the global batch (all of it alone)
+                batch = take(train_data, local)
+                loss = task.loss(net(batch), batch)
+                if weight is not None:
+                    loss = loss * weight
                 optimizer.zero_grad(set_to_none=True)
-                finite = bool(torch.isfinite(loss))
+                loss_value = dist.global_loss(loss)  # the global batch's loss, the same on every rank
+                finite = math.isfinite(loss_value)
                 if finite:
                     loss.backward()
                     if cfg.grad_clip is not None:
@@ -212,52 +244,67 @@ def train(
                         finite = _grads_finite(model)
                 if finite:
                     optimizer.step()
-                    epoch_loss += loss.item() * index.numel()
+                    epoch_loss += loss_value * index.numel()
                     epoch_count += index.numel()
                 elif cfg.on_nonfinite == "stop":
+                    kept = ckpt_dir / "last.pt"
+                    kept_text = f"last good checkpoint: {kept}" if kept.is_file() else "no checkpoint was written yet"
                     raise NonFinite(
                         f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} "
-                        f"(lower --lr or set train.grad_clip; last good checkpoint: {ckpt_dir / 'last.pt'})"
+                        f"(lower --lr, set train.grad_clip, or --set train.on_nonfinite=skip; {kept_text})"
                     )
+                else:
+                    skipped += 1
                 batch_in_epoch += 1
                 step += 1
                 progress.on_step()
-                if stop.signal is not None:
+                signum = dist.agree_max(stop.signal or 0)  # the ranks stop at the same step
+                if signum:
                     wall += time.perf_counter() - started
                     checkpoint(ckpt_dir / "last.pt")
-                    name = signal.Signals(stop.signal).name
-                    raise Interrupted(f"{name} received: saved {ckpt_dir / 'last.pt'}; continue with: crnn run --resume {run_dir}")
+                    name = signal.Signals(signum).name
+                    again = "crnn run" if not dist.enabled else f"torchrun --nproc-per-node {dist.world_size} -m crnn_core run"
+                    raise Interrupted(
+                        f"{name} received: saved {ckpt_dir / 'last.pt'} at epoch {epoch + 1}, step {step}; "
+                        f"continue with: {again} --resume {run_dir}",
+                        signum,
+                    )
             wall += time.perf_counter() - started
             epoch += 1
-            val_loss, val_metrics = evaluate(model, task, val_data, cfg.eval_batch_size)
-            record = {
-                "epoch": epoch,
-                "step": step,
-                "split": "val",
-                "loss": val_loss,
-                "metrics": val_metrics,
-                "train_loss": epoch_loss / max(epoch_count, 1),
-                "wall_time": round(wall, 3),
-            }
-            last_record = record
-            value = val_metrics.get(task.best_metric, val_loss)
-            improved = best is None or sign * value > sign * best
-            if improved:
-                best = value
-            if task.early_stop_target is not None and cfg.early_stop:
-                metric, target = task.early_stop_target
-                stopped_early = sign * val_metrics.get(metric, val_loss) >= sign * target
+            improved = False
+            if dist.is_main:  # rank 0 alone evaluates and writes; the others wait in the broadcast
+                val_loss, val_metrics = evaluate(model, task, val_data, cfg.eval_batch_size)
+                record = {
+                    "epoch": epoch,
+                    "step": step,
+                    "split": "val",
+                    "loss": val_loss,
+                    "metrics": val_metrics,
+                    "train_loss": epoch_loss / max(epoch_count, 1),
+                    "wall_time": round(wall, 3),
+                }
+                last_record = record
+                value = val_metrics.get(task.best_metric, val_loss)
+                improved = best is None or sign * value > sign * best
+                if improved:
+                    best = value
+                if task.early_stop_target is not None and cfg.early_stop:
+                    metric, target = task.early_stop_target
+                    stopped_early = sign * val_metrics.get(metric, val_loss) >= sign * target
+                append_metrics(metrics_path, record)
+            stopped_early, improved, best = dist.broadcast((stopped_early, improved, best))
             batch_in_epoch, epoch_loss, epoch_count = 0, 0.0, 0
-            append_metrics(metrics_path, record)
             checkpoint(ckpt_dir / "last.pt")
             if improved:
                 checkpoint(ckpt_dir / "best.pt")
-            progress.on_epoch_end(record)
+            if last_record is not None:
+                progress.on_epoch_end(last_record)
     return {
         "run_dir": str(run_dir),
         "epochs": epoch,
         "steps": step,
         "stopped_early": stopped_early,
+        "nonfinite_skipped": skipped,
         "best": {task.best_metric: best},
         "final": last_record,
         "wall_time": round(wall, 3),
