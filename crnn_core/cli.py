@@ -19,12 +19,13 @@ from typing import Any
 import click
 
 from . import __name__ as _pkg  # noqa: F401
+from . import distributed
 from .errors import ConfigError, CrnnError
 from .model import ModelSpec, build_model
 from .options import describe, parse_overrides
 from .plugins import KINDS, get_plugins
 from .rundir import default_run_dir, is_run_dir, prepare_new_run_dir, read_json, write_json
-from .train import Progress, TrainConfig, train, train_config_from
+from .train import Interrupted, Progress, TrainConfig, train, train_config_from
 
 LIST_KINDS = [list_name for (_attr, _base, _kind, list_name) in KINDS.values()]
 
@@ -42,9 +43,10 @@ class CrnnGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except CrnnError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(2)
+        except CrnnError as exc:  # exit codes: docs/reliability.md
+            if not getattr(exc, "shown_by_rank_0", False):  # under torchrun, one copy of an error all ranks hit
+                click.echo(f"{'Interrupted' if isinstance(exc, Interrupted) else 'Error'}: {exc}", err=True)
+            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
@@ -130,16 +132,17 @@ def run(
         if not is_run_dir(run_dir):
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
         config = read_json(run_dir / "config.json")
+        _check_run_config(config, run_dir / "config.json")  # untrusted: it may have been edited by hand
         try:
             spec = ModelSpec(**config["model"])
             cfg_values = {**config["train"], **{k: v for k, v in flags.items() if v is not None}}
             cfg = train_config_from({}, cfg_values, {})
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"{run_dir}/config.json is not a crnn run config ({exc})") from None
+        dist = distributed.setup(cfg.device)  # joins the process group under torchrun, else a no-op
         built = build_model(spec, plugins)
         config["train"] = dataclasses.asdict(cfg)
-        write_json(run_dir / "config.json", config)
-        _append_command(run_dir)
+        dist.on_main(lambda: (write_json(run_dir / "config.json", config), _append_command(run_dir)))
     else:
         scoped = parse_overrides(overrides)
         spec = ModelSpec(
@@ -156,24 +159,58 @@ def run(
         cfg = train_config_from(task_cls.training_defaults, flags, scoped["train"])
         import torch
 
+        dist = distributed.setup(cfg.device)  # joins the process group under torchrun, else a no-op
         torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only
         built = build_model(spec, plugins)
-        run_dir = out or default_run_dir(Path("runs"), spec.cell, spec.init, spec.task, cfg.seed)
-        prepare_new_run_dir(run_dir, force)
         config = {
             "model": dataclasses.asdict(built.spec),
             "train": dataclasses.asdict(cfg),
             "crnn_version": _version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        write_json(run_dir / "config.json", config)
-        write_json(run_dir / "plugins.json", {kind: {"name": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}", **plugins.provider_of(cls)} for kind, cls in built.classes.items()})
-        (run_dir / "command.txt").write_text(_command_line() + "\n")
 
+        def create_run_dir() -> Path:  # rank 0 only; the others get its path
+            run_dir = out or default_run_dir(Path("runs"), spec.cell, spec.init, spec.task, cfg.seed)
+            prepare_new_run_dir(run_dir, force)
+            write_json(run_dir / "config.json", config)
+            write_json(run_dir / "plugins.json", {kind: {"name": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}", **plugins.provider_of(cls)} for kind, cls in built.classes.items()})
+            (run_dir / "command.txt").write_text(_command_line() + "\n")
+            return run_dir
+
+        run_dir = dist.on_main(create_run_dir)
+
+    quiet = quiet or not dist.is_main  # under torchrun only rank 0 logs and prints the summary
     _log(quiet, f"crnn: run {run_dir} | {spec.cell} ({built.model.cell.describe_backend()}) + {spec.init} on {spec.task}, "
-         f"{sum(p.numel() for p in built.model.parameters())} parameters")
-    summary = train(built.model, built.task, cfg, run_dir, config, resume=resume is not None, progress=_progress(quiet, cfg))
-    click.echo(json.dumps(summary))
+         f"{sum(p.numel() for p in built.model.parameters())} parameters"
+         + (f", {dist.world_size} processes ({dist.backend})" if dist.enabled else ""))
+    try:
+        summary = train(built.model, built.task, cfg, run_dir, config, resume=resume is not None, progress=_progress(quiet, cfg))
+    except BaseException as exc:
+        distributed.teardown(synchronise=isinstance(exc, CrnnError))  # CrnnErrors in train() happen on every rank
+        if isinstance(exc, CrnnError) and not dist.is_main:
+            exc.shown_by_rank_0 = True  # type: ignore[attr-defined]
+        raise
+    distributed.teardown()
+    if dist.is_main:
+        click.echo(json.dumps(summary))
+
+
+def _check_run_config(config: Any, path: Path) -> None:
+    """The shape of a run's config.json (values are checked later, by the options' own validation)."""
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{path} is not a valid crnn run config: {what}")
+
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(config.get("train"), dict):
+        raise bad("it needs the objects 'model' and 'train'")
+    model = config["model"]
+    for key in ("cell", "init", "task"):
+        if not isinstance(model.get(key), str):
+            raise bad(f"model.{key} must be a component name, got {model.get(key)!r:.80}")
+    if model.get("context") is not None and not isinstance(model["context"], str):
+        raise bad(f"model.context must be a component name or null, got {model['context']!r:.80}")
+    for key in ("cell_options", "init_options", "context_options", "task_options"):
+        if not isinstance(model.get(key, {}), dict):
+            raise bad(f"model.{key} must be an object, got {model.get(key)!r:.80}")
 
 
 def _log(quiet: bool, message: str) -> None:
@@ -207,7 +244,11 @@ def _progress(quiet: bool, cfg: TrainConfig) -> Progress:
 
 
 def _command_line() -> str:
-    return " ".join(shlex.quote(a) for a in ["crnn", *_ARGV])
+    launcher = ["crnn"]
+    if distributed.context().enabled:  # record the torchrun launch that reproduces this run
+        nodes, per_node = os.environ.get("GROUP_WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE", str(distributed.context().world_size))
+        launcher = ["torchrun", *(["--nnodes", nodes] if nodes != "1" else []), "--nproc-per-node", per_node, "-m", "crnn_core"]
+    return " ".join(shlex.quote(a) for a in [*launcher, *_ARGV])
 
 
 def _append_command(run_dir: Path) -> None:

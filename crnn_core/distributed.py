@@ -186,7 +186,9 @@ class DistContext:
 
 
 class _RemoteError(CrnnError):
-    """A ``CrnnError`` raised on rank 0, re-raised on the other ranks."""
+    """A ``CrnnError`` raised on rank 0, re-raised on the other ranks (rank 0 reports it)."""
+
+    shown_by_rank_0 = True
 
 
 _CONTEXT = DistContext()
@@ -229,12 +231,21 @@ def setup(device: str) -> DistContext:
     return _CONTEXT
 
 
-def teardown() -> None:
-    """Leave the process group (if :func:`setup` joined one)."""
+def teardown(synchronise: bool = True) -> None:
+    """Leave the process group (if :func:`setup` joined one).
+
+    ``synchronise``: wait for every rank first (when they all finished, or all stopped at
+    the same step); pass False after an error on this rank alone, so it does not wait.
+    """
     global _CONTEXT
     if _CONTEXT.enabled:
+        import gc
+
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if synchronise:
+                _CONTEXT.barrier()
+            gc.collect()  # drop DistributedDataParallel objects that still hold the group
             dist.destroy_process_group()
         _CONTEXT = DistContext()

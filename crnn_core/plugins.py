@@ -113,8 +113,8 @@ class PluginSystem:
             info = PluginInfo(ep.name, package, version, ep.value, False)
             try:
                 module = ep.load()
-            except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything on import
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything on import, sys.exit() too
+                if isinstance(exc, KeyboardInterrupt):
                     raise
                 self.info[ep.name] = info
                 self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
@@ -172,7 +172,7 @@ class PluginSystem:
 
             try:
                 impl(register=register)
-            except Exception as exc:  # noqa: BLE001
+            except (Exception, SystemExit) as exc:  # noqa: BLE001
                 self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
 
     def add_commands(self, cli: Any) -> None:
@@ -183,7 +183,7 @@ class PluginSystem:
                 continue
             try:
                 impl(cli=cli)
-            except Exception as exc:  # noqa: BLE001
+            except (Exception, SystemExit) as exc:  # noqa: BLE001
                 self._fail(info, f"register_commands raised {type(exc).__name__}: {exc}")
 
     def registry(self, list_name: str) -> Registry:

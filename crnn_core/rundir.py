@@ -87,7 +87,10 @@ def read_json(path: Path) -> Any:
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Atomically save a checkpoint (a dict of tensors, numbers, strings, lists, dicts)."""
     payload = {"format": CHECKPOINT_FORMAT, **payload}
-    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    try:
+        atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    except OSError as exc:  # disk full, permissions: the previous checkpoint is still there
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

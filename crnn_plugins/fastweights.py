@@ -19,6 +19,7 @@ from crnn_core import Cell, ConfigError, State, hookimpl, option, require
 from .fastweights_reference import fastweights_reference
 
 _warned_fallback = False
+_warned_devices: set[str] = set()
 
 
 @dataclasses.dataclass
@@ -87,10 +88,27 @@ class FastWeightsCell(Cell):
     def describe_backend(self) -> str:
         return self._backend_note
 
+    def _unroll_for(self, device: torch.device):
+        """The unroll for ``device``: the fused op covers CPU, and CUDA only when built with it."""
+        if self._unroll is fastweights_reference or device.type == "cpu":
+            return self._unroll
+        from . import fastweights_fused
+
+        ok, reason = fastweights_fused.device_status(device)
+        if ok:
+            return self._unroll
+        if self.options.backend == "fused":
+            raise ConfigError(f"cell.backend=fused but the fused kernel cannot run on {device.type}: {reason}")
+        if device.type not in _warned_devices:
+            _warned_devices.add(device.type)
+            print(f"crnn: warning: no fused fast-weights kernel for {device.type} ({reason}); "
+                  "using the reference backend there", file=sys.stderr)
+        return fastweights_reference
+
     def forward(self, inputs: Tensor, state: State) -> tuple[Tensor, State]:
         o = self.options
         xp = self.U(inputs)
-        outputs, A = self._unroll(
+        outputs, A = self._unroll_for(xp.device)(
             xp.contiguous(),
             state["h"].contiguous(),
             state["A"].contiguous(),

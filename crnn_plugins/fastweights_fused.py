@@ -98,7 +98,7 @@ def _want_cuda() -> tuple[bool, str]:
 
 def _cpu_flags() -> list[str]:
     arch = os.environ.get("CRNN_CPU_ARCH", "native").strip()
-    flags = ["-O3", "-fopenmp"]
+    flags = ["-O3", "-fopenmp", "-Wno-psabi"]
     if arch and arch.lower() != "none":
         flags.append(f"-march={arch}")
     return flags
@@ -128,7 +128,7 @@ def _jit_build(src: Path) -> tuple[Any, str]:
             except ImportError:  # a corrupt or foreign file: rebuild below
                 marker.unlink(missing_ok=True)
         if _truthy("CRNN_NO_JIT"):
-            raise RuntimeError("no cached build and the JIT build is disabled (CRNN_NO_JIT=1)")
+            raise _NoJit("the JIT build is disabled (CRNN_NO_JIT=1) and nothing is cached")
         cpp_extension.verify_ninja_availability()
         started = time.monotonic()
         print(f"crnn: compiling the fused fast-weights kernel into {build_dir} (about a minute, once)...",
@@ -146,6 +146,10 @@ def _jit_build(src: Path) -> tuple[Any, str]:
         )
         marker.write_text(f"{time.ctime()} {time.monotonic() - started:.0f}s\n")
     return module, f"JIT-compiled into {build_dir}"
+
+
+class _NoJit(RuntimeError):
+    pass
 
 
 def _ext_suffix() -> str:
@@ -213,6 +217,9 @@ def _load() -> dict[str, Any]:
             return {"ok": False, "reason": "; ".join(notes)}
         try:
             module, how = _jit_build(src)
+        except _NoJit as exc:
+            notes.append(str(exc))
+            return {"ok": False, "reason": "; ".join(notes)}
         except Exception as exc:  # noqa: BLE001 - report, never raise
             first = str(exc).strip().splitlines()
             notes.append(f"JIT build failed: {type(exc).__name__}: {first[-1] if first else ''}")

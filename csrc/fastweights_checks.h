@@ -31,6 +31,10 @@ inline void check_same(const char* op, const at::Tensor& ref, const char* ref_na
     TORCH_CHECK(t.device() == ref.device(), op, ": ", nt.first, " is on ", t.device(), " but ",
                 ref_name, " is on ", ref.device(), "; all tensors must be on the same device");
   }
+}
+
+inline void check_contiguous(const char* op, const at::Tensor& ref, const char* ref_name,
+                             const std::vector<std::pair<const char*, const at::Tensor*>>& ts) {
   TORCH_CHECK(ref.is_contiguous(), op, ": ", ref_name, " must be contiguous (call .contiguous())");
   for (const auto& nt : ts)
     TORCH_CHECK(nt.second->is_contiguous(), op, ": ", nt.first,
@@ -53,13 +57,15 @@ inline int check_forward_args(const at::Tensor& xp, const at::Tensor& h0, const 
   const int64_t B = xp.size(0), T = xp.size(1), H = xp.size(2);
   TORCH_CHECK(T >= 1, op, ": the sequence length T must be >= 1, got ", T);
   TORCH_CHECK(H >= 1, op, ": the hidden size H must be >= 1, got ", H);
-  check_same(op, xp, "xp",
-             {{"h0", &h0}, {"A0", &A0}, {"W", &W}, {"gamma", &gamma}, {"beta", &beta}});
+  const std::vector<std::pair<const char*, const at::Tensor*>> ts = {
+      {"h0", &h0}, {"A0", &A0}, {"W", &W}, {"gamma", &gamma}, {"beta", &beta}};
+  check_same(op, xp, "xp", ts);
   check_shape(op, "h0", h0, {B, H}, "[B, H]");
   check_shape(op, "A0", A0, {B, H, H}, "[B, H, H]");
   check_shape(op, "W", W, {H, H}, "[H, H]");
   check_shape(op, "gamma", gamma, {H}, "[H]");
   check_shape(op, "beta", beta, {H}, "[H]");
+  check_contiguous(op, xp, "xp", ts);
   TORCH_CHECK(inner_steps >= 1, op, ": inner_steps must be >= 1, got ", inner_steps);
   TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
   TORCH_CHECK(std::isfinite(lam) && std::isfinite(eta), op, ": lam and eta must be finite");
@@ -95,6 +101,7 @@ inline int check_backward_args(const c10::optional<at::Tensor>& grad_out,
   check_shape(op, "rstd", rstd, {B, T, S}, "[B, T, S]");
   if (grad_out.has_value()) check_shape(op, "grad_out", *grad_out, {B, T, H}, "[B, T, H]");
   if (grad_AT.has_value()) check_shape(op, "grad_AT", *grad_AT, {B, H, H}, "[B, H, H]");
+  check_contiguous(op, out, "out", ts);
   return parse_activation(activation);
 }
 

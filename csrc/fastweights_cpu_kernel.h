@@ -1,8 +1,8 @@
 // Fused fast-weights forward/backward for the CPU (Ba et al. 2016), whole sequence per call.
 //
 // Plain C++ (no PyTorch types): the glue in fastweights_op.cpp fills the argument
-// structs, prepares the shared padded copies of W, gamma, beta and runs
-// `forward_example` / `backward_example` for each example inside at::parallel_for.
+// structs, prepares the shared padded copies of W, gamma, beta and the decay table, and
+// runs `forward_example` / `backward_example` for each example inside at::parallel_for.
 //
 // Semantics (per example; xp_t = U x_t + b precomputed):
 //   p_t = W h_{t-1} + xp_t
@@ -21,7 +21,8 @@
 // Inner vectors live in thread-local buffers padded to Hp = H rounded up to 64 bytes
 // (zeros in the padding), and the hot loops are written with 64-byte vector types
 // (GCC/Clang vector extensions: AVX-512, AVX2 or SSE/NEON code depending on -march),
-// so no loop depends on -ffast-math to vectorise.
+// so no loop depends on -ffast-math to vectorise. With AVX-512 the ReLU sparsity of
+// h and z is used (vcompress) to skip zero rows in W h and A_0 z.
 #pragma once
 
 #include <algorithm>
@@ -29,6 +30,17 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#if !(defined(__GNUC__) || defined(__clang__))
+#error "the crnn CPU kernel needs GCC or Clang (vector extensions)"
+#endif
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define CRNN_AVX512 1
+#else
+#define CRNN_AVX512 0
+#endif
 
 namespace crnn {
 namespace cpu {
@@ -46,22 +58,17 @@ inline int64_t padded(int64_t n) {
   return (n + v - 1) / v * v;
 }
 
+// Extra elements every index/value scratch list needs beyond its logical length.
+constexpr int64_t kSlack = 16;
+
 template <int ACT, typename T>
 inline T act(T x) {
   if (ACT == kRelu) return x > T(0) ? x : T(0);
   return std::tanh(x);
 }
 
-// f'(x) expressed through y = f(x).
-template <int ACT, typename T>
-inline T dact(T y) {
-  if (ACT == kRelu) return y > T(0) ? T(1) : T(0);
-  return T(1) - y * y;
-}
-
 // ---------------------------------------------------------------------------------------
 // 64-byte vectors.
-#if defined(__GNUC__) || defined(__clang__)
 template <typename T>
 struct VecType;
 template <>
@@ -74,6 +81,7 @@ struct VecType<double> {
 };
 template <typename T>
 using vec = typename VecType<T>::type;
+
 template <typename T>
 inline vec<T> vload(const T* p) {
   return *reinterpret_cast<const vec<T>*>(p);
@@ -92,45 +100,80 @@ inline T hsum(vec<T> v) {
   for (int64_t l = 0; l < vec_len<T>(); ++l) s += v[l];
   return s;
 }
+
+// The first n < vec_len lanes of p, zeros elsewhere (never reads past p[n-1]).
+inline vec<float> load_tail(const float* p, int64_t n) {
+#if CRNN_AVX512
+  return (vec<float>)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
 #else
-// Portable fallback: a struct of lanes with the few operations used below.
-template <typename T>
-struct vec {
-  T v[vec_len<T>()];
-  vec operator+(const vec& o) const { vec r; for (int64_t l = 0; l < vec_len<T>(); ++l) r.v[l] = v[l] + o.v[l]; return r; }
-  vec operator-(const vec& o) const { vec r; for (int64_t l = 0; l < vec_len<T>(); ++l) r.v[l] = v[l] - o.v[l]; return r; }
-  vec operator*(const vec& o) const { vec r; for (int64_t l = 0; l < vec_len<T>(); ++l) r.v[l] = v[l] * o.v[l]; return r; }
-  vec operator*(T s) const { vec r; for (int64_t l = 0; l < vec_len<T>(); ++l) r.v[l] = v[l] * s; return r; }
-  vec operator-(T s) const { vec r; for (int64_t l = 0; l < vec_len<T>(); ++l) r.v[l] = v[l] - s; return r; }
-  vec& operator+=(const vec& o) { for (int64_t l = 0; l < vec_len<T>(); ++l) v[l] += o.v[l]; return *this; }
-};
-template <typename T>
-inline vec<T> vload(const T* p) { vec<T> r; std::memcpy(r.v, p, sizeof(r.v)); return r; }
-template <typename T>
-inline void vstore(T* p, vec<T> x) { std::memcpy(p, x.v, sizeof(x.v)); }
-template <typename T>
-inline vec<T> vzero() { vec<T> r; for (int64_t l = 0; l < vec_len<T>(); ++l) r.v[l] = T(0); return r; }
-template <typename T>
-inline T hsum(vec<T> x) { T s = T(0); for (int64_t l = 0; l < vec_len<T>(); ++l) s += x.v[l]; return s; }
+  vec<float> v = vzero<float>();
+  for (int64_t l = 0; l < n; ++l) v[l] = p[l];
+  return v;
 #endif
+}
+inline vec<double> load_tail(const double* p, int64_t n) {
+#if CRNN_AVX512
+  return (vec<double>)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
+#else
+  vec<double> v = vzero<double>();
+  for (int64_t l = 0; l < n; ++l) v[l] = p[l];
+  return v;
+#endif
+}
+// Store the first n < vec_len lanes of v to p.
+inline void store_tail(float* p, vec<float> v, int64_t n) {
+#if CRNN_AVX512
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), (__m512)v);
+#else
+  for (int64_t l = 0; l < n; ++l) p[l] = v[l];
+#endif
+}
+inline void store_tail(double* p, vec<double> v, int64_t n) {
+#if CRNN_AVX512
+  _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1u), (__m512d)v);
+#else
+  for (int64_t l = 0; l < n; ++l) p[l] = v[l];
+#endif
+}
+
+// f'(x) * g through y = f(x), on vectors.
+template <int ACT, typename T>
+inline vec<T> dact_mul(vec<T> y, vec<T> g) {
+  if (ACT == kTanh) return g * (vzero<T>() + T(1) - y * y);
+  return g * -__builtin_convertvector(y > vzero<T>(), vec<T>);  // (y > 0) is -1 / 0 per lane
+}
 
 // ---------------------------------------------------------------------------------------
-// Small vector kernels. Lengths n are multiples of vec_len<T>().
+// Small vector kernels. Padded lengths (n, np) are multiples of vec_len<T>().
 
 // y[0:NV*W] += sum_jj x[jj] * M[rows(jj), 0:NV*W], accumulators in registers.
-// rows(jj) = idx[jj] when idx is given, else jj.
+// rows(jj) = idx[jj] when idx is given, else jj. Narrow blocks use several independent
+// accumulator sets so that the FMA latency is hidden.
 template <typename T, int NV, bool IDX>
 inline void mv_block(const T* __restrict M, int64_t ld, const int32_t* __restrict idx,
                      const T* __restrict x, int64_t k, T* __restrict y) {
   constexpr int64_t W = vec_len<T>();
-  vec<T> acc[NV];
-  for (int n = 0; n < NV; ++n) acc[n] = vload(y + n * W);
-  for (int64_t jj = 0; jj < k; ++jj) {
+  constexpr int U = NV >= 4 ? 1 : 4 / NV;
+  vec<T> acc[U][NV];
+  for (int n = 0; n < NV; ++n) acc[0][n] = vload(y + n * W);
+  for (int u = 1; u < U; ++u)
+    for (int n = 0; n < NV; ++n) acc[u][n] = vzero<T>();
+  int64_t jj = 0;
+  for (; jj + U <= k; jj += U) {
+    for (int u = 0; u < U; ++u) {
+      const T xj = x[jj + u];
+      const T* __restrict r = M + (IDX ? static_cast<int64_t>(idx[jj + u]) : jj + u) * ld;
+      for (int n = 0; n < NV; ++n) acc[u][n] += vload(r + n * W) * xj;
+    }
+  }
+  for (; jj < k; ++jj) {
     const T xj = x[jj];
     const T* __restrict r = M + (IDX ? static_cast<int64_t>(idx[jj]) : jj) * ld;
-    for (int n = 0; n < NV; ++n) acc[n] += vload(r + n * W) * xj;
+    for (int n = 0; n < NV; ++n) acc[0][n] += vload(r + n * W) * xj;
   }
-  for (int n = 0; n < NV; ++n) vstore(y + n * W, acc[n]);
+  for (int u = 1; u < U; ++u)
+    for (int n = 0; n < NV; ++n) acc[0][n] += acc[u][n];
+  for (int n = 0; n < NV; ++n) vstore(y + n * W, acc[0][n]);
 }
 
 template <typename T, bool IDX>
@@ -159,46 +202,221 @@ inline void matvec(const T* M, int64_t ld, const T* x, int64_t k, T* y, int64_t 
   matvec_impl<T, false>(M, ld, nullptr, x, k, y, n);
 }
 
-// Nonzero entries of x[0:k] (scaled by `scale`) as (idx, val) lists; returns their count.
-template <typename T>
-inline int64_t compact(const T* __restrict x, int64_t k, T scale, int32_t* __restrict idx,
-                       T* __restrict val) {
+#if CRNN_AVX512
+// Nonzero entries of x[0:k] (times `scale`) as (idx, val) lists; returns their count.
+// Writes up to kSlack entries past the count.
+inline int64_t compact(const float* x, int64_t k, float scale, int32_t* idx, float* val) {
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 vs = _mm512_set1_ps(scale);
   int64_t nnz = 0;
-  for (int64_t j = 0; j < k; ++j) {
-    const T v = x[j];
-    idx[nnz] = static_cast<int32_t>(j);
-    val[nnz] = v * scale;
-    nnz += (v != T(0));
+  for (int64_t j = 0; j < k; j += 16) {
+    const int64_t rem = k - j;
+    const __mmask16 lm = rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
+    const __m512 v = _mm512_maskz_loadu_ps(lm, x + j);
+    const __mmask16 nz = _mm512_mask_cmp_ps_mask(lm, v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    _mm512_storeu_ps(val + nnz, _mm512_maskz_compress_ps(nz, _mm512_mul_ps(v, vs)));
+    _mm512_storeu_si512(idx + nnz, _mm512_maskz_compress_epi32(nz, _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int>(j)))));
+    nnz += __builtin_popcount(static_cast<unsigned>(nz));
   }
   return nnz;
 }
-
-// Whether any of x[0:n] is nonzero (vectorised blocks, early exit between blocks).
-template <typename T>
-inline bool any_nonzero(const T* __restrict x, int64_t n) {
-  constexpr int64_t BLK = 256;
-  int64_t i = 0;
-  for (; i + BLK <= n; i += BLK) {
-    int32_t cnt = 0;
-    for (int64_t l = 0; l < BLK; ++l) cnt += (x[i + l] != T(0)) ? 1 : 0;
-    if (cnt) return true;
+inline int64_t compact(const double* x, int64_t k, double scale, int32_t* idx, double* val) {
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512d vs = _mm512_set1_pd(scale);
+  int64_t nnz = 0;
+  for (int64_t j = 0; j < k; j += 8) {
+    const int64_t rem = k - j;
+    const __mmask8 lm = rem >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << rem) - 1u);
+    const __m512d v = _mm512_maskz_loadu_pd(lm, x + j);
+    const __mmask8 nz = _mm512_mask_cmp_pd_mask(lm, v, _mm512_setzero_pd(), _CMP_NEQ_UQ);
+    _mm512_storeu_pd(val + nnz, _mm512_maskz_compress_pd(nz, _mm512_mul_pd(v, vs)));
+    _mm512_storeu_si512(idx + nnz, _mm512_maskz_compress_epi32(static_cast<__mmask16>(nz), _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int>(j)))));
+    nnz += __builtin_popcount(static_cast<unsigned>(nz));
   }
-  for (; i < n; ++i)
-    if (x[i] != T(0)) return true;
-  return false;
+  return nnz;
+}
+#endif
+
+// y[0:n] += scale * sum_j x[j] M[j, 0:n] for a vector x with many zeros (ReLU outputs):
+// with AVX-512 only the nonzero rows are visited, otherwise all k rows.
+template <typename T>
+inline void sparse_matvec(const T* M, int64_t ld, const T* x, int64_t k, T scale, T* y, int64_t n,
+                          int32_t* idx, T* val) {
+#if CRNN_AVX512
+  const int64_t nnz = compact(x, k, scale, idx, val);
+  matvec_idx(M, ld, idx, val, nnz, y, n);
+#else
+  (void)idx;
+  if (scale == T(1)) {
+    matvec(M, ld, x, k, y, n);
+  } else {
+    for (int64_t j = 0; j < k; ++j) val[j] = scale * x[j];
+    matvec(M, ld, val, k, y, n);
+  }
+#endif
+}
+
+// dst[j][i] = src[i][j] for i < n, j < n (src unpadded n x n, dst [>= padded(n)][ld]);
+// rows/lanes of dst beyond n are zero-filled up to the next multiple of 16 (AVX-512).
+inline void transpose_square(const float* src, int64_t n, float* dst, int64_t ld) {
+#if CRNN_AVX512
+  for (int64_t i0 = 0; i0 < n; i0 += 16) {
+    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+      const int64_t nr = std::min<int64_t>(16, n - i0), nc = std::min<int64_t>(16, n - j0);
+      const __mmask16 cm = nc >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << nc) - 1u);
+      __m512 r[16], t[16];
+      for (int k = 0; k < 16; ++k)
+        r[k] = k < nr ? _mm512_maskz_loadu_ps(cm, src + (i0 + k) * n + j0) : _mm512_setzero_ps();
+      for (int k = 0; k < 8; ++k) {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+      }
+      for (int g = 0; g < 16; g += 4) {
+        const __m512d a0 = _mm512_castps_pd(t[g]), a1 = _mm512_castps_pd(t[g + 1]);
+        const __m512d a2 = _mm512_castps_pd(t[g + 2]), a3 = _mm512_castps_pd(t[g + 3]);
+        r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+        r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+        r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+        r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+      }
+      for (int g = 0; g < 16; g += 8)
+        for (int k = 0; k < 4; ++k) {
+          t[g + k] = _mm512_shuffle_f32x4(r[g + k], r[g + 4 + k], 0x88);
+          t[g + 4 + k] = _mm512_shuffle_f32x4(r[g + k], r[g + 4 + k], 0xdd);
+        }
+      for (int k = 0; k < 8; ++k) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+      }
+      for (int k = 0; k < 16; ++k) _mm512_storeu_ps(dst + (j0 + k) * ld + i0, r[k]);
+    }
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < n; ++i) dst[j * ld + i] = src[i * n + j];
+    for (int64_t i = n; i < ld; ++i) dst[j * ld + i] = 0.0f;
+  }
+#endif
+}
+inline void transpose_square(const double* src, int64_t n, double* dst, int64_t ld) {
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < n; ++i) dst[j * ld + i] = src[i * n + j];
+    for (int64_t i = n; i < ld; ++i) dst[j * ld + i] = 0.0;
+  }
+}
+
+// Register-blocked "rank-K rows" kernel, used for A_T and dA_0:
+//   mat[i][0:H] = beta * init[i][0:H] + sum_{k<K} w[i][k] R[k][0:H]     (i < H)
+// with w[i][k] = wT[i*ldw + k] * scale[k] (scale may be null), R rows padded (stride ldr).
+// Four output rows at a time against up to four column vectors: 16 accumulators, each
+// R load feeds four FMAs. `mat` is unpadded (stride H); wbuf needs 4*ldw elements and
+// wT must have readable (any value) rows up to H rounded up to 4.
+template <typename T, int NV>
+inline void rank_rows_block(const T* __restrict R, int64_t ldr, const T* __restrict w, int64_t ldw,
+                            int64_t K, const T* __restrict init, T beta, int64_t H, int64_t i0,
+                            int64_t nr, int64_t c0, T* __restrict mat) {
+  constexpr int64_t W = vec_len<T>();
+  vec<T> acc[4][NV];
+  for (int r = 0; r < 4; ++r)
+    for (int n = 0; n < NV; ++n) {
+      acc[r][n] = vzero<T>();
+      const int64_t col = c0 + n * W, valid = H - col;
+      if (init != nullptr && r < nr && valid > 0) {
+        const T* src = init + (i0 + r) * H + col;
+        acc[r][n] = (valid >= W ? vload(src) : load_tail(src, valid)) * beta;
+      }
+    }
+  for (int64_t k = 0; k < K; ++k) {
+    const T* __restrict rk = R + k * ldr + c0;
+    vec<T> v[NV];
+    for (int n = 0; n < NV; ++n) v[n] = vload(rk + n * W);
+    for (int r = 0; r < 4; ++r) {
+      const T wr = w[r * ldw + k];
+      for (int n = 0; n < NV; ++n) acc[r][n] += v[n] * wr;
+    }
+  }
+  for (int r = 0; r < nr; ++r)
+    for (int n = 0; n < NV; ++n) {
+      const int64_t col = c0 + n * W, valid = H - col;
+      T* dst = mat + (i0 + r) * H + col;
+      if (valid >= W)
+        vstore(dst, acc[r][n]);
+      else if (valid > 0)
+        store_tail(dst, acc[r][n], valid);
+    }
 }
 
 template <typename T>
-inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+inline void rank_rows(const T* R, int64_t ldr, const T* wT, int64_t ldw, const T* scale, int64_t K,
+                      const T* init, T beta, int64_t H, int64_t Hp, T* wbuf, T* mat) {
   constexpr int64_t W = vec_len<T>();
-  vec<T> acc0 = vzero<T>(), acc1 = vzero<T>();
-  int64_t i = 0;
-  for (; i + 2 * W <= n; i += 2 * W) {
-    acc0 += vload(a + i) * vload(b + i);
-    acc1 += vload(a + i + W) * vload(b + i + W);
+  for (int64_t i0 = 0; i0 < H; i0 += 4) {
+    const int64_t nr = std::min<int64_t>(4, H - i0);
+    for (int r = 0; r < 4; ++r) {  // this block's weights, scaled, in a small dense buffer
+      T* dst = wbuf + r * ldw;
+      const T* src = wT + (r < nr ? (i0 + r) * ldw : 0);
+      for (int64_t k = 0; k < ldw; k += W) {
+        vec<T> x = r < nr ? vload(src + k) : vzero<T>();
+        if (scale != nullptr) x *= vload(scale + k);
+        vstore(dst + k, x);
+      }
+    }
+    int64_t c0 = 0;
+    for (; c0 + 4 * W <= Hp; c0 += 4 * W) rank_rows_block<T, 4>(R, ldr, wbuf, ldw, K, init, beta, H, i0, nr, c0, mat);
+    if (c0 + 2 * W <= Hp) {
+      rank_rows_block<T, 2>(R, ldr, wbuf, ldw, K, init, beta, H, i0, nr, c0, mat);
+      c0 += 2 * W;
+    }
+    if (c0 < Hp) rank_rows_block<T, 1>(R, ldr, wbuf, ldw, K, init, beta, H, i0, nr, c0, mat);
   }
-  if (i < n) acc0 += vload(a + i) * vload(b + i);
-  return hsum<T>(acc0 + acc1);
+}
+
+// dst[0:n] = src[0:n] for a large output written once: non-temporal (streaming) stores
+// with AVX-512, so the output does not evict the working set or cost a read-for-ownership.
+// Call stream_fence() before the data is read by another thread.
+template <typename T>
+inline void stream_copy(T* __restrict dst, const T* __restrict src, int64_t n) {
+#if CRNN_AVX512
+  constexpr int64_t W = vec_len<T>();
+  int64_t i = 0;
+  while (i < n && (reinterpret_cast<uintptr_t>(dst + i) & 63u) != 0) {
+    dst[i] = src[i];
+    ++i;
+  }
+  for (; i + W <= n; i += W) {
+    if (sizeof(T) == 4)
+      _mm512_stream_ps(reinterpret_cast<float*>(dst + i), _mm512_loadu_ps(reinterpret_cast<const float*>(src + i)));
+    else
+      _mm512_stream_pd(reinterpret_cast<double*>(dst + i), _mm512_loadu_pd(reinterpret_cast<const double*>(src + i)));
+  }
+  for (; i < n; ++i) dst[i] = src[i];
+#else
+  std::memcpy(dst, src, sizeof(T) * n);
+#endif
+}
+inline void stream_fence() {
+#if CRNN_AVX512
+  _mm_sfence();
+#endif
+}
+
+// Whether any of x[0:n] is nonzero (bitwise without the sign bit; NaN counts as nonzero).
+template <typename T>
+inline bool any_nonzero(const T* __restrict x, int64_t n) {
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  constexpr int64_t BLK = 256;
+  int64_t i = 0;
+  for (; i < n; i += BLK) {
+    const int64_t m = std::min(BLK, n - i);
+    U acc = 0;
+    for (int64_t l = 0; l < m; ++l) {
+      U bits;
+      std::memcpy(&bits, x + i + l, sizeof(U));
+      acc |= static_cast<U>(bits << 1);
+    }
+    if (acc) return true;
+  }
+  return false;
 }
 
 template <typename T>
@@ -221,11 +439,46 @@ inline T centered_sq(const T* __restrict a, T m, const T* __restrict mask, int64
   return hsum<T>(acc);
 }
 
-// Copy n values into a zero-padded buffer of length np.
+// Copy n values (unpadded source) into dst zero-padded to np.
 template <typename T>
 inline void load_padded(T* __restrict dst, const T* __restrict src, int64_t n, int64_t np) {
-  std::memcpy(dst, src, sizeof(T) * n);
-  for (int64_t i = n; i < np; ++i) dst[i] = T(0);
+  constexpr int64_t W = vec_len<T>();
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(dst + i, vload(src + i));
+  if (i < n) {
+    vstore(dst + i, load_tail(src + i, n - i));
+    i += W;
+  }
+  for (; i < np; i += W) vstore(dst + i, vzero<T>());
+}
+
+// Store the first n values of a padded buffer to an unpadded destination.
+template <typename T>
+inline void store_n(T* __restrict dst, const T* __restrict src, int64_t n) {
+  constexpr int64_t W = vec_len<T>();
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(dst + i, vload(src + i));
+  if (i < n) store_tail(dst + i, vload(src + i), n - i);
+}
+
+// dst[0:np] = src[0:np] between padded buffers.
+template <typename T>
+inline void copy_padded(T* __restrict dst, const T* __restrict src, int64_t np) {
+  constexpr int64_t W = vec_len<T>();
+  for (int64_t i = 0; i < np; i += W) vstore(dst + i, vload(src + i));
+}
+
+template <typename T>
+inline void zero_padded(T* __restrict dst, int64_t np) {
+  constexpr int64_t W = vec_len<T>();
+  for (int64_t i = 0; i < np; i += W) vstore(dst + i, vzero<T>());
+}
+
+// dst[0:np] *= src[0:np]
+template <typename T>
+inline void mul_padded(T* __restrict dst, const T* __restrict src, int64_t np) {
+  constexpr int64_t W = vec_len<T>();
+  for (int64_t i = 0; i < np; i += W) vstore(dst + i, vload(dst + i) * vload(src + i));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -240,6 +493,7 @@ struct Shared {
   const T* beta;     // [Hp]
   const T* mask;     // [Hp] 1 for i < H, 0 in the padding
   const T* lam_pow;  // [T+1] lam^k
+  const T* coef;     // [T+1][Tp] row t: eta lam^(t-1-tau) for tau < t, else 0
 };
 
 template <typename T>
@@ -258,21 +512,22 @@ struct FwdIO {
 template <typename T>
 struct FwdScratch {
   // hist: h_0..h_T as rows [T+1][Hp]; histT: the same transposed [H][Tp]
-  std::vector<T> hist, histT, A0T, p, u, z, xh, coef, sc, val, row;
+  std::vector<T> hist, histT, A0T, p, u, z, xh, sc, val, row, mat, wbuf;
   std::vector<int32_t> idx;
   void init(const Shared<T>& sh) {
     const int64_t Hp = sh.Hp, Tn = sh.T_len, Tp = sh.Tp;
+    mat.assign(sh.H * sh.H + kSlack, T(0));
+    wbuf.assign(4 * Tp, T(0));
     hist.assign((Tn + 1) * Hp, T(0));
-    histT.assign(sh.H * Tp, T(0));
-    A0T.assign(sh.H * Hp, T(0));
+    histT.assign((sh.H + 4) * Tp, T(0));  // rows past H stay zero (rank_rows reads 4-row blocks)
+    A0T.assign((Hp + 16) * Hp, T(0));  // the AVX-512 transpose writes whole 16-row blocks
     p.assign(Hp, T(0));
     u.assign(Hp, T(0));
     z.assign(Hp, T(0));
     xh.assign(Hp, T(0));
-    coef.assign(Tp, T(0));
     sc.assign(Tp, T(0));
-    val.assign(std::max(Hp, Tp), T(0));
-    idx.assign(std::max(Hp, Tp), 0);
+    val.assign(std::max(Hp, Tp) + kSlack, T(0));
+    idx.assign(std::max(Hp, Tp) + kSlack, 0);
     row.assign(Hp, T(0));
   }
 };
@@ -281,6 +536,7 @@ struct FwdScratch {
 template <int ACT, typename T>
 inline T layernorm_act(const Shared<T>& sh, const T* __restrict u, T* __restrict xh,
                        T* __restrict z) {
+  constexpr int64_t W = vec_len<T>();
   const int64_t Hp = sh.Hp;
   const T invH = T(1) / static_cast<T>(sh.H);
   const T* __restrict m = sh.mask;
@@ -289,11 +545,12 @@ inline T layernorm_act(const Shared<T>& sh, const T* __restrict u, T* __restrict
   const T r = T(1) / std::sqrt(var + sh.eps);
   const T* __restrict g = sh.gamma;
   const T* __restrict b = sh.beta;
-  for (int64_t i = 0; i < Hp; ++i) {
-    const T x = (u[i] - mu) * r * m[i];
-    xh[i] = x;
-    z[i] = act<ACT>(g[i] * x + b[i]);  // padding: gamma = beta = 0 -> f(0) = 0
+  for (int64_t i = 0; i < Hp; i += W) {
+    const vec<T> x = (vload(u + i) - mu) * r * vload(m + i);
+    vstore(xh + i, x);
+    vstore(z + i, vload(g + i) * x + vload(b + i));  // padding: gamma = beta = 0
   }
+  for (int64_t i = 0; i < Hp; ++i) z[i] = act<ACT>(z[i]);  // f(0) = 0 in the padding
   return r;
 }
 
@@ -307,90 +564,70 @@ void forward_example(const Shared<T>& sh, const FwdIO<T>& io, int64_t b, FwdScra
   T* __restrict u = ws.u.data();
   T* __restrict z = ws.z.data();
   T* __restrict xh = ws.xh.data();
-  T* __restrict coef = ws.coef.data();
   T* __restrict sc = ws.sc.data();
   T* __restrict val = ws.val.data();
   int32_t* __restrict idx = ws.idx.data();
   const bool save = io.zs != nullptr;
 
   load_padded(hist, io.h0 + b * H, H, Hp);
-  std::fill(histT, histT + H * Tp, T(0));
+  zero_padded(histT, H * Tp);
   for (int64_t i = 0; i < H; ++i) histT[i * Tp] = hist[i];
 
   // A_0^T, padded, unless A_0 is zero for this example.
   const T* A0 = io.A0 + b * H * H;
   const bool a0nz = any_nonzero(A0, H * H);
   T* __restrict A0T = ws.A0T.data();
-  if (a0nz) {
-    for (int64_t j = 0; j < H; ++j) {
-      T* r = A0T + j * Hp;
-      for (int64_t i = 0; i < H; ++i) r[i] = A0[i * H + j];
-      for (int64_t i = H; i < Hp; ++i) r[i] = T(0);
-    }
-  }
+  if (a0nz) transpose_square(A0, H, A0T, Hp);
 
   for (int64_t t = 1; t <= Tn; ++t) {
     const T* hprev = hist + (t - 1) * Hp;
     // p = xp_t + W h_{t-1}
     load_padded(p, io.xp + (b * Tn + (t - 1)) * H, H, Hp);
-    {
-      const int64_t nnz = compact(hprev, H, T(1), idx, val);
-      matvec_idx(sh.WTp, Hp, idx, val, nnz, p, Hp);
-    }
+    sparse_matvec(sh.WTp, Hp, hprev, H, T(1), p, Hp, idx, val);
     for (int64_t i = 0; i < Hp; ++i) z[i] = act<ACT>(p[i]);
-    // attention coefficients eta * lam^(t-1-tau) for tau < t, zero beyond
-    const int64_t tv = (t + W - 1) / W * W;  // score lanes in use
-    for (int64_t tau = 0; tau < tv; ++tau) coef[tau] = tau < t ? sh.eta * sh.lam_pow[t - 1 - tau] : T(0);
+    const int64_t tv = (t + W - 1) / W * W;  // score lanes in use (beyond t: coef = 0)
+    const T* coef = sh.coef + t * Tp;
     const T lt = sh.lam_pow[t];
     const int64_t base = (b * Tn + (t - 1)) * S;
     for (int64_t s = 0; s < S; ++s) {
-      if (save) std::memcpy(io.zs + (base + s) * H, z, sizeof(T) * H);
-      // scores sc[tau] = coef[tau] <h_tau, z> via the transposed history
+      if (save) store_n(io.zs + (base + s) * H, z, H);
+      // scores sc[tau] = eta lam^(t-1-tau) <h_tau, z> via the transposed history, and
+      // u = p + sum_tau sc[tau] h_tau + lam^t A_0 z  (z's nonzeros found once for both)
+      zero_padded(sc, tv);
+      copy_padded(u, p, Hp);
+#if CRNN_AVX512
       const int64_t nz = compact(z, H, T(1), idx, val);
-      std::fill(sc, sc + tv, T(0));
       matvec_idx(histT, Tp, idx, val, nz, sc, tv);
-      for (int64_t tau = 0; tau < tv; ++tau) sc[tau] *= coef[tau];
-      // u = p + sum_tau sc[tau] h_tau + lam^t A_0 z
-      std::memcpy(u, p, sizeof(T) * Hp);
+      mul_padded(sc, coef, tv);
       matvec(hist, Hp, sc, t, u, Hp);
       if (a0nz && lt != T(0)) {
         for (int64_t jj = 0; jj < nz; ++jj) val[jj] *= lt;
         matvec_idx(A0T, Hp, idx, val, nz, u, Hp);
       }
+#else
+      matvec(histT, Tp, z, H, sc, tv);
+      mul_padded(sc, coef, tv);
+      matvec(hist, Hp, sc, t, u, Hp);
+      if (a0nz && lt != T(0)) sparse_matvec(A0T, Hp, z, H, lt, u, Hp, idx, val);
+#endif
       const T r = layernorm_act<ACT>(sh, u, xh, z);
       if (save) {
-        std::memcpy(io.xhat + (base + s) * H, xh, sizeof(T) * H);
+        store_n(io.xhat + (base + s) * H, xh, H);
         io.rstd[base + s] = r;
       }
     }
-    std::memcpy(hist + t * Hp, z, sizeof(T) * Hp);
+    copy_padded(hist + t * Hp, z, Hp);
     for (int64_t i = 0; i < H; ++i) histT[i * Tp + t] = z[i];
-    std::memcpy(io.out + (b * Tn + (t - 1)) * H, z, sizeof(T) * H);
+    store_n(io.out + (b * Tn + (t - 1)) * H, z, H);
   }
 
-  // A_T = lam^T A_0 + sum_{tau<T} eta lam^(T-1-tau) h_tau h_tau^T, row by row.
+  // A_T = lam^T A_0 + sum_{tau<T} eta lam^(T-1-tau) h_tau h_tau^T:
+  // row i = lam^T A_0[i,:] + sum_tau (coef_tau h_tau[i]) h_tau, four rows at a time.
   T* AT = io.AT + b * H * H;
-  T* __restrict row = ws.row.data();
-  const T lT = sh.lam_pow[Tn];
-  for (int64_t tau = 0; tau < Tn; ++tau) coef[tau] = sh.eta * sh.lam_pow[Tn - 1 - tau];
-  for (int64_t i = 0; i < H; ++i) {
-    if (a0nz) {
-      for (int64_t j = 0; j < H; ++j) row[j] = lT * A0[i * H + j];
-      for (int64_t j = H; j < Hp; ++j) row[j] = T(0);
-    } else {
-      std::fill(row, row + Hp, T(0));
-    }
-    const T* hi = histT + i * Tp;  // h_tau[i], tau = 0..T
-    int64_t nnz = 0;
-    for (int64_t tau = 0; tau < Tn; ++tau) {
-      const T v = hi[tau];
-      idx[nnz] = static_cast<int32_t>(tau);
-      val[nnz] = coef[tau] * v;
-      nnz += (v != T(0));
-    }
-    matvec_idx(hist, Hp, idx, val, nnz, row, Hp);
-    std::memcpy(AT + i * H, row, sizeof(T) * H);
-  }
+  T* __restrict mat = ws.mat.data();  // A_T of this example, contiguous, then streamed out
+  rank_rows(hist, Hp, histT, Tp, sh.coef + Tn * Tp, Tn, a0nz ? A0 : nullptr, sh.lam_pow[Tn], H, Hp,
+            ws.wbuf.data(), mat);
+  stream_copy(AT, mat, H * H);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -414,13 +651,15 @@ struct BwdIO {
 
 template <typename T>
 struct BwdScratch {
-  std::vector<T> hist, histT, dH, Z, X, A0p, Sym, GT, dz, dzn, dp, g, du, a, bb, coef, val, row,
-      dgam, dbet;
+  std::vector<T> hist, histT, dH, Z, X, A0p, Sym, GT, dz, dzn, dp, g, du, a, bb, val, row, dgam,
+      dbet, mat, wbuf;
   std::vector<int32_t> idx;
   int64_t Kp = 0;
   void init(const Shared<T>& sh) {
     const int64_t Hp = sh.Hp, Tn = sh.T_len, S = sh.S, H = sh.H, Tp = sh.Tp;
+    mat.assign(H * H + kSlack, T(0));
     Kp = padded<T>(Tn * S);
+    wbuf.assign(4 * Kp, T(0));
     hist.assign((Tn + 1) * Hp, T(0));
     histT.assign(H * Tp, T(0));
     dH.assign((Tn + 1) * Hp, T(0));
@@ -436,8 +675,7 @@ struct BwdScratch {
     du.assign(Hp, T(0));
     a.assign(Tp, T(0));
     bb.assign(Tp, T(0));
-    coef.assign(Tp, T(0));
-    const int64_t m = std::max(std::max(Hp, Tp), Kp);
+    const int64_t m = std::max(std::max(Hp, Tp), Kp) + kSlack;
     val.assign(m, T(0));
     idx.assign(m, 0);
     row.assign(Hp, T(0));
@@ -464,7 +702,6 @@ void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScr
   T* __restrict du = ws.du.data();
   T* __restrict a = ws.a.data();
   T* __restrict bb = ws.bb.data();
-  T* __restrict coef = ws.coef.data();
   T* __restrict val = ws.val.data();
   T* __restrict row = ws.row.data();
   T* __restrict dgam = ws.dgam.data();
@@ -477,7 +714,7 @@ void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScr
   load_padded(hist, io.h0 + b * H, H, Hp);
   for (int64_t t = 1; t <= Tn; ++t)
     load_padded(hist + t * Hp, io.out + (b * Tn + t - 1) * H, H, Hp);
-  std::fill(histT, histT + H * Tp, T(0));
+  zero_padded(histT, H * Tp);
   for (int64_t t = 0; t <= Tn; ++t)
     for (int64_t i = 0; i < H; ++i) histT[i * Tp + t] = hist[t * Hp + i];
   for (int64_t k = 0; k < Tn * S; ++k) {
@@ -485,13 +722,15 @@ void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScr
     load_padded(X + k * Hp, io.xhat + (b * Tn * S + k) * H, H, Hp);
   }
   // dH[t] = dL/dh_t, accumulated; starts with the output gradients.
-  std::fill(dH, dH + (Tn + 1) * Hp, T(0));
-  if (io.gout)
-    for (int64_t t = 1; t <= Tn; ++t)
+  zero_padded(dH, Hp);
+  for (int64_t t = 1; t <= Tn; ++t) {
+    if (io.gout)
       load_padded(dH + t * Hp, io.gout + (b * Tn + t - 1) * H, H, Hp);
-  std::fill(dgam, dgam + Hp, T(0));
-  std::fill(dbet, dbet + Hp, T(0));
-  if (io.dA0) std::fill(GT, GT + H * Kp, T(0));
+    else
+      zero_padded(dH + t * Hp, Hp);
+  }
+  zero_padded(dgam, Hp);
+  zero_padded(dbet, Hp);
 
   const T* A0 = io.A0 + b * H * H;
   const bool a0nz = any_nonzero(A0, H * H);
@@ -509,19 +748,17 @@ void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScr
       for (int64_t j = 0; j < H; ++j) r[j] = gA[i * H + j] + gA[j * H + i];
       for (int64_t j = H; j < Hp; ++j) r[j] = T(0);
     }
-    for (int64_t tau = 0; tau < Tn; ++tau) {
-      const T c = sh.eta * sh.lam_pow[Tn - 1 - tau];
-      const int64_t nnz = compact(hist + tau * Hp, H, c, idx, val);
-      matvec_idx(Sym, Hp, idx, val, nnz, dH + tau * Hp, Hp);
-    }
+    const T* coefT = sh.coef + Tn * Tp;
+    for (int64_t tau = 0; tau < Tn; ++tau)
+      sparse_matvec(Sym, Hp, hist + tau * Hp, H, coefT[tau], dH + tau * Hp, Hp, idx, val);
   }
 
   for (int64_t t = Tn; t >= 1; --t) {
     const T lt = sh.lam_pow[t];
     const int64_t tv = (t + W - 1) / W * W;
-    for (int64_t tau = 0; tau < tv; ++tau) coef[tau] = tau < t ? sh.eta * sh.lam_pow[t - 1 - tau] : T(0);
-    std::memcpy(dz, dH + t * Hp, sizeof(T) * Hp);
-    std::fill(dp, dp + Hp, T(0));
+    const T* coef = sh.coef + t * Tp;
+    copy_padded(dz, dH + t * Hp, Hp);
+    zero_padded(dp, Hp);
     const int64_t base = (b * Tn + (t - 1)) * S;
     for (int64_t s = S - 1; s >= 0; --s) {
       const int64_t k = (t - 1) * S + s;
@@ -530,36 +767,36 @@ void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScr
       const T* __restrict zc = Z + k * Hp;
       const T r = io.rstd[base + s];
       // LayerNorm + activation backward
-      for (int64_t i = 0; i < Hp; ++i) {
-        const T d = dz[i] * dact<ACT>(zn[i]);
-        dgam[i] += d * xh[i];
-        dbet[i] += d;
-        g[i] = gamma[i] * d;
+      vec<T> m1v = vzero<T>(), m2v = vzero<T>();
+      for (int64_t i = 0; i < Hp; i += W) {
+        const vec<T> d = dact_mul<ACT, T>(vload(zn + i), vload(dz + i));
+        const vec<T> x = vload(xh + i);
+        vstore(dgam + i, vload(dgam + i) + d * x);
+        vstore(dbet + i, vload(dbet + i) + d);
+        const vec<T> gv = vload(gamma + i) * d;
+        vstore(g + i, gv);
+        m1v += gv;
+        m2v += gv * x;
       }
-      const T m1 = sum(g, Hp) * invH;
-      const T m2 = dot(g, xh, Hp) * invH;
-      for (int64_t i = 0; i < Hp; ++i) {
-        const T v = r * (g[i] - m1 - xh[i] * m2) * mask[i];
-        du[i] = v;
-        dp[i] += v;
+      const T m1 = hsum<T>(m1v) * invH;
+      const T m2 = hsum<T>(m2v) * invH;
+      for (int64_t i = 0; i < Hp; i += W) {
+        const vec<T> v = (vload(g + i) - m1 - vload(xh + i) * m2) * r * vload(mask + i);
+        vstore(du + i, v);
+        vstore(dp + i, vload(dp + i) + v);
       }
-      // a_tau = c_tau <h_tau, du>, b_tau = c_tau <h_tau, z_s>  (tau < t)
-      std::fill(a, a + tv, T(0));
-      std::fill(bb, bb + tv, T(0));
+      // a_tau = c_tau <h_tau, du>, b_tau = c_tau <h_tau, z_s>  (tau < t; coef = 0 beyond)
+      zero_padded(a, tv);
+      zero_padded(bb, tv);
       matvec(histT, Tp, du, H, a, tv);
-      {
-        const int64_t nz = compact(zc, H, T(1), idx, val);
-        matvec_idx(histT, Tp, idx, val, nz, bb, tv);
-      }
-      for (int64_t tau = 0; tau < tv; ++tau) {
-        a[tau] *= coef[tau];
-        bb[tau] *= coef[tau];
-      }
+      matvec(histT, Tp, zc, H, bb, tv);
+      mul_padded(a, coef, tv);
+      mul_padded(bb, coef, tv);
       // dz_s = A_t^T du = sum_tau a_tau h_tau + lam^t A_0^T du
-      std::fill(dzn, dzn + Hp, T(0));
+      zero_padded(dzn, Hp);
       matvec(hist, Hp, a, t, dzn, Hp);
       if (a0nz && lt != T(0)) {
-        for (int64_t i = 0; i < H; ++i) val[i] = lt * du[i];
+        for (int64_t i = 0; i < Hp; i += W) vstore(val + i, vload(du + i) * lt);
         matvec(A0p, Hp, val, H, dzn, Hp);
       }
       // dh_tau += a_tau z_s + b_tau du   (tau < t)
@@ -571,35 +808,26 @@ void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScr
       }
       if (io.dA0)
         for (int64_t i = 0; i < H; ++i) GT[i * Kp + k] = lt * du[i];
-      std::memcpy(dz, dzn, sizeof(T) * Hp);
+      copy_padded(dz, dzn, Hp);
     }
     // z_0 = f(p_t)
     const T* __restrict z0 = Z + ((t - 1) * S) * Hp;
-    for (int64_t i = 0; i < Hp; ++i) dp[i] += dz[i] * dact<ACT>(z0[i]);
-    std::memcpy(io.dxp + (b * Tn + (t - 1)) * H, dp, sizeof(T) * H);
+    for (int64_t i = 0; i < Hp; i += W)
+      vstore(dp + i, vload(dp + i) + dact_mul<ACT, T>(vload(z0 + i), vload(dz + i)));
+    store_n(io.dxp + (b * Tn + (t - 1)) * H, dp, H);
     // p_t = W h_{t-1} + xp_t  ->  dh_{t-1} += W^T dp
     matvec(sh.Wp, Hp, dp, H, dH + (t - 1) * Hp, Hp);
   }
-  std::memcpy(io.dh0 + b * H, dH, sizeof(T) * H);
-  std::memcpy(io.dgamma_part + b * H, dgam, sizeof(T) * H);
-  std::memcpy(io.dbeta_part + b * H, dbet, sizeof(T) * H);
+  store_n(io.dh0 + b * H, dH, H);
+  store_n(io.dgamma_part + b * H, dgam, H);
+  store_n(io.dbeta_part + b * H, dbet, H);
 
-  // dA_0 = lam^T gA + sum_{t,s} lam^t du_{t,s} z_{t,s}^T, row by row.
+  // dA_0 = lam^T gA + sum_{t,s} lam^t du_{t,s} z_{t,s}^T  (GT holds lam^t du transposed)
   if (io.dA0) {
-    T* dA0 = io.dA0 + b * H * H;
-    const T lT = sh.lam_pow[Tn];
-    const int64_t K = Tn * S;
-    for (int64_t i = 0; i < H; ++i) {
-      if (ganz) {
-        for (int64_t j = 0; j < H; ++j) row[j] = lT * gA[i * H + j];
-        for (int64_t j = H; j < Hp; ++j) row[j] = T(0);
-      } else {
-        std::fill(row, row + Hp, T(0));
-      }
-      const int64_t nnz = compact(GT + i * Kp, K, T(1), idx, val);
-      matvec_idx(Z, Hp, idx, val, nnz, row, Hp);
-      std::memcpy(dA0 + i * H, row, sizeof(T) * H);
-    }
+    T* __restrict mat = ws.mat.data();
+    rank_rows(Z, Hp, GT, Kp, static_cast<const T*>(nullptr), Tn * S, ganz ? gA : nullptr, sh.lam_pow[Tn], H,
+              Hp, ws.wbuf.data(), mat);
+    stream_copy(io.dA0 + b * H * H, mat, H * H);
   }
 }
 

@@ -25,7 +25,7 @@ using at::Tensor;
 
 template <typename T>
 struct SharedBuffers {
-  std::vector<T> WTp, Wp, gamma, beta, mask, lam_pow;
+  std::vector<T> WTp, Wp, gamma, beta, mask, lam_pow, coef;
   cpu::Shared<T> sh;
 
   SharedBuffers(const Tensor& W, const Tensor& gamma_t, const Tensor* beta_t, int64_t B,
@@ -54,18 +54,23 @@ struct SharedBuffers {
       const T* bt = beta_t->data_ptr<T>();
       for (int64_t i = 0; i < H; ++i) beta[i] = bt[i];
     }
-    lam_pow.assign(Tn + 1, T(0));
-    double lp = 1.0;
+    std::vector<double> lp(Tn + 1);
+    double l = 1.0;
     for (int64_t k = 0; k <= Tn; ++k) {
-      lam_pow[k] = static_cast<T>(lp);
-      lp *= lam;
+      lp[k] = l;
+      l *= lam;
     }
+    lam_pow.assign(lp.begin(), lp.end());
+    const int64_t Tp = cpu::padded<T>(Tn + 1);
+    coef.assign((Tn + 1) * Tp, T(0));  // row t: eta lam^(t-1-tau), tau < t
+    for (int64_t t = 1; t <= Tn; ++t)
+      for (int64_t tau = 0; tau < t; ++tau) coef[t * Tp + tau] = static_cast<T>(eta * lp[t - 1 - tau]);
     sh.B = B;
     sh.T_len = Tn;
     sh.H = H;
     sh.Hp = Hp;
     sh.S = S;
-    sh.Tp = cpu::padded<T>(Tn + 1);
+    sh.Tp = Tp;
     sh.lam = static_cast<T>(lam);
     sh.eta = static_cast<T>(eta);
     sh.eps = static_cast<T>(eps);
@@ -75,6 +80,7 @@ struct SharedBuffers {
     sh.beta = beta.data();
     sh.mask = mask.data();
     sh.lam_pow = lam_pow.data();
+    sh.coef = coef.data();
   }
 };
 

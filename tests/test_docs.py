@@ -28,3 +28,27 @@ def test_plugins_worked_example(fresh_plugins, runner, tmp_path):
     assert result.exit_code == 0, result.stderr
     bad = invoke(runner, ["run", "--init", "scalar", "--set", "init.start=99", "--out", str(tmp_path / "s"), *TINY_ART])
     assert bad.exit_code == 2 and "start must be in [-10, 10]" in bad.stderr
+
+
+def bash_blocks(path: Path) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def test_cli_tour(tmp_path):
+    """Every line of the tour in docs/cli.md runs, in order, and exits 0."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    lines = [line for line in bash_blocks(DOCS / "cli.md")[0].splitlines() if line.strip()]
+    assert len(lines) >= 10
+    env = dict(os.environ, CRNN_NO_PLUGINS="1")
+    for line in lines:
+        args = shlex.split(line)
+        assert args[0] == "crnn", line
+        result = subprocess.run([sys.executable, "-m", "crnn_core", *args[1:]], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
+    assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "runs" / "grid" / "results.md").is_file()

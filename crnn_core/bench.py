@@ -1,0 +1,415 @@
+"""``crnn bench`` and ``crnn kernels``: the fused fast-weights kernel against the pure-PyTorch fallbacks.
+
+``crnn bench`` times the three fast-weights backends on the same inputs, in the same
+process, round-robin (each repeat times every backend once, so load changes hit all
+of them alike):
+
+* ``fused``     -- the C++/CUDA op (``crnn_plugins.fastweights_fused``),
+* ``reference`` -- the pure-PyTorch attention-form unroll (the fallback backend),
+* ``naive``     -- the loop that materialises A_t every step (public implementations).
+
+Modes: ``forward`` (under ``torch.no_grad()``, i.e. inference) and ``forward+backward``
+(outputs' gradient from a fixed random upstream gradient, A_T not in the loss, as in
+training on ART). Inputs: xp ~ N(0,1), h0 ~ 0.5 N(0,1), A0 ~ 0.1 N(0,1) (a learned
+initial state; ``--state zero`` for zeros), W = 0.05 I + 0.1 N(0,1)/sqrt(H), gamma = 1,
+beta = 0, lam = 0.95, eta = 0.5, ReLU.
+
+Memory (``peak_memory_bytes``): on CUDA, ``torch.cuda.max_memory_allocated`` during the
+call minus what was allocated before it. On CPU, where PyTorch has no allocator
+statistics, the bytes alive between forward and backward: the outputs plus every
+distinct tensor autograd saved for the backward, other than the inputs themselves
+(counted with ``torch.autograd.graph.saved_tensors_hooks``); for ``forward`` mode, the
+outputs only. ``memory_method`` in each record says which.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import click
+import torch
+
+from .errors import ConfigError
+
+DEFAULT_BATCH = (1, 128)
+DEFAULT_LENGTH = (11, 25)
+DEFAULT_HIDDEN = (50, 128)
+DEFAULT_INNER = (1,)
+BACKENDS = ("fused", "reference", "naive")
+MODES = ("forward", "forward+backward")
+LAM, ETA = 0.95, 0.5
+
+
+def _backend_fns() -> tuple[dict[str, Callable], dict[str, str]]:
+    from crnn_plugins import fastweights_fused
+    from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference
+
+    fns: dict[str, Callable] = {"reference": fastweights_reference, "naive": fastweights_naive}
+    notes = {"reference": "pure PyTorch, attention form", "naive": "pure PyTorch, explicit A_t each step"}
+    ok, reason = fastweights_fused.load_status()
+    notes["fused"] = reason
+    if ok:
+        fns["fused"] = fastweights_fused.fastweights_fused
+    return fns, notes
+
+
+def _inputs(B: int, T: int, H: int, device: torch.device, dtype: torch.dtype, state: str, seed: int):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    xp = r(B, T, H)
+    h0 = 0.5 * r(B, H)
+    A0 = 0.1 * r(B, H, H)
+    if state == "zero":
+        h0.zero_()
+        A0.zero_()
+    W = 0.05 * torch.eye(H, dtype=dtype) + 0.1 * r(H, H) / H**0.5
+    gamma = torch.ones(H, dtype=dtype)
+    beta = torch.zeros(H, dtype=dtype)
+    upstream = r(B, T, H)
+    return [t.to(device) for t in (xp, h0, A0, W, gamma, beta)], upstream.to(device)
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, int]:
+    return (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+
+
+class _Timer:
+    """Times one call of one backend in one mode; measures its memory once."""
+
+    def __init__(self, fn: Callable, args: list[torch.Tensor], upstream: torch.Tensor, mode: str, S: int,
+                 device: torch.device):
+        self.fn, self.mode, self.S, self.device = fn, mode, S, device
+        self.upstream = upstream
+        if mode == "forward":
+            self.args = args
+        else:
+            self.args = [a.detach().clone().requires_grad_(True) for a in args]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _call(self) -> None:
+        if self.mode == "forward":
+            with torch.no_grad():
+                self.fn(*self.args, LAM, ETA, self.S, "relu")
+        else:
+            out, _ = self.fn(*self.args, LAM, ETA, self.S, "relu")
+            torch.autograd.backward(out, self.upstream)
+
+    def time_once(self) -> float:
+        for a in self.args:
+            a.grad = None
+        self._sync()
+        start = time.perf_counter()
+        self._call()
+        self._sync()
+        return (time.perf_counter() - start) * 1e3
+
+    def memory(self) -> tuple[int | None, str]:
+        for a in self.args:
+            a.grad = None
+        if self.device.type == "cuda":
+            self._sync()
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._call()
+            self._sync()
+            return torch.cuda.max_memory_allocated(self.device) - before, "cuda_max_memory_allocated"
+        inputs = {_storage_key(a) for a in self.args}
+        saved: dict[tuple[int, int], int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            key = _storage_key(t)
+            if key not in inputs:
+                saved[key] = t.untyped_storage().nbytes()
+            return t
+
+        if self.mode == "forward":
+            with torch.no_grad():
+                out, A = self.fn(*self.args, LAM, ETA, self.S, "relu")
+            return out.nbytes + A.nbytes, "cpu_outputs"
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out, A = self.fn(*self.args, LAM, ETA, self.S, "relu")
+        for t in (out, A):
+            saved.setdefault(_storage_key(t), t.untyped_storage().nbytes())
+        torch.autograd.backward(out, self.upstream)
+        return sum(saved.values()), "cpu_saved_for_backward_plus_outputs"
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_benchmark(
+    batches: tuple[int, ...],
+    lengths: tuple[int, ...],
+    hiddens: tuple[int, ...],
+    inner_steps: tuple[int, ...],
+    *,
+    backends: tuple[str, ...] = BACKENDS,
+    modes: tuple[str, ...] = MODES,
+    device: str = "cpu",
+    dtype: str = "float32",
+    repeats: int = 10,
+    warmup: int = 3,
+    state: str = "random",
+    seed: int = 0,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> dict[str, Any]:
+    """Time every backend at every grid point; returns the JSON document ``crnn bench --json`` prints."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device here")
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    fns, notes = _backend_fns()
+    missing = [b for b in backends if b not in fns]
+    if "fused" in missing:
+        progress(f"crnn bench: the fused kernel is not available ({notes['fused']}); timing the fallbacks only")
+    if dev.type == "cuda" and "fused" in fns:
+        from crnn_plugins import fastweights_fused
+
+        ok, why = fastweights_fused.device_status(dev)
+        if not ok:
+            progress(f"crnn bench: no fused kernel on {dev} ({why}); timing the fallbacks only")
+            fns.pop("fused")
+    active = [b for b in backends if b in fns]
+    if not active:
+        raise ConfigError("no backend to time")
+    points = list(itertools.product(batches, lengths, hiddens, inner_steps))
+    records: list[dict[str, Any]] = []
+    ratios: list[dict[str, Any]] = []
+    for n, (B, T, H, S) in enumerate(points, 1):
+        args, upstream = _inputs(B, T, H, dev, torch_dtype, state, seed)
+        for mode in modes:
+            progress(f"[{n}/{len(points)}] B={B} T={T} H={H} S={S} {mode}")
+            timers = {b: _Timer(fns[b], args, upstream, mode, S, dev) for b in active}
+            for timer in timers.values():
+                for _ in range(warmup):
+                    timer.time_once()
+            samples: dict[str, list[float]] = {b: [] for b in active}
+            for _ in range(repeats):
+                for b, timer in timers.items():
+                    samples[b].append(timer.time_once())
+            medians = {b: statistics.median(v) for b, v in samples.items()}
+            for b in active:
+                mem, method = timers[b].memory()
+                records.append({
+                    "backend": b,
+                    "mode": mode,
+                    "batch": B,
+                    "length": T,
+                    "hidden": H,
+                    "inner_steps": S,
+                    "device": str(dev),
+                    "dtype": dtype,
+                    "median_ms": round(medians[b], 4),
+                    "min_ms": round(min(samples[b]), 4),
+                    "max_ms": round(max(samples[b]), 4),
+                    "repeats": repeats,
+                    "peak_memory_bytes": mem,
+                    "memory_method": method,
+                    "ratio_to_fused": round(medians[b] / medians["fused"], 3) if "fused" in medians else None,
+                })
+            if "fused" in medians:
+                ratio = {"mode": mode, "batch": B, "length": T, "hidden": H, "inner_steps": S}
+                for b in active:
+                    if b != "fused":
+                        ratio[f"{b}_over_fused"] = round(medians[b] / medians["fused"], 3)
+                ratios.append(ratio)
+    return {
+        "machine": machine_info(dev),
+        "settings": {
+            "repeats": repeats, "warmup": warmup, "dtype": dtype, "state": state, "activation": "relu",
+            "lam": LAM, "eta": ETA, "seed": seed, "backends": active,
+        },
+        "backends": {b: notes.get(b, "") for b in backends},
+        "records": records,
+        "ratios": ratios,
+    }
+
+
+def format_table(doc: dict[str, Any]) -> str:
+    """The human-readable table: one line per shape and mode, medians in ms, ratios, memory in MB."""
+    backends = doc["settings"]["backends"]
+    by_key: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in doc["records"]:
+        key = (r["batch"], r["length"], r["hidden"], r["inner_steps"], r["mode"])
+        by_key.setdefault(key, {})[r["backend"]] = r
+    header = ["B", "T", "H", "S", "mode"] + [f"{b} ms" for b in backends]
+    others = [b for b in backends if b != "fused"]
+    if "fused" in backends:
+        header += [f"{b}/fused" for b in others]
+    header += [f"{b} MB" for b in backends]
+    rows = [header]
+    for (B, T, H, S, mode), recs in by_key.items():
+        row = [str(B), str(T), str(H), str(S), "fwd" if mode == "forward" else "fwd+bwd"]
+        row += [f"{recs[b]['median_ms']:.3f}" if b in recs else "-" for b in backends]
+        if "fused" in backends:
+            row += [f"{recs[b]['ratio_to_fused']:.1f}x" if b in recs and recs[b]["ratio_to_fused"] else "-" for b in others]
+        row += [
+            f"{recs[b]['peak_memory_bytes'] / 2**20:.2f}" if b in recs and recs[b]["peak_memory_bytes"] is not None else "-"
+            for b in backends
+        ]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    m = doc["machine"]
+    lines.append("")
+    lines.append(f"{m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} with {m['torch_threads']} threads"
+                 + (f", {m['gpu']}" if "gpu" in m else "") + f"; {doc['settings']['dtype']}, medians of "
+                 f"{doc['settings']['repeats']} repeats after {doc['settings']['warmup']} warm-up calls")
+    lines.append(f"fused: {doc['backends'].get('fused', '')}")
+    methods = sorted({r["memory_method"] for r in doc["records"]})
+    lines.append("MB: " + ", ".join(methods) + " (see docs/benchmarks.md)")
+    return "\n".join(lines)
+
+
+BENCH_EPILOG = """
+\b
+Examples:
+  crnn bench                                   # the default grid (about a minute)
+  crnn bench --batch 128 --length 11 --hidden 50 --inner-steps 1 --repeats 30
+  crnn bench --batch 1 --batch 32 --batch 128 --length 11 --length 25 --length 100 \\
+             --hidden 50 --hidden 128 --hidden 256 --inner-steps 1 --inner-steps 3   # the full grid
+  crnn bench --json > bench.json
+  crnn bench --device cuda
+"""
+
+
+@click.command("bench", epilog=BENCH_EPILOG)
+@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True,
+              help=f"batch size B (repeatable; default {' '.join(map(str, DEFAULT_BATCH))})")
+@click.option("--length", "lengths", type=click.IntRange(min=1), multiple=True,
+              help=f"sequence length T (repeatable; default {' '.join(map(str, DEFAULT_LENGTH))})")
+@click.option("--hidden", "hiddens", type=click.IntRange(min=1), multiple=True,
+              help=f"hidden size H (repeatable; default {' '.join(map(str, DEFAULT_HIDDEN))})")
+@click.option("--inner-steps", "inner", type=click.IntRange(min=1), multiple=True,
+              help=f"inner steps S (repeatable; default {' '.join(map(str, DEFAULT_INNER))})")
+@click.option("--backend", "backends", type=click.Choice(BACKENDS), multiple=True,
+              help="backends to time (repeatable; default all)")
+@click.option("--mode", "modes", type=click.Choice(MODES), multiple=True, help="modes (repeatable; default both)")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
+@click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1), help="timed calls per backend")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="untimed calls first")
+@click.option("--state", default="random", show_default=True, type=click.Choice(["random", "zero"]),
+              help="initial h0/A0: random (a learned initial state) or zero")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads (default: torch's)")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout instead of the table")
+@click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")
+def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup, state,
+                  threads, seed, as_json, quiet) -> None:
+    """Time the fused fast-weights kernel against the reference fallback and the naive loop."""
+    if threads:
+        torch.set_num_threads(threads)
+    doc = run_benchmark(
+        tuple(batches) or DEFAULT_BATCH,
+        tuple(lengths) or DEFAULT_LENGTH,
+        tuple(hiddens) or DEFAULT_HIDDEN,
+        tuple(inner) or DEFAULT_INNER,
+        backends=tuple(backends) or BACKENDS,
+        modes=tuple(modes) or MODES,
+        device=device,
+        dtype=dtype,
+        repeats=repeats,
+        warmup=warmup,
+        state=state,
+        seed=seed,
+        progress=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)),
+    )
+    doc["command"] = "crnn bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "crnn bench"
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(format_table(doc))
+
+
+# -- crnn kernels ---------------------------------------------------------------------------------
+
+
+def kernel_report() -> dict[str, Any]:
+    """Which fast-weights backend runs on which device, and why."""
+    from crnn_plugins import fastweights_fused as ff
+
+    ok, reason = ff.load_status()
+    devices: dict[str, Any] = {}
+    for name in ("cpu", "cuda"):
+        fused_ok, why = ff.device_status(name)
+        available = name == "cpu" or torch.cuda.is_available()
+        devices[name] = {
+            "device_available": available,
+            "fused": fused_ok,
+            "fused_reason": why,
+            "reference": available,
+            "auto": ("fused" if fused_ok else "reference") if available else None,
+        }
+    env = {k: os.environ[k] for k in ("CRNN_NO_FUSED", "CRNN_NO_JIT", "CRNN_KERNEL_CACHE", "CRNN_CPU_ARCH")
+           if k in os.environ}
+    src = ff.kernel_sources()
+    return {
+        "fused_loaded": ok,
+        "reason": reason,
+        "build_info": ff.build_info(),
+        "kernel_sources": str(src) if src else None,
+        "cache_dir": str(ff._cache_root()),
+        "environment": env,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "devices": devices,
+    }
+
+
+@click.command("kernels", epilog="\b\nExamples:\n  crnn kernels\n  crnn kernels --json\n  CRNN_NO_FUSED=1 crnn kernels")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
+def kernels_command(as_json: bool) -> None:
+    """Which fast-weights backends are available on which device, and why."""
+    rep = kernel_report()
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    click.echo(f"fused kernel: {'loaded' if rep['fused_loaded'] else 'NOT available'} ({rep['reason']})")
+    if rep["build_info"]:
+        bi = rep["build_info"]
+        click.echo(f"  built with: cpu {bi.get('cpu_isa')}, openmp {bi.get('openmp')}, cuda {bi.get('cuda')}")
+    click.echo(f"  sources: {rep['kernel_sources'] or 'not found'}; JIT cache: {rep['cache_dir']}")
+    if rep["environment"]:
+        click.echo("  environment: " + " ".join(f"{k}={v}" for k, v in rep["environment"].items()))
+    for name, d in rep["devices"].items():
+        if not d["device_available"]:
+            click.echo(f"{name}: device not available (torch {rep['torch']}, CUDA {rep['torch_cuda'] or 'none'}); "
+                       f"fused: {d['fused_reason']}")
+            continue
+        fused = "yes" if d["fused"] else f"no ({d['fused_reason']})"
+        click.echo(f"{name}: fused {fused}; reference yes; backend=auto -> {d['auto']}")

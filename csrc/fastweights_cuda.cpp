@@ -1,0 +1,129 @@
+// PyTorch glue for the CUDA fast-weights kernels: checks, allocation, stream, launch.
+// Compiled only into CUDA builds (setup.py / the JIT build add it with -DCRNN_WITH_CUDA
+// when PyTorch has CUDA and nvcc is found). The kernels are in fastweights_cuda.cu.
+#include <torch/extension.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "fastweights_checks.h"
+#include "fastweights_cuda.h"
+
+namespace crnn {
+namespace {
+
+using at::Tensor;
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
+    const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
+    const Tensor& beta, double lam, double eta, int64_t inner_steps,
+    c10::string_view activation, double eps, bool save) {
+  const int act = check_forward_args(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps,
+                                     activation, eps);
+  TORCH_CHECK(xp.is_cuda(), "crnn::fastweights_fwd: CUDA implementation got ", xp.device());
+  const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
+  TORCH_CHECK(H <= cuda::kMaxHidden, "crnn::fastweights_fwd: the CUDA kernel takes H <= ",
+              cuda::kMaxHidden, ", got ", H);
+  const c10::cuda::CUDAGuard guard(xp.device());
+  Tensor out = at::empty({B, Tn, H}, xp.options());
+  Tensor AT = at::empty({B, H, H}, xp.options());
+  Tensor zs = save ? at::empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
+  Tensor xhat = save ? at::empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
+  Tensor rstd = save ? at::empty({B, Tn, S}, xp.options()) : at::empty({0}, xp.options());
+  if (B == 0) return {out, AT, zs, xhat, rstd};
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cuda", [&] {
+    cuda::FwdParams<scalar_t> p;
+    p.B = B;
+    p.T_len = Tn;
+    p.H = H;
+    p.S = S;
+    p.act = act;
+    p.lam = lam;
+    p.eta = eta;
+    p.eps = eps;
+    p.xp = xp.data_ptr<scalar_t>();
+    p.h0 = h0.data_ptr<scalar_t>();
+    p.A0 = A0.data_ptr<scalar_t>();
+    p.W = W.data_ptr<scalar_t>();
+    p.gamma = gamma.data_ptr<scalar_t>();
+    p.beta = beta.data_ptr<scalar_t>();
+    p.out = out.data_ptr<scalar_t>();
+    p.AT = AT.data_ptr<scalar_t>();
+    p.zs = save ? zs.data_ptr<scalar_t>() : nullptr;
+    p.xhat = save ? xhat.data_ptr<scalar_t>() : nullptr;
+    p.rstd = save ? rstd.data_ptr<scalar_t>() : nullptr;
+    check_launch(cuda::launch_forward(p, c10::cuda::getCurrentCUDAStream().stream()),
+                 "crnn::fastweights_fwd CUDA launch");
+  });
+  return {out, AT, zs, xhat, rstd};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
+    const c10::optional<Tensor>& grad_out, const c10::optional<Tensor>& grad_AT,
+    const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma, const Tensor& out,
+    const Tensor& zs, const Tensor& xhat, const Tensor& rstd, double lam, double eta,
+    int64_t inner_steps, c10::string_view activation, bool need_dA0) {
+  const int act = check_backward_args(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
+                                      inner_steps, activation);
+  TORCH_CHECK(out.is_cuda(), "crnn::fastweights_bwd: CUDA implementation got ", out.device());
+  const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
+  TORCH_CHECK(H <= cuda::kMaxHidden, "crnn::fastweights_bwd: the CUDA kernel takes H <= ",
+              cuda::kMaxHidden, ", got ", H);
+  const c10::cuda::CUDAGuard guard(out.device());
+  Tensor dxp = at::empty({B, Tn, H}, out.options());
+  Tensor dh0 = at::empty({B, H}, out.options());
+  Tensor dgamma_part = at::empty({B, H}, out.options());
+  Tensor dbeta_part = at::empty({B, H}, out.options());
+  Tensor dH = at::empty({B, Tn + 1, H}, out.options());
+  Tensor G = need_dA0 ? at::empty({B, Tn, S, H}, out.options()) : Tensor();
+  if (B > 0) {
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cuda", [&] {
+      cuda::BwdParams<scalar_t> p;
+      p.B = B;
+      p.T_len = Tn;
+      p.H = H;
+      p.S = S;
+      p.act = act;
+      p.lam = lam;
+      p.eta = eta;
+      p.gout = grad_out.has_value() ? grad_out->data_ptr<scalar_t>() : nullptr;
+      p.gAT = grad_AT.has_value() ? grad_AT->data_ptr<scalar_t>() : nullptr;
+      p.h0 = h0.data_ptr<scalar_t>();
+      p.A0 = A0.data_ptr<scalar_t>();
+      p.W = W.data_ptr<scalar_t>();
+      p.gamma = gamma.data_ptr<scalar_t>();
+      p.out = out.data_ptr<scalar_t>();
+      p.zs = zs.data_ptr<scalar_t>();
+      p.xhat = xhat.data_ptr<scalar_t>();
+      p.rstd = rstd.data_ptr<scalar_t>();
+      p.dxp = dxp.data_ptr<scalar_t>();
+      p.dh0 = dh0.data_ptr<scalar_t>();
+      p.dgamma_part = dgamma_part.data_ptr<scalar_t>();
+      p.dbeta_part = dbeta_part.data_ptr<scalar_t>();
+      p.dH = dH.data_ptr<scalar_t>();
+      p.G = need_dA0 ? G.data_ptr<scalar_t>() : nullptr;
+      check_launch(cuda::launch_backward(p, c10::cuda::getCurrentCUDAStream().stream()),
+                   "crnn::fastweights_bwd CUDA launch");
+    });
+  }
+  Tensor dA0 = at::empty({0}, out.options());
+  if (need_dA0) {
+    // dA_0 = lam^T gA + sum_{t,s} (lam^t du_{t,s}) z_{t,s}^T = lam^T gA + G^T Z per example
+    dA0 = at::bmm(G.view({B, Tn * S, H}).transpose(1, 2), zs.view({B, Tn * S, H}));
+    if (grad_AT.has_value()) dA0.add_(*grad_AT, std::pow(lam, static_cast<double>(Tn)));
+  }
+  Tensor dW = B > 0 ? weight_grad(dxp, h0, out) : at::zeros({H, H}, out.options());
+  return {dxp, dh0, dA0, dW, dgamma_part.sum(0), dbeta_part.sum(0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(crnn, CUDA, m) {
+  m.impl("fastweights_fwd", &fastweights_fwd_cuda);
+  m.impl("fastweights_bwd", &fastweights_bwd_cuda);
+}
+
+}  // namespace crnn

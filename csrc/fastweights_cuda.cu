@@ -1,0 +1,449 @@
+// CUDA fast-weights forward and backward (Ba et al. 2016), persistent over the sequence.
+//
+// One launch per direction for the whole sequence; one block per example, one thread
+// per hidden unit (blockDim = H rounded up to a warp, H <= kMaxHidden). W, the
+// per-step vectors, the score vectors and, where they fit, the history h_0..h_T live
+// in shared memory; everything a thread owns (its unit's p, z, du, dz, dp, and its
+// column of the gradient accumulator dH) stays in registers or is touched by that
+// thread only, so the only barriers are around shared vectors and block reductions.
+//
+// Same math as the CPU kernel (see fastweights_cpu_kernel.h): A_t is never formed;
+// A_t z = lam^t A_0 z + sum_{tau<t} eta lam^(t-1-tau) h_tau (h_tau . z).
+// Matrix-vector products are "warp per row" (coalesced rows, shuffle reduction) when
+// the row index is the output, and "thread per column" when the column is.
+//
+// Includes only CUDA and standard headers: compile-check with
+//   nvcc -std=c++17 -arch=sm_90 -c csrc/fastweights_cuda.cu -o /tmp/fw.o
+#include "fastweights_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace crnn {
+namespace cuda {
+namespace {
+
+constexpr int kRelu = 0;
+
+template <int ACT, typename T>
+__device__ __forceinline__ T act(T x) {
+  if (ACT == kRelu) return x > T(0) ? x : T(0);
+  return tanh(x);
+}
+
+template <int ACT, typename T>
+__device__ __forceinline__ T dact(T y) {  // f'(x) through y = f(x)
+  if (ACT == kRelu) return y > T(0) ? T(1) : T(0);
+  return T(1) - y * y;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Block-wide sums of a and b (blockDim.x is a multiple of 32); every thread gets both.
+template <typename T>
+__device__ __forceinline__ void block_sum2(T& a, T& b, T* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  a = warp_sum(a);
+  b = warp_sum(b);
+  __syncthreads();  // red may still be read from the previous reduction
+  if (lane == 0) {
+    red[warp] = a;
+    red[32 + warp] = b;
+  }
+  __syncthreads();
+  T sa = T(0), sb = T(0);
+  for (int k = 0; k < nw; ++k) {
+    sa += red[k];
+    sb += red[32 + k];
+  }
+  a = sa;
+  b = sb;
+}
+
+template <typename T>
+__device__ __forceinline__ T rsqrt_t(T x);
+template <>
+__device__ __forceinline__ float rsqrt_t<float>(float x) {
+  return rsqrtf(x);
+}
+template <>
+__device__ __forceinline__ double rsqrt_t<double>(double x) {
+  return rsqrt(x);
+}
+
+// Shared memory sizes (in elements of T).
+__host__ __device__ inline int64_t fwd_base_elems(int64_t H, int64_t Tn) {
+  return 3 * H + 2 * (Tn + 1) + 64;  // z, p, az | scores, lam powers | reduction scratch
+}
+__host__ __device__ inline int64_t bwd_base_elems(int64_t H, int64_t Tn) {
+  return 3 * H + 3 * (Tn + 1) + 64;  // du, zc, dp | a, b, lam powers | reduction scratch
+}
+
+template <typename T, int ACT>
+__global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> p, int w_in_smem, int hist_in_smem) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);
+  const int64_t H = p.H, Tn = p.T_len, S = p.S;
+  const int64_t b = blockIdx.x;
+  const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
+  const bool active = tid < H;
+  const bool save = p.zs != nullptr;
+
+  T* s_z = smem;
+  T* s_p = s_z + H;
+  T* s_az = s_p + H;
+  T* s_sc = s_az + H;
+  T* s_lp = s_sc + (Tn + 1);
+  T* s_red = s_lp + (Tn + 1);
+  T* s_W = s_red + 64;
+  T* s_hist = s_W + (w_in_smem ? H * H : 0);
+
+  const T* A0 = p.A0 + b * H * H;
+  const T* Wm = w_in_smem ? s_W : p.W;
+  auto hrow = [&](int64_t tau) -> const T* {
+    if (hist_in_smem) return s_hist + tau * H;
+    return tau == 0 ? p.h0 + b * H : p.out + (b * Tn + tau - 1) * H;
+  };
+
+  if (w_in_smem)
+    for (int64_t k = tid; k < H * H; k += nt) s_W[k] = p.W[k];
+  if (hist_in_smem && active) s_hist[tid] = p.h0[b * H + tid];
+  for (int64_t k = tid; k <= Tn; k += nt) s_lp[k] = static_cast<T>(pow(p.lam, static_cast<double>(k)));
+  int nz = 0;
+  for (int64_t k = tid; k < H * H; k += nt) nz |= (A0[k] != T(0));
+  const bool a0nz = __syncthreads_or(nz) != 0;  // also the barrier for the loads above
+
+  const T gamma = active ? p.gamma[tid] : T(0);
+  const T beta = active ? p.beta[tid] : T(0);
+  const T eta = static_cast<T>(p.eta);
+  const T eps = static_cast<T>(p.eps);
+  const T invH = T(1) / static_cast<T>(H);
+  T zi = T(0);
+
+  for (int64_t t = 1; t <= Tn; ++t) {
+    const T* hprev = hrow(t - 1);
+    const T* xpt = p.xp + (b * Tn + t - 1) * H;
+    // p = W h_{t-1} + xp_t, warp per row
+    for (int64_t i = warp; i < H; i += nw) {
+      T acc = T(0);
+      for (int64_t j = lane; j < H; j += 32) acc += Wm[i * H + j] * hprev[j];
+      acc = warp_sum(acc);
+      if (lane == 0) s_p[i] = acc + xpt[i];
+    }
+    __syncthreads();
+    const T pi = active ? s_p[tid] : T(0);
+    zi = active ? act<ACT>(pi) : T(0);
+    if (active) s_z[tid] = zi;
+    __syncthreads();
+    const T lt = s_lp[t];
+    const int64_t base = (b * Tn + t - 1) * S;
+    for (int64_t s = 0; s < S; ++s) {
+      if (save && active) p.zs[(base + s) * H + tid] = zi;
+      // scores eta lam^(t-1-tau) <h_tau, z>, warp per tau
+      for (int64_t tau = warp; tau < t; tau += nw) {
+        const T* h = hrow(tau);
+        T acc = T(0);
+        for (int64_t j = lane; j < H; j += 32) acc += h[j] * s_z[j];
+        acc = warp_sum(acc);
+        if (lane == 0) s_sc[tau] = eta * s_lp[t - 1 - tau] * acc;
+      }
+      // lam^t A_0 z, warp per row
+      if (a0nz && lt != T(0)) {
+        for (int64_t i = warp; i < H; i += nw) {
+          T acc = T(0);
+          for (int64_t j = lane; j < H; j += 32) acc += A0[i * H + j] * s_z[j];
+          acc = warp_sum(acc);
+          if (lane == 0) s_az[i] = lt * acc;
+        }
+      }
+      __syncthreads();
+      T u = T(0);
+      if (active) {
+        u = pi + ((a0nz && lt != T(0)) ? s_az[tid] : T(0));
+        for (int64_t tau = 0; tau < t; ++tau) u += s_sc[tau] * hrow(tau)[tid];
+      }
+      // LayerNorm over the H units (two passes), then the activation
+      T m = active ? u : T(0), unused = T(0);
+      block_sum2(m, unused, s_red);
+      const T mu = m * invH;
+      const T d = active ? u - mu : T(0);
+      T v = d * d;
+      unused = T(0);
+      block_sum2(v, unused, s_red);
+      const T r = rsqrt_t<T>(v * invH + eps);
+      const T xh = d * r;
+      zi = active ? act<ACT>(gamma * xh + beta) : T(0);
+      if (save) {
+        if (active) p.xhat[(base + s) * H + tid] = xh;
+        if (tid == 0) p.rstd[base + s] = r;
+      }
+      __syncthreads();  // all reads of s_z, s_sc, s_az for this inner step are done
+      if (active) s_z[tid] = zi;
+      __syncthreads();
+    }
+    if (active) {
+      p.out[(b * Tn + t - 1) * H + tid] = zi;
+      if (hist_in_smem) s_hist[t * H + tid] = zi;
+    }
+    __syncthreads();  // h_t visible to the block (shared or global) before step t+1
+  }
+
+  // A_T = lam^T A_0 + sum_{tau<T} eta lam^(T-1-tau) h_tau h_tau^T
+  const T lT = s_lp[Tn];
+  T* AT = p.AT + b * H * H;
+  for (int64_t k = tid; k < H * H; k += nt) {
+    const int64_t i = k / H, j = k % H;
+    T v = a0nz ? lT * A0[k] : T(0);
+    for (int64_t tau = 0; tau < Tn; ++tau) {
+      const T* h = hrow(tau);
+      v += eta * s_lp[Tn - 1 - tau] * h[i] * h[j];
+    }
+    AT[k] = v;
+  }
+}
+
+template <typename T, int ACT>
+__global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T> p, int w_in_smem, int hist_in_smem) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);
+  const int64_t H = p.H, Tn = p.T_len, S = p.S;
+  const int64_t b = blockIdx.x;
+  const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
+  const bool active = tid < H;
+
+  T* s_du = smem;
+  T* s_zc = s_du + H;
+  T* s_dp = s_zc + H;
+  T* s_a = s_dp + H;
+  T* s_b = s_a + (Tn + 1);
+  T* s_lp = s_b + (Tn + 1);
+  T* s_red = s_lp + (Tn + 1);
+  T* s_W = s_red + 64;
+  T* s_hist = s_W + (w_in_smem ? H * H : 0);
+
+  const T* A0 = p.A0 + b * H * H;
+  const T* gA = p.gAT ? p.gAT + b * H * H : nullptr;
+  const T* Wm = w_in_smem ? s_W : p.W;
+  T* dH = p.dH + b * (Tn + 1) * H;  // dH[tau*H + j] is only ever touched by thread j, except at init
+  auto hrow = [&](int64_t tau) -> const T* {
+    if (hist_in_smem) return s_hist + tau * H;
+    return tau == 0 ? p.h0 + b * H : p.out + (b * Tn + tau - 1) * H;
+  };
+
+  if (w_in_smem)
+    for (int64_t k = tid; k < H * H; k += nt) s_W[k] = p.W[k];
+  if (hist_in_smem && active) {
+    s_hist[tid] = p.h0[b * H + tid];
+    for (int64_t t = 1; t <= Tn; ++t) s_hist[t * H + tid] = p.out[(b * Tn + t - 1) * H + tid];
+  }
+  for (int64_t k = tid; k <= Tn; k += nt) s_lp[k] = static_cast<T>(pow(p.lam, static_cast<double>(k)));
+  int nz = 0, gnz = 0;
+  for (int64_t k = tid; k < H * H; k += nt) {
+    nz |= (A0[k] != T(0));
+    if (gA) gnz |= (gA[k] != T(0));
+  }
+  const bool a0nz = __syncthreads_or(nz) != 0;
+  const bool ganz = __syncthreads_or(gnz) != 0;
+  const T eta = static_cast<T>(p.eta);
+  const T invH = T(1) / static_cast<T>(H);
+
+  // dH[t] = grad of h_t from the outputs, plus the A_T term eta lam^(T-1-tau) (gA + gA^T) h_tau
+  if (active) {
+    dH[tid] = T(0);
+    for (int64_t t = 1; t <= Tn; ++t)
+      dH[t * H + tid] = p.gout ? p.gout[(b * Tn + t - 1) * H + tid] : T(0);
+    if (ganz) {
+      for (int64_t tau = 0; tau < Tn; ++tau) {  // (gA^T h)_j = sum_i gA[i][j] h_i, thread per column
+        const T* h = hrow(tau);
+        T acc = T(0);
+        for (int64_t i = 0; i < H; ++i) acc += gA[i * H + tid] * h[i];
+        dH[tau * H + tid] += eta * s_lp[Tn - 1 - tau] * acc;
+      }
+    }
+  }
+  __syncthreads();
+  if (ganz) {
+    for (int64_t tau = 0; tau < Tn; ++tau) {  // (gA h)_j, warp per row j
+      const T* h = hrow(tau);
+      for (int64_t j = warp; j < H; j += nw) {
+        T acc = T(0);
+        for (int64_t i = lane; i < H; i += 32) acc += gA[j * H + i] * h[i];
+        acc = warp_sum(acc);
+        if (lane == 0) dH[tau * H + j] += eta * s_lp[Tn - 1 - tau] * acc;
+      }
+    }
+  }
+  __syncthreads();
+
+  const T gamma = active ? p.gamma[tid] : T(0);
+  T dgam = T(0), dbet = T(0);
+  for (int64_t t = Tn; t >= 1; --t) {
+    const T lt = s_lp[t];
+    T dz = active ? dH[t * H + tid] : T(0);
+    T dp = T(0);
+    const int64_t base = (b * Tn + t - 1) * S;
+    for (int64_t s = S - 1; s >= 0; --s) {
+      const int64_t k = base + s;
+      T zn = T(0), xh = T(0), zc = T(0);
+      if (active) {
+        zn = (s + 1 == S) ? hrow(t)[tid] : p.zs[(k + 1) * H + tid];
+        xh = p.xhat[k * H + tid];
+        zc = p.zs[k * H + tid];
+      }
+      const T r = p.rstd[k];
+      const T d = dz * dact<ACT>(zn);
+      dgam += d * xh;
+      dbet += d;
+      const T g = gamma * d;
+      T m1 = g, m2 = g * xh;
+      block_sum2(m1, m2, s_red);
+      const T du = active ? r * (g - m1 * invH - xh * m2 * invH) : T(0);
+      dp += du;
+      if (active) {
+        s_du[tid] = du;
+        s_zc[tid] = zc;
+      }
+      __syncthreads();
+      // a_tau = c_tau <h_tau, du>, b_tau = c_tau <h_tau, z_s>, warp per tau
+      for (int64_t tau = warp; tau < t; tau += nw) {
+        const T* h = hrow(tau);
+        T acc_a = T(0), acc_b = T(0);
+        for (int64_t j = lane; j < H; j += 32) {
+          acc_a += h[j] * s_du[j];
+          acc_b += h[j] * s_zc[j];
+        }
+        acc_a = warp_sum(acc_a);
+        acc_b = warp_sum(acc_b);
+        if (lane == 0) {
+          const T c = eta * s_lp[t - 1 - tau];
+          s_a[tau] = c * acc_a;
+          s_b[tau] = c * acc_b;
+        }
+      }
+      __syncthreads();
+      T dzn = T(0);
+      if (active) {
+        for (int64_t tau = 0; tau < t; ++tau) {
+          dzn += s_a[tau] * hrow(tau)[tid];
+          dH[tau * H + tid] += s_a[tau] * zc + s_b[tau] * du;
+        }
+        if (a0nz && lt != T(0)) {  // (A_0^T du)_j, thread per column
+          T acc = T(0);
+          for (int64_t i = 0; i < H; ++i) acc += A0[i * H + tid] * s_du[i];
+          dzn += lt * acc;
+        }
+        if (p.G) p.G[k * H + tid] = lt * du;
+      }
+      dz = dzn;
+      __syncthreads();  // s_du, s_zc, s_a, s_b are rewritten by the next inner step
+    }
+    const T z0 = active ? p.zs[base * H + tid] : T(0);
+    dp += dz * dact<ACT>(z0);
+    if (active) {
+      p.dxp[(b * Tn + t - 1) * H + tid] = dp;
+      s_dp[tid] = dp;
+    }
+    __syncthreads();
+    if (active) {  // dh_{t-1} += W^T dp, thread per column
+      T acc = T(0);
+      for (int64_t i = 0; i < H; ++i) acc += Wm[i * H + tid] * s_dp[i];
+      dH[(t - 1) * H + tid] += acc;
+    }
+    __syncthreads();
+  }
+  if (active) {
+    p.dh0[b * H + tid] = dH[tid];
+    p.dgamma_part[b * H + tid] = dgam;
+    p.dbeta_part[b * H + tid] = dbet;
+  }
+}
+
+struct SmemPlan {
+  size_t bytes;
+  int w_in_smem, hist_in_smem;
+};
+
+template <typename T>
+cudaError_t plan_smem(int64_t base_elems, int64_t H, int64_t Tn, SmemPlan* plan) {
+  int dev = 0, optin = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (err != cudaSuccess) return err;
+  const size_t limit = static_cast<size_t>(optin);
+  size_t bytes = static_cast<size_t>(base_elems) * sizeof(T);
+  const size_t w_bytes = static_cast<size_t>(H * H) * sizeof(T);
+  const size_t h_bytes = static_cast<size_t>((Tn + 1) * H) * sizeof(T);
+  plan->w_in_smem = bytes + w_bytes <= limit;
+  if (plan->w_in_smem) bytes += w_bytes;
+  plan->hist_in_smem = bytes + h_bytes <= limit;
+  if (plan->hist_in_smem) bytes += h_bytes;
+  plan->bytes = bytes;
+  return bytes <= limit ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(bytes));
+}
+
+inline int threads_for(int64_t H) { return static_cast<int>((H + 31) / 32 * 32); }
+
+template <typename T, int ACT>
+cudaError_t forward_impl(const FwdParams<T>& p, cudaStream_t stream) {
+  SmemPlan plan;
+  cudaError_t err = plan_smem<T>(fwd_base_elems(p.H, p.T_len), p.H, p.T_len, &plan);
+  if (err != cudaSuccess) return err;
+  auto kernel = fastweights_forward_kernel<T, ACT>;
+  err = allow_smem(kernel, plan.bytes);
+  if (err != cudaSuccess) return err;
+  kernel<<<static_cast<unsigned>(p.B), threads_for(p.H), plan.bytes, stream>>>(p, plan.w_in_smem,
+                                                                               plan.hist_in_smem);
+  return cudaGetLastError();
+}
+
+template <typename T, int ACT>
+cudaError_t backward_impl(const BwdParams<T>& p, cudaStream_t stream) {
+  SmemPlan plan;
+  cudaError_t err = plan_smem<T>(bwd_base_elems(p.H, p.T_len), p.H, p.T_len, &plan);
+  if (err != cudaSuccess) return err;
+  auto kernel = fastweights_backward_kernel<T, ACT>;
+  err = allow_smem(kernel, plan.bytes);
+  if (err != cudaSuccess) return err;
+  kernel<<<static_cast<unsigned>(p.B), threads_for(p.H), plan.bytes, stream>>>(p, plan.w_in_smem,
+                                                                               plan.hist_in_smem);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t launch_forward(const FwdParams<T>& p, cudaStream_t stream) {
+  if (p.B == 0) return cudaSuccess;
+  if (p.H < 1 || p.H > kMaxHidden || p.T_len < 1 || p.S < 1) return cudaErrorInvalidValue;
+  return p.act == kRelu ? forward_impl<T, 0>(p, stream) : forward_impl<T, 1>(p, stream);
+}
+
+template <typename T>
+cudaError_t launch_backward(const BwdParams<T>& p, cudaStream_t stream) {
+  if (p.B == 0) return cudaSuccess;
+  if (p.H < 1 || p.H > kMaxHidden || p.T_len < 1 || p.S < 1) return cudaErrorInvalidValue;
+  return p.act == kRelu ? backward_impl<T, 0>(p, stream) : backward_impl<T, 1>(p, stream);
+}
+
+template cudaError_t launch_forward<float>(const FwdParams<float>&, cudaStream_t);
+template cudaError_t launch_forward<double>(const FwdParams<double>&, cudaStream_t);
+template cudaError_t launch_backward<float>(const BwdParams<float>&, cudaStream_t);
+template cudaError_t launch_backward<double>(const BwdParams<double>&, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace crnn

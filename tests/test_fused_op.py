@@ -1,0 +1,407 @@
+"""The fused fast-weights op (csrc/, crnn_plugins/fastweights_fused.py) against the reference.
+
+Tolerances: float64 results must match the reference to 1e-10 (relative and absolute);
+float32 forward outputs to 1e-5 and gradients to 1e-4 relative to the largest gradient
+entry (the kernel sums in a different order from the reference's matrix products).
+
+The first use compiles the extension unless ``pip install -e .`` prebuilt it (about a
+minute, once: the build is cached, see docs/kernels.md). With CRNN_NO_FUSED=1 these
+tests are skipped; otherwise a kernel that fails to load is a test failure.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from crnn_plugins import fastweights_fused as ff
+from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference
+
+LAM, ETA = 0.95, 0.5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fused_loaded():
+    if os.environ.get("CRNN_NO_FUSED", "") not in ("", "0"):
+        pytest.skip("CRNN_NO_FUSED is set: the fused kernel is disabled")
+    ok, reason = ff.load_status()
+    assert ok, f"the fused kernel failed to load: {reason}"
+
+
+def make_inputs(B=3, T=5, H=7, dtype=torch.float64, seed=0, a0_scale=0.2, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    xp = r(B, T, H)
+    h0 = r(B, H)
+    A0 = a0_scale * r(B, H, H)
+    W = 0.05 * torch.eye(H, dtype=dtype) + 0.5 * r(H, H) / H**0.5
+    gamma = 1 + 0.1 * r(H)
+    beta = 0.1 * r(H)
+    return [t.to(device) for t in (xp, h0, A0, W, gamma, beta)]
+
+
+def run_both(args, S, act, lam=LAM, eta=ETA, grads=True, seed=1):
+    """Outputs and input gradients of the reference and the fused op for the same random loss."""
+    results = []
+    g = torch.Generator().manual_seed(seed)
+    upstream = None
+    for fn in (fastweights_reference, ff.fastweights_fused):
+        leaves = [a.detach().clone().requires_grad_(grads) for a in args]
+        out, A = fn(*leaves, lam, eta, S, act)
+        if upstream is None:
+            upstream = (torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device),
+                        torch.randn(A.shape, generator=g, dtype=A.dtype).to(A.device))
+        gs = None
+        if grads:
+            loss = (out * upstream[0]).sum() + (A * upstream[1]).sum()
+            gs = torch.autograd.grad(loss, leaves)
+        results.append((out.detach(), A.detach(), gs))
+    return results
+
+
+def assert_grads_close(ref, got, rtol, what=""):
+    names = ("xp", "h0", "A0", "W", "gamma", "beta")
+    for name, a, b in zip(names, ref, got):
+        scale = a.abs().max().item() + 1e-12
+        err = (a - b).abs().max().item() / scale
+        assert err <= rtol, f"{what} d{name}: relative error {err:.2e} > {rtol:.0e}"
+
+
+@pytest.mark.parametrize("S", [1, 3])
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_parity_float64(S, act):
+    (o_ref, A_ref, g_ref), (o, A, g) = run_both(make_inputs(), S, act)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(A, A_ref, rtol=1e-10, atol=1e-10)
+    assert_grads_close(g_ref, g, 1e-10, f"float64 S={S} {act}")
+
+
+@pytest.mark.parametrize("S", [1, 3])
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_parity_float32(S, act):
+    args = make_inputs(B=4, T=11, H=50, dtype=torch.float32)
+    (o_ref, A_ref, g_ref), (o, A, g) = run_both(args, S, act)
+    torch.testing.assert_close(o, o_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(A, A_ref, rtol=1e-5, atol=1e-4)
+    assert_grads_close(g_ref, g, 1e-4, f"float32 S={S} {act}")
+
+
+@pytest.mark.parametrize(
+    "B,T,H,S",
+    [(2, 1, 16, 1), (2, 1, 5, 3), (1, 3, 256, 1), (2, 2, 256, 3), (2, 4, 130, 2), (5, 25, 3, 1)],
+)
+def test_parity_shapes(B, T, H, S):
+    args = make_inputs(B=B, T=T, H=H, dtype=torch.float64, seed=H)
+    (o_ref, A_ref, g_ref), (o, A, g) = run_both(args, S, "relu")
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(A, A_ref, rtol=1e-10, atol=1e-10)
+    assert_grads_close(g_ref, g, 1e-10, f"B={B} T={T} H={H} S={S}")
+
+
+@pytest.mark.parametrize("lam,eta", [(0.0, 0.5), (1.0, 0.0), (0.5, 2.0)])
+def test_parity_decay_edge_cases(lam, eta):
+    (o_ref, A_ref, g_ref), (o, A, g) = run_both(make_inputs(T=4), 2, "relu", lam=lam, eta=eta)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(A, A_ref, rtol=1e-10, atol=1e-10)
+    assert_grads_close(g_ref, g, 1e-10, f"lam={lam} eta={eta}")
+
+
+def test_zero_A0_and_naive_agree():
+    args = make_inputs(B=2, T=6, H=9, a0_scale=0.0)
+    out, A = ff.fastweights_fused(*args, LAM, ETA, 2, "tanh")
+    out_n, A_n = fastweights_naive(*args, LAM, ETA, 2, "tanh")
+    torch.testing.assert_close(out, out_n, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(A, A_n, rtol=1e-10, atol=1e-10)
+
+
+def test_gradients_for_a_subset_of_inputs_and_outputs():
+    xp, h0, A0, W, gamma, beta = make_inputs()
+    W.requires_grad_(True)
+    A0.requires_grad_(False)
+    out, A = ff.fastweights_fused(xp, h0, A0, W, gamma, beta, LAM, ETA, 1)
+    (gW,) = torch.autograd.grad(out[:, -1].pow(2).sum(), [W])  # A_T unused: its grad is None
+    W_ref = W.detach().clone().requires_grad_(True)
+    out_r, _ = fastweights_reference(xp, h0, A0, W_ref, gamma, beta, LAM, ETA, 1)
+    (gW_ref,) = torch.autograd.grad(out_r[:, -1].pow(2).sum(), [W_ref])
+    torch.testing.assert_close(gW, gW_ref, rtol=1e-10, atol=1e-10)
+    # only A_T used
+    W2 = W.detach().clone().requires_grad_(True)
+    _, A = ff.fastweights_fused(xp, h0, A0, W2, gamma, beta, LAM, ETA, 1)
+    W2r = W.detach().clone().requires_grad_(True)
+    _, A_r = fastweights_reference(xp, h0, A0, W2r, gamma, beta, LAM, ETA, 1)
+    torch.testing.assert_close(torch.autograd.grad(A.sum(), [W2])[0],
+                               torch.autograd.grad(A_r.sum(), [W2r])[0], rtol=1e-10, atol=1e-10)
+
+
+def test_no_grad_saves_nothing():
+    args = make_inputs()
+    res = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, 2, "relu", 1e-5, False)
+    assert [t.numel() for t in res[2:]] == [0, 0, 0]
+    with torch.no_grad():
+        out, A = ff.fastweights_fused(*[a.requires_grad_(True) for a in make_inputs()], LAM, ETA, 2)
+    assert not out.requires_grad
+    saved = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, 2, "relu", 1e-5, True)
+    B, T, H = args[0].shape
+    assert saved[2].shape == (B, T, 2, H) and saved[4].shape == (B, T, 2)  # O(B*T*S*H), no H*H per step
+    torch.testing.assert_close(res[0], saved[0])
+
+
+def test_backward_without_saved_state_is_an_error():
+    args = [a.requires_grad_(True) for a in make_inputs()]
+    out = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, 1, "relu", 1e-5, False)[0]
+    with pytest.raises(RuntimeError, match="save=False"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_gradcheck_float64(act):
+    args = [a.requires_grad_(True) for a in make_inputs(B=2, T=3, H=4)]
+
+    def fn(*a):
+        return ff.fastweights_fused(*a, LAM, ETA, 2, act)
+
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_opcheck_forward_and_backward():
+    args = [a.requires_grad_(True) for a in make_inputs(B=2, T=3, H=5)]
+    torch.library.opcheck(torch.ops.crnn.fastweights_fwd.default,
+                          (*args, LAM, ETA, 2, "tanh", 1e-5, True))
+    plain = [a.detach() for a in args]
+    torch.library.opcheck(torch.ops.crnn.fastweights_fwd.default,
+                          (*plain, LAM, ETA, 1, "relu", 1e-5, False))
+    out, _, zs, xhat, rstd = torch.ops.crnn.fastweights_fwd(*plain, LAM, ETA, 2, "relu", 1e-5, True)
+    xp, h0, A0, W, gamma, beta = plain
+    g_out, g_A = torch.randn_like(out), torch.randn_like(A0)
+    for grads in ((g_out, g_A), (g_out, None), (None, g_A)):
+        for need_dA0 in (True, False):
+            torch.library.opcheck(
+                torch.ops.crnn.fastweights_bwd.default,
+                (*grads, h0, A0, W, gamma, out, zs, xhat, rstd, LAM, ETA, 2, "relu", need_dA0),
+            )
+
+
+def test_torch_compile_forward_and_backward():
+    torch._dynamo.reset()
+    args = make_inputs(B=2, T=4, H=6)
+
+    def loss_fn(xp, h0, A0, W, gamma, beta):
+        out, A = ff.fastweights_fused(xp, h0, A0, W, gamma, beta, LAM, ETA, 2, "relu")
+        return out.pow(2).sum() + A.sum()
+
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    leaves_c = [a.clone().requires_grad_(True) for a in args]
+    leaves_e = [a.clone().requires_grad_(True) for a in args]
+    loss_c = compiled(*leaves_c)
+    loss_e = loss_fn(*leaves_e)
+    torch.testing.assert_close(loss_c, loss_e)
+    for gc, ge in zip(torch.autograd.grad(loss_c, leaves_c), torch.autograd.grad(loss_e, leaves_e)):
+        torch.testing.assert_close(gc, ge)
+
+
+def test_meta_tensors_give_shapes():
+    args = [a.to("meta") for a in make_inputs(B=2, T=3, H=5)]
+    out, A, zs, xhat, rstd = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, 3, "relu", 1e-5, True)
+    assert out.shape == (2, 3, 5) and A.shape == (2, 5, 5) and zs.shape == (2, 3, 3, 5)
+    assert rstd.shape == (2, 3, 3)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def fwd(args, S=1, act="relu", eps=1e-5):
+    return torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, S, act, eps, False)
+
+
+def replaced(i, value):
+    args = make_inputs(dtype=torch.float32)
+    args[i] = value(args[i]) if callable(value) else value
+    return args
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (replaced(0, lambda t: t.double()), "xp must be float32 or float64|same dtype"),
+        (replaced(1, lambda t: t.double()), "h0 has dtype Double but xp has dtype Float"),
+        (replaced(0, lambda t: t.to(torch.int64)), "float32 or float64"),
+        (replaced(0, lambda t: t.half()), "float32 or float64"),
+        (replaced(0, lambda t: t[0]), r"xp must be \[B, T, H\]"),
+        (replaced(1, lambda t: t[:, :-1]), r"h0 must have shape \[B, H\]"),
+        (replaced(2, lambda t: t[:-1]), r"A0 must have shape \[B, H, H\]"),
+        (replaced(3, lambda t: t[:, :-1]), r"W must have shape \[H, H\]"),
+        (replaced(4, lambda t: t[:-1]), r"gamma must have shape \[H\]"),
+        (replaced(5, lambda t: torch.cat([t, t])), r"beta must have shape \[H\]"),
+        (replaced(0, lambda t: t.transpose(0, 1).contiguous().transpose(0, 1)), "xp must be contiguous"),
+        (replaced(2, lambda t: t.transpose(1, 2)), "A0 must be contiguous"),
+        (replaced(3, lambda t: t.t()), "W must be contiguous"),
+        (replaced(0, lambda t: t[:, :0]), "sequence length T must be >= 1"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        fwd(args)
+
+
+def test_bad_scalars_raise_clear_errors():
+    args = make_inputs(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="inner_steps must be >= 1"):
+        fwd(args, S=0)
+    with pytest.raises(RuntimeError, match="activation must be 'relu' or 'tanh'"):
+        fwd(args, act="gelu")
+    with pytest.raises(RuntimeError, match="eps must be > 0"):
+        fwd(args, eps=0.0)
+
+
+def test_bad_backward_inputs_raise_clear_errors():
+    args = make_inputs()
+    out, _, zs, xhat, rstd = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, 2, "relu", 1e-5, True)
+    xp, h0, A0, W, gamma, beta = args
+    with pytest.raises(RuntimeError, match=r"zs must have shape \[B, T, S, H\]"):
+        torch.ops.crnn.fastweights_bwd(out, None, h0, A0, W, gamma, out, zs, xhat, rstd,
+                                       LAM, ETA, 3, "relu", False)
+    with pytest.raises(RuntimeError, match=r"grad_out must have shape \[B, T, H\]"):
+        torch.ops.crnn.fastweights_bwd(out[:, :1].contiguous(), None, h0, A0, W, gamma, out, zs, xhat,
+                                       rstd, LAM, ETA, 2, "relu", False)
+    with pytest.raises(RuntimeError, match="grad_out has dtype Float"):
+        torch.ops.crnn.fastweights_bwd(out.float(), None, h0, A0, W, gamma, out, zs, xhat, rstd,
+                                       LAM, ETA, 2, "relu", False)
+
+
+def test_wrapper_accepts_non_contiguous_inputs():
+    args = make_inputs()
+    expected = ff.fastweights_fused(*args, LAM, ETA, 1)
+    xp, h0, A0, W, gamma, beta = args
+    h0_nc = h0.t().contiguous().t()
+    assert not h0_nc.is_contiguous()
+    got = ff.fastweights_fused(xp, h0_nc, A0.transpose(1, 2).contiguous().transpose(1, 2), W, gamma,
+                               beta, LAM, ETA, 1)
+    torch.testing.assert_close(got[0], expected[0])
+
+
+# --- backend selection in the cell ---------------------------------------------------------
+
+
+def make_cell(backend, H=8, I=5, **kw):
+    from crnn_plugins.fastweights import FastWeightsCell, FastWeightsOptions
+
+    torch.manual_seed(0)
+    return FastWeightsCell(I, FastWeightsOptions(hidden_size=H, backend=backend, **kw))
+
+
+@pytest.mark.parametrize("S,act", [(1, "relu"), (2, "tanh")])
+def test_cell_fused_matches_reference(S, act):
+    fused = make_cell("fused", inner_steps=S, activation=act)
+    ref = make_cell("reference", inner_steps=S, activation=act)
+    assert fused.describe_backend().startswith("fused")
+    x = torch.randn(4, 6, 5)
+    state = {"h": torch.randn(4, 8), "A": 0.1 * torch.randn(4, 8, 8)}
+    out_f, st_f = fused(x, state)
+    out_r, st_r = ref(x, state)
+    torch.testing.assert_close(out_f, out_r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(st_f["A"], st_r["A"], rtol=1e-5, atol=1e-5)
+    (out_f.sum() + st_f["A"].sum()).backward()
+    (out_r.sum() + st_r["A"].sum()).backward()
+    for (name, pf), pr in zip(fused.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_backend_fused_is_an_error_when_unavailable(monkeypatch):
+    from crnn_core import ConfigError
+    from crnn_plugins import fastweights
+
+    monkeypatch.setattr(ff, "load_status", lambda: (False, "no compiler (test)"))
+    with pytest.raises(ConfigError, match="no compiler"):
+        make_cell("fused")
+
+
+def test_backend_auto_falls_back_with_one_warning(monkeypatch, capsys):
+    from crnn_plugins import fastweights
+
+    monkeypatch.setattr(ff, "load_status", lambda: (False, "no compiler (test)"))
+    monkeypatch.setattr(fastweights, "_warned_fallback", False)
+    cells = [make_cell("auto") for _ in range(3)]
+    assert all(c.describe_backend().startswith("reference") for c in cells)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "fused" in line]
+    assert len(lines) == 1 and "no compiler" in lines[0]
+
+
+def test_device_without_fused_kernel_falls_back_or_errors(monkeypatch, capsys):
+    """A device the extension was not built for (CUDA on a CPU-only build; here 'meta')."""
+    from crnn_core import ConfigError
+    from crnn_plugins import fastweights
+
+    monkeypatch.setattr(fastweights, "_warned_devices", set())
+    auto = make_cell("auto")
+    assert auto._unroll_for(torch.device("cpu")) is ff.fastweights_fused
+    for _ in range(2):
+        assert auto._unroll_for(torch.device("meta")) is fastweights_reference
+    lines = [line for line in capsys.readouterr().err.splitlines() if "meta" in line]
+    assert len(lines) == 1
+    with pytest.raises(ConfigError, match="cannot run on meta"):
+        make_cell("fused")._unroll_for(torch.device("meta"))
+
+
+def test_load_status_reports_disabled_kernel(monkeypatch):
+    monkeypatch.setenv("CRNN_NO_FUSED", "1")
+    monkeypatch.setattr(ff, "_state", None)
+    ok, reason = ff.load_status()
+    assert not ok and "CRNN_NO_FUSED" in reason
+    monkeypatch.undo()
+    assert ff.load_status()[0]
+
+
+def test_device_status_cpu_and_cuda():
+    ok, reason = ff.device_status("cpu")
+    assert ok, reason
+    ok_cuda, reason_cuda = ff.device_status("cuda")
+    if not torch.cuda.is_available():
+        assert not ok_cuda and reason_cuda
+
+
+# --- CUDA ----------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (the CUDA kernel is compile-checked by test_nvcc.py)"
+)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("S,act", [(1, "relu"), (3, "tanh")])
+@pytest.mark.parametrize("B,T,H", [(3, 5, 7), (4, 11, 50), (2, 3, 256)])
+def test_cuda_parity(dtype, rtol, S, act, B, T, H):
+    if not ff.device_status("cuda")[0]:
+        pytest.skip(ff.device_status("cuda")[1])
+    args = make_inputs(B=B, T=T, H=H, dtype=dtype, device="cuda")
+    (o_ref, A_ref, g_ref), (o, A, g) = run_both(args, S, act)
+    torch.testing.assert_close(o, o_ref, rtol=rtol, atol=rtol)
+    torch.testing.assert_close(A, A_ref, rtol=rtol, atol=10 * rtol)
+    assert_grads_close(g_ref, g, rtol, "cuda")
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_gradcheck_and_opcheck():
+    if not ff.device_status("cuda")[0]:
+        pytest.skip(ff.device_status("cuda")[1])
+    args = [a.requires_grad_(True) for a in make_inputs(B=2, T=3, H=4, device="cuda")]
+    assert torch.autograd.gradcheck(lambda *a: ff.fastweights_fused(*a, LAM, ETA, 2, "tanh"), args)
+    torch.library.opcheck(torch.ops.crnn.fastweights_fwd.default, (*args, LAM, ETA, 2, "tanh", 1e-5, True))
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_mixed_devices_are_rejected():
+    if not ff.device_status("cuda")[0]:
+        pytest.skip(ff.device_status("cuda")[1])
+    args = make_inputs(device="cuda")
+    args[3] = args[3].cpu()
+    with pytest.raises(RuntimeError, match="same device"):
+        fwd(args)

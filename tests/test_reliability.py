@@ -1,0 +1,338 @@
+"""Reliability at the edges: numerical faults, untrusted checkpoints and config files, plugins at fault.
+
+(Interruption and kill -9 are in test_interrupt.py, property tests in test_properties.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from crnn_core import CheckpointError, hookimpl
+from crnn_core.rundir import load_checkpoint
+from crnn_plugins.art import ARTTask
+
+from .conftest import TINY_ART, assert_one_line_error, invoke
+
+#: 4 steps per epoch.
+BASE = ["--cell", "fastweights", "--init", "learned", "--task", "art", "-q", *TINY_ART, "--set", "cell.backend=reference"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(runner, out: Path, *extra: str):
+    return invoke(runner, ["run", *BASE, "--out", str(out), *extra])
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- 2. numerical faults ----------------------------------------------------------------------------
+def poison(monkeypatch, at_steps: set[int], kind: str) -> None:
+    """Make the training loss (kind='loss') or only its gradient (kind='grad') NaN at the given steps."""
+    real = ARTTask.loss
+    calls = {"n": 0}
+
+    def loss(self, predictions, batch):
+        value = real(self, predictions, batch)
+        if not torch.is_grad_enabled():  # validation
+            return value
+        calls["n"] += 1
+        if calls["n"] in at_steps:
+            if kind == "loss":
+                return value * float("nan")
+            return value + torch.sqrt(predictions.sum() * 0.0)  # value unchanged, gradient 0.5/sqrt(0)*0 = NaN
+        return value
+
+    monkeypatch.setattr(ARTTask, "loss", loss)
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_nonfinite_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(runner, tmp_path, monkeypatch, kind):
+    out = tmp_path / "run"
+    poison(monkeypatch, {6}, kind)  # epoch 2, its second step
+    result = run(runner, out, "--epochs", "3")
+    assert result.exit_code == 3
+    assert_one_line_error(result, "non-finite loss or gradient at epoch 2, step 6")
+    assert f"last good checkpoint: {out / 'checkpoints' / 'last.pt'}" in result.stderr
+    assert "train.on_nonfinite=skip" in result.stderr
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]) == (1, 4, 0)
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    assert [r["epoch"] for r in records(out)] == [1]
+    # the kept checkpoint resumes (the fault was transient)
+    monkeypatch.undo()
+    assert invoke(runner, ["run", "--resume", str(out), "-q"]).exit_code == 0
+    assert [r["epoch"] for r in records(out)] == [1, 2, 3]
+
+
+def test_nonfinite_skip_continues(runner, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    poison(monkeypatch, {2, 6}, "loss")
+    poison(monkeypatch, {9}, "grad")  # wraps the first: counts its own calls, same steps
+    result = run(runner, out, "--epochs", "3", "--set", "train.on_nonfinite=skip")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["nonfinite_skipped"] == 3 and summary["steps"] == 12
+    assert [r["epoch"] for r in records(out)] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["train_loss"]) for r in records(out))
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["nonfinite_skipped"] == 3
+
+
+def test_an_enormous_learning_rate_is_caught(runner, tmp_path):
+    out = tmp_path / "run"
+    result = run(runner, out, "--epochs", "2", "--lr", "1e30")
+    assert result.exit_code == 3
+    assert_one_line_error(result, "non-finite loss or gradient at epoch 1, step ")
+    assert "no checkpoint was written yet" in result.stderr
+    assert not (out / "checkpoints" / "last.pt").exists()
+    skipped = run(runner, tmp_path / "skip", "--epochs", "1", "--lr", "1e30", "--set", "train.on_nonfinite=skip")
+    assert skipped.exit_code == 0, skipped.stderr
+    assert json.loads(skipped.stdout)["nonfinite_skipped"] >= 1
+
+
+# -- 3. untrusted files -----------------------------------------------------------------------------
+@pytest.fixture
+def finished(runner, tmp_path):
+    out = tmp_path / "run"
+    assert run(runner, out, "--epochs", "1").exit_code == 0
+    return out
+
+
+def resume(runner, out: Path):
+    return invoke(runner, ["run", "--resume", str(out), "-q"])
+
+
+def test_truncated_checkpoint_is_refused(runner, finished):
+    last = finished / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    for cut in (len(data) // 2, 100, 0):
+        last.write_bytes(data[:cut])
+        assert_one_line_error(resume(runner, finished), "is corrupt or not a crnn checkpoint")
+
+
+def test_random_bytes_are_refused(runner, finished):
+    (finished / "checkpoints" / "last.pt").write_bytes(os.urandom(4096))
+    assert_one_line_error(resume(runner, finished), "is corrupt or not a crnn checkpoint")
+
+
+class Evil:
+    """Unpickling this would create a directory: weights_only=True must refuse it instead."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_malicious_pickle_is_refused_and_never_runs(runner, finished):
+    evil = Evil()
+    evil.marker = str(finished / "pwned")
+    torch.save({"format": "crnn-checkpoint-v1", "model": {}, "payload": evil}, finished / "checkpoints" / "last.pt")
+    result = resume(runner, finished)
+    assert_one_line_error(result, "is corrupt or not a crnn checkpoint")
+    assert "Weights only load failed" in result.stderr
+    assert not (finished / "pwned").exists()
+
+
+def test_a_pickle_that_is_not_a_checkpoint_is_refused(runner, finished):
+    torch.save([1, 2, 3], finished / "checkpoints" / "last.pt")
+    assert_one_line_error(resume(runner, finished), "is not a crnn-checkpoint-v1 file")
+
+
+@pytest.mark.parametrize("option", ["cell.inner_steps=2", "cell.hidden_size=20", "train.lr=0.01"])
+def test_a_checkpoint_from_another_config_is_refused(runner, tmp_path, finished, option):
+    other = tmp_path / "other"
+    assert run(runner, other, "--epochs", "1", "--set", option).exit_code == 0
+    (finished / "checkpoints" / "last.pt").write_bytes((other / "checkpoints" / "last.pt").read_bytes())
+    assert_one_line_error(resume(runner, finished), "was written by a different configuration")
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda c: c.update(epoch="one"), "has a missing or invalid field"),
+        (lambda c: c.update(batch_in_epoch=999), "impossible"),
+        (lambda c: c.pop("rng"), "has a missing or invalid field"),
+        (lambda c: c.update(rng=torch.zeros(3)), "has a missing or invalid field"),
+        (lambda c: c["model"].update({"cell.W": torch.zeros(2, 2)}), "does not fit this model"),
+        (lambda c: c["model"].popitem(), "does not fit this model"),
+    ],
+)
+def test_a_tampered_checkpoint_is_refused(runner, finished, edit, fragment):
+    last = finished / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, last)
+    assert_one_line_error(resume(runner, finished), fragment)
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda c: "{not json", "is unreadable"),
+        (lambda c: [1, 2], "is not a valid crnn run config"),
+        (lambda c: {**c, "model": None}, "is not a valid crnn run config"),
+        (lambda c: c["model"].update(cell=5) or c, "model.cell must be a component name"),
+        (lambda c: c["model"].update(cell="fastweight") or c, "Unknown cell 'fastweight'. Did you mean 'fastweights'?"),
+        (lambda c: c["model"].update(cell_options=[[1]]) or c, "model.cell_options must be an object"),
+        (lambda c: c["model"]["cell_options"].update(hidden_size="abc") or c, "cell.hidden_size: expected an integer"),
+        (lambda c: c["model"]["cell_options"].update(hidden_size=-3) or c, "hidden_size must be positive"),
+        (lambda c: c["model"]["cell_options"].update(bogus=1) or c, "unknown option cell.bogus"),
+        (lambda c: c["model"]["task_options"].update(pairs=[4]) or c, "task.pairs: expected an integer"),
+        (lambda c: c["model"].update(extra=1) or c, "is not a crnn run config"),
+        (lambda c: c["train"].update(lr=-1) or c, "lr must be positive"),
+        (lambda c: c["train"].update(on_nonfinite="ignore") or c, "not one of stop, skip"),
+        (lambda c: c["train"].update(batch_size=32) or c, "was written by a different configuration"),
+        (lambda c: c["model"]["cell_options"].update(lam=0.5) or c, "was written by a different configuration"),
+    ],
+)
+def test_a_hand_edited_config_is_validated_on_resume(runner, finished, edit, fragment):
+    path = finished / "config.json"
+    edited = edit(json.loads(path.read_text()))
+    path.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    assert_one_line_error(resume(runner, finished), fragment)
+
+
+# -- 4. plugins at fault ----------------------------------------------------------------------------
+def test_a_raising_register_commands_leaves_the_cli_working(fresh_plugins, runner, capsys):
+    from crnn_core.cli import cli
+
+    class Broken:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command(name="half-added")
+            def half():
+                """Added before the hook failed."""
+
+            raise RuntimeError("no commands today")
+
+    fresh_plugins.register(Broken(), name="broken-commands")
+    try:
+        fresh_plugins.add_commands(cli)
+        info = fresh_plugins.info["broken-commands"]
+        assert not info.ok and "register_commands raised RuntimeError: no commands today" in info.errors[0]
+        assert "plugin 'broken-commands'" in capsys.readouterr().err
+        assert invoke(runner, ["list", "cells"]).exit_code == 0
+        rows = {row["name"]: row for row in json.loads(invoke(runner, ["plugins", "--json"]).stdout)}
+        assert rows["broken-commands"]["status"] == "failed"
+    finally:
+        cli.commands.pop("half-added", None)
+
+
+def test_a_hook_calling_sys_exit_is_isolated(fresh_plugins):
+    class Quitter:
+        @hookimpl
+        def register_tasks(self, register):
+            sys.exit(3)
+
+    fresh_plugins.register(Quitter(), name="quitter")
+    assert "art" in fresh_plugins.registry("tasks")
+    assert "register_tasks raised SystemExit: 3" in fresh_plugins.info["quitter"].errors[0]
+
+
+def test_a_hook_with_a_wrong_signature_is_refused(fresh_plugins):
+    class WrongArgs:
+        @hookimpl
+        def register_cells(self, register, extra):  # pluggy validates the argument names
+            pass
+
+    fresh_plugins.register(WrongArgs(), name="wrong-args")
+    assert "registration failed" in fresh_plugins.info["wrong-args"].errors[0]
+    assert "fastweights" in fresh_plugins.registry("cells")
+
+
+BROKEN_PLUGINS = {
+    "crnn_bad_import": "raise RuntimeError('missing dependency foo')\n",
+    "crnn_bad_exit": "import sys\nsys.exit('this plugin quits on import')\n",
+    "crnn_bad_hook": """
+        from crnn_core import hookimpl
+        @hookimpl
+        def register_cells(register):
+            raise ValueError('hook exploded')
+    """,
+    "crnn_bad_class": """
+        from crnn_core import hookimpl
+        @hookimpl
+        def register_tasks(register):
+            register(dict)
+    """,
+    "crnn_dup_cell": """
+        from crnn_core import hookimpl
+        from crnn_plugins.lstm import LSTMCell
+        class Impostor(LSTMCell):
+            '''Claims the lstm name.'''
+        @hookimpl
+        def register_cells(register):
+            register(Impostor, name='lstm')
+    """,
+    "crnn_bad_commands": """
+        from crnn_core import hookimpl
+        @hookimpl
+        def register_commands(cli):
+            raise KeyError('commands')
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def broken_site(tmp_path_factory):
+    """A directory on PYTHONPATH with one installed distribution whose entry points are all broken."""
+    site = tmp_path_factory.mktemp("broken-site")
+    for module, source in BROKEN_PLUGINS.items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / "crnn_broken_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: crnn-broken-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[crnn]\n" + "".join(f"{m[5:]} = {m}\n" for m in BROKEN_PLUGINS))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    for name in ("CRNN_NO_PLUGINS", "CRNN_PLUGINS_STRICT"):
+        env.pop(name, None)
+    return env
+
+
+def crnn(env, *args):
+    return subprocess.run([sys.executable, "-m", "crnn_core", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_installed_broken_plugins_are_named_and_everything_else_works(broken_site, tmp_path):
+    result = crnn(broken_site, "plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    expected = {
+        "bad_import": "import failed: RuntimeError: missing dependency foo",
+        "bad_exit": "import failed: SystemExit: this plugin quits on import",
+        "bad_hook": "register_cells raised ValueError: hook exploded",
+        "bad_class": "not a subclass of crnn_core.task.Task",
+        "dup_cell": "duplicate cell 'lstm'",
+        "bad_commands": "register_commands raised KeyError",
+    }
+    for name, fragment in expected.items():
+        assert rows[name]["status"] == "failed" and rows[name]["package"] == "crnn-broken-plugins", rows[name]
+        assert fragment in rows[name]["errors"][0], rows[name]
+        assert f"crnn: plugin '{name}' (crnn-broken-plugins) failed" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert all(row["status"] == "ok" for row in rows.values() if row["builtin"])
+    # a training run with the built-ins still works, and `lstm` is still the built-in one
+    out = tmp_path / "run"
+    trained = crnn(broken_site, "run", "--cell", "lstm", "--init", "zero", "--epochs", "1", "--out", str(out), "-q", *TINY_ART)
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((out / "plugins.json").read_text())["cell"]["package"] == "crnn"
+    strict = crnn({**broken_site, "CRNN_PLUGINS_STRICT": "1"}, "list", "cells")
+    assert strict.returncode == 2 and strict.stderr.startswith("Error: crnn: plugin '")
+    assert "Traceback" not in strict.stderr
+
