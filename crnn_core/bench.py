@@ -1,8 +1,9 @@
 """``crnn bench`` and ``crnn kernels``: the fused fast-weights kernel against the pure-PyTorch fallbacks.
 
 ``crnn bench`` times the three fast-weights backends on the same inputs, in the same
-process, round-robin (each repeat times every backend once, so load changes hit all
-of them alike):
+process: per grid point and mode each backend runs its warm-up calls and then its timed
+repeats back to back (the steady state of a training loop), the backends' order
+rotating from point to point:
 
 * ``fused``     -- the C++/CUDA op (``crnn_plugins.fastweights_fused``),
 * ``reference`` -- the pure-PyTorch attention-form unroll (the fallback backend),
@@ -185,6 +186,7 @@ def run_benchmark(
     warmup: int = 3,
     state: str = "random",
     seed: int = 0,
+    max_naive_bytes: float = 2e9,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Time every backend at every grid point; returns the JSON document ``crnn bench --json`` prints."""
@@ -213,16 +215,28 @@ def run_benchmark(
         args, upstream = _inputs(B, T, H, dev, torch_dtype, state, seed)
         for mode in modes:
             progress(f"[{n}/{len(points)}] B={B} T={T} H={H} S={S} {mode}")
-            timers = {b: _Timer(fns[b], args, upstream, mode, S, dev) for b in active}
-            for timer in timers.values():
+            here = list(active)
+            naive_bytes = B * T * (S + 1) * H * H * torch.finfo(torch_dtype).bits // 8
+            skipped: dict[str, str] = {}
+            if "naive" in here and mode == "forward+backward" and naive_bytes > max_naive_bytes:
+                here.remove("naive")  # it would keep an H x H matrix per example, step and inner step
+                skipped["naive"] = f"would save ~{naive_bytes / 1e9:.1f} GB for the backward (> --max-naive-gb)"
+                progress(f"  naive skipped: {skipped['naive']}")
+            timers = {b: _Timer(fns[b], args, upstream, mode, S, dev) for b in here}
+            # Each backend runs its warm-up and then its repeats back to back (steady state, as in a
+            # training loop); the order of the backends rotates from one grid point to the next.
+            samples: dict[str, list[float]] = {b: [] for b in here}
+            order = here[n % len(here):] + here[: n % len(here)]
+            for b in order:
+                timer = timers[b]
                 for _ in range(warmup):
                     timer.time_once()
-            samples: dict[str, list[float]] = {b: [] for b in active}
-            for _ in range(repeats):
-                for b, timer in timers.items():
-                    samples[b].append(timer.time_once())
+                samples[b] = [timer.time_once() for _ in range(repeats)]
             medians = {b: statistics.median(v) for b, v in samples.items()}
-            for b in active:
+            for b, why in skipped.items():
+                records.append({"backend": b, "mode": mode, "batch": B, "length": T, "hidden": H, "inner_steps": S,
+                                "device": str(dev), "dtype": dtype, "median_ms": None, "skipped": why})
+            for b in here:
                 mem, method = timers[b].memory()
                 records.append({
                     "backend": b,
@@ -243,7 +257,7 @@ def run_benchmark(
                 })
             if "fused" in medians:
                 ratio = {"mode": mode, "batch": B, "length": T, "hidden": H, "inner_steps": S}
-                for b in active:
+                for b in here:
                     if b != "fused":
                         ratio[f"{b}_over_fused"] = round(medians[b] / medians["fused"], 3)
                 ratios.append(ratio)
@@ -251,7 +265,7 @@ def run_benchmark(
         "machine": machine_info(dev),
         "settings": {
             "repeats": repeats, "warmup": warmup, "dtype": dtype, "state": state, "activation": "relu",
-            "lam": LAM, "eta": ETA, "seed": seed, "backends": active,
+            "lam": LAM, "eta": ETA, "seed": seed, "backends": active, "max_naive_bytes": max_naive_bytes,
         },
         "backends": {b: notes.get(b, "") for b in backends},
         "records": records,
@@ -274,11 +288,11 @@ def format_table(doc: dict[str, Any]) -> str:
     rows = [header]
     for (B, T, H, S, mode), recs in by_key.items():
         row = [str(B), str(T), str(H), str(S), "fwd" if mode == "forward" else "fwd+bwd"]
-        row += [f"{recs[b]['median_ms']:.3f}" if b in recs else "-" for b in backends]
+        row += [f"{recs[b]['median_ms']:.3f}" if recs.get(b, {}).get("median_ms") is not None else "-" for b in backends]
         if "fused" in backends:
-            row += [f"{recs[b]['ratio_to_fused']:.1f}x" if b in recs and recs[b]["ratio_to_fused"] else "-" for b in others]
+            row += [f"{recs[b]['ratio_to_fused']:.1f}x" if recs.get(b, {}).get("ratio_to_fused") else "-" for b in others]
         row += [
-            f"{recs[b]['peak_memory_bytes'] / 2**20:.2f}" if b in recs and recs[b]["peak_memory_bytes"] is not None else "-"
+            f"{recs[b]['peak_memory_bytes'] / 2**20:.2f}" if recs.get(b, {}).get("peak_memory_bytes") is not None else "-"
             for b in backends
         ]
         rows.append(row)
@@ -290,7 +304,7 @@ def format_table(doc: dict[str, Any]) -> str:
                  + (f", {m['gpu']}" if "gpu" in m else "") + f"; {doc['settings']['dtype']}, medians of "
                  f"{doc['settings']['repeats']} repeats after {doc['settings']['warmup']} warm-up calls")
     lines.append(f"fused: {doc['backends'].get('fused', '')}")
-    methods = sorted({r["memory_method"] for r in doc["records"]})
+    methods = sorted({r["memory_method"] for r in doc["records"] if "memory_method" in r})
     lines.append("MB: " + ", ".join(methods) + " (see docs/benchmarks.md)")
     return "\n".join(lines)
 
@@ -327,10 +341,12 @@ Examples:
               help="initial h0/A0: random (a learned initial state) or zero")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads (default: torch's)")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--max-naive-gb", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="skip naive forward+backward where it would save more than this for the backward")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout instead of the table")
 @click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")
 def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup, state,
-                  threads, seed, as_json, quiet) -> None:
+                  threads, seed, max_naive_gb, as_json, quiet) -> None:
     """Time the fused fast-weights kernel against the reference fallback and the naive loop."""
     if threads:
         torch.set_num_threads(threads)
@@ -347,6 +363,7 @@ def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dty
         warmup=warmup,
         state=state,
         seed=seed,
+        max_naive_bytes=max_naive_gb * 1e9,
         progress=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)),
     )
     doc["command"] = "crnn bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "crnn bench"

@@ -221,8 +221,10 @@ def _load() -> dict[str, Any]:
             notes.append(str(exc))
             return {"ok": False, "reason": "; ".join(notes)}
         except Exception as exc:  # noqa: BLE001 - report, never raise
-            first = str(exc).strip().splitlines()
-            notes.append(f"JIT build failed: {type(exc).__name__}: {first[-1] if first else ''}")
+            lines = str(exc).strip().splitlines()
+            errors = [ln.strip() for ln in lines if "error" in ln.lower() and "build stopped" not in ln]
+            detail = errors[0] if errors else (lines[-1] if lines else "")
+            notes.append(f"JIT build failed: {type(exc).__name__}: {detail[:300]} (CRNN_VERBOSE_BUILD=1 shows the log)")
             return {"ok": False, "reason": "; ".join(notes)}
     try:
         info = dict(module.build_info())
@@ -350,6 +352,7 @@ def _register_python_parts() -> None:
         xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save = inputs
         out, A_T, zs, xhat, rstd = output
         ctx.mark_non_differentiable(zs, xhat, rstd)
+        ctx.set_materialize_grads(False)  # an unused A_T (or out) gets None, not a zero tensor
         ctx.save_for_backward(h0, A0, W, gamma, out, zs, xhat, rstd)
         ctx.fw_args = (lam, eta, inner_steps, activation, save)
 

@@ -106,10 +106,18 @@ inline int check_backward_args(const c10::optional<at::Tensor>& grad_out,
 }
 
 // dW = sum_{b,t} dp_{b,t} h_{b,t-1}^T as one GEMM, with dp = dxp.
-inline at::Tensor weight_grad(const at::Tensor& dxp, const at::Tensor& h0, const at::Tensor& out) {
+// hprev_buf: an optional [B, T, H] buffer for h_0..h_{T-1}.
+inline at::Tensor weight_grad(const at::Tensor& dxp, const at::Tensor& h0, const at::Tensor& out,
+                              at::Tensor hprev_buf = at::Tensor()) {
   const int64_t B = out.size(0), T = out.size(1), H = out.size(2);
-  at::Tensor hprev = T > 1 ? at::cat({h0.unsqueeze(1), out.narrow(1, 0, T - 1)}, 1)
-                           : h0.unsqueeze(1);
+  at::Tensor hprev;
+  if (T == 1) {
+    hprev = h0.unsqueeze(1);
+  } else if (hprev_buf.defined()) {
+    hprev = at::cat_out(hprev_buf, {h0.unsqueeze(1), out.narrow(1, 0, T - 1)}, 1);
+  } else {
+    hprev = at::cat({h0.unsqueeze(1), out.narrow(1, 0, T - 1)}, 1);
+  }
   return at::mm(dxp.reshape({B * T, H}).t(), hprev.reshape({B * T, H}));
 }
 

@@ -18,9 +18,10 @@
 // [B,T,S]) besides the outputs, i.e. O(B*T*S*H) memory; the backward recomputes the
 // rest (the history scores, A_t^T du, the A_T/A_0 terms).
 //
-// Inner vectors live in thread-local buffers padded to Hp = H rounded up to 64 bytes
-// (zeros in the padding), and the hot loops are written with 64-byte vector types
-// (GCC/Clang vector extensions: AVX-512, AVX2 or SSE/NEON code depending on -march),
+// Inner vectors live in thread-local buffers padded to Hp = H rounded up to a vector
+// (zeros in the padding), and the hot loops are written with explicit vector types
+// (GCC/Clang vector extensions of the target's register width: AVX-512, AVX2 or
+// SSE/NEON code depending on -march),
 // so no loop depends on -ffast-math to vectorise. With AVX-512 the ReLU sparsity of
 // h and z is used (vcompress) to skip zero rows in W h and A_0 z.
 #pragma once
@@ -42,6 +43,22 @@
 #define CRNN_AVX512 0
 #endif
 
+// Width (bytes) of the vector type the kernels are written with: the target's native
+// register width (64 = one zmm / cache line with AVX-512, 32 with AVX/AVX2, else 16).
+// Wider-than-native GCC vectors are lowered through memory and run ~10x slower.
+#ifndef CRNN_VEC_BYTES
+#if defined(__AVX512F__)
+#define CRNN_VEC_BYTES 64
+#elif defined(__AVX__)
+#define CRNN_VEC_BYTES 32
+#else
+#define CRNN_VEC_BYTES 16
+#endif
+#endif
+#if CRNN_VEC_BYTES != 64 && CRNN_VEC_BYTES != 32 && CRNN_VEC_BYTES != 16
+#error "CRNN_VEC_BYTES must be 16, 32 or 64"
+#endif
+
 namespace crnn {
 namespace cpu {
 
@@ -49,7 +66,7 @@ enum Activation : int { kRelu = 0, kTanh = 1 };
 
 template <typename T>
 constexpr int64_t vec_len() {
-  return 64 / static_cast<int64_t>(sizeof(T));  // 16 float, 8 double
+  return CRNN_VEC_BYTES / static_cast<int64_t>(sizeof(T));  // AVX-512: 16 float, 8 double
 }
 
 template <typename T>
@@ -68,16 +85,16 @@ inline T act(T x) {
 }
 
 // ---------------------------------------------------------------------------------------
-// 64-byte vectors.
+// Vectors of CRNN_VEC_BYTES bytes.
 template <typename T>
 struct VecType;
 template <>
 struct VecType<float> {
-  typedef float type __attribute__((vector_size(64), aligned(4), __may_alias__));
+  typedef float type __attribute__((vector_size(CRNN_VEC_BYTES), aligned(4), __may_alias__));
 };
 template <>
 struct VecType<double> {
-  typedef double type __attribute__((vector_size(64), aligned(8), __may_alias__));
+  typedef double type __attribute__((vector_size(CRNN_VEC_BYTES), aligned(8), __may_alias__));
 };
 template <typename T>
 using vec = typename VecType<T>::type;
@@ -94,17 +111,27 @@ template <typename T>
 inline vec<T> vzero() {
   return vec<T>{};
 }
+// Horizontal sum, as a tree (log2 lanes dependent adds, not one add per lane).
+#if CRNN_AVX512 && CRNN_VEC_BYTES == 64
+inline float hsum(vec<float> v) { return _mm512_reduce_add_ps((__m512)v); }
+inline double hsum(vec<double> v) { return _mm512_reduce_add_pd((__m512d)v); }
+#else
 template <typename T>
-inline T hsum(vec<T> v) {
-  T s = T(0);
-  for (int64_t l = 0; l < vec_len<T>(); ++l) s += v[l];
-  return s;
+inline T hsum_tree(vec<T> v) {
+  for (int64_t w = vec_len<T>() / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) v[l] += v[l + w];
+  return v[0];
 }
+inline float hsum(vec<float> v) { return hsum_tree<float>(v); }
+inline double hsum(vec<double> v) { return hsum_tree<double>(v); }
+#endif
 
 // The first n < vec_len lanes of p, zeros elsewhere (never reads past p[n-1]).
 inline vec<float> load_tail(const float* p, int64_t n) {
-#if CRNN_AVX512
+#if CRNN_AVX512 && CRNN_VEC_BYTES == 64
   return (vec<float>)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+#elif CRNN_AVX512 && defined(__AVX512VL__) && CRNN_VEC_BYTES == 32
+  return (vec<float>)_mm256_maskz_loadu_ps(static_cast<__mmask8>((1u << n) - 1u), p);
 #else
   vec<float> v = vzero<float>();
   for (int64_t l = 0; l < n; ++l) v[l] = p[l];
@@ -112,8 +139,10 @@ inline vec<float> load_tail(const float* p, int64_t n) {
 #endif
 }
 inline vec<double> load_tail(const double* p, int64_t n) {
-#if CRNN_AVX512
+#if CRNN_AVX512 && CRNN_VEC_BYTES == 64
   return (vec<double>)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
+#elif CRNN_AVX512 && defined(__AVX512VL__) && CRNN_VEC_BYTES == 32
+  return (vec<double>)_mm256_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
 #else
   vec<double> v = vzero<double>();
   for (int64_t l = 0; l < n; ++l) v[l] = p[l];
@@ -122,15 +151,19 @@ inline vec<double> load_tail(const double* p, int64_t n) {
 }
 // Store the first n < vec_len lanes of v to p.
 inline void store_tail(float* p, vec<float> v, int64_t n) {
-#if CRNN_AVX512
+#if CRNN_AVX512 && CRNN_VEC_BYTES == 64
   _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), (__m512)v);
+#elif CRNN_AVX512 && defined(__AVX512VL__) && CRNN_VEC_BYTES == 32
+  _mm256_mask_storeu_ps(p, static_cast<__mmask8>((1u << n) - 1u), (__m256)v);
 #else
   for (int64_t l = 0; l < n; ++l) p[l] = v[l];
 #endif
 }
 inline void store_tail(double* p, vec<double> v, int64_t n) {
-#if CRNN_AVX512
+#if CRNN_AVX512 && CRNN_VEC_BYTES == 64
   _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1u), (__m512d)v);
+#elif CRNN_AVX512 && defined(__AVX512VL__) && CRNN_VEC_BYTES == 32
+  _mm256_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1u), (__m256d)v);
 #else
   for (int64_t l = 0; l < n; ++l) p[l] = v[l];
 #endif
@@ -232,6 +265,19 @@ inline int64_t compact(const double* x, int64_t k, double scale, int32_t* idx, d
     _mm512_storeu_pd(val + nnz, _mm512_maskz_compress_pd(nz, _mm512_mul_pd(v, vs)));
     _mm512_storeu_si512(idx + nnz, _mm512_maskz_compress_epi32(static_cast<__mmask16>(nz), _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int>(j)))));
     nnz += __builtin_popcount(static_cast<unsigned>(nz));
+  }
+  return nnz;
+}
+#else
+template <typename T>
+inline int64_t compact(const T* __restrict x, int64_t k, T scale, int32_t* __restrict idx,
+                       T* __restrict val) {
+  int64_t nnz = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    const T v = x[j];
+    idx[nnz] = static_cast<int32_t>(j);
+    val[nnz] = v * scale;
+    nnz += (v != T(0));
   }
   return nnz;
 }
@@ -371,13 +417,47 @@ inline void rank_rows(const T* R, int64_t ldr, const T* wT, int64_t ldw, const T
   }
 }
 
+// mat[i][0:Hp] += sum_{k<K} (c_k v_k[i]) v_k[0:Hp] over the rows i where v_k[i] != 0:
+// sparse rank-1 updates of a padded, cache-resident H x Hp accumulator (used for A_T,
+// whose factors h_tau are mostly zero under ReLU).
+template <typename T, int NV>
+inline void sparse_rank1_block(T* __restrict mat, int64_t Hp, const T* __restrict v, const int32_t* __restrict idx,
+                               const T* __restrict val, int64_t nnz, int64_t c0) {
+  constexpr int64_t W = vec_len<T>();
+  vec<T> x[NV];
+  for (int n = 0; n < NV; ++n) x[n] = vload(v + c0 + n * W);
+  for (int64_t jj = 0; jj < nnz; ++jj) {
+    T* __restrict row = mat + static_cast<int64_t>(idx[jj]) * Hp + c0;
+    const T a = val[jj];
+    for (int n = 0; n < NV; ++n) vstore(row + n * W, vload(row + n * W) + x[n] * a);
+  }
+}
+
+template <typename T>
+inline void sparse_rank1_rows(T* mat, int64_t H, int64_t Hp, const T* V, int64_t ldv, const T* coef,
+                              int64_t K, int32_t* idx, T* val) {
+  constexpr int64_t W = vec_len<T>();
+  for (int64_t k = 0; k < K; ++k) {
+    if (coef[k] == T(0)) continue;
+    const T* v = V + k * ldv;
+    const int64_t nnz = compact(v, H, coef[k], idx, val);
+    int64_t c0 = 0;
+    for (; c0 + 4 * W <= Hp; c0 += 4 * W) sparse_rank1_block<T, 4>(mat, Hp, v, idx, val, nnz, c0);
+    if (c0 + 2 * W <= Hp) {
+      sparse_rank1_block<T, 2>(mat, Hp, v, idx, val, nnz, c0);
+      c0 += 2 * W;
+    }
+    if (c0 < Hp) sparse_rank1_block<T, 1>(mat, Hp, v, idx, val, nnz, c0);
+  }
+}
+
 // dst[0:n] = src[0:n] for a large output written once: non-temporal (streaming) stores
 // with AVX-512, so the output does not evict the working set or cost a read-for-ownership.
 // Call stream_fence() before the data is read by another thread.
 template <typename T>
 inline void stream_copy(T* __restrict dst, const T* __restrict src, int64_t n) {
 #if CRNN_AVX512
-  constexpr int64_t W = vec_len<T>();
+  constexpr int64_t W = 64 / static_cast<int64_t>(sizeof(T));  // one zmm per streaming store
   int64_t i = 0;
   while (i < n && (reinterpret_cast<uintptr_t>(dst + i) & 63u) != 0) {
     dst[i] = src[i];
@@ -424,7 +504,7 @@ inline T sum(const T* __restrict a, int64_t n) {
   constexpr int64_t W = vec_len<T>();
   vec<T> acc = vzero<T>();
   for (int64_t i = 0; i < n; i += W) acc += vload(a + i);
-  return hsum<T>(acc);
+  return hsum(acc);
 }
 
 // sum_i ((a_i - m) * mask_i)^2
@@ -436,7 +516,7 @@ inline T centered_sq(const T* __restrict a, T m, const T* __restrict mask, int64
     const vec<T> d = (vload(a + i) - m) * vload(mask + i);
     acc += d * d;
   }
-  return hsum<T>(acc);
+  return hsum(acc);
 }
 
 // Copy n values (unpadded source) into dst zero-padded to np.
@@ -508,19 +588,23 @@ struct FwdIO {
   T* rstd;      // [B,T,S]   or null
 };
 
+// Row stride of the transposed A_0 (whole 16-lane blocks for the AVX-512 transpose).
+inline int64_t a0t_ld(int64_t Hp) { return (Hp + 15) / 16 * 16; }
+
 // Thread-local scratch for the forward; sized once per parallel chunk.
 template <typename T>
 struct FwdScratch {
   // hist: h_0..h_T as rows [T+1][Hp]; histT: the same transposed [H][Tp]
-  std::vector<T> hist, histT, A0T, p, u, z, xh, sc, val, row, mat, wbuf;
+  std::vector<T> hist, histT, A0T, p, u, z, xh, sc, val, row, mat, wbuf, accA;
   std::vector<int32_t> idx;
   void init(const Shared<T>& sh) {
     const int64_t Hp = sh.Hp, Tn = sh.T_len, Tp = sh.Tp;
     mat.assign(sh.H * sh.H + kSlack, T(0));
     wbuf.assign(4 * Tp, T(0));
+    accA.assign(sh.H * Hp, T(0));
     hist.assign((Tn + 1) * Hp, T(0));
     histT.assign((sh.H + 4) * Tp, T(0));  // rows past H stay zero (rank_rows reads 4-row blocks)
-    A0T.assign((Hp + 16) * Hp, T(0));  // the AVX-512 transpose writes whole 16-row blocks
+    A0T.assign((a0t_ld(Hp) + 16) * a0t_ld(Hp), T(0));  // the AVX-512 transpose writes 16 x 16 blocks
     p.assign(Hp, T(0));
     u.assign(Hp, T(0));
     z.assign(Hp, T(0));
@@ -554,80 +638,129 @@ inline T layernorm_act(const Shared<T>& sh, const T* __restrict u, T* __restrict
   return r;
 }
 
-template <int ACT, typename T>
-void forward_example(const Shared<T>& sh, const FwdIO<T>& io, int64_t b, FwdScratch<T>& ws) {
+// A_T = lam^T A_0 + sum_{tau<T} eta lam^(T-1-tau) h_tau h_tau^T, accumulated in a padded
+// H x Hp buffer by sparse rank-1 updates (only the rows where h_tau is nonzero), then
+// written out contiguously with streaming stores.
+template <typename T>
+inline void final_fast_weights(const Shared<T>& sh, const T* A0, bool a0nz, T* AT, FwdScratch<T>& ws) {
+  constexpr int64_t W = vec_len<T>();
+  const int64_t Tn = sh.T_len, H = sh.H, Hp = sh.Hp, Tp = sh.Tp;
+  T* __restrict acc = ws.accA.data();
+  T* __restrict mat = ws.mat.data();
+  const T lT = sh.lam_pow[Tn];
+  for (int64_t i = 0; i < H; ++i) {
+    if (a0nz && lT != T(0)) {
+      load_padded(acc + i * Hp, A0 + i * H, H, Hp);
+      for (int64_t j = 0; j < Hp; j += W) vstore(acc + i * Hp + j, vload(acc + i * Hp + j) * lT);
+    } else {
+      zero_padded(acc + i * Hp, Hp);
+    }
+  }
+  sparse_rank1_rows(acc, H, Hp, ws.hist.data(), Hp, sh.coef + Tn * Tp, Tn, ws.idx.data(), ws.val.data());
+  for (int64_t i = 0; i < H; ++i) store_n(mat + i * H, acc + i * Hp, H);
+  stream_copy(AT, mat, H * H);
+}
+
+// The forward of NE consecutive examples b0.., in lockstep (every phase of a step runs for
+// each example in turn). The glue uses NE = 1: interleaving two examples (NE = 2) to
+// overlap their dependency chains measured no faster on the 2-core Zen 4 machine this
+// was tuned on (docs/benchmarks.md), but the structure is kept for other CPUs.
+template <int ACT, typename T, int NE>
+void forward_examples(const Shared<T>& sh, const FwdIO<T>& io, int64_t b0, FwdScratch<T>* ws) {
   const int64_t Tn = sh.T_len, H = sh.H, Hp = sh.Hp, S = sh.S, Tp = sh.Tp;
   constexpr int64_t W = vec_len<T>();
-  T* __restrict hist = ws.hist.data();
-  T* __restrict histT = ws.histT.data();
-  T* __restrict p = ws.p.data();
-  T* __restrict u = ws.u.data();
-  T* __restrict z = ws.z.data();
-  T* __restrict xh = ws.xh.data();
-  T* __restrict sc = ws.sc.data();
-  T* __restrict val = ws.val.data();
-  int32_t* __restrict idx = ws.idx.data();
   const bool save = io.zs != nullptr;
-
-  load_padded(hist, io.h0 + b * H, H, Hp);
-  zero_padded(histT, H * Tp);
-  for (int64_t i = 0; i < H; ++i) histT[i * Tp] = hist[i];
-
-  // A_0^T, padded, unless A_0 is zero for this example.
-  const T* A0 = io.A0 + b * H * H;
-  const bool a0nz = any_nonzero(A0, H * H);
-  T* __restrict A0T = ws.A0T.data();
-  if (a0nz) transpose_square(A0, H, A0T, Hp);
+  T* hist[NE];
+  T* histT[NE];
+  T* p[NE];
+  T* u[NE];
+  T* z[NE];
+  T* xh[NE];
+  T* sc[NE];
+  T* val[NE];
+  int32_t* idx[NE];
+  T* A0T[NE];
+  const T* A0[NE];
+  bool a0nz[NE];
+  int64_t nz[NE];
+  for (int e = 0; e < NE; ++e) {
+    const int64_t b = b0 + e;
+    hist[e] = ws[e].hist.data();
+    histT[e] = ws[e].histT.data();
+    p[e] = ws[e].p.data();
+    u[e] = ws[e].u.data();
+    z[e] = ws[e].z.data();
+    xh[e] = ws[e].xh.data();
+    sc[e] = ws[e].sc.data();
+    val[e] = ws[e].val.data();
+    idx[e] = ws[e].idx.data();
+    A0T[e] = ws[e].A0T.data();
+    load_padded(hist[e], io.h0 + b * H, H, Hp);
+    zero_padded(histT[e], H * Tp);
+    for (int64_t i = 0; i < H; ++i) histT[e][i * Tp] = hist[e][i];
+    // A_0^T, padded, unless A_0 is zero for this example.
+    A0[e] = io.A0 + b * H * H;
+    a0nz[e] = any_nonzero(A0[e], H * H);
+    if (a0nz[e]) transpose_square(A0[e], H, A0T[e], a0t_ld(Hp));
+  }
 
   for (int64_t t = 1; t <= Tn; ++t) {
-    const T* hprev = hist + (t - 1) * Hp;
-    // p = xp_t + W h_{t-1}
-    load_padded(p, io.xp + (b * Tn + (t - 1)) * H, H, Hp);
-    sparse_matvec(sh.WTp, Hp, hprev, H, T(1), p, Hp, idx, val);
-    for (int64_t i = 0; i < Hp; ++i) z[i] = act<ACT>(p[i]);
     const int64_t tv = (t + W - 1) / W * W;  // score lanes in use (beyond t: coef = 0)
     const T* coef = sh.coef + t * Tp;
     const T lt = sh.lam_pow[t];
-    const int64_t base = (b * Tn + (t - 1)) * S;
+    // p = xp_t + W h_{t-1};  z_0 = f(p)
+    for (int e = 0; e < NE; ++e) {
+      load_padded(p[e], io.xp + ((b0 + e) * Tn + (t - 1)) * H, H, Hp);
+      sparse_matvec(sh.WTp, Hp, hist[e] + (t - 1) * Hp, H, T(1), p[e], Hp, idx[e], val[e]);
+      for (int64_t i = 0; i < Hp; ++i) z[e][i] = act<ACT>(p[e][i]);
+    }
     for (int64_t s = 0; s < S; ++s) {
-      if (save) store_n(io.zs + (base + s) * H, z, H);
       // scores sc[tau] = eta lam^(t-1-tau) <h_tau, z> via the transposed history, and
       // u = p + sum_tau sc[tau] h_tau + lam^t A_0 z  (z's nonzeros found once for both)
-      zero_padded(sc, tv);
-      copy_padded(u, p, Hp);
+      for (int e = 0; e < NE; ++e) {
+        if (save) store_n(io.zs + (((b0 + e) * Tn + (t - 1)) * S + s) * H, z[e], H);
+        zero_padded(sc[e], tv);
+        copy_padded(u[e], p[e], Hp);
 #if CRNN_AVX512
-      const int64_t nz = compact(z, H, T(1), idx, val);
-      matvec_idx(histT, Tp, idx, val, nz, sc, tv);
-      mul_padded(sc, coef, tv);
-      matvec(hist, Hp, sc, t, u, Hp);
-      if (a0nz && lt != T(0)) {
-        for (int64_t jj = 0; jj < nz; ++jj) val[jj] *= lt;
-        matvec_idx(A0T, Hp, idx, val, nz, u, Hp);
-      }
+        nz[e] = compact(z[e], H, T(1), idx[e], val[e]);
+        matvec_idx(histT[e], Tp, idx[e], val[e], nz[e], sc[e], tv);
 #else
-      matvec(histT, Tp, z, H, sc, tv);
-      mul_padded(sc, coef, tv);
-      matvec(hist, Hp, sc, t, u, Hp);
-      if (a0nz && lt != T(0)) sparse_matvec(A0T, Hp, z, H, lt, u, Hp, idx, val);
+        matvec(histT[e], Tp, z[e], H, sc[e], tv);
 #endif
-      const T r = layernorm_act<ACT>(sh, u, xh, z);
-      if (save) {
-        store_n(io.xhat + (base + s) * H, xh, H);
-        io.rstd[base + s] = r;
+        mul_padded(sc[e], coef, tv);
+      }
+      for (int e = 0; e < NE; ++e) {
+        matvec(hist[e], Hp, sc[e], t, u[e], Hp);
+        if (a0nz[e] && lt != T(0)) {
+#if CRNN_AVX512
+          for (int64_t jj = 0; jj < nz[e]; ++jj) val[e][jj] *= lt;
+          matvec_idx(A0T[e], a0t_ld(Hp), idx[e], val[e], nz[e], u[e], Hp);
+#else
+          sparse_matvec(A0T[e], a0t_ld(Hp), z[e], H, lt, u[e], Hp, idx[e], val[e]);
+#endif
+        }
+      }
+      for (int e = 0; e < NE; ++e) {
+        const T r = layernorm_act<ACT>(sh, u[e], xh[e], z[e]);
+        if (save) {
+          const int64_t k = ((b0 + e) * Tn + (t - 1)) * S + s;
+          store_n(io.xhat + k * H, xh[e], H);
+          io.rstd[k] = r;
+        }
       }
     }
-    copy_padded(hist + t * Hp, z, Hp);
-    for (int64_t i = 0; i < H; ++i) histT[i * Tp + t] = z[i];
-    store_n(io.out + (b * Tn + (t - 1)) * H, z, H);
+    for (int e = 0; e < NE; ++e) {
+      copy_padded(hist[e] + t * Hp, z[e], Hp);
+      for (int64_t i = 0; i < H; ++i) histT[e][i * Tp + t] = z[e][i];
+      store_n(io.out + ((b0 + e) * Tn + (t - 1)) * H, z[e], H);
+    }
   }
+  for (int e = 0; e < NE; ++e) final_fast_weights(sh, A0[e], a0nz[e], io.AT + (b0 + e) * H * H, ws[e]);
+}
 
-  // A_T = lam^T A_0 + sum_{tau<T} eta lam^(T-1-tau) h_tau h_tau^T:
-  // row i = lam^T A_0[i,:] + sum_tau (coef_tau h_tau[i]) h_tau, four rows at a time.
-  T* AT = io.AT + b * H * H;
-  T* __restrict mat = ws.mat.data();  // A_T of this example, contiguous, then streamed out
-  rank_rows(hist, Hp, histT, Tp, sh.coef + Tn * Tp, Tn, a0nz ? A0 : nullptr, sh.lam_pow[Tn], H, Hp,
-            ws.wbuf.data(), mat);
-  stream_copy(AT, mat, H * H);
+template <int ACT, typename T>
+void forward_example(const Shared<T>& sh, const FwdIO<T>& io, int64_t b, FwdScratch<T>& ws) {
+  forward_examples<ACT, T, 1>(sh, io, b, &ws);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -778,8 +911,8 @@ void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScr
         m1v += gv;
         m2v += gv * x;
       }
-      const T m1 = hsum<T>(m1v) * invH;
-      const T m2 = hsum<T>(m2v) * invH;
+      const T m1 = hsum(m1v) * invH;
+      const T m2 = hsum(m2v) * invH;
       for (int64_t i = 0; i < Hp; i += W) {
         const vec<T> v = (vload(g + i) - m1 - vload(xh + i) * m2) * r * vload(mask + i);
         vstore(du + i, v);

@@ -27,6 +27,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
   const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
   TORCH_CHECK(H <= cuda::kMaxHidden, "crnn::fastweights_fwd: the CUDA kernel takes H <= ",
               cuda::kMaxHidden, ", got ", H);
+  TORCH_CHECK(Tn <= cuda::kMaxLength, "crnn::fastweights_fwd: the CUDA kernel takes T <= ",
+              cuda::kMaxLength, " (per-step scores live in shared memory), got ", Tn);
   const c10::cuda::CUDAGuard guard(xp.device());
   Tensor out = at::empty({B, Tn, H}, xp.options());
   Tensor AT = at::empty({B, H, H}, xp.options());
@@ -72,14 +74,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
   const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
   TORCH_CHECK(H <= cuda::kMaxHidden, "crnn::fastweights_bwd: the CUDA kernel takes H <= ",
               cuda::kMaxHidden, ", got ", H);
+  TORCH_CHECK(Tn <= cuda::kMaxLength, "crnn::fastweights_bwd: the CUDA kernel takes T <= ",
+              cuda::kMaxLength, ", got ", Tn);
   const c10::cuda::CUDAGuard guard(out.device());
+  if (B == 0) {
+    return {at::empty({0, Tn, H}, out.options()), at::empty({0, H}, out.options()),
+            need_dA0 ? at::empty({0, H, H}, out.options()) : at::empty({0}, out.options()),
+            at::zeros({H, H}, out.options()), at::zeros({H}, out.options()),
+            at::zeros({H}, out.options())};
+  }
   Tensor dxp = at::empty({B, Tn, H}, out.options());
   Tensor dh0 = at::empty({B, H}, out.options());
   Tensor dgamma_part = at::empty({B, H}, out.options());
   Tensor dbeta_part = at::empty({B, H}, out.options());
   Tensor dH = at::empty({B, Tn + 1, H}, out.options());
   Tensor G = need_dA0 ? at::empty({B, Tn, S, H}, out.options()) : Tensor();
-  if (B > 0) {
+  {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cuda", [&] {
       cuda::BwdParams<scalar_t> p;
       p.B = B;
@@ -115,7 +125,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
     dA0 = at::bmm(G.view({B, Tn * S, H}).transpose(1, 2), zs.view({B, Tn * S, H}));
     if (grad_AT.has_value()) dA0.add_(*grad_AT, std::pow(lam, static_cast<double>(Tn)));
   }
-  Tensor dW = B > 0 ? weight_grad(dxp, h0, out) : at::zeros({H, H}, out.options());
+  Tensor dW = weight_grad(dxp, h0, out);
   return {dxp, dh0, dA0, dW, dgamma_part.sum(0), dbeta_part.sum(0)};
 }
 

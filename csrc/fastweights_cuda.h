@@ -14,6 +14,8 @@ namespace cuda {
 
 // Largest hidden size the CUDA kernels take (one thread per hidden unit, one block per example).
 constexpr int64_t kMaxHidden = 1024;
+// Longest sequence: the per-step score vectors (3 (T+1) values) live in shared memory.
+constexpr int64_t kMaxLength = 2048;
 
 template <typename T>
 struct FwdParams {

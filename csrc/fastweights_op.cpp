@@ -12,7 +12,11 @@
 // (crnn_plugins/fastweights_fused.py). The CUDA implementation is in fastweights_cuda.cpp.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/alloc_cpu.h>
 
+#include <cstdlib>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "fastweights_checks.h"
@@ -22,6 +26,67 @@ namespace crnn {
 namespace {
 
 using at::Tensor;
+
+// A small cache of the CPU blocks behind the op's large outputs. glibc hands large freed
+// blocks back to the kernel, so every call would otherwise fault in fresh pages for A_T,
+// dA_0 and the per-step tensors (hundreds of page faults per training step, a fifth of
+// the fused forward+backward time at B=128, T=11, H=50). Blocks return here when their
+// tensors die and are reused by the next call of the same size; at most kPoolBytes are
+// kept. CRNN_NO_POOL=1 turns it off.
+class BlockPool {
+ public:
+  static constexpr size_t kPoolBytes = size_t(256) << 20;
+  static constexpr size_t kMinBytes = size_t(64) << 10;
+
+  static BlockPool& get() {
+    static BlockPool* pool = new BlockPool();  // leaked: tensors may outlive static destructors
+    return *pool;
+  }
+
+  Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    int64_t numel = 1;
+    for (int64_t s : sizes) numel *= s;
+    const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
+    if (!enabled_ || bytes < kMinBytes) return at::empty(sizes, options);
+    void* ptr = take(bytes);
+    if (ptr == nullptr) ptr = c10::alloc_cpu(bytes);
+    return at::from_blob(ptr, sizes, [this, bytes](void* p) { give(p, bytes); }, options);
+  }
+
+ private:
+  BlockPool() {
+    const char* env = std::getenv("CRNN_NO_POOL");
+    enabled_ = env == nullptr || env[0] == '\0' || env[0] == '0';
+  }
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(bytes);
+    if (it == free_.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    cached_ -= bytes;
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + bytes <= kPoolBytes) {
+        free_[bytes].push_back(p);
+        cached_ += bytes;
+        return;
+      }
+    }
+    c10::free_cpu(p);
+  }
+  std::mutex mu_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0;
+  bool enabled_ = true;
+};
+
+Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return BlockPool::get().empty(sizes, options);
+}
 
 template <typename T>
 struct SharedBuffers {
@@ -93,10 +158,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
   TORCH_CHECK(xp.device().is_cpu(), "crnn::fastweights_fwd: CPU implementation got ",
               xp.device(), " tensors");
   const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
-  Tensor out = at::empty({B, Tn, H}, xp.options());
-  Tensor AT = at::empty({B, H, H}, xp.options());
-  Tensor zs = save ? at::empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
-  Tensor xhat = save ? at::empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
+  Tensor out = pooled_empty({B, Tn, H}, xp.options());
+  Tensor AT = pooled_empty({B, H, H}, xp.options());
+  Tensor zs = save ? pooled_empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
+  Tensor xhat = save ? pooled_empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
   Tensor rstd = save ? at::empty({B, Tn, S}, xp.options()) : at::empty({0}, xp.options());
   if (B == 0) return {out, AT, zs, xhat, rstd};
 
@@ -137,9 +202,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
   TORCH_CHECK(out.device().is_cpu(), "crnn::fastweights_bwd: CPU implementation got ",
               out.device(), " tensors");
   const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
-  Tensor dxp = at::empty({B, Tn, H}, out.options());
+  Tensor dxp = pooled_empty({B, Tn, H}, out.options());
   Tensor dh0 = at::empty({B, H}, out.options());
-  Tensor dA0 = need_dA0 ? at::empty({B, H, H}, out.options()) : at::empty({0}, out.options());
+  Tensor dA0 = need_dA0 ? pooled_empty({B, H, H}, out.options()) : at::empty({0}, out.options());
   Tensor dgamma_part = at::empty({B, H}, out.options());
   Tensor dbeta_part = at::empty({B, H}, out.options());
   if (B == 0) {
@@ -176,7 +241,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
       }
     });
   });
-  Tensor dW = weight_grad(dxp, h0, out);
+  Tensor dW = weight_grad(dxp, h0, out, pooled_empty({B, Tn, H}, out.options()));
   return {dxp, dh0, dA0, dW, dgamma_part.sum(0), dbeta_part.sum(0)};
 }
 

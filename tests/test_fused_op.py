@@ -405,3 +405,16 @@ def test_cuda_mixed_devices_are_rejected():
     args[3] = args[3].cpu()
     with pytest.raises(RuntimeError, match="same device"):
         fwd(args)
+
+
+def test_outputs_of_successive_calls_do_not_alias():
+    """Large outputs come from a block pool; a live tensor's block is never handed out again."""
+    args = make_inputs(B=64, T=11, H=50, dtype=torch.float32)
+    first = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, 1, "relu", 1e-5, True)
+    kept = [t.clone() for t in first]
+    for _ in range(3):
+        again = torch.ops.crnn.fastweights_fwd(*[a * 0.5 for a in args], LAM, ETA, 1, "relu", 1e-5, True)
+        assert all(a.data_ptr() != b.data_ptr() for a in first for b in again if a.numel() and b.numel())
+        del again
+    for t, k in zip(first, kept):
+        torch.testing.assert_close(t, k, rtol=0, atol=0)

@@ -106,6 +106,9 @@ def test_kill_9_at_a_random_moment_leaves_a_loadable_checkpoint(reference, runne
     out = tmp_path / "run"
     proc = start(out)
     wait_for_first_epoch(proc, out)
+    while not (out / "checkpoints" / "best.pt").exists():  # epoch 1's checkpoints are complete
+        assert proc.poll() is None
+        time.sleep(0.002)
     delay = random.uniform(0.0, 0.6)
     time.sleep(delay)
     proc.kill()

@@ -1,0 +1,87 @@
+// Standalone driver of the CPU fast-weights kernel (no PyTorch): runs forward and backward
+// on a fixed pseudo-random problem and prints every output, so tests/test_cpu_isa.py can
+// compile it for several -march targets (AVX-512, AVX2, SSE2: different code paths and
+// vector widths) and check that they agree. Usage: isa_check B T H S act(0|1) a0(0|1)
+#include "../../csrc/fastweights_cpu_kernel.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+using namespace crnn::cpu;
+
+template <typename T>
+struct Problem {
+  int64_t B, Tn, H, S;
+  std::vector<T> xp, h0, A0, W, gamma, beta, gout, gAT;
+};
+
+static double lcg(uint64_t& s) {  // deterministic uniform(-1, 1)
+  s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+  return static_cast<double>((s >> 11) & ((1ULL << 53) - 1)) / static_cast<double>(1ULL << 52) - 1.0;
+}
+
+template <typename T, int ACT>
+void run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0) {
+  uint64_t seed = 12345;
+  auto fill = [&](std::vector<T>& v, size_t n, double scale, double offset = 0.0) {
+    v.resize(n);
+    for (auto& x : v) x = static_cast<T>(offset + scale * lcg(seed));
+  };
+  std::vector<T> xp, h0, A0, W, gamma, beta, gout, gAT;
+  fill(xp, B * Tn * H, 1.0);
+  fill(h0, B * H, 1.0);
+  fill(A0, B * H * H, a0 ? 0.2 : 0.0);
+  fill(W, H * H, 0.5 / std::sqrt(static_cast<double>(H)));
+  fill(gamma, H, 0.1, 1.0);
+  fill(beta, H, 0.1);
+  fill(gout, B * Tn * H, 1.0);
+  fill(gAT, B * H * H, 1.0);
+  const double lam = 0.95, eta = 0.5, eps = 1e-5;
+  const int64_t Hp = padded<T>(H), Tp = padded<T>(Tn + 1);
+  std::vector<T> WTp(H * Hp, 0), Wp(H * Hp, 0), g(Hp, 0), bt(Hp, 0), mask(Hp, 0), lp(Tn + 1), coef((Tn + 1) * Tp, 0);
+  for (int64_t j = 0; j < H; ++j)
+    for (int64_t i = 0; i < H; ++i) {
+      WTp[j * Hp + i] = W[i * H + j];
+      Wp[i * Hp + j] = W[i * H + j];
+    }
+  for (int64_t i = 0; i < H; ++i) {
+    g[i] = gamma[i];
+    bt[i] = beta[i];
+    mask[i] = 1;
+  }
+  for (int64_t k = 0; k <= Tn; ++k) lp[k] = static_cast<T>(std::pow(lam, static_cast<double>(k)));
+  for (int64_t t = 1; t <= Tn; ++t)
+    for (int64_t tau = 0; tau < t; ++tau) coef[t * Tp + tau] = static_cast<T>(eta * std::pow(lam, static_cast<double>(t - 1 - tau)));
+  Shared<T> sh{B, Tn, H, Hp, S, Tp, static_cast<T>(lam), static_cast<T>(eta), static_cast<T>(eps),
+               WTp.data(), Wp.data(), g.data(), bt.data(), mask.data(), lp.data(), coef.data()};
+  std::vector<T> out(B * Tn * H), AT(B * H * H), zs(B * Tn * S * H), xh(B * Tn * S * H), rs(B * Tn * S);
+  FwdIO<T> fio{xp.data(), h0.data(), A0.data(), out.data(), AT.data(), zs.data(), xh.data(), rs.data()};
+  FwdScratch<T> fws;
+  fws.init(sh);
+  for (int64_t b = 0; b < B; ++b) forward_example<ACT, T>(sh, fio, b, fws);
+  stream_fence();
+  std::vector<T> dxp(B * Tn * H), dh0(B * H), dA0(B * H * H), dg(B * H), db(B * H);
+  BwdIO<T> bio{gout.data(), gAT.data(), h0.data(), A0.data(), out.data(), zs.data(), xh.data(), rs.data(),
+               dxp.data(), dh0.data(), dA0.data(), dg.data(), db.data()};
+  BwdScratch<T> bws;
+  bws.init(sh);
+  for (int64_t b = 0; b < B; ++b) backward_example<ACT, T>(sh, bio, b, bws);
+  stream_fence();
+  for (const auto* v : {&out, &AT, &dxp, &dh0, &dA0, &dg, &db})
+    for (T x : *v) std::printf("%.17g\n", static_cast<double>(x));
+}
+
+int main(int argc, char** argv) {
+  if (argc < 8) return 2;
+  const int64_t B = atoi(argv[1]), Tn = atoi(argv[2]), H = atoi(argv[3]), S = atoi(argv[4]);
+  const int act = atoi(argv[5]);
+  const bool a0 = atoi(argv[6]) != 0, dbl = atoi(argv[7]) != 0;
+  if (dbl) {
+    act == 0 ? run<double, kRelu>(B, Tn, H, S, a0) : run<double, kTanh>(B, Tn, H, S, a0);
+  } else {
+    act == 0 ? run<float, kRelu>(B, Tn, H, S, a0) : run<float, kTanh>(B, Tn, H, S, a0);
+  }
+  return 0;
+}
