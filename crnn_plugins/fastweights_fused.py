@@ -96,6 +96,16 @@ def _want_cuda() -> tuple[bool, str]:
     return True, "nvcc and a CUDA PyTorch"
 
 
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags (what -march=native compiles for)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = [ln for ln in fh if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
 def _cpu_flags() -> list[str]:
     arch = os.environ.get("CRNN_CPU_ARCH", "native").strip()
     flags = ["-O3", "-fopenmp", "-Wno-psabi"]
@@ -110,12 +120,14 @@ def _jit_build(src: Path) -> tuple[Any, str]:
     with_cuda, _ = _want_cuda()
     sources = [src / s for s in CPU_SOURCES] + ([src / s for s in CUDA_SOURCES] if with_cuda else [])
     cflags = _cpu_flags() + (["-DCRNN_WITH_CUDA"] if with_cuda else [])
-    cuda_flags = ["-O3", "--use_fast_math"] if with_cuda else []
+    cuda_flags = ["-O3"] if with_cuda else []
     digest = hashlib.sha256()
     for path in sources + [src / h for h in HEADERS if (src / h).exists()]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     digest.update(repr((cflags, cuda_flags, torch.__version__, sys.version_info[:2], platform.machine())).encode())
+    if any(f == "-march=native" for f in cflags):  # a cache shared between different CPUs
+        digest.update(_cpu_signature().encode())
     name = "crnn_fastweights_" + digest.hexdigest()[:16]
     build_dir = _cache_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
