@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .cell import Cell, State
 from .context import ContextNetwork
-from .errors import ConfigError
+from .errors import ConfigError, CrnnError
 from .init_strategy import InitStrategy
 from .options import build_options
 from .plugins import PluginSystem
@@ -82,6 +82,19 @@ class Built:
     classes: dict[str, type]  # component kind -> class
 
 
+def _construct(kind: str, name: str, cls: type, *args: Any) -> Any:
+    """Instantiate a component; a plugin's own exception becomes a one-line error naming it."""
+    try:
+        return cls(*args)
+    except CrnnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - third-party constructors may raise anything
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"{kind} '{name}' ({cls.__module__}.{cls.__qualname__}) failed to build: {type(exc).__name__}: {first}"
+        ) from None
+
+
 def build_model(spec: ModelSpec, plugins: PluginSystem) -> Built:
     """Resolve names and options, check the combination, construct the model."""
     task_cls = plugins.registry("tasks").get(spec.task).cls
@@ -91,7 +104,7 @@ def build_model(spec: ModelSpec, plugins: PluginSystem) -> Built:
     cell_opts = build_options(cell_cls.Options, spec.cell_options, "cell")
     init_opts = build_options(init_cls.Options, spec.init_options, "init")
 
-    task: Task = task_cls(task_opts)
+    task: Task = _construct("task", spec.task, task_cls, task_opts)
     task.prepare(uses_context=init_cls.uses_context)
     context_name = None
     context_net = None
@@ -103,13 +116,14 @@ def build_model(spec: ModelSpec, plugins: PluginSystem) -> Built:
         context_name = spec.context or task.default_context
         context_cls = plugins.registry("contexts").get(context_name).cls
         context_opts = build_options(context_cls.Options, spec.context_options, "context")
-        context_net = context_cls(task.context_size, context_opts)
+        context_net = _construct("context network", context_name, context_cls, task.context_size, context_opts)
         classes["context"] = context_cls
     elif spec.context is not None or spec.context_options:
         raise ConfigError(f"--context / context.* options given, but init '{spec.init}' uses no context")
 
-    cell = cell_cls(task.input_size, cell_opts)
-    init = init_cls(cell.state_spec(), context_net.out_features if context_net is not None else None, init_opts)
+    cell = _construct("cell", spec.cell, cell_cls, task.input_size, cell_opts)
+    context_size = context_net.out_features if context_net is not None else None
+    init = _construct("init strategy", spec.init, init_cls, cell.state_spec(), context_size, init_opts)
     model = ContextualRNN(task.build_module(cell.hidden_size), cell, init, context_net)
     resolved = ModelSpec(
         cell=spec.cell,

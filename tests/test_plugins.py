@@ -178,3 +178,24 @@ def test_base_classes_are_documented():
         for name, member in vars(cls).items():
             if getattr(member, "__isabstractmethod__", False):
                 assert (member.__doc__ or (member.fget.__doc__ if isinstance(member, property) else "")), name
+
+
+def test_a_component_whose_constructor_raises_is_named(fresh_plugins, runner, tmp_path):
+    class Exploding(TinyCell):
+        """A cell whose constructor fails."""
+
+        name = "exploding"
+
+        def __init__(self, input_size, options):
+            raise RuntimeError("no GPU budget")
+
+    class P:
+        @hookimpl
+        def register_cells(self, register):
+            register(Exploding)
+
+    fresh_plugins.register(P(), name="exploding-plugin")
+    result = invoke(runner, ["run", "--cell", "exploding", "--init", "zero", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "cell 'exploding'" in result.stderr and "RuntimeError: no GPU budget" in result.stderr
+    assert "Traceback" not in result.stderr
