@@ -18,7 +18,6 @@ from typing import Any
 
 import click
 
-from . import __name__ as _pkg  # noqa: F401
 from . import distributed
 from .errors import ConfigError, CrnnError
 from .model import ModelSpec, build_model

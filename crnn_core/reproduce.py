@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from .errors import ConfigError
-from .plot import collect, draw
+from .plot import _stats, collect, draw
 from .rundir import is_run_dir, read_metrics
 
 
@@ -149,9 +149,8 @@ def run_grid(runs: list[GridRun], epochs: int, jobs: int) -> None:
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "—"
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return f"{mean:.4g} ± {std:.2g}" if len(values) > 1 else f"{mean:.4g}"
+    stats = _stats(values)
+    return f"{stats['mean']:.4g} ± {stats['std']:.2g}" if len(values) > 1 else f"{stats['mean']:.4g}"
 
 
 def _reached(records: list[dict[str, Any]], threshold: float) -> tuple[int, float] | None:

@@ -20,7 +20,7 @@ from torch import nn
 from . import distributed
 from .errors import CheckpointError, ConfigError, CrnnError
 from .model import ContextualRNN
-from .options import option, require
+from .options import build_options, option, require
 from .rundir import append_metrics, load_checkpoint, save_checkpoint, truncate_metrics
 from .task import Batch, Task
 
@@ -323,7 +323,5 @@ def checkpoint_identity(config: dict[str, Any]) -> dict[str, Any]:
 
 def train_config_from(defaults: dict[str, Any], flags: dict[str, Any], overrides: dict[str, str]) -> TrainConfig:
     """TrainConfig from the task's defaults, then CLI flags (None: not given), then ``--set train.*``."""
-    from .options import build_options
-
     merged = {**defaults, **{k: v for k, v in flags.items() if v is not None}, **overrides}
     return build_options(TrainConfig, merged, "train")
