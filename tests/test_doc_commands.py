@@ -224,10 +224,14 @@ def run_torchrun(args: list[str], line: str, scratch: Path, runner) -> None:
     if needs_hardware(launcher + crnn_args):  # GPUs or several machines: check the crnn part here
         run_crnn(runner, [a for a in crnn_args if a != "..."], line)
         return
-    if "--master-port" not in launcher:
+    if "--master-port" in launcher:  # the documented port may be taken on this machine: any free one will do
+        launcher[launcher.index("--master-port") + 1] = str(free_port())
+    else:
         launcher = [*launcher, "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "crnn_core", *shrink_crnn(crnn_args)]
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
     proc = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{line}\n{proc.stderr[-3000:]}"
 
