@@ -398,12 +398,14 @@ cudaError_t allow_smem(Kernel kernel, size_t bytes) {
 
 inline int threads_for(int64_t H) { return static_cast<int>((H + 31) / 32 * 32); }
 
-template <typename T, int ACT>
-cudaError_t forward_impl(const FwdParams<T>& p, cudaStream_t stream) {
+// Plans shared memory for one block per sequence, raises the block's shared-memory limit
+// where the plan needs more than the default 48 KiB, and launches `kernel` on `p`.
+template <typename T, typename Params>
+cudaError_t launch_planned(void (*kernel)(Params, int, int), int64_t base_elems, const Params& p,
+                           cudaStream_t stream) {
   SmemPlan plan;
-  cudaError_t err = plan_smem<T>(fwd_base_elems(p.H, p.T_len), p.H, p.T_len, &plan);
+  cudaError_t err = plan_smem<T>(base_elems, p.H, p.T_len, &plan);
   if (err != cudaSuccess) return err;
-  auto kernel = fastweights_forward_kernel<T, ACT>;
   err = allow_smem(kernel, plan.bytes);
   if (err != cudaSuccess) return err;
   kernel<<<static_cast<unsigned>(p.B), threads_for(p.H), plan.bytes, stream>>>(p, plan.w_in_smem,
@@ -412,16 +414,13 @@ cudaError_t forward_impl(const FwdParams<T>& p, cudaStream_t stream) {
 }
 
 template <typename T, int ACT>
+cudaError_t forward_impl(const FwdParams<T>& p, cudaStream_t stream) {
+  return launch_planned<T>(fastweights_forward_kernel<T, ACT>, fwd_base_elems(p.H, p.T_len), p, stream);
+}
+
+template <typename T, int ACT>
 cudaError_t backward_impl(const BwdParams<T>& p, cudaStream_t stream) {
-  SmemPlan plan;
-  cudaError_t err = plan_smem<T>(bwd_base_elems(p.H, p.T_len), p.H, p.T_len, &plan);
-  if (err != cudaSuccess) return err;
-  auto kernel = fastweights_backward_kernel<T, ACT>;
-  err = allow_smem(kernel, plan.bytes);
-  if (err != cudaSuccess) return err;
-  kernel<<<static_cast<unsigned>(p.B), threads_for(p.H), plan.bytes, stream>>>(p, plan.w_in_smem,
-                                                                               plan.hist_in_smem);
-  return cudaGetLastError();
+  return launch_planned<T>(fastweights_backward_kernel<T, ACT>, bwd_base_elems(p.H, p.T_len), p, stream);
 }
 
 }  // namespace
