@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from click.testing import CliRunner
 
@@ -38,3 +40,10 @@ def assert_one_line_error(result, fragment: str) -> None:
     assert len(lines) == 1, result.stderr
     assert fragment in lines[0], lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now (for torchrun)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import torch.distributed
 from crnn_core.distributed import DistContext, context, launched_by_torchrun
 from crnn_core.rundir import load_checkpoint
 
-from .conftest import invoke
+from .conftest import free_port, invoke
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this PyTorch has no torch.distributed with gloo")
@@ -34,12 +33,6 @@ ARGS = ["run", "--cell", "fastweights", "--init", "learned", "--task", "art", "-
         "--set", "task.train_size=256", "--set", "task.val_size=128", "--batch-size", "32",
         "--set", "cell.backend=reference", "--set", "train.threads=1"]
 EPOCHS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.Popen:

@@ -15,9 +15,16 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
 
-def test_plugins_worked_example(fresh_plugins, runner, tmp_path):
+def docs_plugin_module() -> types.ModuleType:
+    """The worked example of docs/plugins.md (its first python block), executed as a module."""
     module = types.ModuleType("docs_scalar_plugin")
-    exec(compile(python_blocks(DOCS / "plugins.md")[0], "docs/plugins.md", "exec"), module.__dict__)
+    code = compile(python_blocks(DOCS / "plugins.md")[0], "docs/plugins.md", "exec", dont_inherit=True)
+    exec(code, module.__dict__)
+    return module
+
+
+def test_plugins_worked_example(fresh_plugins, runner, tmp_path):
+    module = docs_plugin_module()
     fresh_plugins.register(module, name="docs-scalar")
     assert fresh_plugins.registry("inits").get("scalar").cls is module.ScalarInit
     built = build_model(ModelSpec("fastweights", "scalar", "art", init_options={"start": "0.1"},
