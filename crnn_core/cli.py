@@ -317,15 +317,12 @@ def _add_builtin_commands() -> None:
     """The commands that live in their own modules (generation, plots, grids, kernels)."""
     from .generate import sample_command
     from .plot import plot_command
+    from .bench import bench_command, kernels_command
     from .reproduce import reproduce_command
 
     cli.add_command(sample_command, "sample")
     cli.add_command(plot_command, "plot")
     cli.add_command(reproduce_command, "reproduce")
-    try:
-        from .bench import bench_command, kernels_command
-    except ImportError:  # pragma: no cover - bench.py ships with the package
-        return
     cli.add_command(bench_command, "bench")
     cli.add_command(kernels_command, "kernels")
 

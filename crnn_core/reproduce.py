@@ -24,7 +24,7 @@ import click
 
 from .errors import ConfigError
 from .plot import _stats, collect, draw
-from .rundir import is_run_dir, read_metrics
+from .rundir import is_run_dir, read_json, read_metrics, write_json
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def is_finished(run: GridRun, epochs: int) -> bool:
     summary = run.path / "summary.json"
     if not summary.is_file():
         return False
-    data = json.loads(summary.read_text())
+    data = read_json(summary)
     return data.get("epochs", 0) >= epochs or bool(data.get("stopped_early"))
 
 
@@ -104,8 +104,7 @@ def execute(run: GridRun, epochs: int, cores: set[int]) -> dict[str, Any]:
     if is_run_dir(run.path) and (run.path / "checkpoints" / "last.pt").is_file():
         args = ["run", "--resume", str(run.path), "--epochs", str(epochs), "-q"]
     else:
-        args = [*run.args, "--force"]
-    args += [] if "--resume" in args else ["--set", f"train.threads={len(cores)}"]
+        args = [*run.args, "--force", "--set", f"train.threads={len(cores)}"]
 
     def pin() -> None:
         if hasattr(os, "sched_setaffinity"):
@@ -120,7 +119,7 @@ def execute(run: GridRun, epochs: int, cores: set[int]) -> dict[str, Any]:
         raise ConfigError(f"grid run {run.path} failed (exit {proc.returncode}): {reason}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     summary["process_seconds"] = round(time.time() - started, 1)
-    (run.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(run.path / "summary.json", summary)
     return summary
 
 
