@@ -5,12 +5,7 @@ import sys
 
 import pytest
 
-from crnn_core.cli import cli
-from crnn_core.plot import plot_command
-
 from .conftest import assert_one_line_error, invoke
-
-cli.add_command(plot_command, "plot")  # as crnn_core.cli.main attaches it
 
 
 def fake_run(path, init, seed, curve, *, epochs=None, threads=None, extra_metric=None):

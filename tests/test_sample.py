@@ -9,14 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from crnn_core import ConfigError, Task
-from crnn_core.cli import cli
-from crnn_core.generate import sample_command
 from crnn_plugins.art import ARTTask
 
 from .conftest import TINY_ART, assert_one_line_error, invoke
 from .test_lcd import TINY_LCD, formula
-
-cli.add_command(sample_command, "sample")  # as crnn_core.cli.main attaches it
 
 
 @pytest.fixture(scope="module")
