@@ -37,6 +37,7 @@ from typing import Any, Callable
 import click
 import torch
 
+from .distributed import resolve_device
 from .errors import ConfigError
 
 DEFAULT_BATCH = (1, 128)
@@ -190,9 +191,7 @@ def run_benchmark(
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Time every backend at every grid point; returns the JSON document ``crnn bench --json`` prints."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device here")
+    dev = resolve_device(device)
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     fns, notes = _backend_fns()
     missing = [b for b in backends if b not in fns]

@@ -43,6 +43,13 @@ TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 TIMEOUT = datetime.timedelta(minutes=30)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``torch.device(name)``, or a one-line error when CUDA is asked for and PyTorch sees none."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device here")
+    return torch.device(name)
+
+
 def launched_by_torchrun() -> bool:
     """Whether this process is a worker of a multi-process torchrun job."""
     return all(name in os.environ for name in TORCHRUN_VARS) and _env_int("WORLD_SIZE") > 1
@@ -215,8 +222,7 @@ def setup(device: str) -> DistContext:
     rank, world, local = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
     cuda = device.startswith("cuda")
     if cuda:
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device here")
+        resolve_device(device)  # a one-line error where PyTorch sees no CUDA device
         if local >= torch.cuda.device_count():
             raise ConfigError(f"local rank {local} has no GPU (this machine has {torch.cuda.device_count()}): "
                               "use at most one process per GPU (--nproc-per-node)")

@@ -45,7 +45,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> tu
         built.model.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{run_dir}/checkpoints/{checkpoint}.pt does not fit this run's model: {str(exc).splitlines()[0][:200]}") from None
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     built.model.to(resolve_device(device)).eval()
     return built, ckpt

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .distributed import resolve_device
 from .errors import CheckpointError, ConfigError, CrnnError
 from .model import ContextualRNN
 from .options import build_options, option, require
@@ -68,12 +69,6 @@ class Progress:
     on_epoch_start: Callable[[int, int], None] = lambda epoch, steps: None
     on_step: Callable[[], None] = lambda: None
     on_epoch_end: Callable[[dict[str, Any]], None] = lambda record: None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device here")
-    return torch.device(name)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
