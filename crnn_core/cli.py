@@ -243,11 +243,8 @@ def _progress(quiet: bool, cfg: TrainConfig) -> Progress:
 
 
 def _command_line() -> str:
-    launcher = ["crnn"]
-    if distributed.context().enabled:  # record the torchrun launch that reproduces this run
-        nodes, per_node = os.environ.get("GROUP_WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE", str(distributed.context().world_size))
-        launcher = ["torchrun", *(["--nnodes", nodes] if nodes != "1" else []), "--nproc-per-node", per_node, "-m", "crnn_core"]
-    return " ".join(shlex.quote(a) for a in [*launcher, *_ARGV])
+    # under torchrun, the torchrun launch that reproduces this run
+    return " ".join(shlex.quote(a) for a in [*distributed.launcher(), *_ARGV])
 
 
 def _append_command(run_dir: Path) -> None:

@@ -50,6 +50,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def launcher() -> list[str]:
+    """The words that start this process's command again: ``crnn``, or the torchrun launch of this job."""
+    ctx = context()
+    if not ctx.enabled:
+        return ["crnn"]
+    nodes = os.environ.get("GROUP_WORLD_SIZE", "1")
+    per_node = os.environ.get("LOCAL_WORLD_SIZE", str(ctx.world_size))
+    return ["torchrun", *(["--nnodes", nodes] if nodes != "1" else []), "--nproc-per-node", per_node, "-m", "crnn_core"]
+
+
 def launched_by_torchrun() -> bool:
     """Whether this process is a worker of a multi-process torchrun job."""
     return all(name in os.environ for name in TORCHRUN_VARS) and _env_int("WORLD_SIZE") > 1

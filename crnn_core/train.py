@@ -258,7 +258,7 @@ def train(
                     wall += time.perf_counter() - started
                     checkpoint(ckpt_dir / "last.pt")
                     name = signal.Signals(signum).name
-                    again = "crnn run" if not dist.enabled else f"torchrun --nproc-per-node {dist.world_size} -m crnn_core run"
+                    again = " ".join([*distributed.launcher(), "run"])
                     raise Interrupted(
                         f"{name} received: saved {ckpt_dir / 'last.pt'} at epoch {epoch + 1}, step {step}; "
                         f"continue with: {again} --resume {run_dir}",
