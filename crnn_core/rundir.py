@@ -111,8 +111,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl (empty if the file does not exist)."""
     if not path.exists():
         return []
+    return _parse_metrics(path.read_text(), path)
+
+
+def _parse_metrics(text: str, path: Path) -> list[dict[str, Any]]:
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))
@@ -126,11 +130,9 @@ def truncate_metrics(path: Path, last_epoch: int) -> None:
 
     A last line without its newline (the process was killed while appending it) is dropped too.
     """
-    if path.exists():
-        text = path.read_text()
-        if text and not text.endswith("\n"):
-            atomic_write_bytes(path, lambda f: f.write(text[: text.rfind("\n") + 1].encode()))
-    kept = [r for r in read_metrics(path) if r.get("epoch", 0) <= last_epoch]
+    text = path.read_text() if path.exists() else ""
+    complete_lines = text[: text.rfind("\n") + 1]
+    kept = [r for r in _parse_metrics(complete_lines, path) if r.get("epoch", 0) <= last_epoch]
     text = "".join(json.dumps(r) + "\n" for r in kept)
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from crnn_core import CheckpointError, hookimpl
-from crnn_core.rundir import load_checkpoint
+from crnn_core.rundir import load_checkpoint, read_metrics, truncate_metrics
 from crnn_plugins.art import ARTTask
 
 from .conftest import TINY_ART, assert_one_line_error, invoke
@@ -336,3 +336,17 @@ def test_installed_broken_plugins_are_named_and_everything_else_works(broken_sit
     assert strict.returncode == 2 and strict.stderr.startswith("Error: crnn: plugin '")
     assert "Traceback" not in strict.stderr
 
+
+
+def test_truncate_metrics_drops_later_epochs_and_a_half_written_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"epoch": e, "loss": 1.0 / e}) for e in (1, 2, 3)]
+    path.write_text("\n".join(lines) + '\n{"epoch": 4, "lo')  # killed while appending epoch 4
+    truncate_metrics(path, last_epoch=2)
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    path.write_text('{"epoch": 1, "lo')  # nothing complete yet
+    truncate_metrics(path, last_epoch=5)
+    assert path.read_text() == "" and read_metrics(path) == []
+    path.write_text(lines[0] + "\nnot json\n")
+    with pytest.raises(CheckpointError, match=r"metrics.jsonl:2 is not valid JSON"):
+        truncate_metrics(path, last_epoch=5)
