@@ -155,6 +155,11 @@ def collect(runs: list[Path], metric: str | None) -> tuple[str, list[dict[str, A
     return metric, out, higher
 
 
+def default_logy(groups: list[dict[str, Any]], higher: bool) -> bool:
+    """A log y axis for a lower-is-better metric whose every point is positive (losses, errors)."""
+    return not higher and all(p["min"] > 0 for g in groups for p in g["curve"])
+
+
 def draw(metric: str, groups: list[dict[str, Any]], out: Path, spread: str, logy: bool, title: str | None) -> None:
     try:
         from matplotlib.figure import Figure
@@ -228,7 +233,7 @@ def plot_command(
     runs = expand_runs(run_dirs)
     metric, groups, higher = collect(runs, metric)
     if logy is None:
-        logy = not higher and all(p["min"] > 0 for g in groups for p in g["curve"])
+        logy = default_logy(groups, higher)
     if out is None and not no_png:
         out = (runs[0] / "plots" if len(runs) == 1 else Path(".")) / f"val_{metric}.png"
     if not no_png:

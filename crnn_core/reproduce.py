@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from .errors import ConfigError
-from .plot import _stats, collect, draw
+from .plot import _stats, collect, default_logy, draw
 from .rundir import is_run_dir, read_json, read_metrics, write_json
 
 
@@ -205,9 +205,8 @@ def report(name: str, exp: Experiment, runs: list[GridRun], inits: list[str], ou
     figures = []
     for metric in exp.metrics:
         metric_name, groups, higher = collect(done, metric)
-        logy = not higher and all(p["min"] > 0 for g in groups for p in g["curve"])
         path = out / f"{name}_val_{metric}.png"
-        draw(metric_name, groups, path, "std", logy, f"{name.upper()}: validation {metric} (mean ± 1 std over seeds)")
+        draw(metric_name, groups, path, "std", default_logy(groups, higher), f"{name.upper()}: validation {metric} (mean ± 1 std over seeds)")
         figures.append(str(path))
     if name == "lcd":
         figures += lcd_samples(runs, out)
