@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import socket
 
 import pytest
@@ -47,3 +50,8 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metrics_without_wall_time(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl less their wall_time: what two equivalent runs must share."""
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in path.read_text().splitlines()]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from .conftest import TINY_ART, assert_one_line_error, invoke
+from .conftest import TINY_ART, assert_one_line_error, invoke, metrics_without_wall_time
 
 
 def run_tiny(runner, out, *extra):
@@ -42,10 +42,7 @@ def test_resume_gives_the_same_metrics(runner, tmp_path):
     result = invoke(runner, ["run", "--resume", str(part), "--epochs", "3", "-q"])
     assert result.exit_code == 0, result.stderr
 
-    def strip(path):
-        return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in path.read_text().splitlines()]
-
-    assert strip(whole / "metrics.jsonl") == strip(part / "metrics.jsonl")
+    assert metrics_without_wall_time(whole / "metrics.jsonl") == metrics_without_wall_time(part / "metrics.jsonl")
     assert len((part / "command.txt").read_text().splitlines()) == 2
 
 

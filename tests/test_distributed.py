@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ import torch.distributed
 from crnn_core.distributed import DistContext, context, launched_by_torchrun
 from crnn_core.rundir import load_checkpoint
 
-from .conftest import free_port, invoke
+from .conftest import free_port, invoke, metrics_without_wall_time
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this PyTorch has no torch.distributed with gloo")
@@ -52,10 +51,6 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
         raise
 
 
-def strip(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in path.read_text().splitlines()]
-
-
 def assert_same_metrics(got: list[dict], want: list[dict], val_size: int = 128) -> None:
     assert [(r["epoch"], r["step"]) for r in got] == [(r["epoch"], r["step"]) for r in want]
     for a, b in zip(got, want):
@@ -75,7 +70,7 @@ def one_process(tmp_path_factory):
     result = invoke(CliRunner(), [*ARGS, "--epochs", str(EPOCHS), "--out", str(out)])
     torch.set_num_threads(threads)
     assert result.exit_code == 0, result.stderr
-    return strip(out / "metrics.jsonl")
+    return metrics_without_wall_time(out / "metrics.jsonl")
 
 
 def test_two_processes_match_one_process_write_once_and_resume_in_one(one_process, runner, tmp_path):
@@ -84,7 +79,8 @@ def test_two_processes_match_one_process_write_once_and_resume_in_one(one_proces
     assert "Traceback" not in stderr, stderr
     summaries = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["epochs"] == EPOCHS - 1, stdout  # rank 0 alone prints
-    assert_same_metrics(strip(out / "metrics.jsonl"), one_process[: EPOCHS - 1])  # written once: a line per epoch
+    # written once: a line per epoch
+    assert_same_metrics(metrics_without_wall_time(out / "metrics.jsonl"), one_process[: EPOCHS - 1])
     assert (out / "command.txt").read_text().startswith("torchrun --nproc-per-node 2 -m crnn_core run ")
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
@@ -95,7 +91,7 @@ def test_two_processes_match_one_process_write_once_and_resume_in_one(one_proces
     result = invoke(runner, ["run", "--resume", str(out), "--epochs", str(EPOCHS), "-q"])
     torch.set_num_threads(threads)
     assert result.exit_code == 0, result.stderr
-    assert_same_metrics(strip(out / "metrics.jsonl"), one_process)
+    assert_same_metrics(metrics_without_wall_time(out / "metrics.jsonl"), one_process)
 
 
 def test_sigterm_stops_every_rank_at_the_same_step_and_resume_matches(one_process, tmp_path):
@@ -118,7 +114,7 @@ def test_sigterm_stops_every_rank_at_the_same_step_and_resume_matches(one_proces
     stdout, stderr = finish(torchrun("run", "--resume", str(out), "-q"))
     assert "Traceback" not in stderr, stderr
     assert json.loads(stdout)["epochs"] == EPOCHS
-    assert_same_metrics(strip(metrics), one_process)
+    assert_same_metrics(metrics_without_wall_time(metrics), one_process)
 
 
 # -- the pieces, without processes ------------------------------------------------------------------

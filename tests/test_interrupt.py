@@ -6,7 +6,6 @@ wall_time) as the same run left alone; the reference run is made once, in-proces
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -21,7 +20,7 @@ import torch
 from crnn_core.rundir import load_checkpoint
 from crnn_core.train import _StopFlag
 
-from .conftest import assert_one_line_error, invoke
+from .conftest import assert_one_line_error, invoke, metrics_without_wall_time
 
 #: 16 steps per epoch (256 / 16), so a signal lands mid-epoch; one thread for identical numbers in and out of process.
 ARGS = ["--cell", "fastweights", "--init", "learned", "--task", "art", "--epochs", "4", "--seed", "3", "-q",
@@ -37,10 +36,6 @@ def _keep_thread_count():
     torch.set_num_threads(threads)
 
 
-def strip(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in path.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """metrics.jsonl of the run left alone (in-process)."""
@@ -51,7 +46,7 @@ def reference(tmp_path_factory):
     result = invoke(CliRunner(), ["run", *ARGS, "--out", str(out)])
     torch.set_num_threads(threads)
     assert result.exit_code == 0, result.stderr
-    return strip(out / "metrics.jsonl")
+    return metrics_without_wall_time(out / "metrics.jsonl")
 
 
 def start(out: Path) -> subprocess.Popen:
@@ -95,10 +90,10 @@ def test_signal_mid_epoch_saves_last_pt_and_resume_matches(reference, runner, tm
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 1 and 0 < ckpt["batch_in_epoch"] < STEPS_PER_EPOCH, "the run did not stop mid-epoch"
     assert ckpt["step"] == STEPS_PER_EPOCH + ckpt["batch_in_epoch"]
-    assert len(strip(out / "metrics.jsonl")) == 1
+    assert len(metrics_without_wall_time(out / "metrics.jsonl")) == 1
 
     resume(runner, out)
-    assert strip(out / "metrics.jsonl") == reference
+    assert metrics_without_wall_time(out / "metrics.jsonl") == reference
     assert len((out / "command.txt").read_text().splitlines()) == 2
 
 
@@ -117,7 +112,7 @@ def test_kill_9_at_a_random_moment_leaves_a_loadable_checkpoint(reference, runne
     assert ckpt["epoch"] >= 1 and ckpt["batch_in_epoch"] == 0, f"killed after {delay:.3f}s"
     load_checkpoint(out / "checkpoints" / "best.pt")
     resume(runner, out)
-    assert strip(out / "metrics.jsonl") == reference, f"killed after {delay:.3f}s"
+    assert metrics_without_wall_time(out / "metrics.jsonl") == reference, f"killed after {delay:.3f}s"
 
 
 def test_a_crash_while_writing_keeps_the_previous_checkpoint(runner, tmp_path, monkeypatch):
@@ -147,7 +142,7 @@ def test_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(reference, runner
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 2, "step": 32, "spl')  # killed while appending epoch 2's record
     resume(runner, out, "--epochs", "4")
-    assert strip(out / "metrics.jsonl") == reference
+    assert metrics_without_wall_time(out / "metrics.jsonl") == reference
 
 
 def test_stop_flag_same_signal_twice_aborts_a_different_one_does_not():

@@ -13,7 +13,7 @@ from crnn_core.plugins import get_plugins
 from crnn_core.train import evaluate, train_config_from
 from crnn_plugins.lcd import LCDOptions, LCDTask, MinMaxScaler, lcd_curve
 
-from .conftest import assert_one_line_error, invoke
+from .conftest import assert_one_line_error, invoke, metrics_without_wall_time
 
 #: `--set` overrides that make an LCD run take seconds.
 TINY_LCD = ["--set", "task.train_per_period=40", "--set", "task.val_per_period=10", "--set", "cell.hidden_size=16",
@@ -195,7 +195,5 @@ def test_resumed_lcd_run_gives_the_same_metrics(runner, tmp_path):
     assert invoke(runner, [*common, "--epochs", "1", "--out", str(tmp_path / "part")]).exit_code == 0
     assert invoke(runner, ["run", "--resume", str(tmp_path / "part"), "--epochs", "2", "-q"]).exit_code == 0
 
-    def strip(path):
-        return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in path.read_text().splitlines()]
-
-    assert strip(tmp_path / "whole" / "metrics.jsonl") == strip(tmp_path / "part" / "metrics.jsonl")
+    whole, part = (metrics_without_wall_time(tmp_path / name / "metrics.jsonl") for name in ("whole", "part"))
+    assert whole == part
