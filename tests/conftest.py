@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import socket
@@ -55,3 +58,16 @@ def free_port() -> int:
 def metrics_without_wall_time(path: Path) -> list[dict]:
     """The records of a metrics.jsonl less their wall_time: what two equivalent runs must share."""
     return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in path.read_text().splitlines()]
+
+
+def env_with_site(site: Path, *unset: str) -> dict[str, str]:
+    """This environment with ``site`` first on PYTHONPATH (where a test installs plugin packages), less ``unset``."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    for name in unset:
+        env.pop(name, None)
+    return env
+
+
+def crnn_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``python -m crnn_core ARGS`` in a fresh process with ``env`` (text output captured)."""
+    return subprocess.run([sys.executable, "-m", "crnn_core", *args], env=env, capture_output=True, text=True, timeout=300)

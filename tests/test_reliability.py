@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -20,7 +19,7 @@ from crnn_core import CheckpointError, hookimpl
 from crnn_core.rundir import load_checkpoint, read_metrics, truncate_metrics
 from crnn_plugins.art import ARTTask
 
-from .conftest import TINY_ART, assert_one_line_error, invoke
+from .conftest import TINY_ART, assert_one_line_error, crnn_process, env_with_site, invoke
 
 #: 4 steps per epoch.
 BASE = ["--cell", "fastweights", "--init", "learned", "--task", "art", "-q", *TINY_ART, "--set", "cell.backend=reference"]
@@ -299,18 +298,11 @@ def broken_site(tmp_path_factory):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: crnn-broken-plugins\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[crnn]\n" + "".join(f"{m[5:]} = {m}\n" for m in BROKEN_PLUGINS))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    for name in ("CRNN_NO_PLUGINS", "CRNN_PLUGINS_STRICT"):
-        env.pop(name, None)
-    return env
-
-
-def crnn(env, *args):
-    return subprocess.run([sys.executable, "-m", "crnn_core", *args], env=env, capture_output=True, text=True, timeout=300)
+    return env_with_site(site, "CRNN_NO_PLUGINS", "CRNN_PLUGINS_STRICT")
 
 
 def test_installed_broken_plugins_are_named_and_everything_else_works(broken_site, tmp_path):
-    result = crnn(broken_site, "plugins", "--json")
+    result = crnn_process(broken_site, "plugins", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     expected = {
@@ -329,10 +321,10 @@ def test_installed_broken_plugins_are_named_and_everything_else_works(broken_sit
     assert all(row["status"] == "ok" for row in rows.values() if row["builtin"])
     # a training run with the built-ins still works, and `lstm` is still the built-in one
     out = tmp_path / "run"
-    trained = crnn(broken_site, "run", "--cell", "lstm", "--init", "zero", "--epochs", "1", "--out", str(out), "-q", *TINY_ART)
+    trained = crnn_process(broken_site, "run", "--cell", "lstm", "--init", "zero", "--epochs", "1", "--out", str(out), "-q", *TINY_ART)
     assert trained.returncode == 0, trained.stderr
     assert json.loads((out / "plugins.json").read_text())["cell"]["package"] == "crnn"
-    strict = crnn({**broken_site, "CRNN_PLUGINS_STRICT": "1"}, "list", "cells")
+    strict = crnn_process({**broken_site, "CRNN_PLUGINS_STRICT": "1"}, "list", "cells")
     assert strict.returncode == 2 and strict.stderr.startswith("Error: crnn: plugin '")
     assert "Traceback" not in strict.stderr
 
