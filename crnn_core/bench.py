@@ -49,13 +49,14 @@ MODES = ("forward", "forward+backward")
 LAM, ETA = 0.95, 0.5
 
 
-def _backend_fns() -> tuple[dict[str, Callable], dict[str, str]]:
+def _backend_fns(device: torch.device) -> tuple[dict[str, Callable], dict[str, str]]:
+    """The backends that can run on ``device``, and a note on each (for fused: how it loaded, or why not)."""
     from crnn_plugins import fastweights_fused
     from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference
 
     fns: dict[str, Callable] = {"reference": fastweights_reference, "naive": fastweights_naive}
     notes = {"reference": "pure PyTorch, attention form", "naive": "pure PyTorch, explicit A_t each step"}
-    ok, reason = fastweights_fused.load_status()
+    ok, reason = fastweights_fused.device_status(device)
     notes["fused"] = reason
     if ok:
         fns["fused"] = fastweights_fused.fastweights_fused
@@ -193,17 +194,9 @@ def run_benchmark(
     """Time every backend at every grid point; returns the JSON document ``crnn bench --json`` prints."""
     dev = resolve_device(device)
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    fns, notes = _backend_fns()
-    missing = [b for b in backends if b not in fns]
-    if "fused" in missing:
-        progress(f"crnn bench: the fused kernel is not available ({notes['fused']}); timing the fallbacks only")
-    if dev.type == "cuda" and "fused" in fns:
-        from crnn_plugins import fastweights_fused
-
-        ok, why = fastweights_fused.device_status(dev)
-        if not ok:
-            progress(f"crnn bench: no fused kernel on {dev} ({why}); timing the fallbacks only")
-            fns.pop("fused")
+    fns, notes = _backend_fns(dev)
+    if "fused" in backends and "fused" not in fns:
+        progress(f"crnn bench: no fused kernel on {dev} ({notes['fused']}); timing the fallbacks only")
     active = [b for b in backends if b in fns]
     if not active:
         raise ConfigError("no backend to time")
