@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import socket
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from crnn_core import plugins as plugins_module
@@ -71,3 +74,20 @@ def env_with_site(site: Path, *unset: str) -> dict[str, str]:
 def crnn_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """``python -m crnn_core ARGS`` in a fresh process with ``env`` (text output captured)."""
     return subprocess.run([sys.executable, "-m", "crnn_core", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@contextmanager
+def keep_thread_count() -> Iterator[None]:
+    """Put torch's thread count back afterwards: an in-process `crnn run` sets it (train.threads)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def thread_count_kept() -> Iterator[None]:
+    """Each test of a module that uses this (``pytestmark``) leaves torch's thread count as it found it."""
+    with keep_thread_count():
+        yield

@@ -22,7 +22,7 @@ import torch.distributed
 from crnn_core.distributed import DistContext, context, launched_by_torchrun
 from crnn_core.rundir import load_checkpoint
 
-from .conftest import free_port, invoke, metrics_without_wall_time
+from .conftest import free_port, invoke, keep_thread_count, metrics_without_wall_time
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this PyTorch has no torch.distributed with gloo")
@@ -65,10 +65,9 @@ def one_process(tmp_path_factory):
     """The same run in one process (in-process, one thread)."""
     from click.testing import CliRunner
 
-    threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("one") / "run"
-    result = invoke(CliRunner(), [*ARGS, "--epochs", str(EPOCHS), "--out", str(out)])
-    torch.set_num_threads(threads)
+    with keep_thread_count():
+        result = invoke(CliRunner(), [*ARGS, "--epochs", str(EPOCHS), "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     return metrics_without_wall_time(out / "metrics.jsonl")
 
@@ -87,9 +86,8 @@ def test_two_processes_match_one_process_write_once_and_resume_in_one(one_proces
     assert not any(k.startswith("module.") for k in ckpt["model"])  # a plain state dict
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     # a checkpoint written by two processes resumes in one
-    threads = torch.get_num_threads()
-    result = invoke(runner, ["run", "--resume", str(out), "--epochs", str(EPOCHS), "-q"])
-    torch.set_num_threads(threads)
+    with keep_thread_count():
+        result = invoke(runner, ["run", "--resume", str(out), "--epochs", str(EPOCHS), "-q"])
     assert result.exit_code == 0, result.stderr
     assert_same_metrics(metrics_without_wall_time(out / "metrics.jsonl"), one_process)
 

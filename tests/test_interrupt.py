@@ -20,7 +20,7 @@ import torch
 from crnn_core.rundir import load_checkpoint
 from crnn_core.train import _StopFlag
 
-from .conftest import assert_one_line_error, invoke, metrics_without_wall_time
+from .conftest import assert_one_line_error, invoke, keep_thread_count, metrics_without_wall_time
 
 #: 16 steps per epoch (256 / 16), so a signal lands mid-epoch; one thread for identical numbers in and out of process.
 ARGS = ["--cell", "fastweights", "--init", "learned", "--task", "art", "--epochs", "4", "--seed", "3", "-q",
@@ -29,11 +29,7 @@ ARGS = ["--cell", "fastweights", "--init", "learned", "--task", "art", "--epochs
 STEPS_PER_EPOCH = 16
 
 
-@pytest.fixture(autouse=True)
-def _keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("thread_count_kept")
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +37,9 @@ def reference(tmp_path_factory):
     """metrics.jsonl of the run left alone (in-process)."""
     from click.testing import CliRunner
 
-    threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("reference") / "run"
-    result = invoke(CliRunner(), ["run", *ARGS, "--out", str(out)])
-    torch.set_num_threads(threads)
+    with keep_thread_count():
+        result = invoke(CliRunner(), ["run", *ARGS, "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     return metrics_without_wall_time(out / "metrics.jsonl")
 

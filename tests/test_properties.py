@@ -22,6 +22,8 @@ from crnn_core.options import build_options
 from crnn_plugins.art import ARTOptions, ARTTask, QUERY_MARK, generate_art
 from crnn_plugins.lcd import LCDOptions, LCDTask, MinMaxScaler, generate_lcd, lcd_curve
 
+from .conftest import keep_thread_count
+
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CLI = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -222,12 +224,8 @@ def check_clean_outcome(result) -> None:
 @CLI
 @given(args=run_arguments())
 def test_run_never_shows_a_traceback(args):
-    threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            result = CliRunner().invoke(cli, [*args, "--out", str(Path(tmp) / "run")])
-        finally:
-            torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp, keep_thread_count():
+        result = CliRunner().invoke(cli, [*args, "--out", str(Path(tmp) / "run")])
     check_clean_outcome(result)
 
 
@@ -248,10 +246,9 @@ def _paths(value, prefix=()):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished") / "run"
-    threads = torch.get_num_threads()
-    result = CliRunner().invoke(cli, ["run", "-q", "--epochs", "1", "--out", str(out), "--set", "task.train_size=48",
-                                      "--set", "task.val_size=16", "--set", "cell.hidden_size=8", "--set", "cell.backend=reference"])
-    torch.set_num_threads(threads)
+    with keep_thread_count():
+        result = CliRunner().invoke(cli, ["run", "-q", "--epochs", "1", "--out", str(out), "--set", "task.train_size=48",
+                                          "--set", "task.val_size=16", "--set", "cell.hidden_size=8", "--set", "cell.backend=reference"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -271,13 +268,9 @@ def test_resume_with_a_randomly_edited_config_never_shows_a_traceback(finished_r
         del parent[path[-1]]
     elif isinstance(parent[path[-1]], dict):
         parent[path[-1]][data.draw(JUNK)] = data.draw(JSON)
-    threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, keep_thread_count():
         run = Path(tmp) / "run"
         shutil.copytree(finished_run, run)
         (run / "config.json").write_text(json.dumps(config))
-        try:
-            result = CliRunner().invoke(cli, ["run", "--resume", str(run), "--epochs", "1", "-q"])
-        finally:
-            torch.set_num_threads(threads)
+        result = CliRunner().invoke(cli, ["run", "--resume", str(run), "--epochs", "1", "-q"])
     check_clean_outcome(result)

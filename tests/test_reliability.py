@@ -25,11 +25,7 @@ from .conftest import TINY_ART, assert_one_line_error, crnn_process, env_with_si
 BASE = ["--cell", "fastweights", "--init", "learned", "--task", "art", "-q", *TINY_ART, "--set", "cell.backend=reference"]
 
 
-@pytest.fixture(autouse=True)
-def _keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("thread_count_kept")
 
 
 def run(runner, out: Path, *extra: str):
