@@ -91,3 +91,12 @@ def thread_count_kept() -> Iterator[None]:
     """Each test of a module that uses this (``pytestmark``) leaves torch's thread count as it found it."""
     with keep_thread_count():
         yield
+
+
+def torchrun_env(**extra: str) -> dict[str, str]:
+    """An environment for launching torchrun from a test: no inherited worker variables, gloo on the
+    loopback interface, one OpenMP thread per worker; ``extra`` on top."""
+    from crnn_core.distributed import TORCHRUN_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    return {**env, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **extra}

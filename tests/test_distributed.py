@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import torch.distributed
 from crnn_core.distributed import DistContext, context, launched_by_torchrun
 from crnn_core.rundir import load_checkpoint
 
-from .conftest import free_port, invoke, keep_thread_count, metrics_without_wall_time
+from .conftest import free_port, invoke, keep_thread_count, metrics_without_wall_time, torchrun_env
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this PyTorch has no torch.distributed with gloo")
@@ -35,9 +34,7 @@ EPOCHS = 3
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.Popen:
-    env = dict(os.environ, CRNN_NO_PLUGINS="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
-        env.pop(name, None)
+    env = torchrun_env(CRNN_NO_PLUGINS="1", MASTER_ADDR="127.0.0.1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "crnn_core", *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

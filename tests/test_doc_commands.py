@@ -23,7 +23,6 @@ as `crnn sample --steps` are checked against the CLI: the command exists and has
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -35,7 +34,7 @@ import torch
 
 from crnn_core.cli import cli
 
-from .conftest import free_port, invoke
+from .conftest import free_port, invoke, torchrun_env
 from .test_docs import bash_blocks, docs_plugin_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,10 +208,7 @@ def run_torchrun(args: list[str], line: str, scratch: Path, runner) -> None:
     else:
         launcher = [*launcher, "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "crnn_core", *shrink_crnn(crnn_args)]
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    proc = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command, cwd=scratch, env=torchrun_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{line}\n{proc.stderr[-3000:]}"
 
 
@@ -249,7 +245,7 @@ def check_ci_script(line: str) -> None:
     assert ci[-1] in readme, f"{line}: .ci/run's last command {ci[-1]!r} is not the README's test command"
 
 
-@pytest.mark.parametrize("doc,lines", documented_commands(), ids=[d for d, _ in documented_commands()])
+@pytest.mark.parametrize("doc,lines", [pytest.param(doc, lines, id=doc) for doc, lines in documented_commands()])
 def test_documented_commands_run(doc, lines, fixture_runs, docs_plugin, runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CRNN_NO_PLUGINS", "1")
