@@ -2,7 +2,7 @@
 //
 // Plain C++ plus the CUDA runtime types only: no PyTorch headers, so the .cu file
 // compiles with nvcc alone (CI compile-checks it on machines whose PyTorch is a CPU
-// build). The PyTorch glue is fastweights_cuda.cpp.
+// build). The PyTorch glue is fastweights_cuda_glue.cpp.
 #pragma once
 
 #include <cstdint>

@@ -9,7 +9,7 @@
 // zs/xhat/rstd are what the backward needs besides the inputs and `out` ([B,T,S,H],
 // [B,T,S,H], [B,T,S]); with save=False they are empty. dA0 is empty unless need_dA0.
 // Autograd and the fake (meta) implementations are registered from Python
-// (crnn_plugins/fastweights_fused.py). The CUDA implementation is in fastweights_cuda.cpp.
+// (crnn_plugins/fastweights_fused.py). The CUDA implementation is in fastweights_cuda_glue.cpp.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/core/impl/alloc_cpu.h>
