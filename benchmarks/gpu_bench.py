@@ -152,10 +152,22 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     rec[f"{name}/fused"] = base / fused
             records.append(rec)
             print(format_row(rec), flush=True)
+            if args.json:  # after every record, so a run cut short by its time limit keeps what it measured
+                write_json(args.json, summary(args, records, compile_spent))
+    return summary(args, records, compile_spent)
+
+
+def summary(args: argparse.Namespace, records: list[dict[str, Any]], compile_spent: float) -> dict[str, Any]:
+    """The JSON document: the device and versions, the settings, and the records so far."""
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     return {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
             "fused_status": ff.device_status(args.device)[1], "repeats": args.repeats, "warmup": args.warmup,
             "compile_seconds_total": compile_spent, "records": records}
+
+
+def write_json(path: str, doc: dict[str, Any]) -> None:
+    with open(path, "w") as fh:
+        json.dump(doc, fh, indent=1)
 
 
 def format_row(rec: dict[str, Any]) -> str:
@@ -218,10 +230,7 @@ def main() -> None:
         smoke(args)
         return
     print(f"{'shape':<40}{'fused ms':>10}{'eager':>10}{'compiled':>10}{'cudagraph':>10}", flush=True)
-    doc = bench(args)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(doc, fh, indent=1)
+    bench(args)
 
 
 if __name__ == "__main__":
