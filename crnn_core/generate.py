@@ -197,14 +197,7 @@ def sample_command(
     (extrapolation) but work. Prints JSON on stdout (the trajectories, or a summary
     when --out is given).
     """
-    if n <= 0:
-        raise ConfigError(f"-n must be positive, got {n}")
-    if steps is not None and steps <= 0:
-        raise ConfigError(f"--steps must be positive, got {steps}")
-    if out is not None and out.suffix.lower() not in OUT_FORMATS:
-        raise ConfigError(f"--out {out}: unsupported file type '{out.suffix}' (use {', '.join(OUT_FORMATS)})")
-    if out is not None and out.suffix.lower() == ".png":
-        import_pyplot_figure()  # fail before any work when matplotlib is missing
+    _check_request(n, steps, out)
     values = parse_params(params, shorthands)
     built, ckpt = load_run(run_dir, checkpoint, device)
     task, model = built.task, built.model
@@ -241,6 +234,26 @@ def sample_command(
     if out is None:
         click.echo(json.dumps({**meta, **rollout_record(result)}))
         return
+    shown = ", ".join(f"{k} = {v:g}" for k, v in result.params.items())
+    what = f"{meta['n']} sampled initial states" if not use_mean else "mean initial state"
+    write_result(result, meta, out, f"{built.spec.cell} + {built.spec.init} on {built.spec.task}: {shown} ({what})")
+    click.echo(json.dumps({"out": str(out), **meta}))
+
+
+def _check_request(n: int, steps: int | None, out: Path | None) -> None:
+    """One-line errors for impossible requests, before any work (a PNG needs matplotlib)."""
+    if n <= 0:
+        raise ConfigError(f"-n must be positive, got {n}")
+    if steps is not None and steps <= 0:
+        raise ConfigError(f"--steps must be positive, got {steps}")
+    if out is not None and out.suffix.lower() not in OUT_FORMATS:
+        raise ConfigError(f"--out {out}: unsupported file type '{out.suffix}' (use {', '.join(OUT_FORMATS)})")
+    if out is not None and out.suffix.lower() == ".png":
+        import_pyplot_figure()
+
+
+def write_result(result: Rollout, meta: dict[str, Any], out: Path, title: str) -> None:
+    """Write the rollout to ``out``: JSON (``meta`` and the trajectories), CSV, or a PNG titled ``title``."""
     suffix = out.suffix.lower()
     if suffix == ".json":
         text = json.dumps({**meta, **rollout_record(result)}, indent=1) + "\n"
@@ -248,7 +261,4 @@ def sample_command(
     elif suffix == ".csv":
         write_csv(result, out)
     else:
-        shown = ", ".join(f"{k} = {v:g}" for k, v in result.params.items())
-        what = f"{meta['n']} sampled initial states" if not use_mean else "mean initial state"
-        write_png(result, out, f"{built.spec.cell} + {built.spec.init} on {built.spec.task}: {shown} ({what})")
-    click.echo(json.dumps({"out": str(out), **meta}))
+        write_png(result, out, title)
