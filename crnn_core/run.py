@@ -29,7 +29,8 @@ from .rundir import (
     truncate_metrics,
     write_json,
 )
-from .train import Callback, Loop, TrainConfig, TrainState, build_options
+from .options import build_options
+from .train import Callback, Loop, TrainConfig, TrainState
 
 #: TrainConfig fields that may change when a run is resumed (they do not change its results).
 RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "threads", "eval_batch_size")
@@ -154,7 +155,7 @@ class RunDirWriter(Callback):
                 "config": self.config.identity(),
                 "model": loop.model.state_dict(),
                 "optimizer": loop.optimizer.state_dict(),
-                **{name: getattr(s, name) for name in TrainState.CHECKPOINTED},
+                **dataclasses.asdict(s),
                 "rng": rng_ranks[0],
             }
             if loop.dist.enabled:  # every rank's RNG, so each continues its own stream on --resume

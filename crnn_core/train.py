@@ -70,7 +70,7 @@ class NonFinite(CrnnError):
 
 @dataclass
 class TrainState:
-    """Where training stands: what a checkpoint holds to continue exactly (besides weights and RNG)."""
+    """Where training stands: what a checkpoint holds, under these names, to continue exactly (besides weights and RNG)."""
 
     epoch: int = 0  # epochs finished
     batch_in_epoch: int = 0  # steps taken in the current epoch
@@ -80,9 +80,6 @@ class TrainState:
     epoch_loss: float = 0.0  # sum of (loss x examples) over the current epoch's steps
     epoch_count: int = 0  # examples in epoch_loss
     nonfinite_skipped: int = 0  # steps skipped for a NaN/inf loss (on_nonfinite=skip)
-
-    #: The fields saved in a checkpoint (under these names).
-    CHECKPOINTED = ("epoch", "batch_in_epoch", "step", "wall_time", "best", "epoch_loss", "epoch_count", "nonfinite_skipped")
 
 
 @dataclass

@@ -206,6 +206,8 @@ def _prebuilt_is_stale(src: Path | None) -> bool:
 def _load() -> dict[str, Any]:
     if env_flag("CRNN_NO_FUSED"):
         return {"ok": False, "reason": "disabled by CRNN_NO_FUSED=1"}
+    if "CRNN_NO_POOL" in os.environ:  # read by the C++ op, which takes only "0"/"" as off: give it env_flag's reading
+        os.environ["CRNN_NO_POOL"] = "1" if env_flag("CRNN_NO_POOL") else "0"
     src = kernel_sources()
     notes = []
     module = None

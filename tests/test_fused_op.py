@@ -12,6 +12,8 @@ tests are skipped; otherwise a kernel that fails to load is a test failure.
 from __future__ import annotations
 
 
+import os
+
 import pytest
 import torch
 
@@ -364,6 +366,14 @@ def test_device_without_fused_kernel_falls_back_or_errors():
     assert len(record) == 1
     with pytest.raises(ConfigError, match="cannot run on meta"):
         make_cell("fused")._unroll_for(torch.device("meta"))
+
+
+@pytest.mark.parametrize("value,normalised", [("false", "0"), ("off", "0"), ("0", "0"), ("yes", "1"), ("1", "1")])
+def test_the_op_reads_crnn_no_pool_like_every_boolean_variable(monkeypatch, value, normalised):
+    """The C++ op reads CRNN_NO_POOL itself (only "0" or "" meant off there); loading hands it env_flag's answer."""
+    monkeypatch.setenv("CRNN_NO_POOL", value)
+    assert ff._load()["ok"]
+    assert os.environ["CRNN_NO_POOL"] == normalised
 
 
 def test_load_status_reports_disabled_kernel(monkeypatch):
