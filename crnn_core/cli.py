@@ -150,7 +150,8 @@ def run(
     dist = distributed.setup(config.train.device)  # joins the process group under torchrun, else a no-op
     torch.manual_seed(config.train.seed)  # the model's initial weights depend on the seed only (a resume loads them)
     built = build_model(config.model, plugins)
-    config.model = built.spec  # the options as resolved
+    if resume is None:  # a new run records every option as resolved; a resumed one keeps what its checkpoint matches
+        config.model = built.spec
     writer = dist.on_main(lambda: _open_run_dir(config, built, plugins, out, force, resume))  # rank 0 writes
     quiet = quiet or not dist.is_main  # under torchrun only rank 0 logs and prints the summary
     spec = built.spec
