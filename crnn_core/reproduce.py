@@ -40,6 +40,7 @@ class Experiment:
     """
 
     name: str
+    description: str
     task: str
     cell: str
     cell_options: tuple[str, ...]
@@ -182,26 +183,34 @@ Examples:
   crnn reproduce lcd --seeds 3 --jobs 2
   crnn reproduce art --seeds 1 --epochs 2 --set task.train_size=2000 --out /tmp/quick
   crnn reproduce art --out runs/reproduce-art --report-only   # redraw from finished runs
+  crnn reproduce --list                                       # the registered experiments
 """
 
 
 @click.command(epilog=REPRODUCE_EXAMPLES)
-@click.argument("experiment")
+@click.argument("experiment", required=False)
 @click.option("--seeds", type=int, default=3, show_default=True, help="seeds per init strategy")
-@click.option("--epochs", type=int, help="epochs per run  [default: the experiment's (the paper's: art 200, lcd 65)]")
+@click.option("--epochs", type=int, help="epochs per run  [default: the experiment's]")
 @click.option("--inits", help="comma-separated subset of the init strategies to run")
 @click.option("--out", type=click.Path(path_type=Path), help="grid directory  [default: runs/reproduce-<experiment>]")
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs at once, each pinned to its share of the cores")
-@click.option("--early-stop/--no-early-stop", default=False, show_default=True, help="stop a run at its task's early-stop target (art: 100% validation accuracy)")
+@click.option("--early-stop/--no-early-stop", default=False, show_default=True, help="stop each run at its task's early-stop target")
 @click.option("--set", "overrides", multiple=True, metavar="SCOPE.KEY=VALUE", help="extra option for every run (e.g. cell.backend=fused)")
 @click.option("--report-only", is_flag=True, help="only redraw figures and the table from the runs on disk")
-def reproduce_command(experiment: str, seeds: int, epochs: int | None, inits: str | None, out: Path | None, jobs: int,
-                      early_stop: bool, overrides: tuple[str, ...], report_only: bool) -> None:
-    """Run an experiment grid (art, lcd: the paper's; plugins add more) and write its figures and table.
+@click.option("--list", "list_only", is_flag=True, help="list the registered experiments as JSON and exit")
+def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, inits: str | None, out: Path | None,
+                      jobs: int, early_stop: bool, overrides: tuple[str, ...], report_only: bool, list_only: bool) -> None:
+    """Run a registered experiment grid (see --list; plugins add them) and write its figures and table.
 
     Prints a JSON summary (figures, table) on stdout; progress goes to stderr.
     """
     experiments = get_plugins().experiments
+    if list_only:
+        click.echo(json.dumps({name: {"description": e.description, "task": e.task, "cell": e.cell, "inits": list(e.inits),
+                                      "epochs": e.epochs} for name, e in sorted(experiments.items())}, indent=2))
+        return
+    if experiment is None:
+        raise ConfigError(f"name an experiment: {', '.join(sorted(experiments))} (crnn reproduce --list describes them)")
     if experiment not in experiments:
         raise ConfigError(f"unknown experiment '{experiment}' (choose from {', '.join(sorted(experiments))})")
     exp = experiments[experiment]

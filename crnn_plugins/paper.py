@@ -66,6 +66,7 @@ def lcd_samples(runs: list[GridRun], out: Path) -> list[str]:
 
 ART = Experiment(
     name="art",
+    description="associative retrieval with fast weights (H=50): zero vs free vs learned initial state (Figure 4, Table 1)",
     task="art",
     cell="fastweights",
     cell_options=("cell.hidden_size=50",),
@@ -76,6 +77,7 @@ ART = Experiment(
 )
 LCD = Experiment(
     name="lcd",
+    description="linear cosine decay with an LSTM (H=128): zero vs a learned Normal initial state, sampled (Figure 6)",
     task="lcd",
     cell="lstm",
     cell_options=("cell.hidden_size=128",),

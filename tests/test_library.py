@@ -216,6 +216,8 @@ def test_experiments_come_from_plugins(fresh_plugins, runner, tmp_path):
     assert set(fresh_plugins.experiments) == {"art", "lcd"}
     assert_one_line_error(invoke(runner, ["reproduce", "nope", "--out", str(tmp_path)]),
                           "unknown experiment 'nope' (choose from art, lcd)")
+    listed = json.loads(invoke(runner, ["reproduce", "--list"]).stdout)
+    assert listed["lcd"]["cell"] == "lstm" and listed["art"]["inits"] == ["zero", "free", "learned"]
 
 
 # -- 6. tasks that declare what they cannot deliver; boolean environment variables ------------------
