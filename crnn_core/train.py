@@ -200,9 +200,9 @@ def evaluate(model: nn.Module, task: Task, data: Batch, batch_size: int) -> tupl
 def check_task_metrics(model: nn.Module, task: Task, data: Batch) -> None:
     """Refuse a task whose ``best_metric`` or ``early_stop_target`` names a metric it never reports.
 
-    Evaluates two validation examples (no RNG is drawn) before training starts, so a
-    misspelt name costs nothing: it would otherwise silently select best.pt by the loss,
-    or fail only after the first epoch.
+    Evaluates two validation examples before training starts (``fit`` seeds or restores
+    the RNG after it, so it changes no result), so a misspelt name costs nothing: it would
+    otherwise silently select best.pt by the loss, or fail only after the first epoch.
     """
     _, metrics = evaluate(model, task, take(data, torch.arange(min(2, next(iter(data.values())).shape[0]))), 2)
     known = ["loss", *metrics]
