@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import CheckpointError, ConfigError
 from .kinds import KINDS
 from .model import Built, ModelSpec, build_model
