@@ -1,7 +1,9 @@
 // Fused fast-weights forward/backward for the CPU (Ba et al. 2016), whole sequence per call.
 //
-// Plain C++ (no PyTorch types): the glue in fastweights_op.cpp fills the argument
-// structs, prepares the shared padded copies of W, gamma, beta and the decay table, and
+// Plain C++ (no PyTorch types): the kernels take the parameter structs shared with the
+// CUDA path (FwdParams/BwdParams, fastweights_params.h, filled by the glue in
+// fastweights_checks.h) plus `Shared`, the padded copies of W, gamma, beta and the decay
+// table that fastweights_op.cpp prepares once per call; the glue
 // runs `forward_example` / `backward_example` for each example inside at::parallel_for.
 //
 // Semantics (per example; xp_t = U x_t + b precomputed):
@@ -32,6 +34,8 @@
 #include <cstring>
 #include <vector>
 
+#include "fastweights_params.h"
+
 #if !(defined(__GNUC__) || defined(__clang__))
 #error "the crnn CPU kernel needs GCC or Clang (vector extensions)"
 #endif
@@ -61,8 +65,6 @@
 
 namespace crnn {
 namespace cpu {
-
-enum Activation : int { kRelu = 0, kTanh = 1 };
 
 template <typename T>
 constexpr int64_t vec_len() {
@@ -576,18 +578,6 @@ struct Shared {
   const T* coef;     // [T+1][Tp] row t: eta lam^(t-1-tau) for tau < t, else 0
 };
 
-template <typename T>
-struct FwdIO {
-  const T* xp;  // [B,T,H]
-  const T* h0;  // [B,H]
-  const T* A0;  // [B,H,H]
-  T* out;       // [B,T,H]
-  T* AT;        // [B,H,H]
-  T* zs;        // [B,T,S,H] or null (no saving)
-  T* xhat;      // [B,T,S,H] or null
-  T* rstd;      // [B,T,S]   or null
-};
-
 // Row stride of the transposed A_0 (whole 16-lane blocks for the AVX-512 transpose).
 inline int64_t a0t_ld(int64_t Hp) { return (Hp + 15) / 16 * 16; }
 
@@ -666,7 +656,7 @@ inline void final_fast_weights(const Shared<T>& sh, const T* A0, bool a0nz, T* A
 // overlap their dependency chains measured no faster on the 2-core Zen 4 machine this
 // was tuned on (docs/benchmarks.md), but the structure is kept for other CPUs.
 template <int ACT, typename T, int NE>
-void forward_examples(const Shared<T>& sh, const FwdIO<T>& io, int64_t b0, FwdScratch<T>* ws) {
+void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, FwdScratch<T>* ws) {
   const int64_t Tn = sh.T_len, H = sh.H, Hp = sh.Hp, S = sh.S, Tp = sh.Tp;
   constexpr int64_t W = vec_len<T>();
   const bool save = io.zs != nullptr;
@@ -759,28 +749,11 @@ void forward_examples(const Shared<T>& sh, const FwdIO<T>& io, int64_t b0, FwdSc
 }
 
 template <int ACT, typename T>
-void forward_example(const Shared<T>& sh, const FwdIO<T>& io, int64_t b, FwdScratch<T>& ws) {
+void forward_example(const Shared<T>& sh, const FwdParams<T>& io, int64_t b, FwdScratch<T>& ws) {
   forward_examples<ACT, T, 1>(sh, io, b, &ws);
 }
 
 // ---------------------------------------------------------------------------------------
-
-template <typename T>
-struct BwdIO {
-  const T* gout;   // [B,T,H] or null (zero)
-  const T* gAT;    // [B,H,H] or null (zero)
-  const T* h0;     // [B,H]
-  const T* A0;     // [B,H,H]
-  const T* out;    // [B,T,H]
-  const T* zs;     // [B,T,S,H]
-  const T* xhat;   // [B,T,S,H]
-  const T* rstd;   // [B,T,S]
-  T* dxp;          // [B,T,H]
-  T* dh0;          // [B,H]
-  T* dA0;          // [B,H,H] or null (not needed)
-  T* dgamma_part;  // [B,H] per-example partial sums
-  T* dbeta_part;   // [B,H]
-};
 
 template <typename T>
 struct BwdScratch {
@@ -818,7 +791,7 @@ struct BwdScratch {
 };
 
 template <int ACT, typename T>
-void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScratch<T>& ws) {
+void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, BwdScratch<T>& ws) {
   const int64_t Tn = sh.T_len, H = sh.H, Hp = sh.Hp, S = sh.S, Tp = sh.Tp, Kp = ws.Kp;
   constexpr int64_t W = vec_len<T>();
   const T invH = T(1) / static_cast<T>(H);

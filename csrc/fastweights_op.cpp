@@ -168,24 +168,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cpu", [&] {
     using T = scalar_t;
     SharedBuffers<T> buf(W, gamma, &beta, B, Tn, H, S, lam, eta, eps, /*forward=*/true);
-    cpu::FwdIO<T> io;
-    io.xp = xp.data_ptr<T>();
-    io.h0 = h0.data_ptr<T>();
-    io.A0 = A0.data_ptr<T>();
-    io.out = out.data_ptr<T>();
-    io.AT = AT.data_ptr<T>();
-    io.zs = save ? zs.data_ptr<T>() : nullptr;
-    io.xhat = save ? xhat.data_ptr<T>() : nullptr;
-    io.rstd = save ? rstd.data_ptr<T>() : nullptr;
+    const FwdParams<T> io = make_fwd_params<T>(xp, h0, A0, W, gamma, beta, lam, eta, S, act, eps,
+                                               out, AT, zs, xhat, rstd);
     const cpu::Shared<T>& sh = buf.sh;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       cpu::FwdScratch<T> ws;
       ws.init(sh);
       for (int64_t b = b0; b < b1; ++b) {
-        if (act == kActRelu)
-          cpu::forward_example<cpu::kRelu, T>(sh, io, b, ws);
+        if (act == kRelu)
+          cpu::forward_example<kRelu, T>(sh, io, b, ws);
         else
-          cpu::forward_example<cpu::kTanh, T>(sh, io, b, ws);
+          cpu::forward_example<kTanh, T>(sh, io, b, ws);
       }
     });
   });
@@ -215,29 +208,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cpu", [&] {
     using T = scalar_t;
     SharedBuffers<T> buf(W, gamma, nullptr, B, Tn, H, S, lam, eta, 1e-5, /*forward=*/false);
-    cpu::BwdIO<T> io;
-    io.gout = grad_out.has_value() ? grad_out->data_ptr<T>() : nullptr;
-    io.gAT = grad_AT.has_value() ? grad_AT->data_ptr<T>() : nullptr;
-    io.h0 = h0.data_ptr<T>();
-    io.A0 = A0.data_ptr<T>();
-    io.out = out.data_ptr<T>();
-    io.zs = zs.data_ptr<T>();
-    io.xhat = xhat.data_ptr<T>();
-    io.rstd = rstd.data_ptr<T>();
-    io.dxp = dxp.data_ptr<T>();
-    io.dh0 = dh0.data_ptr<T>();
-    io.dA0 = need_dA0 ? dA0.data_ptr<T>() : nullptr;
-    io.dgamma_part = dgamma_part.data_ptr<T>();
-    io.dbeta_part = dbeta_part.data_ptr<T>();
+    const BwdParams<T> io = make_bwd_params<T>(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
+                                               lam, eta, S, act, dxp, dh0, dgamma_part, dbeta_part,
+                                               dA0, Tensor(), Tensor());
     const cpu::Shared<T>& sh = buf.sh;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       cpu::BwdScratch<T> ws;
       ws.init(sh);
       for (int64_t b = b0; b < b1; ++b) {
-        if (act == kActRelu)
-          cpu::backward_example<cpu::kRelu, T>(sh, io, b, ws);
+        if (act == kRelu)
+          cpu::backward_example<kRelu, T>(sh, io, b, ws);
         else
-          cpu::backward_example<cpu::kTanh, T>(sh, io, b, ws);
+          cpu::backward_example<kTanh, T>(sh, io, b, ws);
       }
     });
   });

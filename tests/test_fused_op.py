@@ -387,6 +387,23 @@ def test_cuda_parity(dtype, rtol, S, act, B, T, H):
 
 @needs_cuda
 @pytest.mark.cuda
+@pytest.mark.parametrize("B,T,H,rtol", [
+    (2, 25, 128, 1e-4),   # W + history need more than 48 KiB of shared memory: the opt-in path
+    (1, 64, 1024, 2e-4),  # W and the history (65 x 1024 floats > 227 KiB) in global memory
+])
+def test_cuda_parity_shared_memory_paths(B, T, H, rtol):
+    """float32 cases that reach the kernels' shared-memory opt-in and global-memory paths."""
+    if not ff.device_status("cuda")[0]:
+        pytest.skip(ff.device_status("cuda")[1])
+    args = make_inputs(B=B, T=T, H=H, dtype=torch.float32, a0_scale=0.05, device="cuda")
+    (o_ref, A_ref, g_ref), (o, A, g) = run_both(args, 1, "relu")
+    torch.testing.assert_close(o, o_ref, rtol=rtol, atol=rtol)
+    torch.testing.assert_close(A, A_ref, rtol=rtol, atol=10 * rtol)
+    assert_grads_close(g_ref, g, rtol, "cuda")
+
+
+@needs_cuda
+@pytest.mark.cuda
 def test_cuda_gradcheck_and_opcheck():
     if not ff.device_status("cuda")[0]:
         pytest.skip(ff.device_status("cuda")[1])
