@@ -10,8 +10,11 @@
 // [B,T,S,H], [B,T,S]); with save=False they are empty. dA0 is empty unless need_dA0.
 // Autograd and the fake (meta) implementations are registered from Python
 // (crnn_plugins/fastweights_fused.py). The CUDA implementation is in fastweights_cuda.cpp.
+// Under torch.autocast (CPU or CUDA) both ops run in float32: float16/bfloat16 inputs are
+// cast up (float64 stays float64) and the outputs are float32 (the "fp32" cast policy).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <c10/core/impl/alloc_cpu.h>
 
 #include <cstdlib>
@@ -227,6 +230,59 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
   return {dxp, dh0, dA0, dW, dgamma_part.sum(0), dbeta_part.sum(0)};
 }
 
+using FwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+    double, int64_t, c10::string_view, double, bool);
+using BwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&, const Tensor&,
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+    double, int64_t, c10::string_view, bool);
+
+// The autocast kernels: cast float16/bfloat16 tensors of this device type to float32, then
+// call the op again below autocast (autograd, then the CPU or CUDA kernel), as PyTorch's
+// own "fp32" ops do. The casts are recorded by autograd, so gradients come back in the
+// inputs' dtypes.
+template <c10::DeviceType DEV>
+Tensor to_f32(const Tensor& t) {
+  return at::autocast::cached_cast(at::kFloat, t, DEV);
+}
+template <c10::DeviceType DEV>
+c10::optional<Tensor> to_f32(const c10::optional<Tensor>& t) {
+  return t.has_value() ? c10::optional<Tensor>(to_f32<DEV>(*t)) : c10::nullopt;
+}
+
+template <c10::DeviceType DEV>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_autocast(
+    const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
+    const Tensor& beta, double lam, double eta, int64_t inner_steps,
+    c10::string_view activation, double eps, bool save) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      at::autocast::get_autocast_dispatch_key_from_device_type(DEV));
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("crnn::fastweights_fwd", "")
+                             .typed<FwdSig>();
+  return op.call(to_f32<DEV>(xp), to_f32<DEV>(h0), to_f32<DEV>(A0), to_f32<DEV>(W),
+                 to_f32<DEV>(gamma), to_f32<DEV>(beta), lam, eta, inner_steps, activation, eps,
+                 save);
+}
+
+template <c10::DeviceType DEV>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_autocast(
+    const c10::optional<Tensor>& grad_out, const c10::optional<Tensor>& grad_AT,
+    const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma, const Tensor& out,
+    const Tensor& zs, const Tensor& xhat, const Tensor& rstd, double lam, double eta,
+    int64_t inner_steps, c10::string_view activation, bool need_dA0) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      at::autocast::get_autocast_dispatch_key_from_device_type(DEV));
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("crnn::fastweights_bwd", "")
+                             .typed<BwdSig>();
+  return op.call(to_f32<DEV>(grad_out), to_f32<DEV>(grad_AT), to_f32<DEV>(h0), to_f32<DEV>(A0),
+                 to_f32<DEV>(W), to_f32<DEV>(gamma), to_f32<DEV>(out), to_f32<DEV>(zs),
+                 to_f32<DEV>(xhat), to_f32<DEV>(rstd), lam, eta, inner_steps, activation,
+                 need_dA0);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(crnn, m) {
@@ -244,6 +300,16 @@ TORCH_LIBRARY(crnn, m) {
 TORCH_LIBRARY_IMPL(crnn, CPU, m) {
   m.impl("fastweights_fwd", &fastweights_fwd_cpu);
   m.impl("fastweights_bwd", &fastweights_bwd_cpu);
+}
+
+// Registered in every build (a CPU-only build simply never sees CUDA tensors).
+TORCH_LIBRARY_IMPL(crnn, AutocastCPU, m) {
+  m.impl("fastweights_fwd", &fastweights_fwd_autocast<c10::DeviceType::CPU>);
+  m.impl("fastweights_bwd", &fastweights_bwd_autocast<c10::DeviceType::CPU>);
+}
+TORCH_LIBRARY_IMPL(crnn, AutocastCUDA, m) {
+  m.impl("fastweights_fwd", &fastweights_fwd_autocast<c10::DeviceType::CUDA>);
+  m.impl("fastweights_bwd", &fastweights_bwd_autocast<c10::DeviceType::CUDA>);
 }
 
 }  // namespace crnn
