@@ -517,13 +517,14 @@ def kernel_report() -> dict[str, Any]:
             "reference": available,
             "auto": ("fused" if fused_ok else "reference") if available else None,
         }
-    env = {k: os.environ[k] for k in ("CRNN_NO_FUSED", "CRNN_NO_JIT", "CRNN_KERNEL_CACHE", "CRNN_CPU_ARCH")
-           if k in os.environ}
+    env = {k: os.environ[k] for k in ("CRNN_NO_FUSED", "CRNN_NO_JIT", "CRNN_KERNEL_CACHE", "CRNN_CPU_ARCH",
+                                      "CRNN_NO_POOL") if k in os.environ}
     src = ff.kernel_sources()
     return {
         "fused_loaded": ok,
         "reason": reason,
         "build_info": ff.build_info(),
+        "block_pool": ff.block_pool_info(),
         "kernel_sources": str(src) if src else None,
         "cache_dir": str(ff._cache_root()),
         "environment": env,
@@ -545,6 +546,11 @@ def kernels_command(as_json: bool) -> None:
     if rep["build_info"]:
         bi = rep["build_info"]
         click.echo(f"  built with: cpu {bi.get('cpu_isa')}, openmp {bi.get('openmp')}, cuda {bi.get('cuda')}")
+    pool = rep["block_pool"]
+    if pool:
+        state = "active" if pool["enabled"] else "off (CRNN_NO_POOL=1)"
+        click.echo(f"  CPU block pool: {state}; reuses output blocks >= {pool['min_block_bytes'] // 1024} KiB, "
+                   f"keeps <= {pool['limit_bytes'] >> 20} MiB ({pool['cached_bytes'] / 2**20:.1f} MiB now)")
     click.echo(f"  sources: {rep['kernel_sources'] or 'not found'}; JIT cache: {rep['cache_dir']}")
     if rep["environment"]:
         click.echo("  environment: " + " ".join(f"{k}={v}" for k, v in rep["environment"].items()))

@@ -32,10 +32,12 @@ using at::Tensor;
 
 // A small cache of the CPU blocks behind the op's large outputs. glibc hands large freed
 // blocks back to the kernel, so every call would otherwise fault in fresh pages for A_T,
-// dA_0 and the per-step tensors (hundreds of page faults per training step, a fifth of
-// the fused forward+backward time at B=128, T=11, H=50). Blocks return here when their
-// tensors die and are reused by the next call of the same size; at most kPoolBytes are
-// kept. CRNN_NO_POOL=1 turns it off.
+// dA_0 and the per-step tensors. Blocks return here when their tensors die and are
+// reused by the next call of the same size; at most kPoolBytes are kept. CRNN_NO_POOL=1
+// turns it off; `crnn kernels` says whether it is active (block_pool_info below).
+// Re-measured for issue 14 (perf stat, 1 thread, 1500 fused forward+backward steps at
+// B=128, T=11, H=50, docs/benchmarks.md): without it 131 more page faults per step and
+// 3.36 instead of 3.01 ms of CPU time per step, so it stays.
 class BlockPool {
  public:
   static constexpr size_t kPoolBytes = size_t(256) << 20;
@@ -44,6 +46,12 @@ class BlockPool {
   static BlockPool& get() {
     static BlockPool* pool = new BlockPool();  // leaked: tensors may outlive static destructors
     return *pool;
+  }
+
+  bool enabled() const { return enabled_; }
+  size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cached_;
   }
 
   Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
@@ -341,6 +349,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
     d["cpu_isa"] = cpu_isa();
     d["openmp"] = static_cast<bool>(AT_PARALLEL_OPENMP);
+    return d;
+  });
+  m.def("block_pool_info", []() {
+    auto& pool = crnn::BlockPool::get();
+    pybind11::dict d;
+    d["enabled"] = pool.enabled();
+    d["cached_bytes"] = pool.cached_bytes();
+    d["limit_bytes"] = crnn::BlockPool::kPoolBytes;
+    d["min_block_bytes"] = crnn::BlockPool::kMinBytes;
     return d;
   });
 }

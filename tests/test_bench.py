@@ -137,6 +137,24 @@ def test_kernels_command(runner):
         assert rep["devices"]["cuda"]["device_available"] is False
     text = invoke(runner, ["kernels"]).stdout
     assert text.startswith("fused kernel:") and "cpu: fused" in text
+    if rep["fused_loaded"]:
+        assert rep["block_pool"]["limit_bytes"] > 0
+        assert ("CPU block pool: active" in text) == rep["block_pool"]["enabled"]
+
+
+def test_kernels_command_names_a_disabled_block_pool(tmp_path):
+    """CRNN_NO_POOL=1 (read once, when the extension loads) shows as 'off' in crnn kernels."""
+    import os
+    import subprocess
+    import sys
+
+    if not ff.load_status()[0]:
+        pytest.skip("the fused kernel is not loaded")
+    env = {**os.environ, "CRNN_NO_POOL": "1"}
+    proc = subprocess.run([sys.executable, "-m", "crnn_core", "kernels"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "CPU block pool: off (CRNN_NO_POOL=1)" in proc.stdout
 
 
 def test_kernels_command_explains_a_missing_kernel(runner, monkeypatch):
