@@ -575,8 +575,16 @@ struct Shared {
   const T* beta;     // [Hp]
   const T* mask;     // [Hp] 1 for i < H, 0 in the padding
   const T* lam_pow;  // [T+1] lam^k
-  const T* coef;     // [T+1][Tp] row t: eta lam^(t-1-tau) for tau < t, else 0
+  const T* decay;    // [T + vec_len + kSlack] eta lam^(T-1-j) for j < T, else 0
 };
+
+// Row t of the decay coefficients, c[tau] = eta lam^(t-1-tau) for tau < t and 0 beyond (as
+// far as any padded read goes): a window of the one decay vector, O(T) memory, not a
+// [T+1][T+1] table.
+template <typename T>
+inline const T* coef_row(const Shared<T>& sh, int64_t t) {
+  return sh.decay + (sh.T_len - t);
+}
 
 // Row stride of the transposed A_0 (whole 16-lane blocks for the AVX-512 transpose).
 inline int64_t a0t_ld(int64_t Hp) { return (Hp + 15) / 16 * 16; }
@@ -646,7 +654,7 @@ inline void final_fast_weights(const Shared<T>& sh, const T* A0, bool a0nz, T* A
       zero_padded(acc + i * Hp, Hp);
     }
   }
-  sparse_rank1_rows(acc, H, Hp, ws.hist.data(), Hp, sh.coef + Tn * Tp, Tn, ws.idx.data(), ws.val.data());
+  sparse_rank1_rows(acc, H, Hp, ws.hist.data(), Hp, coef_row(sh, Tn), Tn, ws.idx.data(), ws.val.data());
   for (int64_t i = 0; i < H; ++i) store_n(mat + i * H, acc + i * Hp, H);
   stream_copy(AT, mat, H * H);
 }
@@ -696,7 +704,7 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
 
   for (int64_t t = 1; t <= Tn; ++t) {
     const int64_t tv = (t + W - 1) / W * W;  // score lanes in use (beyond t: coef = 0)
-    const T* coef = sh.coef + t * Tp;
+    const T* coef = coef_row(sh, t);
     const T lt = sh.lam_pow[t];
     // p = xp_t + W h_{t-1};  z_0 = f(p)
     for (int e = 0; e < NE; ++e) {
@@ -854,7 +862,7 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
       for (int64_t j = 0; j < H; ++j) r[j] = gA[i * H + j] + gA[j * H + i];
       for (int64_t j = H; j < Hp; ++j) r[j] = T(0);
     }
-    const T* coefT = sh.coef + Tn * Tp;
+    const T* coefT = coef_row(sh, Tn);
     for (int64_t tau = 0; tau < Tn; ++tau)
       sparse_matvec(Sym, Hp, hist + tau * Hp, H, coefT[tau], dH + tau * Hp, Hp, idx, val);
   }
@@ -862,7 +870,7 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
   for (int64_t t = Tn; t >= 1; --t) {
     const T lt = sh.lam_pow[t];
     const int64_t tv = (t + W - 1) / W * W;
-    const T* coef = sh.coef + t * Tp;
+    const T* coef = coef_row(sh, t);
     copy_padded(dz, dH + t * Hp, Hp);
     zero_padded(dp, Hp);
     const int64_t base = (b * Tn + (t - 1)) * S;

@@ -101,7 +101,7 @@ Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
 
 template <typename T>
 struct SharedBuffers {
-  std::vector<T> WTp, Wp, gamma, beta, mask, lam_pow, coef;
+  std::vector<T> WTp, Wp, gamma, beta, mask, lam_pow, decay;
   cpu::Shared<T> sh;
 
   SharedBuffers(const Tensor& W, const Tensor& gamma_t, const Tensor* beta_t, int64_t B,
@@ -138,9 +138,8 @@ struct SharedBuffers {
     }
     lam_pow.assign(lp.begin(), lp.end());
     const int64_t Tp = cpu::padded<T>(Tn + 1);
-    coef.assign((Tn + 1) * Tp, T(0));  // row t: eta lam^(t-1-tau), tau < t
-    for (int64_t t = 1; t <= Tn; ++t)
-      for (int64_t tau = 0; tau < t; ++tau) coef[t * Tp + tau] = static_cast<T>(eta * lp[t - 1 - tau]);
+    decay.assign(Tn + cpu::vec_len<T>() + cpu::kSlack, T(0));  // see cpu::coef_row
+    for (int64_t j = 0; j < Tn; ++j) decay[j] = static_cast<T>(eta * lp[Tn - 1 - j]);
     sh.B = B;
     sh.T_len = Tn;
     sh.H = H;
@@ -156,7 +155,7 @@ struct SharedBuffers {
     sh.beta = beta.data();
     sh.mask = mask.data();
     sh.lam_pow = lam_pow.data();
-    sh.coef = coef.data();
+    sh.decay = decay.data();
   }
 };
 

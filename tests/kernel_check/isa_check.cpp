@@ -41,7 +41,7 @@ void run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0) {
   fill(gAT, B * H * H, 1.0);
   const double lam = 0.95, eta = 0.5, eps = 1e-5;
   const int64_t Hp = padded<T>(H), Tp = padded<T>(Tn + 1);
-  std::vector<T> WTp(H * Hp, 0), Wp(H * Hp, 0), g(Hp, 0), bt(Hp, 0), mask(Hp, 0), lp(Tn + 1), coef((Tn + 1) * Tp, 0);
+  std::vector<T> WTp(H * Hp, 0), Wp(H * Hp, 0), g(Hp, 0), bt(Hp, 0), mask(Hp, 0), lp(Tn + 1), decay(Tn + vec_len<T>() + kSlack, 0);
   for (int64_t j = 0; j < H; ++j)
     for (int64_t i = 0; i < H; ++i) {
       WTp[j * Hp + i] = W[i * H + j];
@@ -53,10 +53,9 @@ void run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0) {
     mask[i] = 1;
   }
   for (int64_t k = 0; k <= Tn; ++k) lp[k] = static_cast<T>(std::pow(lam, static_cast<double>(k)));
-  for (int64_t t = 1; t <= Tn; ++t)
-    for (int64_t tau = 0; tau < t; ++tau) coef[t * Tp + tau] = static_cast<T>(eta * std::pow(lam, static_cast<double>(t - 1 - tau)));
+  for (int64_t j = 0; j < Tn; ++j) decay[j] = static_cast<T>(eta * std::pow(lam, static_cast<double>(Tn - 1 - j)));
   Shared<T> sh{B, Tn, H, Hp, S, Tp, static_cast<T>(lam), static_cast<T>(eta), static_cast<T>(eps),
-               WTp.data(), Wp.data(), g.data(), bt.data(), mask.data(), lp.data(), coef.data()};
+               WTp.data(), Wp.data(), g.data(), bt.data(), mask.data(), lp.data(), decay.data()};
   std::vector<T> out(B * Tn * H), AT(B * H * H), zs(B * Tn * S * H), xh(B * Tn * S * H), rs(B * Tn * S);
   FwdParams<T> fio{};
   fio.B = B;
