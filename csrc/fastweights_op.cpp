@@ -156,6 +156,7 @@ struct SharedBuffers {
     sh.mask = mask.data();
     sh.lam_pow = lam_pow.data();
     sh.decay = decay.data();
+    sh.chunk = cpu::chunk_length(H);
   }
 };
 

@@ -55,7 +55,7 @@ void run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0) {
   for (int64_t k = 0; k <= Tn; ++k) lp[k] = static_cast<T>(std::pow(lam, static_cast<double>(k)));
   for (int64_t j = 0; j < Tn; ++j) decay[j] = static_cast<T>(eta * std::pow(lam, static_cast<double>(Tn - 1 - j)));
   Shared<T> sh{B, Tn, H, Hp, S, Tp, static_cast<T>(lam), static_cast<T>(eta), static_cast<T>(eps),
-               WTp.data(), Wp.data(), g.data(), bt.data(), mask.data(), lp.data(), decay.data()};
+               WTp.data(), Wp.data(), g.data(), bt.data(), mask.data(), lp.data(), decay.data(), chunk_length(H)};
   std::vector<T> out(B * Tn * H), AT(B * H * H), zs(B * Tn * S * H), xh(B * Tn * S * H), rs(B * Tn * S);
   FwdParams<T> fio{};
   fio.B = B;
