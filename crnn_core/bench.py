@@ -55,6 +55,9 @@ DEFAULT_HIDDEN = (50, 128)
 DEFAULT_INNER = (1,)
 BACKENDS = ("fused", "compiled", "reference", "naive")
 SPREAD_WARN = 0.2  # IQR / median above which a timing is flagged
+# wall: elapsed time. cpu: the calling thread's CPU time (one thread only), which other
+# processes on a shared machine disturb much less than the elapsed time.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 MODES = ("forward", "forward+backward")
 LAM, ETA = 0.95, 0.5
 
@@ -114,6 +117,7 @@ class _Timer:
         if fn is _compiled_reference:
             fn = _compiled_reference()
         self.fn, self.mode, self.S, self.device = fn, mode, S, device
+        self.clock: Callable[[], float] = time.perf_counter
         self.upstream = upstream
         if mode == "forward":
             self.args = args
@@ -136,10 +140,10 @@ class _Timer:
         for a in self.args:
             a.grad = None
         self._sync()
-        start = time.perf_counter()
+        start = self.clock()
         self._call()
         self._sync()
-        return (time.perf_counter() - start) * 1e3
+        return (self.clock() - start) * 1e3
 
     def memory(self) -> tuple[int | None, str]:
         for a in self.args:
@@ -267,10 +271,15 @@ def run_benchmark(
     seed: int = 0,
     max_naive_bytes: float = 2e9,
     max_compiled_length: int | None = 250,
+    clock: str = "wall",
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Time every backend at every grid point; returns the JSON document ``crnn bench --json`` prints."""
     dev = resolve_device(device)
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (dev.type != "cpu" or torch.get_num_threads() != 1):
+        raise ConfigError("--clock cpu measures the calling thread's CPU time: it needs --device cpu and --threads 1")
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     fns, notes = _backend_fns(dev)
     if "fused" in backends and "fused" not in fns:
@@ -299,6 +308,8 @@ def run_benchmark(
                                        "unrolls the T-step loop; compile time grows with T)")
                 progress(f"  compiled skipped: {skipped['compiled']}")
             timers = {b: _Timer(fns[b], args, upstream, mode, S, dev) for b in here}
+            for timer in timers.values():
+                timer.clock = CLOCKS[clock]
             # Each backend runs its warm-up and then its repeats back to back (steady state, as in a
             # training loop); the order of the backends rotates from one grid point to the next.
             samples: dict[str, list[float]] = {b: [] for b in here}
@@ -350,7 +361,7 @@ def run_benchmark(
         "settings": {
             "repeats": repeats, "warmup": warmup, "dtype": dtype, "state": state, "activation": "relu",
             "lam": LAM, "eta": ETA, "seed": seed, "backends": active, "max_naive_bytes": max_naive_bytes,
-            "max_compiled_length": max_compiled_length, "spread_warn": SPREAD_WARN,
+            "max_compiled_length": max_compiled_length, "spread_warn": SPREAD_WARN, "clock": clock,
         },
         "backends": {b: notes.get(b, "") for b in backends},
         "records": records,
@@ -404,7 +415,8 @@ def format_table(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines.append("")
     lines.append(f"{m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} with {m['torch_threads']} threads"
-                 + (f", {m['gpu']}" if "gpu" in m else "") + f"; {doc['settings']['dtype']}, medians of "
+                 + (f", {m['gpu']}" if "gpu" in m else "") + f"; {doc['settings']['dtype']}, "
+                 + ("thread CPU time, " if doc["settings"].get("clock") == "cpu" else "") + "medians of "
                  f"{doc['settings']['repeats']} repeats after {doc['settings']['warmup']} warm-up calls"
                  + (f"; 1-min load {m['load_avg_1m_before']} before, {m['load_avg_1m_after']} after"
                     if m.get("load_avg_1m_before") is not None else ""))
@@ -466,10 +478,12 @@ Examples:
               help="skip naive forward+backward where it would save more than this for the backward")
 @click.option("--max-compiled-length", default=250, show_default=True, type=click.IntRange(min=1),
               help="skip compiled above this T (torch.compile unrolls the T-step loop: compile time grows with T)")
+@click.option("--clock", default="wall", show_default=True, type=click.Choice(list(CLOCKS)),
+              help="wall: elapsed time; cpu: the thread's CPU time (needs --threads 1; robust on a shared machine)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout instead of the table")
 @click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")
 def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup, state,
-                  threads, seed, max_naive_gb, max_compiled_length, as_json, quiet) -> None:
+                  threads, seed, max_naive_gb, max_compiled_length, clock, as_json, quiet) -> None:
     """Time the fused fast-weights kernel against torch.compile of the reference, the reference and the naive loop."""
     if threads:
         torch.set_num_threads(threads)
@@ -488,6 +502,7 @@ def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dty
         seed=seed,
         max_naive_bytes=max_naive_gb * 1e9,
         max_compiled_length=max_compiled_length,
+        clock=clock,
         progress=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)),
     )
     if len(sys.argv) > 1 and sys.argv[1] == "bench":  # run from the command line (not a test runner)

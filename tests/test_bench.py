@@ -80,6 +80,16 @@ def test_spread_is_reported_and_wide_spreads_warned():
     assert "50%!" in table and "WARNING: 1 timings vary" in table
 
 
+def test_cpu_clock_needs_one_thread(thread_count_kept):
+    torch.set_num_threads(2)
+    with pytest.raises(bench.ConfigError, match="--threads 1"):
+        bench.run_benchmark((2,), (3,), (5,), (1,), repeats=1, warmup=0, backends=("reference",), clock="cpu")
+    torch.set_num_threads(1)
+    doc = bench.run_benchmark((2,), (3,), (5,), (1,), repeats=2, warmup=0, backends=("reference",), clock="cpu")
+    assert doc["settings"]["clock"] == "cpu" and all(r["median_ms"] > 0 for r in doc["records"])
+    assert "thread CPU time" in bench.format_table(doc)
+
+
 def test_growth_with_length_exponents():
     recs = [{"backend": "fused", "mode": "forward", "batch": 1, "hidden": 4, "inner_steps": 1, "length": T,
              "median_ms": 2.0 * T, "peak_memory_bytes": 8 * T * T} for T in (10, 100)]
