@@ -30,7 +30,7 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).resolve().parent
 CSRC = "csrc"
 CPU_SOURCES = [f"{CSRC}/fastweights_op.cpp"]
-CUDA_SOURCES = [f"{CSRC}/fastweights_cuda.cpp", f"{CSRC}/fastweights_cuda.cu"]
+CUDA_SOURCES = [f"{CSRC}/fastweights_cuda_glue.cpp", f"{CSRC}/fastweights_cuda.cu"]
 
 
 def _truthy(name: str) -> bool:

@@ -55,7 +55,7 @@ __all__ = [
 
 PREBUILT_MODULE = "crnn_plugins._fastweights_C"
 CPU_SOURCES = ("fastweights_op.cpp",)
-CUDA_SOURCES = ("fastweights_cuda.cpp", "fastweights_cuda.cu")
+CUDA_SOURCES = ("fastweights_cuda_glue.cpp", "fastweights_cuda.cu")
 HEADERS = ("fastweights_checks.h", "fastweights_cpu_kernel.h", "fastweights_cuda.h", "fastweights_params.h")
 
 _lock = threading.Lock()

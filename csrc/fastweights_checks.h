@@ -11,6 +11,19 @@
 
 namespace crnn {
 
+// Numbers in error messages are formatted here, never streamed. On the first GPU machine
+// (PyTorch 2.11.0+cu130's wheel, the image's g++), streaming an integer from this extension
+// into TORCH_CHECK's ostream crashed with SIGSEGV inside std::ostream::_M_insert<long>, so
+// every bad input killed the process instead of raising (docs/kernels.md). Strings stream
+// safely; so every message part is a string or a c10 type printed by libc10 itself.
+inline std::string num(int64_t v) { return std::to_string(v); }
+inline std::string num(double v) { return std::to_string(v); }
+inline std::string dims(at::IntArrayRef sizes) {
+  std::string s = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + "]";
+}
+
 inline int parse_activation(c10::string_view activation) {
   if (activation == "relu") return kRelu;
   if (activation == "tanh") return kTanh;
@@ -44,7 +57,7 @@ inline void check_contiguous(const char* op, const at::Tensor& ref, const char* 
 inline void check_shape(const char* op, const char* name, const at::Tensor& t,
                         at::IntArrayRef expected, const char* symbolic) {
   TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", symbolic, " = ",
-              expected, ", got ", t.sizes());
+              dims(expected), ", got ", dims(t.sizes()));
 }
 
 // Returns the activation id; validates shapes, dtypes, devices, contiguity and scalars.
@@ -53,10 +66,10 @@ inline int check_forward_args(const at::Tensor& xp, const at::Tensor& h0, const 
                               const at::Tensor& beta, double lam, double eta,
                               int64_t inner_steps, c10::string_view activation, double eps) {
   const char* op = "crnn::fastweights_fwd";
-  TORCH_CHECK(xp.dim() == 3, op, ": xp must be [B, T, H], got shape ", xp.sizes());
+  TORCH_CHECK(xp.dim() == 3, op, ": xp must be [B, T, H], got shape ", dims(xp.sizes()));
   const int64_t B = xp.size(0), T = xp.size(1), H = xp.size(2);
-  TORCH_CHECK(T >= 1, op, ": the sequence length T must be >= 1, got ", T);
-  TORCH_CHECK(H >= 1, op, ": the hidden size H must be >= 1, got ", H);
+  TORCH_CHECK(T >= 1, op, ": the sequence length T must be >= 1, got ", num(T));
+  TORCH_CHECK(H >= 1, op, ": the hidden size H must be >= 1, got ", num(H));
   const std::vector<std::pair<const char*, const at::Tensor*>> ts = {
       {"h0", &h0}, {"A0", &A0}, {"W", &W}, {"gamma", &gamma}, {"beta", &beta}};
   check_same(op, xp, "xp", ts);
@@ -66,8 +79,8 @@ inline int check_forward_args(const at::Tensor& xp, const at::Tensor& h0, const 
   check_shape(op, "gamma", gamma, {H}, "[H]");
   check_shape(op, "beta", beta, {H}, "[H]");
   check_contiguous(op, xp, "xp", ts);
-  TORCH_CHECK(inner_steps >= 1, op, ": inner_steps must be >= 1, got ", inner_steps);
-  TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  TORCH_CHECK(inner_steps >= 1, op, ": inner_steps must be >= 1, got ", num(inner_steps));
+  TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", num(eps));
   TORCH_CHECK(std::isfinite(lam) && std::isfinite(eta), op, ": lam and eta must be finite");
   return parse_activation(activation);
 }
@@ -80,10 +93,10 @@ inline int check_backward_args(const c10::optional<at::Tensor>& grad_out,
                                const at::Tensor& rstd, int64_t inner_steps,
                                c10::string_view activation) {
   const char* op = "crnn::fastweights_bwd";
-  TORCH_CHECK(out.dim() == 3, op, ": out must be [B, T, H], got shape ", out.sizes());
+  TORCH_CHECK(out.dim() == 3, op, ": out must be [B, T, H], got shape ", dims(out.sizes()));
   const int64_t B = out.size(0), T = out.size(1), H = out.size(2), S = inner_steps;
   TORCH_CHECK(T >= 1 && H >= 1, op, ": empty sequence or hidden size");
-  TORCH_CHECK(inner_steps >= 1, op, ": inner_steps must be >= 1, got ", inner_steps);
+  TORCH_CHECK(inner_steps >= 1, op, ": inner_steps must be >= 1, got ", num(inner_steps));
   std::vector<std::pair<const char*, const at::Tensor*>> ts = {
       {"h0", &h0}, {"A0", &A0}, {"W", &W}, {"gamma", &gamma},
       {"zs", &zs}, {"xhat", &xhat}, {"rstd", &rstd}};

@@ -3,7 +3,7 @@
 // Plain C++ plus the CUDA runtime types only: no PyTorch headers, so the .cu file
 // compiles with nvcc alone (CI compile-checks it on machines whose PyTorch is a CPU
 // build) and, in the tests, as C++ on the CPU (tests/cuda_emu: the emulation harness).
-// The PyTorch glue is fastweights_cuda.cpp.
+// The PyTorch glue is fastweights_cuda_glue.cpp.
 #pragma once
 
 #include <cstdint>

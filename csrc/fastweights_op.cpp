@@ -9,7 +9,7 @@
 // zs/xhat/rstd are what the backward needs besides the inputs and `out` ([B,T,S,H],
 // [B,T,S,H], [B,T,S]); with save=False they are empty. dA0 is empty unless need_dA0.
 // Autograd and the fake (meta) implementations are registered from Python
-// (crnn_plugins/fastweights_fused.py). The CUDA implementation is in fastweights_cuda.cpp.
+// (crnn_plugins/fastweights_fused.py). The CUDA implementation is in fastweights_cuda_glue.cpp.
 // Under torch.autocast (CPU or CUDA) both ops run in float32: float16/bfloat16 inputs are
 // cast up (float64 stays float64) and the outputs are float32 (the "fp32" cast policy).
 #include <torch/extension.h>

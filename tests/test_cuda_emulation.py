@@ -10,7 +10,7 @@ shared memory past the default 48 KiB (the opt-in path), and both in global memo
 by a smaller emulated shared-memory size, ``CRNN_EMU_SMEM_OPTIN``).
 
 The glue's library parts (dA0 = G^T zs, dW, the batch sums of dgamma/dbeta) are formed
-here from the kernels' raw outputs the way ``fastweights_cuda.cpp`` forms them.
+here from the kernels' raw outputs the way ``fastweights_cuda_glue.cpp`` forms them.
 
 Tolerances: float64 1e-10, float32 1e-4 (relative to the largest entry), as for the CPU
 kernel against the reference.
@@ -120,7 +120,7 @@ def run_emulated(exe: Path, work: Path, args, gout, gAT, S: int, act: str, smem_
 
 
 def cuda_glue_grads(res, args, gAT, S):
-    """The library half of fastweights_cuda.cpp's backward: dA0, dW and the batch sums."""
+    """The library half of fastweights_cuda_glue.cpp's backward: dA0, dW and the batch sums."""
     xp, h0 = args[0], args[1]
     B, T, H = xp.shape
     t = {k: torch.from_numpy(v) for k, v in res.items()}

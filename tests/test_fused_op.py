@@ -408,19 +408,27 @@ def test_cuda_parity(dtype, rtol, S, act, B, T, H):
 
 @needs_cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("B,T,H,rtol", [
-    (2, 25, 128, 1e-4),   # W + history need more than 48 KiB of shared memory: the opt-in path
-    (1, 64, 1024, 2e-4),  # W and the history (65 x 1024 floats > 227 KiB) in global memory
-])
-def test_cuda_parity_shared_memory_paths(B, T, H, rtol):
-    """float32 cases that reach the kernels' shared-memory opt-in and global-memory paths."""
+@pytest.mark.parametrize("B,T,H", [(2, 25, 128), (1, 64, 1024)])
+def test_cuda_parity_large_shared_memory_paths(B, T, H):
+    """float32 shapes that take the kernels' other shared-memory plans.
+
+    (2, 25, 128): W and the history need more than the default 48 KiB, so the launch opts in
+    to more shared memory; (1, 64, 1024): neither fits, so W and h_0..h_T are read from global
+    memory. The truth is the float64 reference; the fused op's float32 error must be within
+    4x the float32 reference's own error (or 1e-4 of the largest entry, whichever is larger).
+    """
     if not ff.device_status("cuda")[0]:
         pytest.skip(ff.device_status("cuda")[1])
-    args = make_inputs(B=B, T=T, H=H, dtype=torch.float32, a0_scale=0.05, device="cuda")
-    (o_ref, A_ref, g_ref), (o, A, g) = run_both(args, 1, "relu")
-    torch.testing.assert_close(o, o_ref, rtol=rtol, atol=rtol)
-    torch.testing.assert_close(A, A_ref, rtol=rtol, atol=10 * rtol)
-    assert_grads_close(g_ref, g, rtol, "cuda")
+    args = make_inputs(B=B, T=T, H=H, dtype=torch.float64, device="cuda", a0_scale=0.05)
+    (o64, A64, g64), _ = run_both(args, 1, "relu")
+    args32 = [a.float() for a in args]
+    (o_ref, A_ref, g_ref), (o, A, g) = run_both(args32, 1, "relu")
+    names = ("out", "A_T") + tuple(f"d{n}" for n in ("xp", "h0", "A0", "W", "gamma", "beta"))
+    for name, truth, ref32, got in zip(names, (o64, A64, *g64), (o_ref, A_ref, *g_ref), (o, A, *g)):
+        scale = truth.abs().max().item() + 1e-12
+        err_ref = (ref32.double() - truth).abs().max().item() / scale
+        err = (got.double() - truth).abs().max().item() / scale
+        assert err <= max(1e-4, 4 * err_ref), f"{name}: fused error {err:.2e}, reference float32 error {err_ref:.2e}"
 
 
 @needs_cuda

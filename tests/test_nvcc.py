@@ -1,7 +1,7 @@
 """Compile-checks of the CUDA path, which no GPU in CI runs.
 
 ``nvcc -c`` must compile ``csrc/fastweights_cuda.cu`` on its own (it includes only CUDA
-and standard headers), and the PyTorch glue ``fastweights_cuda.cpp`` must at least pass
+and standard headers), and the PyTorch glue ``fastweights_cuda_glue.cpp`` must at least pass
 a syntax check against this PyTorch's headers. Skipped, saying why, where nvcc or the
 CUDA headers are missing.
 """
@@ -63,6 +63,17 @@ def test_cuda_glue_passes_a_syntax_check(tmp_path):
     cmd = [cxx, "-std=c++17", "-fsyntax-only", "-DTORCH_EXTENSION_NAME=crnn_check", "-DCRNN_WITH_CUDA"]
     cmd += [f"-I{p}" for p in torch_ext.include_paths()]
     cmd += [f"-I{sysconfig.get_paths()['include']}", f"-I{cuda_include_dir()}", f"-I{stub}"]
-    cmd += [str(CSRC / "fastweights_cuda.cpp")]
+    cmd += [str(CSRC / "fastweights_cuda_glue.cpp")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_extension_sources_compile_to_distinct_object_files():
+    """setup.py's ninja build names each object after its source's stem (``x.cpp`` and ``x.cu``
+    both become ``x.o``): two sources with one stem make ``pip install`` fail with "multiple
+    rules generate x.o" on every machine with nvcc (seen on the first GPU run)."""
+    text = (CSRC.parent / "setup.py").read_text()
+    sources = re.findall(r'f"\{CSRC\}/([\w.]+)"', text)
+    assert {"fastweights_op.cpp", "fastweights_cuda.cu"} <= set(sources), sources
+    stems = [Path(s).stem for s in sources]
+    assert len(stems) == len(set(stems)), f"setup.py sources share an object name: {sources}"

@@ -26,11 +26,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
   TORCH_CHECK(xp.is_cuda(), "crnn::fastweights_fwd: CUDA implementation got ", xp.device());
   const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
   TORCH_CHECK(H <= cuda::kMaxHidden, "crnn::fastweights_fwd: the CUDA kernel takes H <= ",
-              cuda::kMaxHidden, ", got ", H);
+              num(cuda::kMaxHidden), ", got ", num(H));
   TORCH_CHECK(Tn <= cuda::kMaxLength, "crnn::fastweights_fwd: the CUDA kernel takes T <= ",
-              cuda::kMaxLength, " (per-step scores live in shared memory), got ", Tn);
+              num(cuda::kMaxLength), " (per-step scores live in shared memory), got ", num(Tn));
   TORCH_CHECK(B <= cuda::kMaxBatch, "crnn::fastweights_fwd: the CUDA kernel takes B <= ",
-              cuda::kMaxBatch, " (one block per example), got ", B);
+              num(cuda::kMaxBatch), " (one block per example), got ", num(B));
   const c10::cuda::CUDAGuard guard(xp.device());
   Tensor out = at::empty({B, Tn, H}, xp.options());
   Tensor AT = at::empty({B, H, H}, xp.options());
@@ -57,11 +57,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
   TORCH_CHECK(out.is_cuda(), "crnn::fastweights_bwd: CUDA implementation got ", out.device());
   const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
   TORCH_CHECK(H <= cuda::kMaxHidden, "crnn::fastweights_bwd: the CUDA kernel takes H <= ",
-              cuda::kMaxHidden, ", got ", H);
+              num(cuda::kMaxHidden), ", got ", num(H));
   TORCH_CHECK(Tn <= cuda::kMaxLength, "crnn::fastweights_bwd: the CUDA kernel takes T <= ",
-              cuda::kMaxLength, ", got ", Tn);
+              num(cuda::kMaxLength), ", got ", num(Tn));
   TORCH_CHECK(B <= cuda::kMaxBatch, "crnn::fastweights_bwd: the CUDA kernel takes B <= ",
-              cuda::kMaxBatch, " (one block per example), got ", B);
+              num(cuda::kMaxBatch), " (one block per example), got ", num(B));
   const c10::cuda::CUDAGuard guard(out.device());
   if (B == 0) {
     return {at::empty({0, Tn, H}, out.options()), at::empty({0, H}, out.options()),
