@@ -6,8 +6,17 @@ repeats back to back (the steady state of a training loop), the backends' order
 rotating from point to point:
 
 * ``fused``     -- the C++/CUDA op (``crnn_plugins.fastweights_fused``),
+* ``compiled``  -- ``torch.compile`` of the reference (the strongest pure-PyTorch
+  alternative): compiled afresh for every grid point and mode (``torch._dynamo.reset()``,
+  ``dynamic=False``), so its first call's time is the compile time of that shape,
+  reported apart (``compile_s``) and not in the steady-state figures;
 * ``reference`` -- the pure-PyTorch attention-form unroll (the fallback backend),
 * ``naive``     -- the loop that materialises A_t every step (public implementations).
+
+Spread: every record has the minimum, maximum and quartiles of its repeats; a row whose
+interquartile range exceeds ``SPREAD_WARN`` of its median is marked ``!`` in the table
+and listed under ``warnings`` in the JSON (too noisy to trust: rerun on a quieter
+machine). The 1-minute load average before and after the run is in ``machine``.
 
 Modes: ``forward`` (under ``torch.no_grad()``, i.e. inference) and ``forward+backward``
 (outputs' gradient from a fixed random upstream gradient, A_T not in the loss, as in
@@ -45,7 +54,11 @@ DEFAULT_BATCH = (1, 128)
 DEFAULT_LENGTH = (11, 25)
 DEFAULT_HIDDEN = (50, 128)
 DEFAULT_INNER = (1,)
-BACKENDS = ("fused", "reference", "naive")
+BACKENDS = ("fused", "compiled", "reference", "naive")
+SPREAD_WARN = 0.2  # IQR / median above which a timing is flagged
+# wall: elapsed time. cpu: the calling thread's CPU time (one thread only), which other
+# processes on a shared machine disturb much less than the elapsed time.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 MODES = ("forward", "forward+backward")
 LAM, ETA = 0.95, 0.5
 
@@ -55,13 +68,23 @@ def _backend_fns(device: torch.device) -> tuple[dict[str, Callable], dict[str, s
     from . import fastweights_fused
     from .fastweights_reference import fastweights_naive, fastweights_reference
 
-    fns: dict[str, Callable] = {"reference": fastweights_reference, "naive": fastweights_naive}
-    notes = {"reference": "pure PyTorch, attention form", "naive": "pure PyTorch, explicit A_t each step"}
+    fns: dict[str, Callable] = {"reference": fastweights_reference, "naive": fastweights_naive,
+                                "compiled": _compiled_reference}
+    notes = {"reference": "pure PyTorch, attention form", "naive": "pure PyTorch, explicit A_t each step",
+             "compiled": "torch.compile(reference, dynamic=False), compiled afresh per shape and mode"}
     ok, reason = fastweights_fused.device_status(device)
     notes["fused"] = reason
     if ok:
         fns["fused"] = fastweights_fused.fastweights_fused
     return fns, notes
+
+
+def _compiled_reference() -> Callable:
+    """A fresh ``torch.compile`` of the reference: dynamo's caches are reset, so the next call compiles."""
+    from crnn_plugins.fastweights_reference import fastweights_reference
+
+    torch._dynamo.reset()
+    return torch.compile(fastweights_reference, dynamic=False)
 
 
 def _inputs(B: int, T: int, H: int, device: torch.device, dtype: torch.dtype, state: str, seed: int):
@@ -92,7 +115,10 @@ class _Timer:
 
     def __init__(self, fn: Callable, args: list[torch.Tensor], upstream: torch.Tensor, mode: str, S: int,
                  device: torch.device):
+        if fn is _compiled_reference:
+            fn = _compiled_reference()
         self.fn, self.mode, self.S, self.device = fn, mode, S, device
+        self.clock: Callable[[], float] = time.perf_counter
         self.upstream = upstream
         if mode == "forward":
             self.args = args
@@ -115,10 +141,10 @@ class _Timer:
         for a in self.args:
             a.grad = None
         self._sync()
-        start = time.perf_counter()
+        start = self.clock()
         self._call()
         self._sync()
-        return (time.perf_counter() - start) * 1e3
+        return (self.clock() - start) * 1e3
 
     def memory(self) -> tuple[int | None, str]:
         for a in self.args:
@@ -149,6 +175,61 @@ class _Timer:
             saved.setdefault(_storage_key(t), t.untyped_storage().nbytes())
         torch.autograd.backward(out, self.upstream)
         return sum(saved.values()), "cpu_saved_for_backward_plus_outputs"
+
+
+def _load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def spread(samples: list[float]) -> dict[str, float]:
+    """Quartiles of the repeats and the interquartile range relative to the median."""
+    if len(samples) >= 2:
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    else:
+        q1 = q3 = samples[0]
+    med = statistics.median(samples)
+    return {"q1_ms": round(q1, 4), "q3_ms": round(q3, 4), "iqr_rel": round((q3 - q1) / med, 4) if med > 0 else 0.0}
+
+
+def summarize(ratios: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per mode: the median (and range) over the grid of each backend's time over fused's."""
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        rows = [r for r in ratios if r["mode"] == mode]
+        for key in sorted({k for r in rows for k in r if k.endswith("_over_fused")}):
+            vals = [r[key] for r in rows if r.get(key)]
+            if vals:
+                out.setdefault(mode, {})[key] = {"median": round(statistics.median(vals), 3), "min": min(vals),
+                                                 "max": max(vals), "points": len(vals)}
+    return out
+
+
+def length_growth(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Measured growth with T: for each backend, mode, B, H, S timed at several lengths, the exponent
+    k in time ~ T^k and memory ~ T^k between the shortest and the longest length (1: linear)."""
+    import math
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("median_ms") is None:
+            continue
+        groups.setdefault((r["backend"], r["mode"], r["batch"], r["hidden"], r["inner_steps"]), []).append(r)
+    out = []
+    for (backend, mode, B, H, S), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["length"])
+        if len(rs) < 2 or rs[0]["length"] == rs[-1]["length"]:
+            continue
+        a, b = rs[0], rs[-1]
+        lt = math.log(b["length"] / a["length"])
+        row = {"backend": backend, "mode": mode, "batch": B, "hidden": H, "inner_steps": S,
+               "lengths": [a["length"], b["length"]], "time_exponent": round(math.log(b["median_ms"] / a["median_ms"]) / lt, 2)}
+        if a.get("peak_memory_bytes") and b.get("peak_memory_bytes"):
+            row["memory_exponent"] = round(math.log(b["peak_memory_bytes"] / a["peak_memory_bytes"]) / lt, 2)
+        out.append(row)
+    return out
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -190,10 +271,16 @@ def run_benchmark(
     state: str = "random",
     seed: int = 0,
     max_naive_bytes: float = 2e9,
+    max_compiled_length: int | None = 250,
+    clock: str = "wall",
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Time every backend at every grid point; returns the JSON document ``crnn bench --json`` prints."""
     dev = resolve_device(device)
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (dev.type != "cpu" or torch.get_num_threads() != 1):
+        raise ConfigError("--clock cpu measures the calling thread's CPU time: it needs --device cpu and --threads 1")
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     fns, notes = _backend_fns(dev)
     if "fused" in backends and "fused" not in fns:
@@ -202,6 +289,7 @@ def run_benchmark(
     if not active:
         raise ConfigError("no backend to time")
     points = list(itertools.product(batches, lengths, hiddens, inner_steps))
+    load_before = _load_avg()
     records: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
     for n, (B, T, H, S) in enumerate(points, 1):
@@ -215,13 +303,23 @@ def run_benchmark(
                 here.remove("naive")  # it would keep an H x H matrix per example, step and inner step
                 skipped["naive"] = f"would save ~{naive_bytes / 1e9:.1f} GB for the backward (> --max-naive-gb)"
                 progress(f"  naive skipped: {skipped['naive']}")
+            if "compiled" in here and max_compiled_length is not None and T > max_compiled_length:
+                here.remove("compiled")  # dynamo unrolls the T-step loop: compile time grows with T
+                skipped["compiled"] = (f"T={T} > --max-compiled-length {max_compiled_length} (torch.compile "
+                                       "unrolls the T-step loop; compile time grows with T)")
+                progress(f"  compiled skipped: {skipped['compiled']}")
             timers = {b: _Timer(fns[b], args, upstream, mode, S, dev) for b in here}
+            for timer in timers.values():
+                timer.clock = CLOCKS[clock]
             # Each backend runs its warm-up and then its repeats back to back (steady state, as in a
             # training loop); the order of the backends rotates from one grid point to the next.
             samples: dict[str, list[float]] = {b: [] for b in here}
             order = here[n % len(here):] + here[: n % len(here)]
+            compile_s: dict[str, float] = {}
             for b in order:
                 timer = timers[b]
+                if b == "compiled":  # the first call compiles this shape: timed apart
+                    compile_s[b] = timer.time_once() / 1e3
                 for _ in range(warmup):
                     timer.time_once()
                 samples[b] = [timer.time_once() for _ in range(repeats)]
@@ -243,7 +341,9 @@ def run_benchmark(
                     "median_ms": round(medians[b], 4),
                     "min_ms": round(min(samples[b]), 4),
                     "max_ms": round(max(samples[b]), 4),
+                    **spread(samples[b]),
                     "repeats": repeats,
+                    **({"compile_s": round(compile_s[b], 3)} if b in compile_s else {}),
                     "peak_memory_bytes": mem,
                     "memory_method": method,
                     "ratio_to_fused": round(medians[b] / medians["fused"], 3) if "fused" in medians else None,
@@ -254,20 +354,36 @@ def run_benchmark(
                     if b != "fused":
                         ratio[f"{b}_over_fused"] = round(medians[b] / medians["fused"], 3)
                 ratios.append(ratio)
+    machine = machine_info(dev)
+    machine["load_avg_1m_before"] = load_before
+    machine["load_avg_1m_after"] = _load_avg()
     return {
-        "machine": machine_info(dev),
+        "machine": machine,
         "settings": {
             "repeats": repeats, "warmup": warmup, "dtype": dtype, "state": state, "activation": "relu",
             "lam": LAM, "eta": ETA, "seed": seed, "backends": active, "max_naive_bytes": max_naive_bytes,
+            "max_compiled_length": max_compiled_length, "spread_warn": SPREAD_WARN, "clock": clock,
         },
         "backends": {b: notes.get(b, "") for b in backends},
         "records": records,
         "ratios": ratios,
+        "summary": summarize(ratios),
+        "growth_with_length": length_growth(records),
+        "warnings": [
+            f"B={r['batch']} T={r['length']} H={r['hidden']} S={r['inner_steps']} {r['mode']} {r['backend']}: "
+            f"IQR {100 * r['iqr_rel']:.0f}% of the median (> {100 * SPREAD_WARN:.0f}%): too noisy to trust"
+            for r in records if r.get("iqr_rel") is not None and r["iqr_rel"] > SPREAD_WARN
+        ],
     }
 
 
 def format_table(doc: dict[str, Any]) -> str:
-    """The human-readable table: one line per shape and mode, medians in ms, ratios, memory in MB."""
+    """The human-readable table: one line per shape and mode, medians in ms, ratios, spread, memory in MB.
+
+    ``spread`` is the largest IQR/median of the row's backends; ``!`` marks a row above
+    ``SPREAD_WARN`` (too noisy to trust). Compile times of ``compiled`` are listed below
+    the table, then the grid medians of the ratios and the growth with T.
+    """
     backends = doc["settings"]["backends"]
     by_key: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in doc["records"]:
@@ -277,35 +393,60 @@ def format_table(doc: dict[str, Any]) -> str:
     others = [b for b in backends if b != "fused"]
     if "fused" in backends:
         header += [f"{b}/fused" for b in others]
-    header += [f"{b} MB" for b in backends]
+    header += ["spread"] + [f"{b} MB" for b in backends]
     rows = [header]
+    compile_lines = []
     for (B, T, H, S, mode), recs in by_key.items():
         row = [str(B), str(T), str(H), str(S), "fwd" if mode == "forward" else "fwd+bwd"]
         row += [f"{recs[b]['median_ms']:.3f}" if recs.get(b, {}).get("median_ms") is not None else "-" for b in backends]
         if "fused" in backends:
             row += [f"{recs[b]['ratio_to_fused']:.1f}x" if recs.get(b, {}).get("ratio_to_fused") else "-" for b in others]
+        iqr = max((r.get("iqr_rel") or 0.0) for r in recs.values())
+        row.append(f"{100 * iqr:.0f}%" + ("!" if iqr > doc["settings"].get("spread_warn", SPREAD_WARN) else ""))
         row += [
             f"{recs[b]['peak_memory_bytes'] / 2**20:.2f}" if recs.get(b, {}).get("peak_memory_bytes") is not None else "-"
             for b in backends
         ]
         rows.append(row)
+        if recs.get("compiled", {}).get("compile_s") is not None:
+            compile_lines.append(f"{B}/{T}/{H}/{S} {'fwd' if mode == 'forward' else 'fwd+bwd'} "
+                                 f"{recs['compiled']['compile_s']:.1f}s")
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     m = doc["machine"]
     lines.append("")
     lines.append(f"{m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} with {m['torch_threads']} threads"
-                 + (f", {m['gpu']}" if "gpu" in m else "") + f"; {doc['settings']['dtype']}, medians of "
-                 f"{doc['settings']['repeats']} repeats after {doc['settings']['warmup']} warm-up calls")
+                 + (f", {m['gpu']}" if "gpu" in m else "") + f"; {doc['settings']['dtype']}, "
+                 + ("thread CPU time, " if doc["settings"].get("clock") == "cpu" else "") + "medians of "
+                 f"{doc['settings']['repeats']} repeats after {doc['settings']['warmup']} warm-up calls"
+                 + (f"; 1-min load {m['load_avg_1m_before']} before, {m['load_avg_1m_after']} after"
+                    if m.get("load_avg_1m_before") is not None else ""))
     lines.append(f"fused: {doc['backends'].get('fused', '')}")
+    lines.append("spread: largest IQR/median of the row's backends; ! above "
+                 f"{100 * doc['settings'].get('spread_warn', SPREAD_WARN):.0f}% (too noisy to trust)")
+    if compile_lines:
+        lines.append("compile time of compiled (B/T/H/S, first call, not in the medians): " + ", ".join(compile_lines))
+    for mode, ratios in doc.get("summary", {}).items():
+        parts = [f"{k.replace('_over_fused', '')}/fused {v['median']:.2f}x (range {v['min']:.2f}-{v['max']:.2f}, "
+                 f"{v['points']} points)" for k, v in ratios.items()]
+        lines.append(f"grid median, {mode}: " + "; ".join(parts))
+    for g in doc.get("growth_with_length", []):
+        lines.append(f"growth with T {g['lengths'][0]}->{g['lengths'][1]} ({g['backend']}, {g['mode']}, B={g['batch']} "
+                     f"H={g['hidden']} S={g['inner_steps']}): time ~ T^{g['time_exponent']}"
+                     + (f", memory ~ T^{g['memory_exponent']}" if "memory_exponent" in g else ""))
     methods = sorted({r["memory_method"] for r in doc["records"] if "memory_method" in r})
     lines.append("MB: " + ", ".join(methods) + " (see docs/benchmarks.md)")
+    if doc.get("warnings"):
+        lines.append(f"WARNING: {len(doc['warnings'])} timings vary by more than "
+                     f"{100 * doc['settings'].get('spread_warn', SPREAD_WARN):.0f}% (IQR/median) between repeats; "
+                     "rerun on a quieter machine (--json lists them)")
     return "\n".join(lines)
 
 
 BENCH_EPILOG = """
 \b
 Examples:
-  crnn bench                                   # the default grid (about a minute)
+  crnn bench                                   # the default grid (minutes: compiled compiles each shape)
   crnn bench --batch 128 --length 11 --hidden 50 --inner-steps 1 --repeats 30
   crnn bench --batch 1 --batch 32 --batch 128 --length 11 --length 25 --length 100 \\
              --hidden 50 --hidden 128 --hidden 256 --inner-steps 1 --inner-steps 3   # the full grid
@@ -336,11 +477,15 @@ Examples:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-naive-gb", default=2.0, show_default=True, type=click.FloatRange(min=0),
               help="skip naive forward+backward where it would save more than this for the backward")
+@click.option("--max-compiled-length", default=250, show_default=True, type=click.IntRange(min=1),
+              help="skip compiled above this T (torch.compile unrolls the T-step loop: compile time grows with T)")
+@click.option("--clock", default="wall", show_default=True, type=click.Choice(list(CLOCKS)),
+              help="wall: elapsed time; cpu: the thread's CPU time (needs --threads 1; robust on a shared machine)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout instead of the table")
 @click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")
 def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup, state,
-                  threads, seed, max_naive_gb, as_json, quiet) -> None:
-    """Time the fused fast-weights kernel against the reference fallback and the naive loop."""
+                  threads, seed, max_naive_gb, max_compiled_length, clock, as_json, quiet) -> None:
+    """Time the fused fast-weights kernel against torch.compile of the reference, the reference and the naive loop."""
     if threads:
         torch.set_num_threads(threads)
     doc = run_benchmark(
@@ -357,6 +502,8 @@ def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dty
         state=state,
         seed=seed,
         max_naive_bytes=max_naive_gb * 1e9,
+        max_compiled_length=max_compiled_length,
+        clock=clock,
         progress=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)),
     )
     if len(sys.argv) > 1 and sys.argv[1] == "bench":  # run from the command line (not a test runner)
@@ -386,13 +533,14 @@ def kernel_report() -> dict[str, Any]:
             "reference": available,
             "auto": ("fused" if fused_ok else "reference") if available else None,
         }
-    env = {k: os.environ[k] for k in ("CRNN_NO_FUSED", "CRNN_NO_JIT", "CRNN_KERNEL_CACHE", "CRNN_CPU_ARCH")
-           if k in os.environ}
+    env = {k: os.environ[k] for k in ("CRNN_NO_FUSED", "CRNN_NO_JIT", "CRNN_KERNEL_CACHE", "CRNN_CPU_ARCH",
+                                      "CRNN_NO_POOL") if k in os.environ}
     src = ff.kernel_sources()
     return {
         "fused_loaded": ok,
         "reason": reason,
         "build_info": ff.build_info(),
+        "block_pool": ff.block_pool_info(),
         "kernel_sources": str(src) if src else None,
         "cache_dir": str(ff._cache_root()),
         "environment": env,
@@ -414,6 +562,11 @@ def kernels_command(as_json: bool) -> None:
     if rep["build_info"]:
         bi = rep["build_info"]
         click.echo(f"  built with: cpu {bi.get('cpu_isa')}, openmp {bi.get('openmp')}, cuda {bi.get('cuda')}")
+    pool = rep["block_pool"]
+    if pool:
+        state = "active" if pool["enabled"] else "off (CRNN_NO_POOL=1)"
+        click.echo(f"  CPU block pool: {state}; reuses output blocks >= {pool['min_block_bytes'] // 1024} KiB, "
+                   f"keeps <= {pool['limit_bytes'] >> 20} MiB ({pool['cached_bytes'] / 2**20:.1f} MiB now)")
     click.echo(f"  sources: {rep['kernel_sources'] or 'not found'}; JIT cache: {rep['cache_dir']}")
     if rep["environment"]:
         click.echo("  environment: " + " ".join(f"{k}={v}" for k, v in rep["environment"].items()))

@@ -19,6 +19,7 @@ Environment variables:
 ``CRNN_KERNEL_CACHE``    cache directory for JIT builds
 ``CRNN_CPU_ARCH``        ``-march`` for JIT builds (default ``native``; ``none`` for none)
 ``CRNN_VERBOSE_BUILD=1`` show the compiler's output
+``CRNN_NO_POOL=1``       no private block pool for the CPU op's large outputs (block_pool_info)
 
 Autograd (``torch.library.register_autograd``) and fake implementations
 (``torch.library.register_fake``, for ``torch.compile`` and meta tensors) are
@@ -46,6 +47,7 @@ from torch import Tensor
 from crnn_core.env import env_flag, logger
 
 __all__ = [
+    "block_pool_info",
     "build_info",
     "device_status",
     "fastweights_fused",
@@ -56,7 +58,7 @@ __all__ = [
 PREBUILT_MODULE = "crnn_plugins._fastweights_C"
 CPU_SOURCES = ("fastweights_op.cpp",)
 CUDA_SOURCES = ("fastweights_cuda_glue.cpp", "fastweights_cuda.cu")
-HEADERS = ("fastweights_checks.h", "fastweights_cpu_kernel.h", "fastweights_cuda.h")
+HEADERS = ("fastweights_checks.h", "fastweights_cpu_kernel.h", "fastweights_cuda.h", "fastweights_params.h")
 
 _lock = threading.Lock()
 _state: dict[str, Any] | None = None
@@ -264,6 +266,16 @@ def load_status() -> tuple[bool, str]:
 def build_info() -> dict[str, Any]:
     """What the loaded extension was compiled with (``cuda``, ``cpu_isa``, ``openmp``); empty if not loaded."""
     return dict(_get_state().get("info", {}))
+
+
+def block_pool_info() -> dict[str, Any]:
+    """The CPU kernel's private block pool (fastweights_op.cpp): ``enabled`` (off with
+    ``CRNN_NO_POOL=1``), ``cached_bytes``, ``limit_bytes``, ``min_block_bytes``; empty if not loaded."""
+    state = _get_state()
+    module = state.get("module")
+    if not state.get("ok") or module is None or not hasattr(module, "block_pool_info"):
+        return {}
+    return dict(module.block_pool_info())
 
 
 def device_status(device: str | torch.device) -> tuple[bool, str]:

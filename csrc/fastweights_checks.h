@@ -1,4 +1,4 @@
-// Input validation shared by the CPU and CUDA implementations of the crnn:: ops.
+// Input validation and parameter filling shared by the CPU and CUDA glue of the crnn:: ops.
 #pragma once
 
 #include <torch/extension.h>
@@ -7,9 +7,9 @@
 #include <utility>
 #include <vector>
 
-namespace crnn {
+#include "fastweights_params.h"
 
-enum ActivationId : int { kActRelu = 0, kActTanh = 1 };
+namespace crnn {
 
 // Numbers in error messages are formatted here, never streamed. On the first GPU machine
 // (PyTorch 2.11.0+cu130's wheel, the image's g++), streaming an integer from this extension
@@ -25,8 +25,8 @@ inline std::string dims(at::IntArrayRef sizes) {
 }
 
 inline int parse_activation(c10::string_view activation) {
-  if (activation == "relu") return kActRelu;
-  if (activation == "tanh") return kActTanh;
+  if (activation == "relu") return kRelu;
+  if (activation == "tanh") return kTanh;
   TORCH_CHECK(false, "crnn::fastweights: activation must be 'relu' or 'tanh', got '",
               std::string(activation), "'");
   return -1;
@@ -116,6 +116,92 @@ inline int check_backward_args(const c10::optional<at::Tensor>& grad_out,
   if (grad_AT.has_value()) check_shape(op, "grad_AT", *grad_AT, {B, H, H}, "[B, H, H]");
   check_contiguous(op, out, "out", ts);
   return parse_activation(activation);
+}
+
+// The data pointer of t, or nullptr for an undefined or empty tensor (an absent gradient,
+// nothing saved, no dA_0 wanted).
+template <typename T>
+inline T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+template <typename T>
+inline const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? ptr_or_null<T>(*t) : nullptr;
+}
+
+// FwdParams from the checked forward arguments and the allocated outputs (zs/xhat/rstd
+// empty when nothing is saved). Used by both the CPU and the CUDA glue.
+template <typename T>
+inline FwdParams<T> make_fwd_params(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& A0,
+                                    const at::Tensor& W, const at::Tensor& gamma,
+                                    const at::Tensor& beta, double lam, double eta,
+                                    int64_t inner_steps, int act, double eps,
+                                    const at::Tensor& out, const at::Tensor& AT,
+                                    const at::Tensor& zs, const at::Tensor& xhat,
+                                    const at::Tensor& rstd) {
+  FwdParams<T> p;
+  p.B = xp.size(0);
+  p.T_len = xp.size(1);
+  p.H = xp.size(2);
+  p.S = inner_steps;
+  p.act = act;
+  p.lam = lam;
+  p.eta = eta;
+  p.eps = eps;
+  p.xp = xp.data_ptr<T>();
+  p.h0 = h0.data_ptr<T>();
+  p.A0 = A0.data_ptr<T>();
+  p.W = W.data_ptr<T>();
+  p.gamma = gamma.data_ptr<T>();
+  p.beta = beta.data_ptr<T>();
+  p.out = out.data_ptr<T>();
+  p.AT = AT.data_ptr<T>();
+  p.zs = ptr_or_null<T>(zs);
+  p.xhat = ptr_or_null<T>(xhat);
+  p.rstd = ptr_or_null<T>(rstd);
+  return p;
+}
+
+// BwdParams from the checked backward arguments and the allocated outputs; dA0 (CPU),
+// dH and G (CUDA) may be undefined/empty where the path does not use them.
+template <typename T>
+inline BwdParams<T> make_bwd_params(const c10::optional<at::Tensor>& grad_out,
+                                    const c10::optional<at::Tensor>& grad_AT,
+                                    const at::Tensor& h0, const at::Tensor& A0,
+                                    const at::Tensor& W, const at::Tensor& gamma,
+                                    const at::Tensor& out, const at::Tensor& zs,
+                                    const at::Tensor& xhat, const at::Tensor& rstd, double lam,
+                                    double eta, int64_t inner_steps, int act,
+                                    const at::Tensor& dxp, const at::Tensor& dh0,
+                                    const at::Tensor& dgamma_part, const at::Tensor& dbeta_part,
+                                    const at::Tensor& dA0, const at::Tensor& dH,
+                                    const at::Tensor& G) {
+  BwdParams<T> p;
+  p.B = out.size(0);
+  p.T_len = out.size(1);
+  p.H = out.size(2);
+  p.S = inner_steps;
+  p.act = act;
+  p.lam = lam;
+  p.eta = eta;
+  p.gout = ptr_or_null<T>(grad_out);
+  p.gAT = ptr_or_null<T>(grad_AT);
+  p.h0 = h0.data_ptr<T>();
+  p.A0 = A0.data_ptr<T>();
+  p.W = W.data_ptr<T>();
+  p.gamma = gamma.data_ptr<T>();
+  p.out = out.data_ptr<T>();
+  p.zs = zs.data_ptr<T>();
+  p.xhat = xhat.data_ptr<T>();
+  p.rstd = rstd.data_ptr<T>();
+  p.dxp = dxp.data_ptr<T>();
+  p.dh0 = dh0.data_ptr<T>();
+  p.dgamma_part = dgamma_part.data_ptr<T>();
+  p.dbeta_part = dbeta_part.data_ptr<T>();
+  p.dA0 = ptr_or_null<T>(dA0);
+  p.dH = ptr_or_null<T>(dH);
+  p.G = ptr_or_null<T>(G);
+  return p;
 }
 
 // dW = sum_{b,t} dp_{b,t} h_{b,t-1}^T as one GEMM, with dp = dxp.

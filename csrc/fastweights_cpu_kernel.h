@@ -1,7 +1,9 @@
 // Fused fast-weights forward/backward for the CPU (Ba et al. 2016), whole sequence per call.
 //
-// Plain C++ (no PyTorch types): the glue in fastweights_op.cpp fills the argument
-// structs, prepares the shared padded copies of W, gamma, beta and the decay table, and
+// Plain C++ (no PyTorch types): the kernels take the parameter structs shared with the
+// CUDA path (FwdParams/BwdParams, fastweights_params.h, filled by the glue in
+// fastweights_checks.h) plus `Shared`, the padded copies of W, gamma, beta and the decay
+// table that fastweights_op.cpp prepares once per call; the glue
 // runs `forward_example` / `backward_example` for each example inside at::parallel_for.
 //
 // Semantics (per example; xp_t = U x_t + b precomputed):
@@ -11,12 +13,15 @@
 //   z_0 = f(p_t);  u_s = p_t + A_t z_s;  z_{s+1} = f(gamma * xhat_s + beta),
 //   xhat_s = (u_s - mean(u_s)) * rstd_s,  rstd_s = 1/sqrt(var(u_s) + eps);  h_t = z_S.
 //
-// A_t is never materialised: A_t z is computed in attention form from the history
-// h_0..h_{t-1} (kept per example in thread-local buffers, row-wise and transposed)
-// plus lam^t A_0 z (skipped when A_0 is zero for the example). Saved for the
-// backward: z_0..z_{S-1}, xhat_0..xhat_{S-1} and rstd per step ([B,T,S,H], [B,T,S,H],
-// [B,T,S]) besides the outputs, i.e. O(B*T*S*H) memory; the backward recomputes the
-// rest (the history scores, A_t^T du, the A_T/A_0 terms).
+// A_t is not materialised every step: A_t z is computed in attention form from the
+// history (kept per example in thread-local buffers, row-wise and transposed) plus
+// lam^t A_0 z (skipped when A_0 is zero for the example). Sequences longer than the
+// chunk length K = max(64, 2H) are cut into chunks: A_t0 is materialised at each chunk
+// start t0 and the attention window is h_t0..h_{t-1}, so the cost per step is bounded
+// and time is linear in T (see chunk_length). Saved for the backward: z_0..z_{S-1},
+// xhat_0..xhat_{S-1} and rstd per step ([B,T,S,H], [B,T,S,H], [B,T,S]) besides the
+// outputs, i.e. O(B*T*S*H) memory; the backward recomputes the rest (the history
+// scores, A_t^T du, the chunk-start matrices, the A_T/A_0 terms).
 //
 // Inner vectors live in thread-local buffers padded to Hp = H rounded up to a vector
 // (zeros in the padding), and the hot loops are written with explicit vector types
@@ -31,6 +36,8 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include "fastweights_params.h"
 
 #if !(defined(__GNUC__) || defined(__clang__))
 #error "the crnn CPU kernel needs GCC or Clang (vector extensions)"
@@ -61,8 +68,6 @@
 
 namespace crnn {
 namespace cpu {
-
-enum Activation : int { kRelu = 0, kTanh = 1 };
 
 template <typename T>
 constexpr int64_t vec_len() {
@@ -421,33 +426,35 @@ inline void rank_rows(const T* R, int64_t ldr, const T* wT, int64_t ldw, const T
 // sparse rank-1 updates of a padded, cache-resident H x Hp accumulator (used for A_T,
 // whose factors h_tau are mostly zero under ReLU).
 template <typename T, int NV>
-inline void sparse_rank1_block(T* __restrict mat, int64_t Hp, const T* __restrict v, const int32_t* __restrict idx,
+inline void sparse_rank1_block(T* __restrict mat, int64_t ldm, const T* __restrict v, const int32_t* __restrict idx,
                                const T* __restrict val, int64_t nnz, int64_t c0) {
   constexpr int64_t W = vec_len<T>();
   vec<T> x[NV];
   for (int n = 0; n < NV; ++n) x[n] = vload(v + c0 + n * W);
   for (int64_t jj = 0; jj < nnz; ++jj) {
-    T* __restrict row = mat + static_cast<int64_t>(idx[jj]) * Hp + c0;
+    T* __restrict row = mat + static_cast<int64_t>(idx[jj]) * ldm + c0;
     const T a = val[jj];
     for (int n = 0; n < NV; ++n) vstore(row + n * W, vload(row + n * W) + x[n] * a);
   }
 }
 
+// (mat's rows have stride ldm >= Hp; ldm = 0 means Hp.)
 template <typename T>
 inline void sparse_rank1_rows(T* mat, int64_t H, int64_t Hp, const T* V, int64_t ldv, const T* coef,
-                              int64_t K, int32_t* idx, T* val) {
+                              int64_t K, int32_t* idx, T* val, int64_t ldm = 0) {
   constexpr int64_t W = vec_len<T>();
+  if (ldm == 0) ldm = Hp;
   for (int64_t k = 0; k < K; ++k) {
     if (coef[k] == T(0)) continue;
     const T* v = V + k * ldv;
     const int64_t nnz = compact(v, H, coef[k], idx, val);
     int64_t c0 = 0;
-    for (; c0 + 4 * W <= Hp; c0 += 4 * W) sparse_rank1_block<T, 4>(mat, Hp, v, idx, val, nnz, c0);
+    for (; c0 + 4 * W <= Hp; c0 += 4 * W) sparse_rank1_block<T, 4>(mat, ldm, v, idx, val, nnz, c0);
     if (c0 + 2 * W <= Hp) {
-      sparse_rank1_block<T, 2>(mat, Hp, v, idx, val, nnz, c0);
+      sparse_rank1_block<T, 2>(mat, ldm, v, idx, val, nnz, c0);
       c0 += 2 * W;
     }
-    if (c0 < Hp) sparse_rank1_block<T, 1>(mat, Hp, v, idx, val, nnz, c0);
+    if (c0 < Hp) sparse_rank1_block<T, 1>(mat, ldm, v, idx, val, nnz, c0);
   }
 }
 
@@ -573,20 +580,25 @@ struct Shared {
   const T* beta;     // [Hp]
   const T* mask;     // [Hp] 1 for i < H, 0 in the padding
   const T* lam_pow;  // [T+1] lam^k
-  const T* coef;     // [T+1][Tp] row t: eta lam^(t-1-tau) for tau < t, else 0
+  const T* decay;    // [T + vec_len + kSlack] eta lam^(T-1-j) for j < T, else 0
+  int64_t chunk;     // K: the fast-weight matrix is materialised every K steps (chunk_length)
 };
 
+// Chunk length K of the "chunked attention form": steps t0+1 .. t0+K (t0 a multiple of K)
+// use A_t z = lam^(t-t0) A_t0 z + sum_{t0 <= tau < t} eta lam^(t-1-tau) h_tau (h_tau . z),
+// with A_t0 materialised at the chunk's start (A_0 for the first chunk). Per step this
+// costs O(K H + H^2) instead of O(t H), so time is linear in T, and the matrices
+// (T/K of them in the backward, H^2 each) are O(T H) memory with K >= H. For T <= K
+// (every sequence the paper trains on) there is one chunk and nothing changes.
+inline int64_t chunk_length(int64_t H) { return std::max<int64_t>(64, 2 * H); }
+
+// Row t of the decay coefficients, c[tau] = eta lam^(t-1-tau) for tau < t and 0 beyond (as
+// far as any padded read goes): a window of the one decay vector, O(T) memory, not a
+// [T+1][T+1] table.
 template <typename T>
-struct FwdIO {
-  const T* xp;  // [B,T,H]
-  const T* h0;  // [B,H]
-  const T* A0;  // [B,H,H]
-  T* out;       // [B,T,H]
-  T* AT;        // [B,H,H]
-  T* zs;        // [B,T,S,H] or null (no saving)
-  T* xhat;      // [B,T,S,H] or null
-  T* rstd;      // [B,T,S]   or null
-};
+inline const T* coef_row(const Shared<T>& sh, int64_t t) {
+  return sh.decay + (sh.T_len - t);
+}
 
 // Row stride of the transposed A_0 (whole 16-lane blocks for the AVX-512 transpose).
 inline int64_t a0t_ld(int64_t Hp) { return (Hp + 15) / 16 * 16; }
@@ -656,7 +668,7 @@ inline void final_fast_weights(const Shared<T>& sh, const T* A0, bool a0nz, T* A
       zero_padded(acc + i * Hp, Hp);
     }
   }
-  sparse_rank1_rows(acc, H, Hp, ws.hist.data(), Hp, sh.coef + Tn * Tp, Tn, ws.idx.data(), ws.val.data());
+  sparse_rank1_rows(acc, H, Hp, ws.hist.data(), Hp, coef_row(sh, Tn), Tn, ws.idx.data(), ws.val.data());
   for (int64_t i = 0; i < H; ++i) store_n(mat + i * H, acc + i * Hp, H);
   stream_copy(AT, mat, H * H);
 }
@@ -666,7 +678,7 @@ inline void final_fast_weights(const Shared<T>& sh, const T* A0, bool a0nz, T* A
 // overlap their dependency chains measured no faster on the 2-core Zen 4 machine this
 // was tuned on (docs/benchmarks.md), but the structure is kept for other CPUs.
 template <int ACT, typename T, int NE>
-void forward_examples(const Shared<T>& sh, const FwdIO<T>& io, int64_t b0, FwdScratch<T>* ws) {
+void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, FwdScratch<T>* ws) {
   const int64_t Tn = sh.T_len, H = sh.H, Hp = sh.Hp, S = sh.S, Tp = sh.Tp;
   constexpr int64_t W = vec_len<T>();
   const bool save = io.zs != nullptr;
@@ -704,10 +716,13 @@ void forward_examples(const Shared<T>& sh, const FwdIO<T>& io, int64_t b0, FwdSc
     if (a0nz[e]) transpose_square(A0[e], H, A0T[e], a0t_ld(Hp));
   }
 
+  const int64_t K = sh.chunk;
   for (int64_t t = 1; t <= Tn; ++t) {
-    const int64_t tv = (t + W - 1) / W * W;  // score lanes in use (beyond t: coef = 0)
-    const T* coef = sh.coef + t * Tp;
-    const T lt = sh.lam_pow[t];
+    // This step's chunk starts at t0; the history window is h_t0 .. h_{t-1}.
+    const int64_t t0 = (t - 1) / K * K, wl = t - t0;
+    const int64_t tv = (wl + W - 1) / W * W;  // score lanes in use (beyond the window: coef = 0)
+    const T* coef = coef_row(sh, t) + t0;
+    const T lt = sh.lam_pow[t - t0];
     // p = xp_t + W h_{t-1};  z_0 = f(p)
     for (int e = 0; e < NE; ++e) {
       load_padded(p[e], io.xp + ((b0 + e) * Tn + (t - 1)) * H, H, Hp);
@@ -723,15 +738,15 @@ void forward_examples(const Shared<T>& sh, const FwdIO<T>& io, int64_t b0, FwdSc
         copy_padded(u[e], p[e], Hp);
 #if CRNN_AVX512
         nz[e] = compact(z[e], H, T(1), idx[e], val[e]);
-        matvec_idx(histT[e], Tp, idx[e], val[e], nz[e], sc[e], tv);
+        matvec_idx(histT[e] + t0, Tp, idx[e], val[e], nz[e], sc[e], tv);
 #else
-        matvec(histT[e], Tp, z[e], H, sc[e], tv);
+        matvec(histT[e] + t0, Tp, z[e], H, sc[e], tv);
 #endif
         mul_padded(sc[e], coef, tv);
       }
       for (int e = 0; e < NE; ++e) {
-        matvec(hist[e], Hp, sc[e], t, u[e], Hp);
-        if (a0nz[e] && lt != T(0)) {
+        matvec(hist[e] + t0 * Hp, Hp, sc[e], wl, u[e], Hp);
+        if ((a0nz[e] || t0 > 0) && lt != T(0)) {  // A0T holds A_t0^T
 #if CRNN_AVX512
           for (int64_t jj = 0; jj < nz[e]; ++jj) val[e][jj] *= lt;
           matvec_idx(A0T[e], a0t_ld(Hp), idx[e], val[e], nz[e], u[e], Hp);
@@ -754,53 +769,57 @@ void forward_examples(const Shared<T>& sh, const FwdIO<T>& io, int64_t b0, FwdSc
       for (int64_t i = 0; i < H; ++i) histT[e][i * Tp + t] = z[e][i];
       store_n(io.out + ((b0 + e) * Tn + (t - 1)) * H, z[e], H);
     }
+    if (t % K == 0 && t < Tn) {
+      // The next chunk starts at t: A_t^T = lam^K A_t0^T + sum_{t0 <= tau < t} c_tau h_tau h_tau^T
+      // (symmetric terms), in place in A0T.
+      const T lK = sh.lam_pow[K];
+      const int64_t ld = a0t_ld(Hp);
+      for (int e = 0; e < NE; ++e) {
+        for (int64_t i = 0; i < H; ++i) {
+          T* r = A0T[e] + i * ld;
+          if ((a0nz[e] || t0 > 0) && lK != T(0))
+            for (int64_t j = 0; j < Hp; j += W) vstore(r + j, vload(r + j) * lK);
+          else
+            zero_padded(r, Hp);
+        }
+        sparse_rank1_rows(A0T[e], H, Hp, hist[e] + t0 * Hp, Hp, coef, K, idx[e], val[e], ld);
+      }
+    }
   }
   for (int e = 0; e < NE; ++e) final_fast_weights(sh, A0[e], a0nz[e], io.AT + (b0 + e) * H * H, ws[e]);
 }
 
 template <int ACT, typename T>
-void forward_example(const Shared<T>& sh, const FwdIO<T>& io, int64_t b, FwdScratch<T>& ws) {
+void forward_example(const Shared<T>& sh, const FwdParams<T>& io, int64_t b, FwdScratch<T>& ws) {
   forward_examples<ACT, T, 1>(sh, io, b, &ws);
 }
 
 // ---------------------------------------------------------------------------------------
 
 template <typename T>
-struct BwdIO {
-  const T* gout;   // [B,T,H] or null (zero)
-  const T* gAT;    // [B,H,H] or null (zero)
-  const T* h0;     // [B,H]
-  const T* A0;     // [B,H,H]
-  const T* out;    // [B,T,H]
-  const T* zs;     // [B,T,S,H]
-  const T* xhat;   // [B,T,S,H]
-  const T* rstd;   // [B,T,S]
-  T* dxp;          // [B,T,H]
-  T* dh0;          // [B,H]
-  T* dA0;          // [B,H,H] or null (not needed)
-  T* dgamma_part;  // [B,H] per-example partial sums
-  T* dbeta_part;   // [B,H]
-};
-
-template <typename T>
 struct BwdScratch {
-  std::vector<T> hist, histT, dH, Z, X, A0p, Sym, GT, dz, dzn, dp, g, du, a, bb, val, row, dgam,
-      dbet, mat, wbuf;
+  std::vector<T> hist, histT, dH, Z, X, A0p, Bs, Sym, GT, dz, dzn, dp, g, du, a, bb, val, row, dgam,
+      dbet, mat, mat2, wbuf;
   std::vector<int32_t> idx;
   int64_t Kp = 0;
   void init(const Shared<T>& sh) {
     const int64_t Hp = sh.Hp, Tn = sh.T_len, S = sh.S, H = sh.H, Tp = sh.Tp;
     mat.assign(H * H + kSlack, T(0));
+    const int64_t chunks = (Tn + sh.chunk - 1) / sh.chunk;
+    if (chunks > 1) {
+      mat2.assign(H * H + kSlack, T(0));
+      Bs.assign((chunks - 1) * H * Hp, T(0));  // A_t0 of the chunks after the first: O(T H) for K >= H
+    }
     Kp = padded<T>(Tn * S);
     wbuf.assign(4 * Kp, T(0));
     hist.assign((Tn + 1) * Hp, T(0));
-    histT.assign(H * Tp, T(0));
+    histT.assign((H + 1) * Tp + vec_len<T>(), T(0));  // window reads run up to W - 1 past a row
     dH.assign((Tn + 1) * Hp, T(0));
     Z.assign(Tn * S * Hp, T(0));
     X.assign(Tn * S * Hp, T(0));
     A0p.assign(H * Hp, T(0));
     Sym.assign(H * Hp, T(0));
-    GT.assign(H * Kp, T(0));
+    GT.assign((H + 1) * Kp, T(0));  // rank_rows reads whole rows from a column offset
     dz.assign(Hp, T(0));
     dzn.assign(Hp, T(0));
     dp.assign(Hp, T(0));
@@ -818,7 +837,7 @@ struct BwdScratch {
 };
 
 template <int ACT, typename T>
-void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScratch<T>& ws) {
+void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, BwdScratch<T>& ws) {
   const int64_t Tn = sh.T_len, H = sh.H, Hp = sh.Hp, S = sh.S, Tp = sh.Tp, Kp = ws.Kp;
   constexpr int64_t W = vec_len<T>();
   const T invH = T(1) / static_cast<T>(H);
@@ -881,15 +900,36 @@ void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScr
       for (int64_t j = 0; j < H; ++j) r[j] = gA[i * H + j] + gA[j * H + i];
       for (int64_t j = H; j < Hp; ++j) r[j] = T(0);
     }
-    const T* coefT = sh.coef + Tn * Tp;
+    const T* coefT = coef_row(sh, Tn);
     for (int64_t tau = 0; tau < Tn; ++tau)
       sparse_matvec(Sym, Hp, hist + tau * Hp, H, coefT[tau], dH + tau * Hp, Hp, idx, val);
   }
 
+  // Chunks (see chunk_length): A_t0 for every chunk start t0 = c K, c >= 1, rebuilt from
+  // A_0 and the history as the forward built it.
+  const int64_t K = sh.chunk, nC = (Tn + K - 1) / K;
+  T* __restrict Bs = ws.Bs.data();
+  for (int64_t c = 1; c < nC; ++c) {
+    T* Bc = Bs + (c - 1) * H * Hp;
+    const T* Bprev = c == 1 ? (a0nz ? A0p : nullptr) : Bs + (c - 2) * H * Hp;
+    const T lK = sh.lam_pow[K];
+    for (int64_t i = 0; i < H; ++i) {
+      if (Bprev != nullptr && lK != T(0))
+        for (int64_t j = 0; j < Hp; j += W) vstore(Bc + i * Hp + j, vload(Bprev + i * Hp + j) * lK);
+      else
+        zero_padded(Bc + i * Hp, Hp);
+    }
+    sparse_rank1_rows(Bc, H, Hp, hist + (c - 1) * K * Hp, Hp, coef_row(sh, c * K) + (c - 1) * K, K, idx, val);
+  }
+  const bool need_G = io.dA0 != nullptr || nC > 1;
+  T* __restrict Dnext = nC > 1 ? ws.mat2.data() : nullptr;  // d loss / d A_t0 of the chunk after this one
+
   for (int64_t t = Tn; t >= 1; --t) {
-    const T lt = sh.lam_pow[t];
-    const int64_t tv = (t + W - 1) / W * W;
-    const T* coef = sh.coef + t * Tp;
+    const int64_t c = (t - 1) / K, t0 = c * K, wl = t - t0;  // window h_t0 .. h_{t-1}
+    const T lt = sh.lam_pow[t - t0];
+    const int64_t tv = (wl + W - 1) / W * W;
+    const T* coef = coef_row(sh, t) + t0;
+    const T* Bc = c == 0 ? (a0nz ? A0p : nullptr) : Bs + (c - 1) * H * Hp;
     copy_padded(dz, dH + t * Hp, Hp);
     zero_padded(dp, Hp);
     const int64_t base = (b * Tn + (t - 1)) * S;
@@ -919,27 +959,28 @@ void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScr
         vstore(dp + i, vload(dp + i) + v);
       }
       // a_tau = c_tau <h_tau, du>, b_tau = c_tau <h_tau, z_s>  (tau < t; coef = 0 beyond)
+      // (a and bb are indexed from t0: a[j] is a_{t0+j})
       zero_padded(a, tv);
       zero_padded(bb, tv);
-      matvec(histT, Tp, du, H, a, tv);
-      matvec(histT, Tp, zc, H, bb, tv);
+      matvec(histT + t0, Tp, du, H, a, tv);
+      matvec(histT + t0, Tp, zc, H, bb, tv);
       mul_padded(a, coef, tv);
       mul_padded(bb, coef, tv);
-      // dz_s = A_t^T du = sum_tau a_tau h_tau + lam^t A_0^T du
+      // dz_s = A_t^T du = sum_tau a_tau h_tau + lam^(t-t0) A_t0^T du
       zero_padded(dzn, Hp);
-      matvec(hist, Hp, a, t, dzn, Hp);
-      if (a0nz && lt != T(0)) {
+      matvec(hist + t0 * Hp, Hp, a, wl, dzn, Hp);
+      if (Bc != nullptr && lt != T(0)) {
         for (int64_t i = 0; i < Hp; i += W) vstore(val + i, vload(du + i) * lt);
-        matvec(A0p, Hp, val, H, dzn, Hp);
+        matvec(Bc, Hp, val, H, dzn, Hp);
       }
-      // dh_tau += a_tau z_s + b_tau du   (tau < t)
-      for (int64_t tau = 0; tau < t; ++tau) {
-        T* __restrict d = dH + tau * Hp;
-        const T at = a[tau], bt = bb[tau];
+      // dh_tau += a_tau z_s + b_tau du   (t0 <= tau < t)
+      for (int64_t j = 0; j < wl; ++j) {
+        T* __restrict d = dH + (t0 + j) * Hp;
+        const T at = a[j], bt = bb[j];
         for (int64_t i = 0; i < Hp; i += W)
           vstore(d + i, vload(d + i) + vload(zc + i) * at + vload(du + i) * bt);
       }
-      if (io.dA0)
+      if (need_G)  // d loss / d A_t0 += lam^(t-t0) du z_s^T (formed per chunk below)
         for (int64_t i = 0; i < H; ++i) GT[i * Kp + k] = lt * du[i];
       copy_padded(dz, dzn, Hp);
     }
@@ -950,16 +991,46 @@ void backward_example(const Shared<T>& sh, const BwdIO<T>& io, int64_t b, BwdScr
     store_n(io.dxp + (b * Tn + (t - 1)) * H, dp, H);
     // p_t = W h_{t-1} + xp_t  ->  dh_{t-1} += W^T dp
     matvec(sh.Wp, Hp, dp, H, dH + (t - 1) * Hp, Hp);
+    if (nC > 1 && t - 1 == t0) {
+      // The chunk's first step is done: D = d loss / d A_t0 = sum over its steps of
+      // lam^(t-t0) du z^T, plus lam^K D of the next chunk (A_{t0+K} = lam^K A_t0 + ...).
+      const int64_t k0 = t0 * S, nk = (std::min(t0 + K, Tn) - t0) * S;
+      T* __restrict D = c % 2 == 0 ? ws.mat.data() : ws.mat2.data();
+      const T* Dn = c + 1 < nC ? Dnext : nullptr;
+      rank_rows(Z + k0 * Hp, Hp, GT + k0, Kp, static_cast<const T*>(nullptr), nk, Dn, sh.lam_pow[K], H, Hp,
+                ws.wbuf.data(), D);
+      if (c > 0) {
+        // A_t0 = lam^K A_{t0-K} + sum_{t0-K <= tau < t0} c_tau h_tau h_tau^T:
+        // dh_tau += c_tau (D + D^T) h_tau.
+        T* __restrict Sym = ws.Sym.data();
+        for (int64_t i = 0; i < H; ++i) {
+          T* r = Sym + i * Hp;
+          for (int64_t j = 0; j < H; ++j) r[j] = D[i * H + j] + D[j * H + i];
+          for (int64_t j = H; j < Hp; ++j) r[j] = T(0);
+        }
+        const T* cf = coef_row(sh, t0);
+        for (int64_t tau = t0 - K; tau < t0; ++tau)
+          sparse_matvec(Sym, Hp, hist + tau * Hp, H, cf[tau], dH + tau * Hp, Hp, idx, val);
+      }
+      Dnext = D;
+    }
   }
   store_n(io.dh0 + b * H, dH, H);
   store_n(io.dgamma_part + b * H, dgam, H);
   store_n(io.dbeta_part + b * H, dbet, H);
 
   // dA_0 = lam^T gA + sum_{t,s} lam^t du_{t,s} z_{t,s}^T  (GT holds lam^t du transposed)
-  if (io.dA0) {
+  if (io.dA0 && nC == 1) {
     T* __restrict mat = ws.mat.data();
     rank_rows(Z, Hp, GT, Kp, static_cast<const T*>(nullptr), Tn * S, ganz ? gA : nullptr, sh.lam_pow[Tn], H,
               Hp, ws.wbuf.data(), mat);
+    stream_copy(io.dA0 + b * H * H, mat, H * H);
+  } else if (io.dA0) {  // chunks: dA_0 = D of the first chunk + lam^T gA
+    T* __restrict mat = ws.mat.data();  // chunk 0's D (c % 2 == 0)
+    if (ganz) {
+      const T lT = sh.lam_pow[Tn];
+      for (int64_t i = 0; i < H * H; ++i) mat[i] += lT * gA[i];
+    }
     stream_copy(io.dA0 + b * H * H, mat, H * H);
   }
 }

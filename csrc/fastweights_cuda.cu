@@ -14,6 +14,9 @@
 //
 // Includes only CUDA and standard headers: compile-check with
 //   nvcc -std=c++17 -arch=sm_90 -c csrc/fastweights_cuda.cu -o /tmp/fw.o
+// The tests also compile this file as plain C++ against a CPU emulation of the CUDA
+// runtime (tests/cuda_emu): the two hooks below, the dynamic shared-memory declaration
+// and the launch, are all it replaces.
 #include "fastweights_cuda.h"
 
 #include <cuda_runtime.h>
@@ -21,11 +24,17 @@
 #include <cmath>
 #include <cstdint>
 
+#ifndef CRNN_DYNAMIC_SMEM
+#define CRNN_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+#ifndef CRNN_LAUNCH
+#define CRNN_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+#endif
+
 namespace crnn {
 namespace cuda {
 namespace {
-
-constexpr int kRelu = 0;
 
 template <int ACT, typename T>
 __device__ __forceinline__ T act(T x) {
@@ -88,7 +97,7 @@ __host__ __device__ inline int64_t bwd_base_elems(int64_t H, int64_t Tn) {
 
 template <typename T, int ACT>
 __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> p, int w_in_smem, int hist_in_smem) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  CRNN_DYNAMIC_SMEM(smem_raw);
   T* smem = reinterpret_cast<T*>(smem_raw);
   const int64_t H = p.H, Tn = p.T_len, S = p.S;
   const int64_t b = blockIdx.x;
@@ -184,7 +193,8 @@ __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> 
         if (active) p.xhat[(base + s) * H + tid] = xh;
         if (tid == 0) p.rstd[base + s] = r;
       }
-      __syncthreads();  // all reads of s_z, s_sc, s_az for this inner step are done
+      // All reads of s_z, s_sc and s_az for this inner step came before the barriers in
+      // block_sum2, so s_z can be rewritten at once.
       if (active) s_z[tid] = zi;
       __syncthreads();
     }
@@ -211,7 +221,7 @@ __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> 
 
 template <typename T, int ACT>
 __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T> p, int w_in_smem, int hist_in_smem) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  CRNN_DYNAMIC_SMEM(smem_raw);
   T* smem = reinterpret_cast<T*>(smem_raw);
   const int64_t H = p.H, Tn = p.T_len, S = p.S;
   const int64_t b = blockIdx.x;
@@ -342,7 +352,8 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
         if (p.G) p.G[k * H + tid] = lt * du;
       }
       dz = dzn;
-      __syncthreads();  // s_du, s_zc, s_a, s_b are rewritten by the next inner step
+      // No barrier here: s_du, s_zc, s_a and s_b are next written after the first barrier
+      // of the next step's block_sum2 (or after the s_dp barrier below).
     }
     const T z0 = active ? p.zs[base * H + tid] : T(0);
     dp += dz * dact<ACT>(z0);
@@ -408,8 +419,8 @@ cudaError_t launch_planned(void (*kernel)(Params, int, int), int64_t base_elems,
   if (err != cudaSuccess) return err;
   err = allow_smem(kernel, plan.bytes);
   if (err != cudaSuccess) return err;
-  kernel<<<static_cast<unsigned>(p.B), threads_for(p.H), plan.bytes, stream>>>(p, plan.w_in_smem,
-                                                                               plan.hist_in_smem);
+  CRNN_LAUNCH(kernel, static_cast<unsigned>(p.B), threads_for(p.H), plan.bytes, stream, p,
+              plan.w_in_smem, plan.hist_in_smem);
   return cudaGetLastError();
 }
 
@@ -428,15 +439,19 @@ cudaError_t backward_impl(const BwdParams<T>& p, cudaStream_t stream) {
 template <typename T>
 cudaError_t launch_forward(const FwdParams<T>& p, cudaStream_t stream) {
   if (p.B == 0) return cudaSuccess;
-  if (p.H < 1 || p.H > kMaxHidden || p.T_len < 1 || p.S < 1) return cudaErrorInvalidValue;
-  return p.act == kRelu ? forward_impl<T, 0>(p, stream) : forward_impl<T, 1>(p, stream);
+  if (p.B < 0 || p.B > kMaxBatch || p.H < 1 || p.H > kMaxHidden || p.T_len < 1 ||
+      p.T_len > kMaxLength || p.S < 1)
+    return cudaErrorInvalidValue;
+  return p.act == kRelu ? forward_impl<T, kRelu>(p, stream) : forward_impl<T, kTanh>(p, stream);
 }
 
 template <typename T>
 cudaError_t launch_backward(const BwdParams<T>& p, cudaStream_t stream) {
   if (p.B == 0) return cudaSuccess;
-  if (p.H < 1 || p.H > kMaxHidden || p.T_len < 1 || p.S < 1) return cudaErrorInvalidValue;
-  return p.act == kRelu ? backward_impl<T, 0>(p, stream) : backward_impl<T, 1>(p, stream);
+  if (p.B < 0 || p.B > kMaxBatch || p.H < 1 || p.H > kMaxHidden || p.T_len < 1 ||
+      p.T_len > kMaxLength || p.S < 1)
+    return cudaErrorInvalidValue;
+  return p.act == kRelu ? backward_impl<T, kRelu>(p, stream) : backward_impl<T, kTanh>(p, stream);
 }
 
 template cudaError_t launch_forward<float>(const FwdParams<float>&, cudaStream_t);

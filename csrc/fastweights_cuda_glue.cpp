@@ -29,6 +29,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
               num(cuda::kMaxHidden), ", got ", num(H));
   TORCH_CHECK(Tn <= cuda::kMaxLength, "crnn::fastweights_fwd: the CUDA kernel takes T <= ",
               num(cuda::kMaxLength), " (per-step scores live in shared memory), got ", num(Tn));
+  TORCH_CHECK(B <= cuda::kMaxBatch, "crnn::fastweights_fwd: the CUDA kernel takes B <= ",
+              num(cuda::kMaxBatch), " (one block per example), got ", num(B));
   const c10::cuda::CUDAGuard guard(xp.device());
   Tensor out = at::empty({B, Tn, H}, xp.options());
   Tensor AT = at::empty({B, H, H}, xp.options());
@@ -37,26 +39,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
   Tensor rstd = save ? at::empty({B, Tn, S}, xp.options()) : at::empty({0}, xp.options());
   if (B == 0) return {out, AT, zs, xhat, rstd};
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cuda", [&] {
-    cuda::FwdParams<scalar_t> p;
-    p.B = B;
-    p.T_len = Tn;
-    p.H = H;
-    p.S = S;
-    p.act = act;
-    p.lam = lam;
-    p.eta = eta;
-    p.eps = eps;
-    p.xp = xp.data_ptr<scalar_t>();
-    p.h0 = h0.data_ptr<scalar_t>();
-    p.A0 = A0.data_ptr<scalar_t>();
-    p.W = W.data_ptr<scalar_t>();
-    p.gamma = gamma.data_ptr<scalar_t>();
-    p.beta = beta.data_ptr<scalar_t>();
-    p.out = out.data_ptr<scalar_t>();
-    p.AT = AT.data_ptr<scalar_t>();
-    p.zs = save ? zs.data_ptr<scalar_t>() : nullptr;
-    p.xhat = save ? xhat.data_ptr<scalar_t>() : nullptr;
-    p.rstd = save ? rstd.data_ptr<scalar_t>() : nullptr;
+    const FwdParams<scalar_t> p = make_fwd_params<scalar_t>(xp, h0, A0, W, gamma, beta, lam, eta, S,
+                                                            act, eps, out, AT, zs, xhat, rstd);
     check_launch(cuda::launch_forward(p, c10::cuda::getCurrentCUDAStream().stream()),
                  "crnn::fastweights_fwd CUDA launch");
   });
@@ -76,6 +60,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
               num(cuda::kMaxHidden), ", got ", num(H));
   TORCH_CHECK(Tn <= cuda::kMaxLength, "crnn::fastweights_bwd: the CUDA kernel takes T <= ",
               num(cuda::kMaxLength), ", got ", num(Tn));
+  TORCH_CHECK(B <= cuda::kMaxBatch, "crnn::fastweights_bwd: the CUDA kernel takes B <= ",
+              num(cuda::kMaxBatch), " (one block per example), got ", num(B));
   const c10::cuda::CUDAGuard guard(out.device());
   if (B == 0) {
     return {at::empty({0, Tn, H}, out.options()), at::empty({0, H}, out.options()),
@@ -91,30 +77,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
   Tensor G = need_dA0 ? at::empty({B, Tn, S, H}, out.options()) : Tensor();
   {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cuda", [&] {
-      cuda::BwdParams<scalar_t> p;
-      p.B = B;
-      p.T_len = Tn;
-      p.H = H;
-      p.S = S;
-      p.act = act;
-      p.lam = lam;
-      p.eta = eta;
-      p.gout = grad_out.has_value() ? grad_out->data_ptr<scalar_t>() : nullptr;
-      p.gAT = grad_AT.has_value() ? grad_AT->data_ptr<scalar_t>() : nullptr;
-      p.h0 = h0.data_ptr<scalar_t>();
-      p.A0 = A0.data_ptr<scalar_t>();
-      p.W = W.data_ptr<scalar_t>();
-      p.gamma = gamma.data_ptr<scalar_t>();
-      p.out = out.data_ptr<scalar_t>();
-      p.zs = zs.data_ptr<scalar_t>();
-      p.xhat = xhat.data_ptr<scalar_t>();
-      p.rstd = rstd.data_ptr<scalar_t>();
-      p.dxp = dxp.data_ptr<scalar_t>();
-      p.dh0 = dh0.data_ptr<scalar_t>();
-      p.dgamma_part = dgamma_part.data_ptr<scalar_t>();
-      p.dbeta_part = dbeta_part.data_ptr<scalar_t>();
-      p.dH = dH.data_ptr<scalar_t>();
-      p.G = need_dA0 ? G.data_ptr<scalar_t>() : nullptr;
+      const BwdParams<scalar_t> p = make_bwd_params<scalar_t>(
+          grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd, lam, eta, S, act, dxp, dh0,
+          dgamma_part, dbeta_part, Tensor(), dH, G);
       check_launch(cuda::launch_backward(p, c10::cuda::getCurrentCUDAStream().stream()),
                    "crnn::fastweights_bwd CUDA launch");
     });

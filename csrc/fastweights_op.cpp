@@ -10,8 +10,11 @@
 // [B,T,S,H], [B,T,S]); with save=False they are empty. dA0 is empty unless need_dA0.
 // Autograd and the fake (meta) implementations are registered from Python
 // (crnn_plugins/fastweights_fused.py). The CUDA implementation is in fastweights_cuda_glue.cpp.
+// Under torch.autocast (CPU or CUDA) both ops run in float32: float16/bfloat16 inputs are
+// cast up (float64 stays float64) and the outputs are float32 (the "fp32" cast policy).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <c10/core/impl/alloc_cpu.h>
 
 #include <cstdlib>
@@ -29,10 +32,12 @@ using at::Tensor;
 
 // A small cache of the CPU blocks behind the op's large outputs. glibc hands large freed
 // blocks back to the kernel, so every call would otherwise fault in fresh pages for A_T,
-// dA_0 and the per-step tensors (hundreds of page faults per training step, a fifth of
-// the fused forward+backward time at B=128, T=11, H=50). Blocks return here when their
-// tensors die and are reused by the next call of the same size; at most kPoolBytes are
-// kept. CRNN_NO_POOL=1 turns it off.
+// dA_0 and the per-step tensors. Blocks return here when their tensors die and are
+// reused by the next call of the same size; at most kPoolBytes are kept. CRNN_NO_POOL=1
+// turns it off; `crnn kernels` says whether it is active (block_pool_info below).
+// Re-measured for issue 14 (perf stat, 1 thread, 1500 fused forward+backward steps at
+// B=128, T=11, H=50, docs/benchmarks.md): without it 131 more page faults per step and
+// 3.36 instead of 3.01 ms of CPU time per step, so it stays.
 class BlockPool {
  public:
   static constexpr size_t kPoolBytes = size_t(256) << 20;
@@ -41,6 +46,12 @@ class BlockPool {
   static BlockPool& get() {
     static BlockPool* pool = new BlockPool();  // leaked: tensors may outlive static destructors
     return *pool;
+  }
+
+  bool enabled() const { return enabled_; }
+  size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cached_;
   }
 
   Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
@@ -90,7 +101,7 @@ Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
 
 template <typename T>
 struct SharedBuffers {
-  std::vector<T> WTp, Wp, gamma, beta, mask, lam_pow, coef;
+  std::vector<T> WTp, Wp, gamma, beta, mask, lam_pow, decay;
   cpu::Shared<T> sh;
 
   SharedBuffers(const Tensor& W, const Tensor& gamma_t, const Tensor* beta_t, int64_t B,
@@ -127,9 +138,8 @@ struct SharedBuffers {
     }
     lam_pow.assign(lp.begin(), lp.end());
     const int64_t Tp = cpu::padded<T>(Tn + 1);
-    coef.assign((Tn + 1) * Tp, T(0));  // row t: eta lam^(t-1-tau), tau < t
-    for (int64_t t = 1; t <= Tn; ++t)
-      for (int64_t tau = 0; tau < t; ++tau) coef[t * Tp + tau] = static_cast<T>(eta * lp[t - 1 - tau]);
+    decay.assign(Tn + cpu::vec_len<T>() + cpu::kSlack, T(0));  // see cpu::coef_row
+    for (int64_t j = 0; j < Tn; ++j) decay[j] = static_cast<T>(eta * lp[Tn - 1 - j]);
     sh.B = B;
     sh.T_len = Tn;
     sh.H = H;
@@ -145,7 +155,8 @@ struct SharedBuffers {
     sh.beta = beta.data();
     sh.mask = mask.data();
     sh.lam_pow = lam_pow.data();
-    sh.coef = coef.data();
+    sh.decay = decay.data();
+    sh.chunk = cpu::chunk_length(H);
   }
 };
 
@@ -168,24 +179,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cpu", [&] {
     using T = scalar_t;
     SharedBuffers<T> buf(W, gamma, &beta, B, Tn, H, S, lam, eta, eps, /*forward=*/true);
-    cpu::FwdIO<T> io;
-    io.xp = xp.data_ptr<T>();
-    io.h0 = h0.data_ptr<T>();
-    io.A0 = A0.data_ptr<T>();
-    io.out = out.data_ptr<T>();
-    io.AT = AT.data_ptr<T>();
-    io.zs = save ? zs.data_ptr<T>() : nullptr;
-    io.xhat = save ? xhat.data_ptr<T>() : nullptr;
-    io.rstd = save ? rstd.data_ptr<T>() : nullptr;
+    const FwdParams<T> io = make_fwd_params<T>(xp, h0, A0, W, gamma, beta, lam, eta, S, act, eps,
+                                               out, AT, zs, xhat, rstd);
     const cpu::Shared<T>& sh = buf.sh;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       cpu::FwdScratch<T> ws;
       ws.init(sh);
       for (int64_t b = b0; b < b1; ++b) {
-        if (act == kActRelu)
-          cpu::forward_example<cpu::kRelu, T>(sh, io, b, ws);
+        if (act == kRelu)
+          cpu::forward_example<kRelu, T>(sh, io, b, ws);
         else
-          cpu::forward_example<cpu::kTanh, T>(sh, io, b, ws);
+          cpu::forward_example<kTanh, T>(sh, io, b, ws);
       }
     });
   });
@@ -215,34 +219,76 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cpu", [&] {
     using T = scalar_t;
     SharedBuffers<T> buf(W, gamma, nullptr, B, Tn, H, S, lam, eta, 1e-5, /*forward=*/false);
-    cpu::BwdIO<T> io;
-    io.gout = grad_out.has_value() ? grad_out->data_ptr<T>() : nullptr;
-    io.gAT = grad_AT.has_value() ? grad_AT->data_ptr<T>() : nullptr;
-    io.h0 = h0.data_ptr<T>();
-    io.A0 = A0.data_ptr<T>();
-    io.out = out.data_ptr<T>();
-    io.zs = zs.data_ptr<T>();
-    io.xhat = xhat.data_ptr<T>();
-    io.rstd = rstd.data_ptr<T>();
-    io.dxp = dxp.data_ptr<T>();
-    io.dh0 = dh0.data_ptr<T>();
-    io.dA0 = need_dA0 ? dA0.data_ptr<T>() : nullptr;
-    io.dgamma_part = dgamma_part.data_ptr<T>();
-    io.dbeta_part = dbeta_part.data_ptr<T>();
+    const BwdParams<T> io = make_bwd_params<T>(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
+                                               lam, eta, S, act, dxp, dh0, dgamma_part, dbeta_part,
+                                               dA0, Tensor(), Tensor());
     const cpu::Shared<T>& sh = buf.sh;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       cpu::BwdScratch<T> ws;
       ws.init(sh);
       for (int64_t b = b0; b < b1; ++b) {
-        if (act == kActRelu)
-          cpu::backward_example<cpu::kRelu, T>(sh, io, b, ws);
+        if (act == kRelu)
+          cpu::backward_example<kRelu, T>(sh, io, b, ws);
         else
-          cpu::backward_example<cpu::kTanh, T>(sh, io, b, ws);
+          cpu::backward_example<kTanh, T>(sh, io, b, ws);
       }
     });
   });
   Tensor dW = weight_grad(dxp, h0, out, pooled_empty({B, Tn, H}, out.options()));
   return {dxp, dh0, dA0, dW, dgamma_part.sum(0), dbeta_part.sum(0)};
+}
+
+using FwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+    double, int64_t, c10::string_view, double, bool);
+using BwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&, const Tensor&,
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+    double, int64_t, c10::string_view, bool);
+
+// The autocast kernels: cast float16/bfloat16 tensors of this device type to float32, then
+// call the op again below autocast (autograd, then the CPU or CUDA kernel), as PyTorch's
+// own "fp32" ops do. The casts are recorded by autograd, so gradients come back in the
+// inputs' dtypes.
+template <c10::DeviceType DEV>
+Tensor to_f32(const Tensor& t) {
+  return at::autocast::cached_cast(at::kFloat, t, DEV);
+}
+template <c10::DeviceType DEV>
+c10::optional<Tensor> to_f32(const c10::optional<Tensor>& t) {
+  return t.has_value() ? c10::optional<Tensor>(to_f32<DEV>(*t)) : c10::nullopt;
+}
+
+template <c10::DeviceType DEV>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_autocast(
+    const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
+    const Tensor& beta, double lam, double eta, int64_t inner_steps,
+    c10::string_view activation, double eps, bool save) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      at::autocast::get_autocast_dispatch_key_from_device_type(DEV));
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("crnn::fastweights_fwd", "")
+                             .typed<FwdSig>();
+  return op.call(to_f32<DEV>(xp), to_f32<DEV>(h0), to_f32<DEV>(A0), to_f32<DEV>(W),
+                 to_f32<DEV>(gamma), to_f32<DEV>(beta), lam, eta, inner_steps, activation, eps,
+                 save);
+}
+
+template <c10::DeviceType DEV>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_autocast(
+    const c10::optional<Tensor>& grad_out, const c10::optional<Tensor>& grad_AT,
+    const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma, const Tensor& out,
+    const Tensor& zs, const Tensor& xhat, const Tensor& rstd, double lam, double eta,
+    int64_t inner_steps, c10::string_view activation, bool need_dA0) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      at::autocast::get_autocast_dispatch_key_from_device_type(DEV));
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("crnn::fastweights_bwd", "")
+                             .typed<BwdSig>();
+  return op.call(to_f32<DEV>(grad_out), to_f32<DEV>(grad_AT), to_f32<DEV>(h0), to_f32<DEV>(A0),
+                 to_f32<DEV>(W), to_f32<DEV>(gamma), to_f32<DEV>(out), to_f32<DEV>(zs),
+                 to_f32<DEV>(xhat), to_f32<DEV>(rstd), lam, eta, inner_steps, activation,
+                 need_dA0);
 }
 
 }  // namespace
@@ -262,6 +308,16 @@ TORCH_LIBRARY(crnn, m) {
 TORCH_LIBRARY_IMPL(crnn, CPU, m) {
   m.impl("fastweights_fwd", &fastweights_fwd_cpu);
   m.impl("fastweights_bwd", &fastweights_bwd_cpu);
+}
+
+// Registered in every build (a CPU-only build simply never sees CUDA tensors).
+TORCH_LIBRARY_IMPL(crnn, AutocastCPU, m) {
+  m.impl("fastweights_fwd", &fastweights_fwd_autocast<c10::DeviceType::CPU>);
+  m.impl("fastweights_bwd", &fastweights_bwd_autocast<c10::DeviceType::CPU>);
+}
+TORCH_LIBRARY_IMPL(crnn, AutocastCUDA, m) {
+  m.impl("fastweights_fwd", &fastweights_fwd_autocast<c10::DeviceType::CUDA>);
+  m.impl("fastweights_bwd", &fastweights_bwd_autocast<c10::DeviceType::CUDA>);
 }
 
 }  // namespace crnn
@@ -293,6 +349,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
     d["cpu_isa"] = cpu_isa();
     d["openmp"] = static_cast<bool>(AT_PARALLEL_OPENMP);
+    return d;
+  });
+  m.def("block_pool_info", []() {
+    auto& pool = crnn::BlockPool::get();
+    pybind11::dict d;
+    d["enabled"] = pool.enabled();
+    d["cached_bytes"] = pool.cached_bytes();
+    d["limit_bytes"] = crnn::BlockPool::kPoolBytes;
+    d["min_block_bytes"] = crnn::BlockPool::kMinBytes;
     return d;
   });
 }

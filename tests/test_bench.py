@@ -12,13 +12,17 @@ from crnn_plugins import fastweights_fused as ff
 
 from .conftest import assert_one_line_error, invoke
 
-TINY = ["--batch", "2", "--length", "3", "--hidden", "5", "--inner-steps", "1", "--repeats", "2", "--warmup", "1"]
+# compiled compiles every shape (seconds each), so most tests leave it out and one test covers it
+EAGER = ("fused", "reference", "naive")
+TINY_SHAPE = ["--batch", "2", "--length", "3", "--hidden", "5", "--inner-steps", "1", "--repeats", "2", "--warmup", "1"]
+TINY = TINY_SHAPE + ["--backend", "fused", "--backend", "reference", "--backend", "naive"]
 RECORD_FIELDS = {"backend", "mode", "batch", "length", "hidden", "inner_steps", "median_ms", "peak_memory_bytes",
-                 "memory_method", "ratio_to_fused", "device", "dtype", "repeats", "min_ms", "max_ms"}
+                 "memory_method", "ratio_to_fused", "device", "dtype", "repeats", "min_ms", "max_ms", "q1_ms", "q3_ms",
+                 "iqr_rel"}
 
 
 def test_run_benchmark_records_and_ratios():
-    doc = bench.run_benchmark((2,), (3, 4), (5,), (1, 2), repeats=2, warmup=0)
+    doc = bench.run_benchmark((2,), (3, 4), (5,), (1, 2), repeats=2, warmup=0, backends=EAGER)
     fused = ff.load_status()[0]
     backends = ["fused", "reference", "naive"] if fused else ["reference", "naive"]
     assert doc["settings"]["backends"] == backends
@@ -34,7 +38,8 @@ def test_run_benchmark_records_and_ratios():
 
 
 def test_cpu_memory_counts_saved_tensors():
-    doc = bench.run_benchmark((4,), (6,), (8,), (1,), repeats=1, warmup=0, modes=("forward+backward",))
+    doc = bench.run_benchmark((4,), (6,), (8,), (1,), repeats=1, warmup=0, modes=("forward+backward",),
+                              backends=EAGER)
     mem = {r["backend"]: r["peak_memory_bytes"] for r in doc["records"]}
     # the naive loop keeps an H x H matrix per step and example; the others O(T H) per example
     assert mem["naive"] > mem["reference"]
@@ -42,18 +47,69 @@ def test_cpu_memory_counts_saved_tensors():
         assert mem["fused"] < mem["naive"]
 
 
+def test_compiled_backend_is_timed_with_its_compile_time_apart():
+    doc = bench.run_benchmark((2,), (3,), (5,), (1,), repeats=2, warmup=1, modes=("forward",),
+                              backends=("fused", "compiled"))
+    rec = {r["backend"]: r for r in doc["records"]}
+    assert rec["compiled"]["median_ms"] > 0 and rec["compiled"]["compile_s"] > 0
+    assert "compile_s" not in rec.get("fused", {})
+    if "fused" in rec:
+        assert doc["ratios"][0]["compiled_over_fused"] > 0
+        assert doc["summary"]["forward"]["compiled_over_fused"]["points"] == 1
+    table = bench.format_table(doc)
+    assert "compiled ms" in table and "compile time of compiled" in table
+    if "fused" in rec:
+        assert "compiled/fused" in table and "grid median, forward: compiled/fused" in table
+
+
+def test_compiled_is_skipped_beyond_max_compiled_length():
+    doc = bench.run_benchmark((1,), (4,), (3,), (1,), repeats=1, warmup=0, modes=("forward",),
+                              backends=("reference", "compiled"), max_compiled_length=3)
+    rec = {r["backend"]: r for r in doc["records"]}
+    assert rec["compiled"]["median_ms"] is None and "max-compiled-length" in rec["compiled"]["skipped"]
+
+
+def test_spread_is_reported_and_wide_spreads_warned():
+    assert bench.spread([1.0, 1.0, 1.0, 1.0])["iqr_rel"] == 0.0
+    wide = bench.spread([1.0, 1.0, 2.0, 3.0])
+    assert wide["q1_ms"] == 1.0 and wide["q3_ms"] == 2.25 and wide["iqr_rel"] > bench.SPREAD_WARN
+    doc = bench.run_benchmark((2,), (3,), (5,), (1,), repeats=3, warmup=0, modes=("forward",), backends=("reference",))
+    doc["records"][0].update(iqr_rel=0.5)
+    doc["warnings"] = ["one"]
+    table = bench.format_table(doc)
+    assert "50%!" in table and "WARNING: 1 timings vary" in table
+
+
+def test_cpu_clock_needs_one_thread(thread_count_kept):
+    torch.set_num_threads(2)
+    with pytest.raises(bench.ConfigError, match="--threads 1"):
+        bench.run_benchmark((2,), (3,), (5,), (1,), repeats=1, warmup=0, backends=("reference",), clock="cpu")
+    torch.set_num_threads(1)
+    doc = bench.run_benchmark((2,), (3,), (5,), (1,), repeats=2, warmup=0, backends=("reference",), clock="cpu")
+    assert doc["settings"]["clock"] == "cpu" and all(r["median_ms"] > 0 for r in doc["records"])
+    assert "thread CPU time" in bench.format_table(doc)
+
+
+def test_growth_with_length_exponents():
+    recs = [{"backend": "fused", "mode": "forward", "batch": 1, "hidden": 4, "inner_steps": 1, "length": T,
+             "median_ms": 2.0 * T, "peak_memory_bytes": 8 * T * T} for T in (10, 100)]
+    (g,) = bench.length_growth(recs)
+    assert g["time_exponent"] == 1.0 and g["memory_exponent"] == 2.0 and g["lengths"] == [10, 100]
+
+
 def test_bench_json_on_stdout(runner):
     result = invoke(runner, ["bench", *TINY, "--json"])
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert {"machine", "settings", "records", "ratios", "backends"} <= set(doc)
+    assert {"machine", "settings", "records", "ratios", "backends", "summary", "warnings"} <= set(doc)
+    assert "load_avg_1m_before" in doc["machine"]
     assert {r["mode"] for r in doc["records"]} == {"forward", "forward+backward"}
     assert all(RECORD_FIELDS <= set(r) for r in doc["records"])
     assert "B=2 T=3 H=5 S=1" in result.stderr  # progress goes to stderr
 
 
 def test_bench_table(runner):
-    result = invoke(runner, ["bench", *TINY, "--mode", "forward", "--backend", "reference", "--backend", "naive", "-q"])
+    result = invoke(runner, ["bench", *TINY_SHAPE, "--mode", "forward", "--backend", "reference", "--backend", "naive", "-q"])
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:5] == ["B", "T", "H", "S", "mode"]
@@ -91,6 +147,24 @@ def test_kernels_command(runner):
         assert rep["devices"]["cuda"]["device_available"] is False
     text = invoke(runner, ["kernels"]).stdout
     assert text.startswith("fused kernel:") and "cpu: fused" in text
+    if rep["fused_loaded"]:
+        assert rep["block_pool"]["limit_bytes"] > 0
+        assert ("CPU block pool: active" in text) == rep["block_pool"]["enabled"]
+
+
+def test_kernels_command_names_a_disabled_block_pool(tmp_path):
+    """CRNN_NO_POOL=1 (read once, when the extension loads) shows as 'off' in crnn kernels."""
+    import os
+    import subprocess
+    import sys
+
+    if not ff.load_status()[0]:
+        pytest.skip("the fused kernel is not loaded")
+    env = {**os.environ, "CRNN_NO_POOL": "1"}
+    proc = subprocess.run([sys.executable, "-m", "crnn_core", "kernels"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "CPU block pool: off (CRNN_NO_POOL=1)" in proc.stdout
 
 
 def test_kernels_command_explains_a_missing_kernel(runner, monkeypatch):

@@ -23,6 +23,7 @@ CASES = [  # B, T, H, S, act (0 relu, 1 tanh), nonzero A0, float64
     (2, 4, 50, 1, 1, 1, 1),
     (2, 11, 50, 1, 0, 0, 0),
     (2, 3, 130, 3, 0, 1, 0),
+    (2, 150, 9, 2, 1, 1, 1),  # three chunks (chunk length 64)
 ]
 
 

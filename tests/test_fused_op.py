@@ -105,6 +105,27 @@ def test_parity_shapes(B, T, H, S):
     assert_grads_close(g_ref, g, 1e-10, f"B={B} T={T} H={H} S={S}")
 
 
+@pytest.mark.parametrize("B,T,H,S,act,a0", [
+    (2, 150, 8, 1, "relu", 0.2),   # chunk length 64: three chunks, the last one partial
+    (2, 129, 8, 3, "tanh", 0.3),   # one step into the third chunk, S > 1
+    (2, 128, 5, 2, "relu", 0.0),   # exactly two full chunks, zero A0 (the first base is zero)
+    (2, 140, 40, 1, "tanh", 0.1),  # chunk length 2H = 80
+])
+def test_parity_long_sequences_in_chunks(B, T, H, S, act, a0):
+    """T above the chunk length (max(64, 2H)): A_t is materialised every chunk (linear in T)."""
+    args = make_inputs(B=B, T=T, H=H, a0_scale=a0)
+    (o_ref, A_ref, g_ref), (o, A, g) = run_both(args, S, act)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(A, A_ref, rtol=1e-10, atol=1e-10)
+    assert_grads_close(g_ref, g, 1e-10, "chunked")
+
+
+@pytest.mark.parametrize("lam", [0.95, 0.0])
+def test_gradcheck_across_chunks(lam):
+    args = [a.requires_grad_(True) for a in make_inputs(B=1, T=66, H=3)]
+    assert torch.autograd.gradcheck(lambda *a: ff.fastweights_fused(*a, lam, ETA, 2, "tanh"), args)
+
+
 @pytest.mark.parametrize("lam,eta", [(0.0, 0.5), (1.0, 0.0), (0.5, 2.0)])
 def test_parity_decay_edge_cases(lam, eta):
     (o_ref, A_ref, g_ref), (o, A, g) = run_both(make_inputs(T=4), 2, "relu", lam=lam, eta=eta)

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <vector>
 
+using namespace crnn;
 using namespace crnn::cpu;
 
 template <typename T>
@@ -40,7 +41,7 @@ void run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0) {
   fill(gAT, B * H * H, 1.0);
   const double lam = 0.95, eta = 0.5, eps = 1e-5;
   const int64_t Hp = padded<T>(H), Tp = padded<T>(Tn + 1);
-  std::vector<T> WTp(H * Hp, 0), Wp(H * Hp, 0), g(Hp, 0), bt(Hp, 0), mask(Hp, 0), lp(Tn + 1), coef((Tn + 1) * Tp, 0);
+  std::vector<T> WTp(H * Hp, 0), Wp(H * Hp, 0), g(Hp, 0), bt(Hp, 0), mask(Hp, 0), lp(Tn + 1), decay(Tn + vec_len<T>() + kSlack, 0);
   for (int64_t j = 0; j < H; ++j)
     for (int64_t i = 0; i < H; ++i) {
       WTp[j * Hp + i] = W[i * H + j];
@@ -52,19 +53,58 @@ void run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0) {
     mask[i] = 1;
   }
   for (int64_t k = 0; k <= Tn; ++k) lp[k] = static_cast<T>(std::pow(lam, static_cast<double>(k)));
-  for (int64_t t = 1; t <= Tn; ++t)
-    for (int64_t tau = 0; tau < t; ++tau) coef[t * Tp + tau] = static_cast<T>(eta * std::pow(lam, static_cast<double>(t - 1 - tau)));
+  for (int64_t j = 0; j < Tn; ++j) decay[j] = static_cast<T>(eta * std::pow(lam, static_cast<double>(Tn - 1 - j)));
   Shared<T> sh{B, Tn, H, Hp, S, Tp, static_cast<T>(lam), static_cast<T>(eta), static_cast<T>(eps),
-               WTp.data(), Wp.data(), g.data(), bt.data(), mask.data(), lp.data(), coef.data()};
+               WTp.data(), Wp.data(), g.data(), bt.data(), mask.data(), lp.data(), decay.data(), chunk_length(H)};
   std::vector<T> out(B * Tn * H), AT(B * H * H), zs(B * Tn * S * H), xh(B * Tn * S * H), rs(B * Tn * S);
-  FwdIO<T> fio{xp.data(), h0.data(), A0.data(), out.data(), AT.data(), zs.data(), xh.data(), rs.data()};
+  FwdParams<T> fio{};
+  fio.B = B;
+  fio.T_len = Tn;
+  fio.H = H;
+  fio.S = S;
+  fio.act = ACT;
+  fio.lam = lam;
+  fio.eta = eta;
+  fio.eps = eps;
+  fio.xp = xp.data();
+  fio.h0 = h0.data();
+  fio.A0 = A0.data();
+  fio.W = W.data();
+  fio.gamma = gamma.data();
+  fio.beta = beta.data();
+  fio.out = out.data();
+  fio.AT = AT.data();
+  fio.zs = zs.data();
+  fio.xhat = xh.data();
+  fio.rstd = rs.data();
   FwdScratch<T> fws;
   fws.init(sh);
   for (int64_t b = 0; b < B; ++b) forward_example<ACT, T>(sh, fio, b, fws);
   stream_fence();
   std::vector<T> dxp(B * Tn * H), dh0(B * H), dA0(B * H * H), dg(B * H), db(B * H);
-  BwdIO<T> bio{gout.data(), gAT.data(), h0.data(), A0.data(), out.data(), zs.data(), xh.data(), rs.data(),
-               dxp.data(), dh0.data(), dA0.data(), dg.data(), db.data()};
+  BwdParams<T> bio{};
+  bio.B = B;
+  bio.T_len = Tn;
+  bio.H = H;
+  bio.S = S;
+  bio.act = ACT;
+  bio.lam = lam;
+  bio.eta = eta;
+  bio.gout = gout.data();
+  bio.gAT = gAT.data();
+  bio.h0 = h0.data();
+  bio.A0 = A0.data();
+  bio.W = W.data();
+  bio.gamma = gamma.data();
+  bio.out = out.data();
+  bio.zs = zs.data();
+  bio.xhat = xh.data();
+  bio.rstd = rs.data();
+  bio.dxp = dxp.data();
+  bio.dh0 = dh0.data();
+  bio.dgamma_part = dg.data();
+  bio.dbeta_part = db.data();
+  bio.dA0 = dA0.data();
   BwdScratch<T> bws;
   bws.init(sh);
   for (int64_t b = 0; b < B; ++b) backward_example<ACT, T>(sh, bio, b, bws);

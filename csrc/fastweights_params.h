@@ -1,0 +1,62 @@
+// The one description of a fast-weights call shared by every implementation: the
+// activation enum and the forward/backward parameter structs (shapes, scalars, raw
+// pointers). Plain C++ (no PyTorch, no CUDA headers): the CPU kernel
+// (fastweights_cpu_kernel.h), the CUDA kernels (fastweights_cuda.cu) and the CPU
+// emulation of the CUDA kernels in the tests all take these structs; the PyTorch glue
+// fills them in one place (make_fwd_params / make_bwd_params in fastweights_checks.h).
+#pragma once
+
+#include <cstdint>
+
+namespace crnn {
+
+// The activation f; the op's string argument ("relu" / "tanh") maps to it in
+// parse_activation (fastweights_checks.h).
+enum Activation : int { kRelu = 0, kTanh = 1 };
+
+// Forward of one call. Tensors are contiguous; shapes in the comments.
+template <typename T>
+struct FwdParams {
+  int64_t B, T_len, H, S;  // batch, sequence length, hidden size, inner steps
+  int act;                 // Activation
+  double lam, eta, eps;
+  const T* xp;     // [B,T,H]  U x_t + b, precomputed
+  const T* h0;     // [B,H]
+  const T* A0;     // [B,H,H]
+  const T* W;      // [H,H]
+  const T* gamma;  // [H]
+  const T* beta;   // [H]
+  T* out;          // [B,T,H]
+  T* AT;           // [B,H,H]
+  T* zs;           // [B,T,S,H] or nullptr (nothing saved for a backward)
+  T* xhat;         // [B,T,S,H] or nullptr
+  T* rstd;         // [B,T,S]   or nullptr
+};
+
+// Backward of one call. dW, the batch sums of dgamma/dbeta and (on CUDA) dA_0 = G^T zs
+// are finished by the glue with library GEMMs/reductions.
+template <typename T>
+struct BwdParams {
+  int64_t B, T_len, H, S;
+  int act;  // Activation
+  double lam, eta;
+  const T* gout;   // [B,T,H] or nullptr (zero)
+  const T* gAT;    // [B,H,H] or nullptr (zero)
+  const T* h0;     // [B,H]
+  const T* A0;     // [B,H,H]
+  const T* W;      // [H,H]
+  const T* gamma;  // [H]
+  const T* out;    // [B,T,H]
+  const T* zs;     // [B,T,S,H]
+  const T* xhat;   // [B,T,S,H]
+  const T* rstd;   // [B,T,S]
+  T* dxp;          // [B,T,H]
+  T* dh0;          // [B,H]
+  T* dgamma_part;  // [B,H] per-example partial sums
+  T* dbeta_part;   // [B,H]
+  T* dA0;          // CPU: [B,H,H] written by the kernel, or nullptr (not needed). CUDA: unused.
+  T* dH;           // CUDA: [B,T+1,H] workspace (any contents). CPU: unused.
+  T* G;            // CUDA: [B,T,S,H] lam^t du_{t,s} for dA0 = G^T zs, or nullptr. CPU: unused.
+};
+
+}  // namespace crnn

@@ -1,0 +1,3 @@
+// The emulated CUDA runtime API (see cuda_runtime.h in this directory).
+#pragma once
+#include "cuda_runtime.h"

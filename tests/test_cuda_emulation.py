@@ -1,0 +1,246 @@
+"""The CUDA kernels' device code, run on the CPU: ``csrc/fastweights_cuda.cu`` compiled as C++.
+
+No GPU runs in CI, so the CUDA kernels are compiled against the CPU emulation of the CUDA
+runtime in ``tests/cuda_emu/`` (each block's threads are OS threads, ``__syncthreads`` a
+barrier, shared memory per block, warp shuffles through per-warp slots) and their forward
+and backward compared with the CPU kernel (``torch.ops.crnn``) on shapes that reach every
+code path: S > 1, tanh, non-zero A0 and an upstream gradient on A_T, float64, H not a
+multiple of 32, the largest supported H (1024), W and the history in shared memory, W in
+shared memory past the default 48 KiB (the opt-in path), and both in global memory (forced
+by a smaller emulated shared-memory size, ``CRNN_EMU_SMEM_OPTIN``).
+
+The glue's library parts (dA0 = G^T zs, dW, the batch sums of dgamma/dbeta) are formed
+here from the kernels' raw outputs the way ``fastweights_cuda_glue.cpp`` forms them.
+
+Tolerances: float64 1e-10, float32 1e-4 (relative to the largest entry), as for the CPU
+kernel against the reference.
+
+``CRNN_EMU_TSAN=1`` also builds the harness with ThreadSanitizer and runs it (slower):
+one run must be race-free, and the same run with one ``__syncthreads`` deleted from the
+source must be reported as a race (the harness can fail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crnn_plugins import fastweights_fused as ff
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+EMU = Path(__file__).resolve().parent / "cuda_emu"
+CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+TSAN = os.environ.get("CRNN_EMU_TSAN", "").strip() not in ("", "0")
+LAM, ETA, EPS = 0.95, 0.5, 1e-5
+
+pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+
+
+def build(out_dir: Path, source: Path = CSRC / "fastweights_cuda.cu", tsan: bool = False) -> Path:
+    """Compile the .cu file (as C++) with the emulated runtime and the harness; returns the binary."""
+    exe = out_dir / ("emu_main_tsan" if tsan else "emu_main")
+    cmd = [CXX, "-std=c++17", "-pthread", "-Wno-unknown-pragmas", f"-I{EMU}", f"-I{CSRC}",
+           "-x", "c++", str(source), "-x", "none", str(EMU / "emu_main.cpp"), "-o", str(exe)]
+    cmd[1:1] = ["-O1", "-g", "-fsanitize=thread"] if tsan else ["-O1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return exe
+
+
+@pytest.fixture(scope="module")
+def emu_exe(tmp_path_factory) -> Path:
+    digest = hashlib.sha256()
+    for p in sorted(EMU.iterdir()) + [CSRC / "fastweights_cuda.cu", CSRC / "fastweights_cuda.h",
+                                      CSRC / "fastweights_params.h"]:
+        digest.update(p.read_bytes())
+    return build(tmp_path_factory.mktemp("emu_" + digest.hexdigest()[:8]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fused_loaded():
+    if ff._truthy("CRNN_NO_FUSED"):
+        pytest.skip("CRNN_NO_FUSED is set: the fused kernel (the CPU side of the comparison) is disabled")
+    ok, reason = ff.load_status()
+    assert ok, f"the fused kernel failed to load: {reason}"
+
+
+def make_case(B, T, H, dtype, a0_scale, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    xp, h0 = r(B, T, H), r(B, H)
+    A0 = a0_scale * r(B, H, H)
+    W = 0.05 * torch.eye(H, dtype=dtype) + 0.5 * r(H, H) / H**0.5
+    gamma, beta = 1 + 0.1 * r(H), 0.1 * r(H)
+    gout, gAT = r(B, T, H), r(B, H, H)
+    return [xp, h0, A0, W, gamma, beta], gout, gAT
+
+
+def run_emulated(exe: Path, work: Path, args, gout, gAT, S: int, act: str, smem_optin: int | None = None,
+                 env_extra: dict | None = None) -> tuple[dict[str, np.ndarray], list[int], subprocess.CompletedProcess]:
+    xp = args[0]
+    B, T, H = xp.shape
+    dtype = xp.dtype
+    work.mkdir(parents=True, exist_ok=True)
+    names = ("xp", "h0", "A0", "W", "gamma", "beta")
+    for name, t in zip(names, args):
+        t.contiguous().numpy().tofile(work / f"{name}.bin")
+    if gout is not None:
+        gout.contiguous().numpy().tofile(work / "gout.bin")
+    if gAT is not None:
+        gAT.contiguous().numpy().tofile(work / "gAT.bin")
+    size = 4 if dtype == torch.float32 else 8
+    (work / "meta.txt").write_text(
+        f"{size} {B} {T} {H} {S} {0 if act == 'relu' else 1} {LAM!r} {ETA!r} {EPS!r} "
+        f"{int(gout is not None)} {int(gAT is not None)} 1\n")
+    env = dict(os.environ)
+    if smem_optin is not None:
+        env["CRNN_EMU_SMEM_OPTIN"] = str(smem_optin)
+    env.update(env_extra or {})
+    proc = subprocess.run([str(exe), str(work)], capture_output=True, text=True, timeout=600, env=env)
+    if proc.returncode != 0:
+        return {}, [], proc
+    np_dtype = np.float32 if size == 4 else np.float64
+    shapes = {"out": (B, T, H), "AT": (B, H, H), "zs": (B, T, S, H), "xhat": (B, T, S, H), "rstd": (B, T, S),
+              "out_nosave": (B, T, H), "AT_nosave": (B, H, H), "dxp": (B, T, H), "dh0": (B, H),
+              "dgamma_part": (B, H), "dbeta_part": (B, H), "G": (B, T, S, H)}
+    res = {k: np.fromfile(work / f"{k}.bin", dtype=np_dtype).reshape(shape) for k, shape in shapes.items()}
+    stats = [int(v) for v in (work / "stats.txt").read_text().split()]
+    return res, stats, proc
+
+
+def cuda_glue_grads(res, args, gAT, S):
+    """The library half of fastweights_cuda_glue.cpp's backward: dA0, dW and the batch sums."""
+    xp, h0 = args[0], args[1]
+    B, T, H = xp.shape
+    t = {k: torch.from_numpy(v) for k, v in res.items()}
+    dA0 = torch.bmm(t["G"].reshape(B, T * S, H).transpose(1, 2), t["zs"].reshape(B, T * S, H))
+    if gAT is not None:
+        dA0 = dA0 + LAM**T * gAT
+    hprev = torch.cat([h0.unsqueeze(1), t["out"][:, : T - 1]], 1)
+    dW = t["dxp"].reshape(B * T, H).t() @ hprev.reshape(B * T, H)
+    return [t["dxp"], t["dh0"], dA0, dW, t["dgamma_part"].sum(0), t["dbeta_part"].sum(0)]
+
+
+def cpu_reference(args, gout, gAT, S, act):
+    """The CPU kernel's forward (saving) and backward on the same inputs."""
+    out, AT, zs, xhat, rstd = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, S, act, EPS, True)
+    grads = torch.ops.crnn.fastweights_bwd(gout, gAT, args[1], args[2], args[3], args[4], out, zs, xhat, rstd,
+                                           LAM, ETA, S, act, True)
+    return {"out": out, "AT": AT, "zs": zs, "xhat": xhat, "rstd": rstd}, list(grads)
+
+
+def close(a, b, rtol, what):
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    assert torch.isfinite(b).all(), f"{what}: non-finite values from the emulated kernel"
+    err = (a - b).abs().max().item() / (a.abs().max().item() + 1e-12)
+    assert err <= rtol, f"{what}: relative error {err:.2e} > {rtol:.0e}"
+
+
+# (B, T, H, S, act, dtype, A0 scale, with gA, emulated opt-in shared memory per block (None:
+# an H100's 227 KiB), expected plan: (W in shared memory, history in shared memory)).
+CASES = [
+    pytest.param(3, 5, 7, 1, "relu", torch.float32, 0.0, False, None, (True, True), id="relu-S1-f32-zeroA0-H7"),
+    pytest.param(2, 6, 40, 3, "tanh", torch.float64, 0.2, True, None, (True, True), id="tanh-S3-f64-A0-gA-H40"),
+    pytest.param(2, 4, 50, 2, "relu", torch.float32, 0.2, True, None, (True, True), id="relu-S2-f32-A0-H50"),
+    # more than the default 48 KiB of shared memory (W alone is 50 KiB): the opt-in path, as on a GPU
+    pytest.param(2, 3, 80, 1, "relu", torch.float64, 0.1, False, None, (True, True), id="optin-f64-H80"),
+    # W and the history in global memory
+    pytest.param(2, 9, 33, 2, "tanh", torch.float64, 0.2, True, 2048, (False, False), id="global-f64-H33-S2"),
+    # the largest H (W in global memory), with the history in global memory too (a smaller device)
+    pytest.param(1, 2, 1024, 1, "relu", torch.float32, 0.05, True, 16384, (False, False), id="largest-H1024"),
+]
+
+
+def planned_bytes(B, T, H, dtype, plan):
+    """Shared memory per block the kernels should ask for under `plan` (fastweights_cuda.cu)."""
+    size = torch.finfo(dtype).bits // 8
+    w, hist = plan
+    extra = (H * H if w else 0) + ((T + 1) * H if hist else 0)
+    return (3 * H + 2 * (T + 1) + 64 + extra) * size, (3 * H + 3 * (T + 1) + 64 + extra) * size
+
+
+@pytest.mark.parametrize("B,T,H,S,act,dtype,a0,with_gA,optin,plan", CASES)
+def test_emulated_cuda_kernels_match_cpu_kernel(emu_exe, tmp_path, B, T, H, S, act, dtype, a0, with_gA, optin,
+                                                plan):
+    args, gout, gAT = make_case(B, T, H, dtype, a0)
+    gAT = gAT if with_gA else None
+    res, stats, proc = run_emulated(emu_exe, tmp_path / "case", args, gout, gAT, S, act, smem_optin=optin)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fwd_smem, bwd_smem, max_attr, launches = stats
+    assert launches == 3
+    assert (fwd_smem, bwd_smem) == planned_bytes(B, T, H, dtype, plan), "the case no longer takes its path"
+    if fwd_smem > 48 * 1024:
+        assert max_attr >= fwd_smem, "the launch needed the shared-memory opt-in attribute"
+
+    rtol_f, rtol_g = (1e-10, 1e-10) if dtype == torch.float64 else (1e-5, 1e-4)
+    ref_fwd, ref_grads = cpu_reference(args, gout, gAT, S, act)
+    for k in ("out", "AT", "zs", "xhat", "rstd"):
+        close(ref_fwd[k], res[k], rtol_f, f"forward {k}")
+    close(ref_fwd["out"], res["out_nosave"], rtol_f, "forward out (save=False)")
+    close(ref_fwd["AT"], res["AT_nosave"], rtol_f, "forward A_T (save=False)")
+    got = cuda_glue_grads(res, args, gAT, S)
+    for name, a, b in zip(("dxp", "dh0", "dA0", "dW", "dgamma", "dbeta"), ref_grads, got):
+        close(a, b, rtol_g, f"backward {name}")
+
+
+def test_emulated_launch_refuses_bad_shapes(emu_exe, tmp_path):
+    """H above the supported 1024 is refused at launch (cudaErrorInvalidValue), not run."""
+    args, gout, _ = make_case(1, 2, 1056, torch.float32, 0.0)
+    _, _, proc = run_emulated(emu_exe, tmp_path / "big", args, gout, None, 1, "relu")
+    assert proc.returncode == 2 and "launch error" in proc.stderr
+
+
+def test_emulated_launch_refuses_a_batch_beyond_the_grid(emu_exe):
+    """B > 2^31 - 1 examples (one block each) is refused, not truncated to an unsigned grid size."""
+    proc = subprocess.run([str(emu_exe), "--refuse-huge-batch"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- ThreadSanitizer (opt-in: CRNN_EMU_TSAN=1) -------------------------------------------------------
+
+needs_tsan = pytest.mark.skipif(not TSAN, reason="set CRNN_EMU_TSAN=1 to run the ThreadSanitizer checks (slower)")
+TSAN_ENV = {"TSAN_OPTIONS": "halt_on_error=0 report_signal_unsafe=0 history_size=2"}
+# One barrier whose removal must be caught: h_t written to shared memory at the end of a step
+# and read by other threads at the next one.
+DELETED_BARRIER = "    __syncthreads();  // h_t visible to the block (shared or global) before step t+1\n"
+
+
+def tsan_case():
+    args, gout, gAT = make_case(1, 4, 64, torch.float32, 0.2)
+    return args, gout, gAT
+
+
+@needs_tsan
+@pytest.mark.slow
+def test_tsan_finds_no_race(tmp_path):
+    exe = build(tmp_path, tsan=True)
+    args, gout, gAT = tsan_case()
+    res, _, proc = run_emulated(exe, tmp_path / "run", args, gout, gAT, 2, "tanh", env_extra=TSAN_ENV)
+    assert "ThreadSanitizer" not in proc.stderr, proc.stderr[-6000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ref_fwd, _ = cpu_reference(args, gout, gAT, 2, "tanh")
+    close(ref_fwd["out"], res["out"], 1e-5, "forward out under TSan")
+
+
+@needs_tsan
+@pytest.mark.slow
+def test_tsan_catches_a_deleted_barrier(tmp_path):
+    source = (CSRC / "fastweights_cuda.cu").read_text()
+    assert source.count(DELETED_BARRIER) == 1, "the barrier this test deletes has moved; update DELETED_BARRIER"
+    mutant = tmp_path / "fastweights_cuda_mutant.cu"
+    mutant.write_text(source.replace(DELETED_BARRIER, ""))
+    exe = build(tmp_path, source=mutant, tsan=True)
+    args, gout, gAT = tsan_case()
+    _, _, proc = run_emulated(exe, tmp_path / "run", args, gout, gAT, 2, "tanh", env_extra=TSAN_ENV)
+    assert "WARNING: ThreadSanitizer: data race" in proc.stderr, proc.stderr[-3000:]
