@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import torch
 
+from crnn_core.env import env_flag
 from crnn_plugins import fastweights_fused as ff
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ def emu_exe(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def fused_loaded():
-    if ff._truthy("CRNN_NO_FUSED"):
+    if env_flag("CRNN_NO_FUSED"):
         pytest.skip("CRNN_NO_FUSED is set: the fused kernel (the CPU side of the comparison) is disabled")
     ok, reason = ff.load_status()
     assert ok, f"the fused kernel failed to load: {reason}"
