@@ -18,12 +18,12 @@ from typing import Any
 
 import click
 
-from . import distributed
+from . import distributed, signals
 from .errors import ConfigError, CrnnError
 from .model import ModelSpec, build_model
 from .options import describe, parse_overrides
 from .plugins import KINDS, get_plugins
-from .rundir import default_run_dir, is_run_dir, prepare_new_run_dir, read_json, write_json
+from .rundir import default_run_dir, defer_until_resumed, is_run_dir, prepare_new_run_dir, read_json, write_json, write_text
 from .train import Interrupted, Progress, TrainConfig, train, train_config_from
 
 LIST_KINDS = [list_name for (_attr, _base, _kind, list_name) in KINDS.values()]
@@ -46,9 +46,8 @@ class CrnnGroup(click.Group):
             if not getattr(exc, "shown_by_rank_0", False):  # under torchrun, one copy of an error all ranks hit
                 click.echo(f"{'Interrupted' if isinstance(exc, Interrupted) else 'Error'}: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:  # outside the training loop (which saves last.pt itself)
+            ctx.exit(signals.report(exc))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug, not bad input: say so briefly
@@ -141,7 +140,7 @@ def run(
         dist = distributed.setup(cfg.device)  # joins the process group under torchrun, else a no-op
         built = build_model(spec, plugins)
         config["train"] = dataclasses.asdict(cfg)
-        dist.on_main(lambda: (write_json(run_dir / "config.json", config), _append_command(run_dir)))
+        dist.on_main(lambda: defer_until_resumed(run_dir, lambda: (write_json(run_dir / "config.json", config), _append_command(run_dir))))
     else:
         scoped = parse_overrides(overrides)
         spec = ModelSpec(
@@ -173,7 +172,7 @@ def run(
             prepare_new_run_dir(run_dir, force)
             write_json(run_dir / "config.json", config)
             write_json(run_dir / "plugins.json", {kind: {"name": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}", **plugins.provider_of(cls)} for kind, cls in built.classes.items()})
-            (run_dir / "command.txt").write_text(_command_line() + "\n")
+            write_text(run_dir / "command.txt", _command_line() + "\n")
             return run_dir
 
         run_dir = dist.on_main(create_run_dir)
@@ -248,8 +247,7 @@ def _command_line() -> str:
 
 
 def _append_command(run_dir: Path) -> None:
-    with open(run_dir / "command.txt", "a") as f:
-        f.write(_command_line() + "\n")
+    write_text(run_dir / "command.txt", _command_line() + "\n", append=True)
 
 
 def _version() -> str:
@@ -334,9 +332,12 @@ def _attach_extra_commands() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    signals.install()  # exit 130/143 with one line, from here on
     try:
         _attach_extra_commands()
     except CrnnError as exc:  # e.g. CRNN_PLUGINS_STRICT with a broken plugin
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt as exc:  # Ctrl-C while a slow plugin imports
+        sys.exit(signals.report(exc))
     cli(prog_name="crnn")

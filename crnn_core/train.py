@@ -22,7 +22,7 @@ from .distributed import resolve_device
 from .errors import CheckpointError, ConfigError, CrnnError
 from .model import ContextualRNN
 from .options import build_options, option, require
-from .rundir import append_metrics, load_checkpoint, save_checkpoint, truncate_metrics
+from .rundir import append_metrics, load_checkpoint, resume_checked, save_checkpoint, truncate_metrics
 from .task import Batch, Task
 
 
@@ -181,6 +181,7 @@ def train(
             dist.restore_rng(ckpt, cfg.seed)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{ckpt_dir / 'last.pt'} has a missing or invalid field: {str(exc).splitlines()[0][:200]}") from None
+        resume_checked(run_dir, ckpt, cfg.epochs, dist.is_main)  # nothing to do? repairs, then the deferred writes
         if dist.is_main:
             truncate_metrics(metrics_path, epoch)
     else:
