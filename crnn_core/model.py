@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from .cell import Cell, State
 from .context import ContextNetwork
-from .errors import ConfigError, CrnnError
+from .contract import check_cell_result, check_initial_state
+from .errors import ConfigError, CrnnError, show_traceback
 from .init_strategy import InitStrategy
 from .options import build_options
 from .plugins import PluginSystem
@@ -51,6 +52,7 @@ class ContextualRNN(nn.Module):
         self.cell = cell
         self.init = init
         self.context_net = context_net
+        self.contract_checked = False  # the components' outputs are checked on the first forward pass
 
     def initial_state(self, batch: Batch, batch_size: int, sample: bool | None = None) -> State:
         """The cell's initial state for a batch (sampled or mean, see InitStrategy.forward)."""
@@ -68,7 +70,13 @@ class ContextualRNN(nn.Module):
     def forward(self, batch: Batch, sample: bool | None = None) -> Tensor:
         inputs = self.task_module.encode(batch)
         state = self.initial_state(batch, inputs.shape[0], sample)
-        outputs, _ = self.cell(inputs, state)
+        if not self.contract_checked:
+            check_initial_state(self.init, state, self.cell.state_spec(), inputs.shape[0])
+        result = self.cell(inputs, state)
+        if not self.contract_checked:
+            check_cell_result(self.cell, inputs, result)
+            self.contract_checked = True
+        outputs, _ = result
         return self.task_module.head(outputs)
 
 
@@ -89,6 +97,7 @@ def _construct(kind: str, name: str, cls: type, *args: Any) -> Any:
     except CrnnError:
         raise
     except Exception as exc:  # noqa: BLE001 - third-party constructors may raise anything
+        show_traceback(exc)  # CRNN_DEBUG=1: the plugin's own traceback, then the one-line error
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ConfigError(
             f"{kind} '{name}' ({cls.__module__}.{cls.__qualname__}) failed to build: {type(exc).__name__}: {first}"
