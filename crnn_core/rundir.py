@@ -67,13 +67,21 @@ def prepare_new_run_dir(path: Path, force: bool) -> None:
     """
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path} exists and is not a directory")
-    if is_run_dir(path) and not force and not never_checkpointed(path):
-        raise ConfigError(f"{path} already holds a run; use --resume {path} to continue it or --force to overwrite")
+    def refuse_a_run_to_keep() -> None:
+        if is_run_dir(path) and not force and not never_checkpointed(path):
+            raise ConfigError(f"{path} already holds a run; use --resume {path} to continue it or --force to overwrite")
+
+    refuse_a_run_to_keep()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(f"cannot create run directory {path}: {_reason(exc)}") from None
-    lock_run_dir(path)  # before anything in it is removed or written: a second writer is refused here
+    lock = lock_run_dir(path)  # before anything in it is removed or written: a second writer is refused here
+    try:
+        refuse_a_run_to_keep()  # again, under the lock: a writer may have checkpointed and ended meanwhile
+    except ConfigError:
+        lock.release()
+        raise
     if is_run_dir(path):
         for name in ("metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
             _guard(lambda: (path / name).unlink(missing_ok=True), path / name)

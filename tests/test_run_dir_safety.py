@@ -145,6 +145,34 @@ def test_orphan_temp_files_are_removed_on_resume(runner, tmp_path):
 
 
 # -- 3. signals before the first checkpoint ---------------------------------------------------------
+def test_the_same_signal_twice_during_a_checkpoint_write_is_an_interruption(tmp_path, monkeypatch):
+    """Ctrl-C twice while torch.save writes: torch turns the KeyboardInterrupt into a RuntimeError
+    (inline_container); crnn must still see an interruption (exit 130), with the old checkpoint intact."""
+    path = tmp_path / "last.pt"
+    rundir.save_checkpoint(path, {"epoch": 1})
+    before = path.read_bytes()
+    real_save = torch.save
+
+    class Interrupting:
+        def __init__(self, f):
+            self.f, self.calls = f, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt  # what _StopFlag raises on the second SIGINT
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, Interrupting(f)))
+    with pytest.raises(KeyboardInterrupt):
+        rundir.save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(1000)}})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_run_stopped_before_its_first_checkpoint_restarts_with_its_own_command(runner, tmp_path, monkeypatch, sig):
     out = tmp_path / "run"
