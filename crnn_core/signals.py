@@ -32,6 +32,7 @@ def _raise(signum: int, frame: Any) -> None:
 
 def install() -> None:
     """Make SIGINT and SIGTERM raise ``SignalInterrupt`` (the command line calls this first)."""
+    note_run_dir(None)
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             signal.signal(sig, _raise)

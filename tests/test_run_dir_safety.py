@@ -329,3 +329,26 @@ def test_device_cuda_without_cuda_writes_nothing(runner, tmp_path):
     before = snapshot(finished)
     assert_one_line_error(resume(runner, finished, "--epochs", "2", "--device", "cuda"), "PyTorch sees no CUDA device")
     assert snapshot(finished) == before
+
+
+# -- 3. from the first instruction: the handlers come before PyTorch is imported ------------------------
+def test_the_signal_handlers_are_installed_before_pytorch_is_imported():
+    code = ("import sys, signal, crnn_core, crnn_core.entry, crnn_core.signals as s; s.install(); "
+            "print('torch' in sys.modules, signal.getsignal(signal.SIGTERM) is s._raise)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False", "True"], result.stderr
+
+
+def test_an_interruption_while_pytorch_imports_is_one_line(monkeypatch, capsys):
+    from crnn_core import entry, signals
+
+    def interrupted():
+        raise signals.SignalInterrupt(signal.SIGTERM)
+
+    monkeypatch.setattr(entry, "_import_cli", interrupted)
+    monkeypatch.setattr(signals, "install", lambda: None)  # leave the test process's handlers alone
+    signals.note_run_dir(None)
+    with pytest.raises(SystemExit) as stopped:
+        entry.main()
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err == "Interrupted: SIGTERM received during start-up; nothing was written\n"
