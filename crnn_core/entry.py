@@ -21,7 +21,11 @@ def main() -> None:
 
     signals.install()
     try:
-        cli = _import_cli()
-    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM while PyTorch imports
-        sys.exit(signals.report(exc))
-    cli.main()
+        try:
+            cli = _import_cli()
+            signals.check()  # a signal whose exception a library's bare `except:` swallowed while importing
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM while PyTorch imports
+            sys.exit(signals.report(exc))
+        cli.main()
+    finally:
+        signals.finish()

@@ -72,6 +72,9 @@ def prepare_new_run_dir(path: Path, force: bool) -> None:
             raise ConfigError(f"{path} already holds a run; use --resume {path} to continue it or --force to overwrite")
 
     refuse_a_run_to_keep()
+    from . import signals
+
+    signals.check()  # a start-up signal that something swallowed: stop before the first byte
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -150,6 +153,9 @@ def lock_run_dir(path: Path) -> RunLock:
     gets ``RunDirBusy`` naming the holder's pid. Within one process (tests, notebooks) a
     lock left by an earlier command on the same directory is released and taken again.
     """
+    from . import signals
+
+    signals.check()  # a signal received (and swallowed) during start-up stops the run before it writes
     old = _HELD.pop(_key(path), None)
     if old is not None:
         old.release()
@@ -179,8 +185,6 @@ def lock_run_dir(path: Path) -> RunLock:
             ctx.call_on_close(lock.release)
     except ImportError:  # pragma: no cover - click is a dependency
         pass
-    from . import signals
-
     signals.note_run_dir(path)
     return lock
 

@@ -6,6 +6,13 @@ building) and after it ends, ``install`` makes either signal raise ``SignalInter
 (a ``KeyboardInterrupt``, so code that isolates plugin failures lets it through), and
 ``report`` turns it into one line and the shell's exit status (128 + the signal's
 number), with the command that continues or restarts the run when one was started.
+
+Once a signal has been received, more signals are ignored while crnn unwinds (a second
+Ctrl-C must not turn the one-line message into a traceback), and ``check`` raises the
+first one again at the next safe point if code in between swallowed it (a bare
+``except:`` in an imported library). When the command has finished, ``finish`` ignores
+both signals, so one that arrives while the interpreter shuts down cannot replace the
+command's exit status (Python restores the default handlers while it finalises).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 _RUN_DIR: Path | None = None
+_RECEIVED: int | None = None  # the first signal received outside the training loop
 
 
 class SignalInterrupt(KeyboardInterrupt):
@@ -27,11 +35,32 @@ class SignalInterrupt(KeyboardInterrupt):
 
 
 def _raise(signum: int, frame: Any) -> None:
+    global _RECEIVED
+    if _RECEIVED is not None:  # already stopping: a second signal must not interrupt the unwinding
+        return
+    _RECEIVED = int(signum)
     raise SignalInterrupt(signum)
+
+
+def check() -> None:
+    """Raise the signal received earlier again, if something swallowed its ``SignalInterrupt``."""
+    if _RECEIVED is not None:
+        raise SignalInterrupt(_RECEIVED)
+
+
+def finish() -> None:
+    """The command is over: from now on SIGINT and SIGTERM are ignored (the exit status is decided)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass
 
 
 def install() -> None:
     """Make SIGINT and SIGTERM raise ``SignalInterrupt`` (the command line calls this first)."""
+    global _RECEIVED
+    _RECEIVED = None
     note_run_dir(None)
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:

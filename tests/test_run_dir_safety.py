@@ -352,3 +352,23 @@ def test_an_interruption_while_pytorch_imports_is_one_line(monkeypatch, capsys):
         entry.main()
     assert stopped.value.code == 143
     assert capsys.readouterr().err == "Interrupted: SIGTERM received during start-up; nothing was written\n"
+
+
+def test_a_swallowed_start_up_signal_still_stops_the_run_before_it_writes(runner, tmp_path, monkeypatch):
+    """A library's bare `except:` may swallow the SignalInterrupt; the run still stops before its first byte."""
+    from crnn_core import signals
+
+    monkeypatch.setattr(signals, "_RECEIVED", int(signal.SIGTERM))  # received, its exception swallowed
+    out = tmp_path / "run"
+    result = run(runner, out, "--epochs", "1")
+    assert result.exit_code == 143
+    assert result.stderr.strip().splitlines() == ["Interrupted: SIGTERM received during start-up; nothing was written"]
+    assert not out.exists()
+
+
+def test_a_signal_after_the_command_ended_does_not_change_its_exit_status():
+    """Python restores the default handlers while it shuts down; crnn ignores signals once the command is over."""
+    code = ("import os, signal, sys; from crnn_core import signals; signals.install(); signals.finish(); "
+            "os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT); sys.exit(0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (0, "")
