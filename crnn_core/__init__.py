@@ -11,27 +11,50 @@ One import for users and plugin authors:
   for run directories;
 * plugins: ``hookimpl``, the component base classes, ``option`` / ``require`` for options.
 
+The names are imported on first use (PEP 562), so that ``import crnn_core`` itself is
+light: the command line installs its signal handlers before PyTorch is imported
+(``crnn_core/entry.py``). Type checkers see them through the ``TYPE_CHECKING`` imports.
 See docs/python-api.md for worked examples and docs/plugins.md for the plugin contract.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from .cell import Cell, State
-from .context import ContextNetwork
-from .contextual import ContextualRNN, TorchRNN
-from .env import CrnnWarning, env_flag
-from .errors import CheckpointError, ConfigError, CrnnError, PluginError
-from .hookspecs import hookimpl
-from .init_strategy import InitStrategy
-from .model import Built, ModelSpec, TaskModel, build_model
-from .options import NoOptions, option, require
-from .plugins import PluginSystem, get_plugins
-from .run import RunConfig, RunDirWriter, load_run
-from .task import Batch, Rollout, Task, TaskModule
-from .train import Callback, Interrupted, Loop, NonFinite, StopOnSignal, TrainConfig, TrainState, evaluate, fit
+if TYPE_CHECKING:
+    from .cell import Cell, State
+    from .context import ContextNetwork
+    from .contextual import ContextualRNN, TorchRNN
+    from .env import CrnnWarning, env_flag
+    from .errors import CheckpointError, ConfigError, CrnnError, PluginError
+    from .hookspecs import hookimpl
+    from .init_strategy import InitStrategy
+    from .model import Built, ModelSpec, TaskModel, build_model
+    from .options import NoOptions, option, require
+    from .plugins import PluginSystem, get_plugins
+    from .run import RunConfig, RunDirWriter, load_run
+    from .task import Batch, Rollout, Task, TaskModule
+    from .train import Callback, Interrupted, Loop, NonFinite, StopOnSignal, TrainConfig, TrainState, evaluate, fit
+
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    "Cell": "cell", "State": "cell",
+    "ContextNetwork": "context",
+    "ContextualRNN": "contextual", "TorchRNN": "contextual",
+    "CrnnWarning": "env", "env_flag": "env",
+    "CheckpointError": "errors", "ConfigError": "errors", "CrnnError": "errors", "PluginError": "errors",
+    "hookimpl": "hookspecs",
+    "InitStrategy": "init_strategy",
+    "Built": "model", "ModelSpec": "model", "TaskModel": "model", "build_model": "model",
+    "NoOptions": "options", "option": "options", "require": "options",
+    "PluginSystem": "plugins", "get_plugins": "plugins",
+    "RunConfig": "run", "RunDirWriter": "run", "load_run": "run",
+    "Batch": "task", "Rollout": "task", "Task": "task", "TaskModule": "task",
+    "Callback": "train", "Interrupted": "train", "Loop": "train", "NonFinite": "train",
+    "StopOnSignal": "train", "TrainConfig": "train", "TrainState": "train", "evaluate": "train", "fit": "train",
+}
 
 #: Entry-point group of the layers re-exported here (``from crnn_core import FastWeights``).
 LAYERS_GROUP = "crnn.layers"
@@ -42,53 +65,21 @@ def _layer_entry_points() -> dict[str, importlib.metadata.EntryPoint]:
 
 
 def __getattr__(name: str) -> Any:
-    """A layer some plugin distribution declares under ``crnn.layers`` (loaded on first access)."""
-    ep = _layer_entry_points().get(name)
-    if ep is None:
-        raise AttributeError(f"module 'crnn_core' has no attribute {name!r}")
-    value = ep.load()
+    """A public name of the core (imported on first use), or a layer some plugin distribution
+    declares under ``crnn.layers`` (loaded on first access)."""
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:
+        ep = _layer_entry_points().get(name)
+        if ep is None:
+            raise AttributeError(f"module 'crnn_core' has no attribute {name!r}")
+        value = ep.load()
     globals()[name] = value
     return value
 
 
-__all__ = [
-    "Batch",
-    "Built",
-    "Callback",
-    "Cell",
-    "CheckpointError",
-    "ConfigError",
-    "ContextNetwork",
-    "ContextualRNN",
-    "CrnnError",
-    "CrnnWarning",
-    "InitStrategy",
-    "Interrupted",
-    "Loop",
-    "ModelSpec",
-    "NoOptions",
-    "NonFinite",
-    "PluginError",
-    "PluginSystem",
-    "Rollout",
-    "RunConfig",
-    "RunDirWriter",
-    "State",
-    "StopOnSignal",
-    "Task",
-    "TaskModel",
-    "TaskModule",
-    "TorchRNN",
-    "TrainConfig",
-    "TrainState",
-    "build_model",
-    "env_flag",
-    "evaluate",
-    "fit",
-    "get_plugins",
-    "hookimpl",
-    "load_run",
-    "option",
-    "require",
-    *sorted(_layer_entry_points()),
-]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+__all__ = sorted(_EXPORTS) + sorted(_layer_entry_points())

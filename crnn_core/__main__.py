@@ -1,5 +1,5 @@
 """``python -m crnn_core`` runs the ``crnn`` command line (also under torchrun)."""
 
-from .cli import main
+from .entry import main
 
 main()

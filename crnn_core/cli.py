@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from . import distributed
+from . import distributed, signals
 from .env import cli_reporting, env_flag
 from .errors import ConfigError, CrnnError
 from .kinds import KINDS, SCOPES
@@ -58,9 +58,8 @@ class CrnnGroup(click.Group):
             if not getattr(exc, "shown_by_rank_0", False):  # under torchrun, one copy of an error all ranks hit
                 click.echo(f"{'Interrupted' if isinstance(exc, Interrupted) else 'Error'}: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:  # outside the training loop (which saves last.pt itself)
+            ctx.exit(signals.report(exc))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug, not bad input: say so briefly
@@ -309,10 +308,13 @@ def _attach_extra_commands() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    signals.install()  # exit 130/143 with one line, from here on
     try:
         with cli_reporting():  # a plugin that fails to load is reported as it loads
             _attach_extra_commands()
     except CrnnError as exc:  # e.g. CRNN_PLUGINS_STRICT with a broken plugin
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt as exc:  # Ctrl-C while a slow plugin imports
+        sys.exit(signals.report(exc))
     cli(prog_name="crnn")

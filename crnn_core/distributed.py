@@ -223,6 +223,7 @@ def setup(device: str) -> DistContext:
     Idempotent; returns the single-process context when not launched by torchrun.
     """
     global _CONTEXT
+    resolve_device(device)  # before anything is written: --device cuda without CUDA leaves no run directory
     if _CONTEXT.enabled or not launched_by_torchrun():
         return _CONTEXT
     import torch.distributed as dist

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
+
 
 class CrnnError(Exception):
     """A problem with the user's input or environment, reported as a one-line message.
@@ -23,3 +27,14 @@ class PluginError(CrnnError):
 
 class CheckpointError(CrnnError):
     """A checkpoint or run directory is missing, corrupt, or belongs to another run."""
+
+
+def debug() -> bool:
+    """Whether ``CRNN_DEBUG`` asks for tracebacks."""
+    return os.environ.get("CRNN_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def show_traceback(exc: BaseException) -> None:
+    """With ``CRNN_DEBUG=1``, print ``exc``'s full traceback on stderr (a plugin's own error, before it is shortened)."""
+    if debug():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from .cell import State
 from .contextual import ContextualRNN
-from .errors import ConfigError, CrnnError
+from .contract import check_cell_result, check_initial_state
+from .errors import ConfigError, CrnnError, show_traceback
 from .init_strategy import InitStrategy
 from .kinds import KINDS
 from .options import build_options
@@ -49,6 +50,7 @@ class TaskModel(nn.Module):
         super().__init__()
         self.task_module = task_module
         self.rnn = rnn
+        self.contract_checked = False  # the components' outputs are checked on the first forward pass
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @property
@@ -73,7 +75,13 @@ class TaskModel(nn.Module):
     def forward(self, batch: Batch, sample: bool | None = None) -> Tensor:
         inputs = self.task_module.encode(batch)
         state = self.initial_state(batch, inputs.shape[0], sample)
-        outputs, _ = self.cell(inputs, state)
+        if not self.contract_checked:
+            check_initial_state(self.init, state, self.cell.state_spec(), inputs.shape[0])
+        result = self.cell(inputs, state)
+        if not self.contract_checked:
+            check_cell_result(self.cell, inputs, result)
+            self.contract_checked = True
+        outputs, _ = result
         return self.task_module.head(outputs)
 
 
@@ -102,6 +110,7 @@ def _construct(kind: str, name: str, cls: type, *args: Any) -> Any:
     except CrnnError:
         raise
     except Exception as exc:  # noqa: BLE001 - third-party constructors may raise anything
+        show_traceback(exc)  # CRNN_DEBUG=1: the plugin's own traceback, then the one-line error
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ConfigError(
             f"{kind} '{name}' ({cls.__module__}.{cls.__qualname__}) failed to build: {type(exc).__name__}: {first}"

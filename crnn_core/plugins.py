@@ -7,14 +7,25 @@ hooks. Loading is safe: a plugin that fails to import, or whose hook raises or r
 something invalid, is recorded as failed and reported once (a ``crnn`` log record, shown
 on stderr by the CLI); everything else keeps working.
 
+Loading is all or nothing per plugin: a plugin that fails is rolled back (its
+components and commands removed), a command name that exists already is refused, two
+packages that publish the same entry-point name are both refused, and a plugin import
+that takes longer than a few seconds is named on stderr while it goes on.
+
 Environment variables (read with ``env.env_flag``):
   CRNN_PLUGINS_STRICT=1   make any plugin failure fatal (for plugin authors' CI)
   CRNN_NO_PLUGINS=1       do not load third-party plugins (built-ins only)
+  CRNN_PLUGIN_SLOW_SECONDS  after how long a plugin import is reported as slow (default 5)
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
+import inspect
+import os
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +33,7 @@ import pluggy
 
 from . import hookspecs
 from .env import env_flag, logger
-from .errors import PluginError
+from .errors import PluginError, show_traceback
 from .kinds import KINDS
 from .registry import Registry
 
@@ -37,6 +48,13 @@ def builtin_entry_points() -> list[importlib.metadata.EntryPoint]:
     except importlib.metadata.PackageNotFoundError:
         return []
     return [ep for ep in dist.entry_points if ep.group == hookspecs.PROJECT]
+
+
+def _info_of(ep: importlib.metadata.EntryPoint, builtin: bool) -> "PluginInfo":
+    dist = getattr(ep, "dist", None)
+    package = dist.metadata["Name"] if dist is not None else "?"
+    version = dist.version if dist is not None else "?"
+    return PluginInfo(ep.name, package, version, ep.value, builtin)
 
 
 @dataclass
@@ -80,32 +98,42 @@ class PluginSystem:
         self.experiments: dict[str, Any] = {}  # name -> crnn_core.reproduce.Experiment
         self._filled = False
         self._commands_added: set[int] = set()
+        self._registered: dict[str, list[tuple[Registry | None, str, Any]]] = {}  # plugin -> what it registered
+        self.command_providers: dict[str, str] = {}  # command name -> plugin package that added it
         builtins = builtin_entry_points()
         for ep in builtins:
-            self._load(ep, builtin=True)
+            self._load(ep, _info_of(ep, builtin=True))
         if load_entry_points and not env_flag("CRNN_NO_PLUGINS"):
             self._load_entry_points(exclude={(ep.name, ep.value) for ep in builtins})
 
     # -- loading -----------------------------------------------------------------
     def _load_entry_points(self, exclude: set[tuple[str, str]]) -> None:
-        seen = set(exclude)
+        by_name: dict[str, list[tuple[Any, PluginInfo]]] = {}
         for ep in sorted(importlib.metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
-            if (ep.name, ep.value) not in seen:  # a distribution found twice on sys.path lists its entry points twice
-                seen.add((ep.name, ep.value))
-                self._load(ep, builtin=False)
+            if (ep.name, ep.value) in exclude:  # the built-ins, loaded already
+                continue
+            info = _info_of(ep, builtin=False)
+            same = by_name.setdefault(ep.name, [])
+            if not any(other.package == info.package and other.module == ep.value for _ep, other in same):
+                same.append((ep, info))  # (a distribution found twice on sys.path lists its entry points twice)
+        for name, candidates in by_name.items():
+            if len(candidates) > 1:  # which one wins would be an accident of sys.path order: neither does
+                packages = " and ".join(f"'{info.package}' ({info.module})" for _ep, info in candidates)
+                for i, (_ep, info) in enumerate(candidates):
+                    self.info[name if i == 0 else f"{name} [{info.package}]"] = info
+                    self._fail(info, f"entry-point name clash: '{name}' is published by both {packages}; uninstall one")
+                continue
+            self._load(*candidates[0])
 
-    def _load(self, ep: importlib.metadata.EntryPoint, builtin: bool) -> None:
-        dist = getattr(ep, "dist", None)
-        package = dist.metadata["Name"] if dist is not None else "?"
-        version = dist.version if dist is not None else "?"
-        info = PluginInfo(ep.name, package, version, ep.value, builtin)
+    def _load(self, ep: importlib.metadata.EntryPoint, info: PluginInfo) -> None:
         try:
-            module = ep.load()
+            with _slow_import_notice(info):
+                module = ep.load()
         except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything on import, sys.exit() too
             if isinstance(exc, KeyboardInterrupt):
                 raise
             self.info[ep.name] = info
-            self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
+            self._fail(info, f"import failed: {type(exc).__name__}: {exc}", exc)
             return
         self._add(module, ep.name, info)
 
@@ -120,21 +148,39 @@ class PluginSystem:
         if name in self.info and self.info[name].ok:
             self._fail(info, f"a plugin named '{name}' is already registered")
             return
+        problem = _hook_problem(plugin)
+        if problem is not None:
+            self.info[name] = info
+            self._fail(info, f"registration failed: {problem}")
+            return
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # pluggy validation errors, bad hook names ...
             self.info[name] = info
-            self._fail(info, f"registration failed: {type(exc).__name__}: {exc}")
+            self._fail(info, f"registration failed: {type(exc).__name__}: {_first_line(exc)}", exc)
             return
         info.hooks = sorted(impl.name for impl in _hookcallers(self.pm, plugin))
         self.info[name] = info
 
-    def _fail(self, info: PluginInfo, message: str) -> None:
+    def _fail(self, info: PluginInfo, message: str, exc: BaseException | None = None) -> None:
         info.errors.append(message)
+        self._roll_back(info)
         text = f"crnn: plugin '{info.name}' ({info.package}) failed: {message}"
+        if exc is not None:
+            show_traceback(exc)  # CRNN_DEBUG=1: the plugin's own traceback
         if env_flag("CRNN_PLUGINS_STRICT"):
             raise PluginError(text + " [CRNN_PLUGINS_STRICT is set]")
         logger.error(text)
+
+    def _roll_back(self, info: PluginInfo) -> None:
+        """Remove every component a failed plugin registered, so nothing of it stays usable."""
+        for key, other in self.info.items():
+            if other is info:
+                for registry, name, obj in self._registered.pop(key, []):
+                    if registry is None:
+                        self.experiments.pop(name, None)
+                    else:
+                        registry.unregister(name, obj)
 
     # -- registries --------------------------------------------------------------
     def fill(self) -> "PluginSystem":
@@ -150,8 +196,9 @@ class PluginSystem:
         if self.pm.get_plugin(plugin_name) is None or not info.ok:
             return
         provider = BUILTIN_PROVIDER if info.builtin else info.package
-        hooks: list[tuple[str, Any]] = [(k.hook, self.registries[k.plural]) for k in KINDS]
-        hooks.append(("register_experiments", None))
+        done = self._registered.setdefault(plugin_name, [])
+        hooks: list[tuple[str, Registry | None]] = [(k.hook, self.registries[k.plural]) for k in KINDS]
+        hooks.append(("register_experiments", None))  # None: the experiments' table
         for hook_name, registry in hooks:
             impl = _impl_of(self.pm, hook_name, plugin_name)
             if impl is None:
@@ -160,13 +207,15 @@ class PluginSystem:
             def register(obj: Any, name: str | None = None, _r: Registry | None = registry) -> None:
                 if _r is None:
                     self._register_experiment(obj, provider)
+                    done.append((None, obj.name, obj))
                 else:
-                    _r.register(obj, provider=provider, name=name)
+                    done.append((_r, _r.register(obj, provider=provider, name=name), obj))
 
             try:
                 impl(register=register)
             except (Exception, SystemExit) as exc:  # noqa: BLE001
-                self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
+                self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}", exc)  # rolls back all of it
+                return
 
     def _register_experiment(self, experiment: Any, provider: str) -> None:
         from .reproduce import Experiment
@@ -179,7 +228,12 @@ class PluginSystem:
         self.experiments[experiment.name] = experiment
 
     def add_commands(self, cli: Any) -> None:
-        """Call every ``register_commands`` hook once for ``cli``, isolating failures."""
+        """Call every ``register_commands`` hook once for ``cli``, isolating failures.
+
+        A plugin may only add commands: one that replaces an existing command (a built-in
+        such as ``run``, or another plugin's) is refused, naming both providers, and a
+        failing plugin's commands are all removed again.
+        """
         if id(cli) in self._commands_added:
             return
         self._commands_added.add(id(cli))
@@ -187,10 +241,22 @@ class PluginSystem:
             impl = _impl_of(self.pm, "register_commands", name) if info.ok else None
             if impl is None:
                 continue
+            before = dict(cli.commands)
             try:
                 impl(cli=cli)
             except (Exception, SystemExit) as exc:  # noqa: BLE001
-                self._fail(info, f"register_commands raised {type(exc).__name__}: {exc}")
+                _restore_commands(cli, before)
+                self._fail(info, f"register_commands raised {type(exc).__name__}: {exc}", exc)
+                continue
+            replaced = sorted(k for k, command in before.items() if cli.commands.get(k) is not command)
+            if replaced:
+                _restore_commands(cli, before)
+                owner = self.command_providers.get(replaced[0], BUILTIN_PROVIDER)
+                self._fail(info, f"register_commands: command '{replaced[0]}' already exists (provided by '{owner}'); "
+                                 f"'{info.package}' may add commands but not replace them")
+                continue
+            for added in set(cli.commands) - set(before):
+                self.command_providers[added] = info.package
 
     def registry(self, list_name: str) -> Registry:
         """The registry of one kind, by its plural or scope: ``cells`` or ``cell``, ``inits`` ... (``kinds.KINDS``)."""
@@ -207,6 +273,84 @@ class PluginSystem:
                 return {"package": info.package, "version": info.version, "module": module}
         top = module.split(".")[0]
         return {"package": top, "version": _version(top), "module": module}
+
+
+def _restore_commands(cli: Any, before: dict[str, Any]) -> None:
+    cli.commands.clear()
+    cli.commands.update(before)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+HOOK_NAMES = tuple(name for name, obj in vars(hookspecs).items() if hasattr(obj, f"{hookspecs.PROJECT}_spec"))
+
+
+def _hook_problem(plugin: object) -> str | None:
+    """A mistake in how ``plugin`` declares its hooks, in words, or None.
+
+    pluggy silently ignores a hook function without ``@hookimpl`` and accepts a marked
+    function with an unknown hook name; both would make a plugin that loads "ok" and
+    provides nothing. Arguments are checked against the hook's, naming the one that differs.
+    """
+    marker = f"{hookspecs.PROJECT}_impl"
+    for attr in dir(plugin):
+        if not attr.startswith("register"):
+            continue
+        try:
+            fn = getattr(plugin, attr)
+        except Exception:  # noqa: BLE001 - a property that raises is not a hook
+            continue
+        if not callable(fn) or isinstance(fn, type):
+            continue
+        marked = hasattr(fn, marker)
+        if attr in HOOK_NAMES and not marked:
+            return (f"{attr} is not marked with @crnn_core.hookimpl, so it would never be called "
+                    "(add the decorator: from crnn_core import hookimpl)")
+        if marked and attr not in HOOK_NAMES:
+            close = difflib.get_close_matches(attr, HOOK_NAMES, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; the hooks are: {', '.join(HOOK_NAMES)}"
+            return f"@hookimpl function {attr} is not a crnn hook{hint}"
+        if marked:
+            expected = inspect.signature(getattr(hookspecs, attr)).parameters
+            try:
+                params = [p for p in inspect.signature(fn).parameters.values()
+                          if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            except (TypeError, ValueError):
+                continue
+            extra = [p.name for p in params if p.name not in expected and p.default is p.empty]
+            if extra:
+                wanted = ", ".join(expected)
+                return (f"hook {attr}({', '.join(p.name for p in params)}): argument '{extra[0]}' is not one that "
+                        f"crnn passes; the hook's arguments are ({wanted}): rename it")
+    return None
+
+
+class _slow_import_notice:
+    """While a plugin imports, say on stderr which one it is once it takes longer than a few seconds."""
+
+    def __init__(self, info: PluginInfo) -> None:
+        self.info = info
+        try:
+            self.delay = float(os.environ.get("CRNN_PLUGIN_SLOW_SECONDS", "5"))
+        except ValueError:
+            self.delay = 5.0
+        self.timer: threading.Timer | None = None
+
+    def _say(self) -> None:
+        print(f"crnn: still loading plugin '{self.info.name}' ({self.info.package}, {self.info.module}) after "
+              f"{self.delay:g}s; Ctrl-C to stop, or CRNN_NO_PLUGINS=1 to start without plugins", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "_slow_import_notice":
+        self.timer = threading.Timer(self.delay, self._say)
+        self.timer.daemon = True
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 def _impl_of(pm: pluggy.PluginManager, hook_name: str, plugin_name: str) -> Any:

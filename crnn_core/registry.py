@@ -40,7 +40,7 @@ class Registry(Generic[T]):
         self.list_name = list_name  # `crnn list <list_name>`
         self._entries: dict[str, Entry] = {}
 
-    def register(self, cls: T, provider: str, name: str | None = None) -> None:
+    def register(self, cls: T, provider: str, name: str | None = None) -> str:
         """Add ``cls`` under ``name`` (default ``cls.name``); errors name the provider."""
         if not isinstance(cls, type) or not issubclass(cls, self.base):
             raise PluginError(
@@ -58,6 +58,13 @@ class Registry(Generic[T]):
                 f"({cls.__module__}.{cls.__name__})"
             )
         self._entries[name] = Entry(name, cls, provider)
+        return name
+
+    def unregister(self, name: str, cls: type) -> None:
+        """Remove ``name`` if it is still ``cls`` (rolling back a plugin that failed)."""
+        entry = self._entries.get(name)
+        if entry is not None and entry.cls is cls:
+            del self._entries[name]
 
     def get(self, name: str) -> Entry:
         """The entry for ``name``, or a ConfigError with a suggestion."""

@@ -19,13 +19,16 @@ from .model import Built, ModelSpec, build_model
 from .plugins import PluginSystem, get_plugins
 from .rundir import (
     append_metrics,
+    defer_until_resumed,
     is_run_dir,
     load_checkpoint,
     prepare_new_run_dir,
     read_json,
+    resume_checked,
     save_checkpoint,
     truncate_metrics,
     write_json,
+    write_text,
 )
 from .options import build_options
 from .train import Callback, Loop, TrainConfig, TrainState
@@ -110,17 +113,18 @@ class RunDirWriter(Callback):
         write_json(run_dir / "config.json", config.to_json())
         for name, content in files.items():
             if isinstance(content, str):
-                (run_dir / name).write_text(content)
+                write_text(run_dir / name, content)
             else:
                 write_json(run_dir / name, content)
         return cls(run_dir, config, resume=False, **kw)
 
     @classmethod
     def reopen(cls, run_dir: Path, config: RunConfig, command: str, **kw: Any) -> "RunDirWriter":
-        """An existing run to continue: its ``config.json`` rewritten with ``config``, ``command`` appended to command.txt."""
-        write_json(run_dir / "config.json", config.to_json())
-        with open(run_dir / "command.txt", "a") as f:
-            f.write(command + "\n")
+        """An existing run to continue: its ``config.json`` rewritten with ``config`` and ``command``
+        appended to command.txt, once ``last.pt`` is accepted and there is training left to do
+        (``rundir.resume_checked``): a refused or empty resume changes nothing. Locks the directory."""
+        defer_until_resumed(run_dir, lambda: (write_json(run_dir / "config.json", config.to_json()),
+                                              write_text(run_dir / "command.txt", command + "\n", append=True)))
         return cls(run_dir, config, resume=True, **kw)
 
     # -- callbacks -------------------------------------------------------------------------------
@@ -182,6 +186,7 @@ class RunDirWriter(Callback):
             loop.dist.restore_rng(ckpt, loop.config.seed)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{self.last} has a missing or invalid field: {str(exc).splitlines()[0][:200]}") from None
+        resume_checked(self.run_dir, ckpt, loop.config.epochs, loop.dist.is_main)  # repairs; nothing to do?; deferred writes
         loop.state = s
         if loop.dist.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", s.epoch)
