@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -19,14 +17,17 @@ from typing import Any
 import click
 
 from . import distributed
+from .env import cli_reporting, env_flag
 from .errors import ConfigError, CrnnError
-from .model import ModelSpec, build_model
+from .kinds import KINDS, SCOPES
+from .model import Built, ModelSpec, build_model
 from .options import describe, parse_overrides
-from .plugins import KINDS, get_plugins
-from .rundir import default_run_dir, is_run_dir, prepare_new_run_dir, read_json, write_json
-from .train import Interrupted, Progress, TrainConfig, train, train_config_from
+from .plugins import PluginSystem, get_plugins
+from .run import RunConfig, RunDirWriter
+from .rundir import default_run_dir, is_run_dir
+from .train import Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
 
-LIST_KINDS = [list_name for (_attr, _base, _kind, list_name) in KINDS.values()]
+LIST_KINDS = [kind.plural for kind in KINDS]
 
 
 _ARGV: list[str] = []  # the arguments of this invocation, for command.txt
@@ -37,7 +38,18 @@ class CrnnGroup(click.Group):
 
     def main(self, args: Any = None, *a: Any, **kw: Any) -> Any:
         _ARGV[:] = list(args) if args is not None else sys.argv[1:]
-        return super().main(args, *a, **kw)
+        with cli_reporting():
+            return super().main(args, *a, **kw)
+
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
+        """A command, including those plugins add (``register_commands``, attached on first use)."""
+        if cmd_name not in self.commands:
+            get_plugins().add_commands(self)
+        return super().get_command(ctx, cmd_name)  # type: ignore[arg-type]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        get_plugins().add_commands(self)
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -52,7 +64,7 @@ class CrnnGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug, not bad input: say so briefly
-            if os.environ.get("CRNN_DEBUG"):
+            if env_flag("CRNN_DEBUG"):
                 traceback.print_exc()
             else:
                 first = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -97,7 +109,7 @@ Examples:
 @click.option("--seed", type=int, help="seed of initialisation, batch order and sampling  [default: 0]")
 @click.option("--device", help="cpu or cuda  [default: cpu]")
 @click.option("--out", type=click.Path(path_type=Path), help="run directory (default: runs/<time>_<cell>-<init>-<task>_s<seed>)")
-@click.option("--set", "overrides", multiple=True, metavar="SCOPE.KEY=VALUE", help="component option, e.g. cell.inner_steps=2 (scopes: cell, init, context, task, train)")
+@click.option("--set", "overrides", multiple=True, metavar="SCOPE.KEY=VALUE", help=f"component option, e.g. cell.inner_steps=2 (scopes: {', '.join(SCOPES)})")
 @click.option("--resume", type=click.Path(path_type=Path), help="continue the run in this directory from checkpoints/last.pt")
 @click.option("--force", is_flag=True, help="overwrite a run already in --out")
 @click.option("--early-stop/--no-early-stop", default=None, help="stop at the task's target (ART: 100% validation accuracy)")
@@ -127,89 +139,61 @@ def run(
                                           ("--out", out), ("--batch-size", batch_size), ("--lr", lr), ("--seed", seed)) if value is not None]
         if given or overrides or force:
             raise ConfigError(f"{(given or ['--set/--force'])[0]} cannot be combined with --resume (a resumed run keeps its config)")
-        run_dir = resume
-        if not is_run_dir(run_dir):
-            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
-        config = read_json(run_dir / "config.json")
-        _check_run_config(config, run_dir / "config.json")  # untrusted: it may have been edited by hand
-        try:
-            spec = ModelSpec(**config["model"])
-            cfg_values = {**config["train"], **{k: v for k, v in flags.items() if v is not None}}
-            cfg = train_config_from({}, cfg_values, {})
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"{run_dir}/config.json is not a crnn run config ({exc})") from None
-        dist = distributed.setup(cfg.device)  # joins the process group under torchrun, else a no-op
-        built = build_model(spec, plugins)
-        config["train"] = dataclasses.asdict(cfg)
-        dist.on_main(lambda: (write_json(run_dir / "config.json", config), _append_command(run_dir)))
+        if not is_run_dir(resume):
+            raise ConfigError(f"--resume {resume}: not a run directory (no config.json)")
+        config = RunConfig.load(resume)
+        config.train = train_config_from(dataclasses.asdict(config.train), flags, {})
     else:
-        scoped = parse_overrides(overrides)
-        spec = ModelSpec(
-            cell=cell or "fastweights",
-            init=init_name or "learned",
-            task=task or "art",
-            context=context,
-            cell_options=scoped["cell"],
-            init_options=scoped["init"],
-            context_options=scoped["context"],
-            task_options=scoped["task"],
-        )
-        task_cls = plugins.registry("tasks").get(spec.task).cls
-        cfg = train_config_from(task_cls.training_defaults, flags, scoped["train"])
-        import torch
+        config = _new_run_config(plugins, cell, init_name, task, context, flags, overrides)
+    import torch
 
-        dist = distributed.setup(cfg.device)  # joins the process group under torchrun, else a no-op
-        torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only
-        built = build_model(spec, plugins)
-        config = {
-            "model": dataclasses.asdict(built.spec),
-            "train": dataclasses.asdict(cfg),
-            "crnn_version": _version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-
-        def create_run_dir() -> Path:  # rank 0 only; the others get its path
-            run_dir = out or default_run_dir(Path("runs"), spec.cell, spec.init, spec.task, cfg.seed)
-            prepare_new_run_dir(run_dir, force)
-            write_json(run_dir / "config.json", config)
-            write_json(run_dir / "plugins.json", {kind: {"name": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}", **plugins.provider_of(cls)} for kind, cls in built.classes.items()})
-            (run_dir / "command.txt").write_text(_command_line() + "\n")
-            return run_dir
-
-        run_dir = dist.on_main(create_run_dir)
-
+    dist = distributed.setup(config.train.device)  # joins the process group under torchrun, else a no-op
+    torch.manual_seed(config.train.seed)  # the model's initial weights depend on the seed only (a resume loads them)
+    built = build_model(config.model, plugins)
+    if resume is None:  # a new run records every option as resolved; a resumed one keeps what its checkpoint matches
+        config.model = built.spec
+    writer = dist.on_main(lambda: _open_run_dir(config, built, plugins, out, force, resume))  # rank 0 writes
     quiet = quiet or not dist.is_main  # under torchrun only rank 0 logs and prints the summary
-    _log(quiet, f"crnn: run {run_dir} | {spec.cell} ({built.model.cell.describe_backend()}) + {spec.init} on {spec.task}, "
+    spec = built.spec
+    _log(quiet, f"crnn: run {writer.run_dir} | {spec.cell} ({built.model.cell.describe_backend()}) + {spec.init} on {spec.task}, "
          f"{sum(p.numel() for p in built.model.parameters())} parameters"
          + (f", {dist.world_size} processes ({dist.backend})" if dist.enabled else ""))
     try:
-        summary = train(built.model, built.task, cfg, run_dir, config, resume=resume is not None, progress=_progress(quiet, cfg))
+        with StopOnSignal() as stop:
+            summary = fit(built.model, built.task, config.train, callbacks=[writer, stop, *_progress(quiet, config.train)])
     except BaseException as exc:
-        distributed.teardown(synchronise=isinstance(exc, CrnnError))  # CrnnErrors in train() happen on every rank
+        distributed.teardown(synchronise=isinstance(exc, CrnnError))  # CrnnErrors in fit() happen on every rank
         if isinstance(exc, CrnnError) and not dist.is_main:
             exc.shown_by_rank_0 = True  # type: ignore[attr-defined]
         raise
     distributed.teardown()
     if dist.is_main:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps({"run_dir": str(writer.run_dir), **summary}))
 
 
-def _check_run_config(config: Any, path: Path) -> None:
-    """The shape of a run's config.json (values are checked later, by the options' own validation)."""
-    def bad(what: str) -> ConfigError:
-        return ConfigError(f"{path} is not a valid crnn run config: {what}")
+def _new_run_config(plugins: PluginSystem, cell: str | None, init: str | None, task: str | None, context: str | None,
+                    flags: dict[str, Any], overrides: tuple[str, ...]) -> RunConfig:
+    """The config of a fresh run: component names (defaults: fastweights, learned, art), then the
+    training options from the task's defaults < CLI flags < ``--set train.*``."""
+    scoped = parse_overrides(overrides)
+    spec = ModelSpec(cell=cell or "fastweights", init=init or "learned", task=task or "art", context=context,
+                     **{f"{kind.scope}_options": scoped[kind.scope] for kind in KINDS})
+    task_cls = plugins.registry("tasks").get(spec.task).cls
+    return RunConfig(spec, train_config_from(task_cls.training_defaults, flags, scoped["train"]))
 
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(config.get("train"), dict):
-        raise bad("it needs the objects 'model' and 'train'")
-    model = config["model"]
-    for key in ("cell", "init", "task"):
-        if not isinstance(model.get(key), str):
-            raise bad(f"model.{key} must be a component name, got {model.get(key)!r:.80}")
-    if model.get("context") is not None and not isinstance(model["context"], str):
-        raise bad(f"model.context must be a component name or null, got {model['context']!r:.80}")
-    for key in ("cell_options", "init_options", "context_options", "task_options"):
-        if not isinstance(model.get(key, {}), dict):
-            raise bad(f"model.{key} must be an object, got {model.get(key)!r:.80}")
+
+def _open_run_dir(config: RunConfig, built: Built, plugins: PluginSystem, out: Path | None, force: bool,
+                  resume: Path | None) -> RunDirWriter:
+    """The run directory's writer: a new directory (``--out`` or a default name), or the resumed one."""
+    relaunch = " ".join([*distributed.launcher(), "run"])
+    if resume is not None:
+        return RunDirWriter.reopen(resume, config, _command_line(), relaunch=relaunch)
+    spec = config.model
+    run_dir = out or default_run_dir(Path("runs"), spec.cell, spec.init, spec.task, config.train.seed)
+    provenance = {kind: {"name": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}",
+                         **plugins.provider_of(cls)} for kind, cls in built.classes.items()}
+    files = {"plugins.json": provenance, "command.txt": _command_line() + "\n"}
+    return RunDirWriter.create(run_dir, config, force, files, relaunch=relaunch)
 
 
 def _log(quiet: bool, message: str) -> None:
@@ -217,48 +201,41 @@ def _log(quiet: bool, message: str) -> None:
         click.echo(message, err=True)
 
 
-def _progress(quiet: bool, cfg: TrainConfig) -> Progress:
-    if quiet:
-        return Progress()
-    state: dict[str, Any] = {}
-    tty = sys.stderr.isatty()
+class ProgressDisplay(Callback):
+    """A progress bar per epoch (on a terminal) and one summary line per epoch, on stderr."""
 
-    def start(epoch: int, steps: int) -> None:
-        if tty:
-            bar = click.progressbar(length=steps, label=f"epoch {epoch}/{cfg.epochs}", file=sys.stderr)
-            state["bar"] = bar.__enter__()
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
 
-    def step() -> None:
-        if "bar" in state:
-            state["bar"].update(1)
+    def on_epoch_start(self, loop: Loop, steps: int) -> None:
+        if self.tty:
+            self.bar = click.progressbar(length=steps, label=f"epoch {loop.state.epoch + 1}/{self.epochs}", file=sys.stderr)
+            self.bar.__enter__()
 
-    def end(record: dict[str, Any]) -> None:
-        if "bar" in state:
-            state.pop("bar").__exit__(None, None, None)
+    def on_step_end(self, loop: Loop) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_epoch_end(self, loop: Loop, record: dict[str, Any] | None, improved: bool) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+        if record is None:
+            return
         metrics = " ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
-        click.echo(f"epoch {record['epoch']}/{cfg.epochs} step {record['step']} train_loss {record['train_loss']:.4f} "
+        click.echo(f"epoch {record['epoch']}/{self.epochs} step {record['step']} train_loss {record['train_loss']:.4f} "
                    f"val_loss {record['loss']:.4f} {metrics} ({record['wall_time']:.1f}s)", err=True)
 
-    return Progress(on_epoch_start=start, on_step=step, on_epoch_end=end)
+
+def _progress(quiet: bool, cfg: TrainConfig) -> list[Callback]:
+    return [] if quiet else [ProgressDisplay(cfg.epochs)]
 
 
 def _command_line() -> str:
     # under torchrun, the torchrun launch that reproduces this run
     return " ".join(shlex.quote(a) for a in [*distributed.launcher(), *_ARGV])
-
-
-def _append_command(run_dir: Path) -> None:
-    with open(run_dir / "command.txt", "a") as f:
-        f.write(_command_line() + "\n")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("crnn")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 # -- crnn list / plugins --------------------------------------------------------------------------
@@ -288,7 +265,8 @@ def list_(kind: str | None, show_options: bool, as_json: bool) -> None:
             click.echo(f"  {e['name']:<{width}}  {e['package']:<{pwidth}}  {e['doc']}")
             if show_options:
                 for o in e["options"]:
-                    click.echo(f"      {k[:-1] if k != 'inits' else 'init'}: {o['name']}={o['default']!r}  ({o['type']}) {o['help']}")
+                    scope = next(kind.scope for kind in KINDS if kind.plural == k)
+                    click.echo(f"      {scope}: {o['name']}={o['default']!r}  ({o['type']}) {o['help']}")
         if not kind:
             click.echo("")
 
@@ -310,21 +288,18 @@ def plugins(as_json: bool) -> None:
             click.echo(f"    error: {error}")
 
 
-def _add_builtin_commands() -> None:
-    """The commands that live in their own modules (generation, plots, grids, kernels)."""
+def _add_core_commands() -> None:
+    """The core's commands that live in their own modules (generation, plots, experiment grids)."""
     from .generate import sample_command
     from .plot import plot_command
-    from .bench import bench_command, kernels_command
     from .reproduce import reproduce_command
 
     cli.add_command(sample_command, "sample")
     cli.add_command(plot_command, "plot")
     cli.add_command(reproduce_command, "reproduce")
-    cli.add_command(bench_command, "bench")
-    cli.add_command(kernels_command, "kernels")
 
 
-_add_builtin_commands()
+_add_core_commands()
 
 
 def _attach_extra_commands() -> None:
@@ -335,7 +310,8 @@ def _attach_extra_commands() -> None:
 def main() -> None:
     """Console-script entry point."""
     try:
-        _attach_extra_commands()
+        with cli_reporting():  # a plugin that fails to load is reported as it loads
+            _attach_extra_commands()
     except CrnnError as exc:  # e.g. CRNN_PLUGINS_STRICT with a broken plugin
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)

@@ -18,37 +18,49 @@ from typing import Any
 
 import click
 
-from .errors import CheckpointError, ConfigError
-from .model import Built, ModelSpec, build_model
+from .errors import ConfigError
 from .plugins import get_plugins
-from .rundir import atomic_write_bytes, is_run_dir, load_checkpoint, read_json
+from .run import load_run
+from .rundir import atomic_write_bytes
 from .task import Rollout, Task
 
 OUT_FORMATS = (".json", ".csv", ".png")
 
 
-def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> tuple[Built, dict[str, Any]]:
-    """Rebuild a run's task and model from ``config.json`` and ``checkpoints/<checkpoint>.pt`` (eval mode).
+class SampleCommand(click.Command):
+    """``crnn sample``: its own options plus ``--NAME`` for each generation parameter of the registered tasks.
 
-    Returns the built model and the checkpoint (for its epoch and step).
+    The tasks declare their parameters in ``Task.rollout_params``; ``--period 2`` is
+    shorthand for ``--param period=2``. A name that clashes with one of the command's own
+    options is only reachable through ``--param``.
     """
-    if not run_dir.is_dir() or not is_run_dir(run_dir):
-        raise ConfigError(f"{run_dir} is not a crnn run directory (no config.json)")
-    config = read_json(run_dir / "config.json")
-    try:
-        spec = ModelSpec(**config["model"])
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{run_dir}/config.json is not a crnn run config ({exc})") from None
-    built = build_model(spec, get_plugins())
-    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-    try:
-        built.model.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{run_dir}/checkpoints/{checkpoint}.pt does not fit this run's model: {str(exc).splitlines()[0][:200]}") from None
-    from .distributed import resolve_device
 
-    built.model.to(resolve_device(device)).eval()
-    return built, ckpt
+    @property  # type: ignore[override]
+    def params(self) -> list[click.Parameter]:
+        # One list per plugin system: click appends to and pops from it (the help option).
+        system = get_plugins()
+        if self._params_for is not system:
+            self._params_for, self._all_params = system, [*self._own_params, *self._task_params()]
+        return self._all_params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._own_params = list(value)
+        self._params_for: object = None
+        self._all_params: list[click.Parameter] = []
+
+    def _task_params(self) -> list[click.Parameter]:
+        taken = {name for p in self._own_params for name in (p.name, *p.opts)}
+        helps: dict[str, list[str]] = {}
+        for entry in get_plugins().registry("tasks"):
+            for name, help_text in entry.cls.rollout_params.items():
+                helps.setdefault(name, []).append(f"{help_text} ({entry.name})")
+        return [
+            click.Option([f"--{name.replace('_', '-')}", name], type=float, expose_value=True,
+                         help=f"{'; '.join(texts)}; shorthand for --param {name}=VALUE")
+            for name, texts in sorted(helps.items())
+            if name.isidentifier() and name not in taken and f"--{name.replace('_', '-')}" not in taken
+        ]
 
 
 def can_rollout(task: Task) -> bool:
@@ -154,10 +166,8 @@ Examples:
 """
 
 
-@click.command(epilog=SAMPLE_EXAMPLES)
+@click.command(cls=SampleCommand, epilog=SAMPLE_EXAMPLES)
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--period", type=float, help="the period T to generate (shorthand for --param period=T; lcd)")
-@click.option("--x0", type=float, help="the initial value x0 (shorthand for --param x0=X; lcd)")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="a generation parameter of the run's task")
 @click.option("-n", "--num-samples", "n", type=int, default=10, show_default=True, help="initial states to sample")
 @click.option("--steps", type=int, help="steps to generate  [default: the task's sequence length]")
@@ -168,8 +178,6 @@ Examples:
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 def sample_command(
     run_dir: Path,
-    period: float | None,
-    x0: float | None,
     params: tuple[str, ...],
     n: int,
     steps: int | None,
@@ -178,24 +186,19 @@ def sample_command(
     checkpoint: str,
     use_mean: bool,
     device: str,
+    **shorthands: float | None,
 ) -> None:
     """Sample initial states from a trained run and roll them out autoregressively.
 
-    For `lcd`, each sample starts at x(0) for the given x0 and period; its initial
+    The generation parameters are the task's (--param NAME=VALUE, or --NAME VALUE). For
+    `lcd`, each sample starts at x(0) for the given --x0 and --period; its initial
     hidden state is drawn from the learned distribution, and each step feeds the
     previous value plus the predicted change. Values outside the trained range warn
     (extrapolation) but work. Prints JSON on stdout (the trajectories, or a summary
     when --out is given).
     """
-    if n <= 0:
-        raise ConfigError(f"-n must be positive, got {n}")
-    if steps is not None and steps <= 0:
-        raise ConfigError(f"--steps must be positive, got {steps}")
-    if out is not None and out.suffix.lower() not in OUT_FORMATS:
-        raise ConfigError(f"--out {out}: unsupported file type '{out.suffix}' (use {', '.join(OUT_FORMATS)})")
-    if out is not None and out.suffix.lower() == ".png":
-        import_pyplot_figure()  # fail before any work when matplotlib is missing
-    values = parse_params(params, {"period": period, "x0": x0})
+    _check_request(n, steps, out)
+    values = parse_params(params, shorthands)
     built, ckpt = load_run(run_dir, checkpoint, device)
     task, model = built.task, built.model
     if not can_rollout(task):
@@ -231,6 +234,26 @@ def sample_command(
     if out is None:
         click.echo(json.dumps({**meta, **rollout_record(result)}))
         return
+    shown = ", ".join(f"{k} = {v:g}" for k, v in result.params.items())
+    what = f"{meta['n']} sampled initial states" if not use_mean else "mean initial state"
+    write_result(result, meta, out, f"{built.spec.cell} + {built.spec.init} on {built.spec.task}: {shown} ({what})")
+    click.echo(json.dumps({"out": str(out), **meta}))
+
+
+def _check_request(n: int, steps: int | None, out: Path | None) -> None:
+    """One-line errors for impossible requests, before any work (a PNG needs matplotlib)."""
+    if n <= 0:
+        raise ConfigError(f"-n must be positive, got {n}")
+    if steps is not None and steps <= 0:
+        raise ConfigError(f"--steps must be positive, got {steps}")
+    if out is not None and out.suffix.lower() not in OUT_FORMATS:
+        raise ConfigError(f"--out {out}: unsupported file type '{out.suffix}' (use {', '.join(OUT_FORMATS)})")
+    if out is not None and out.suffix.lower() == ".png":
+        import_pyplot_figure()
+
+
+def write_result(result: Rollout, meta: dict[str, Any], out: Path, title: str) -> None:
+    """Write the rollout to ``out``: JSON (``meta`` and the trajectories), CSV, or a PNG titled ``title``."""
     suffix = out.suffix.lower()
     if suffix == ".json":
         text = json.dumps({**meta, **rollout_record(result)}, indent=1) + "\n"
@@ -238,7 +261,4 @@ def sample_command(
     elif suffix == ".csv":
         write_csv(result, out)
     else:
-        shown = ", ".join(f"{k} = {v:g}" for k, v in result.params.items())
-        what = f"{meta['n']} sampled initial states" if not use_mean else "mean initial state"
-        write_png(result, out, f"{built.spec.cell} + {built.spec.init} on {built.spec.task}: {shown} ({what})")
-    click.echo(json.dumps({"out": str(out), **meta}))
+        write_png(result, out, title)

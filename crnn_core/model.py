@@ -1,69 +1,74 @@
 """Model assembly: task encoder -> context network -> init strategy -> cell -> task head.
 
 ``ModelSpec`` names the components and holds their raw options; ``build_model``
-resolves them through the registries and returns the task and the ``ContextualRNN``.
+resolves them through the registries, checks the task's declarations
+(:func:`check_task_class`) and returns the task and the ``TaskModel``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from .cell import Cell, State
-from .context import ContextNetwork
+from .cell import State
+from .contextual import ContextualRNN
 from .errors import ConfigError, CrnnError
 from .init_strategy import InitStrategy
+from .kinds import KINDS
 from .options import build_options
 from .plugins import PluginSystem
 from .task import Batch, Task, TaskModule
 
 
-@dataclass
-class ModelSpec:
-    """Which components make the model, and their options (raw values, validated on build)."""
-
-    cell: str  # registry name of the cell, e.g. "fastweights"
-    init: str  # registry name of the init strategy, e.g. "learned"
-    task: str  # registry name of the task, e.g. "art"
-    context: str | None = None  # context network; None: the task's default (only used with context)
-    cell_options: dict[str, Any] = field(default_factory=dict)
-    init_options: dict[str, Any] = field(default_factory=dict)
-    context_options: dict[str, Any] = field(default_factory=dict)
-    task_options: dict[str, Any] = field(default_factory=dict)
+def _model_spec_fields() -> list[tuple[str, Any, Any]]:
+    """``<scope>: str`` per kind (``None`` allowed where the kind is optional), then ``<scope>_options`` per kind."""
+    names = [(k.scope, str) for k in KINDS if k.required]
+    names += [(k.scope, str | None, None) for k in KINDS if not k.required]
+    options = [(f"{k.scope}_options", dict[str, Any], field(default_factory=dict)) for k in KINDS]
+    return [*names, *options]
 
 
-class ContextualRNN(nn.Module):
-    """A cell whose initial state comes from an init strategy, wrapped by a task's encoder and head."""
+#: Which components make the model, and their raw options (validated on build): one field per
+#: component kind (``cell``, ``init``, ``task``, ``context``; the optional context network
+#: defaults to the task's) and its ``<kind>_options`` dict, all derived from ``kinds.KINDS``.
+ModelSpec = make_dataclass("ModelSpec", _model_spec_fields(), namespace={"__module__": __name__})
+ModelSpec.__doc__ = "Which components make the model (one registry name per component kind) and their raw options."
 
-    def __init__(
-        self,
-        task_module: TaskModule,
-        cell: Cell,
-        init: InitStrategy,
-        context_net: ContextNetwork | None,
-    ) -> None:
+
+class TaskModel(nn.Module):
+    """The model ``crnn run`` trains: a task's encoder and head around a :class:`ContextualRNN`.
+
+    ``cell``, ``init`` and ``context_net`` are the recurrent part's; ``initial_state``
+    takes a batch (the task module extracts its context features).
+    """
+
+    def __init__(self, task_module: TaskModule, rnn: ContextualRNN) -> None:
         super().__init__()
         self.task_module = task_module
-        self.cell = cell
-        self.init = init
-        self.context_net = context_net
+        self.rnn = rnn
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
+
+    @property
+    def cell(self) -> nn.Module:
+        return self.rnn.cell
+
+    @property
+    def init(self) -> InitStrategy:
+        return self.rnn.init
+
+    @property
+    def context_net(self) -> nn.Module | None:
+        return self.rnn.context_net
 
     def initial_state(self, batch: Batch, batch_size: int, sample: bool | None = None) -> State:
         """The cell's initial state for a batch (sampled or mean, see InitStrategy.forward)."""
-        context = None
-        if self.init.uses_context:
-            features = self.task_module.context(batch)
-            if features is None:
-                raise ConfigError("the init strategy needs context, but the task returned none")
-            context = self.context_net(features) if self.context_net is not None else features
-        param = next(self.cell.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None else torch.get_default_dtype()
-        return self.init(batch_size, context, device=device, dtype=dtype, sample=sample)
+        features = self.task_module.context(batch) if self.init.uses_context else None
+        if self.init.uses_context and features is None:
+            raise ConfigError("the init strategy needs context, but the task returned none")
+        return self.rnn.initial_state(batch_size, features, sample=sample)
 
     def forward(self, batch: Batch, sample: bool | None = None) -> Tensor:
         inputs = self.task_module.encode(batch)
@@ -72,12 +77,20 @@ class ContextualRNN(nn.Module):
         return self.task_module.head(outputs)
 
 
+def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints written before the recurrent part moved into ``rnn`` name it ``cell.``, ``init.``, ``context_net.``."""
+    for key in list(state_dict):
+        rest = key[len(prefix):]
+        if key.startswith(prefix) and rest.startswith(("cell.", "init.", "context_net.")):
+            state_dict[prefix + "rnn." + rest] = state_dict.pop(key)
+
+
 @dataclass
 class Built:
     """The result of ``build_model``: the task, the model and the resolved options."""
 
     task: Task
-    model: ContextualRNN
+    model: TaskModel
     spec: ModelSpec  # with context filled in and options as resolved dicts
     classes: dict[str, type]  # component kind -> class
 
@@ -98,6 +111,7 @@ def _construct(kind: str, name: str, cls: type, *args: Any) -> Any:
 def build_model(spec: ModelSpec, plugins: PluginSystem) -> Built:
     """Resolve names and options, check the combination, construct the model."""
     task_cls = plugins.registry("tasks").get(spec.task).cls
+    check_task_class(task_cls)
     cell_cls = plugins.registry("cells").get(spec.cell).cls
     init_cls = plugins.registry("inits").get(spec.init).cls
     task_opts = build_options(task_cls.Options, spec.task_options, "task")
@@ -124,7 +138,7 @@ def build_model(spec: ModelSpec, plugins: PluginSystem) -> Built:
     cell = _construct("cell", spec.cell, cell_cls, task.input_size, cell_opts)
     context_size = context_net.out_features if context_net is not None else None
     init = _construct("init strategy", spec.init, init_cls, cell.state_spec(), context_size, init_opts)
-    model = ContextualRNN(task.build_module(cell.hidden_size), cell, init, context_net)
+    model = TaskModel(task.build_module(cell.hidden_size), ContextualRNN(cell, init, context_net=context_net))
     resolved = ModelSpec(
         cell=spec.cell,
         init=spec.init,
@@ -136,3 +150,27 @@ def build_model(spec: ModelSpec, plugins: PluginSystem) -> Built:
         task_options=dataclasses.asdict(task_opts),
     )
     return Built(task, model, resolved, classes)
+
+
+def plugin_name(cls: type) -> str:
+    """How errors name a component class: ``'name' (module.Class)``."""
+    return f"'{getattr(cls, 'name', cls.__name__)}' ({cls.__module__}.{cls.__qualname__})"
+
+
+def check_task_class(task_cls: type) -> None:
+    """The types of a task's declarations (``best_metric``, ``higher_is_better``, ``early_stop_target``).
+
+    Whether the metrics they name exist is known only once the task computes metrics:
+    ``train.check_task_metrics`` checks that before the first step.
+    """
+    where = f"task {plugin_name(task_cls)}"
+    if not isinstance(task_cls.best_metric, str) or not task_cls.best_metric:
+        raise ConfigError(f"{where}: best_metric must be a metric name, got {task_cls.best_metric!r:.80}")
+    if not isinstance(task_cls.higher_is_better, bool):
+        raise ConfigError(f"{where}: higher_is_better must be True or False, got {task_cls.higher_is_better!r:.80}")
+    target = task_cls.early_stop_target
+    if target is not None and not (
+        isinstance(target, tuple) and len(target) == 2 and isinstance(target[0], str)
+        and isinstance(target[1], (int, float)) and not isinstance(target[1], bool)
+    ):
+        raise ConfigError(f"{where}: early_stop_target must be None or a (metric name, number) tuple, got {target!r:.80}")

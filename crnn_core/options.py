@@ -16,7 +16,6 @@ from typing import Any, Literal, Union
 
 from .errors import ConfigError
 
-SCOPES = ("cell", "init", "context", "task", "train")
 
 
 def option(default: Any, help: str) -> Any:
@@ -30,7 +29,9 @@ class NoOptions:
 
 
 def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, dict[str, str]]:
-    """Split ``["cell.inner_steps=2", ...]`` into ``{"cell": {"inner_steps": "2"}}``."""
+    """Split ``["cell.inner_steps=2", ...]`` into ``{"cell": {"inner_steps": "2"}}`` (scopes: ``kinds.SCOPES``)."""
+    from .kinds import SCOPES  # here, not at the top: kinds imports the interfaces, which import this module
+
     out: dict[str, dict[str, str]] = {scope: {} for scope in SCOPES}
     for pair in pairs:
         key, sep, value = pair.partition("=")

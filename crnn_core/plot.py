@@ -17,10 +17,12 @@ from typing import Any
 import click
 
 from .errors import ConfigError
-from .rundir import atomic_write_bytes, is_run_dir, read_json, read_metrics
+from .kinds import KINDS
+from .run import RESUMABLE_CHANGES, RunConfig
+from .rundir import atomic_write_bytes, is_run_dir, read_metrics
 
-#: TrainConfig fields that do not define a configuration for grouping (besides the seed).
-NOT_CONFIG = ("seed", "epochs", "early_stop", "device", "threads", "eval_batch_size")
+#: TrainConfig fields that do not define a configuration for grouping: the seed, and those a resume may change.
+NOT_CONFIG = ("seed", *RESUMABLE_CHANGES)
 
 
 def expand_runs(paths: tuple[Path, ...]) -> list[Path]:
@@ -47,8 +49,11 @@ def group_key(config: dict[str, Any]) -> dict[str, Any]:
 
 def _flatten(key: dict[str, Any]) -> dict[str, Any]:
     model, flat = key["model"], {}
-    flat["cell"], flat["init"], flat["context"] = model.get("cell"), model.get("init"), model.get("context")
-    for scope in ("cell", "init", "context", "task"):
+    for kind in KINDS:
+        if kind.scope != "task":
+            flat[kind.scope] = model.get(kind.scope)
+    for kind in KINDS:
+        scope = kind.scope
         for name, value in (model.get(f"{scope}_options") or {}).items():
             flat[f"{scope}.{name}"] = value
     for name, value in key["train"].items():
@@ -81,8 +86,8 @@ def labels_for(keys: list[dict[str, Any]]) -> list[str]:
     for key, flat in zip(keys, flats):
         parts = [f"{flat['cell']}/{flat['init']}"]
         model = key["model"]
-        for scope, kind in (("cell", "cells"), ("init", "inits"), ("context", "contexts")):
-            defaults = _component_defaults(kind, model.get(scope))
+        for scope in (k.scope for k in KINDS if k.scope != "task"):  # the task is in the title, not the label
+            defaults = _component_defaults(scope, model.get(scope))
             for name, value in sorted((model.get(f"{scope}_options") or {}).items()):
                 if name in defaults and defaults[name] != value:
                     parts.append(f"{scope}.{name}={value}")
@@ -101,15 +106,14 @@ def metric_value(record: dict[str, Any], metric: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def default_metric(config: dict[str, Any]) -> tuple[str, bool]:
-    """The task's selection metric and whether higher is better (``loss`` if the task is unknown)."""
+def task_class(config: dict[str, Any]) -> type | None:
+    """The registered class of a run's task (None if it cannot be looked up)."""
     try:
         from .plugins import get_plugins
 
-        cls = get_plugins().registry("tasks").get(config["model"]["task"]).cls
-        return cls.best_metric, bool(cls.higher_is_better)
-    except Exception:  # noqa: BLE001
-        return "loss", False
+        return get_plugins().registry("tasks").get(config["model"]["task"]).cls
+    except Exception:  # noqa: BLE001 - an uninstalled plugin: fall back to the loss, lower is better
+        return None
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -120,10 +124,10 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def collect(runs: list[Path], metric: str | None) -> tuple[str, list[dict[str, Any]], bool]:
     """Group the runs and aggregate their validation curves: (metric, groups, higher_is_better)."""
-    configs = {run: read_json(run / "config.json") for run in runs}
-    best, best_higher = default_metric(configs[runs[0]])
-    metric = metric or best
-    higher = (best_higher and metric == best) or "accuracy" in metric
+    configs = {run: RunConfig.load(run).to_json() for run in runs}
+    task = task_class(configs[runs[0]])
+    metric = metric or (task.best_metric if task is not None else "loss")
+    higher = task is not None and task.is_higher_better(metric)
     groups: dict[str, dict[str, Any]] = {}
     for run in runs:
         key = group_key(configs[run])

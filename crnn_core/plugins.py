@@ -1,59 +1,42 @@
 """Plugin discovery and the component registries.
 
-Built-in plugins (modules of ``crnn_plugins``) and third-party plugins (entry points
-in group ``crnn``) are registered with one pluggy manager. Loading is safe: a plugin
-that fails to import, or whose hook raises or registers something invalid, is
-recorded as failed and reported once on stderr; everything else keeps working.
+Every plugin is an entry point in group ``crnn``. Those of this distribution (``crnn``)
+are the built-ins: they are always loaded, first, and reported as built-in; all others
+are third-party plugins. Both are registered with one pluggy manager, through the same
+hooks. Loading is safe: a plugin that fails to import, or whose hook raises or registers
+something invalid, is recorded as failed and reported once (a ``crnn`` log record, shown
+on stderr by the CLI); everything else keeps working.
 
-Environment variables:
+Environment variables (read with ``env.env_flag``):
   CRNN_PLUGINS_STRICT=1   make any plugin failure fatal (for plugin authors' CI)
   CRNN_NO_PLUGINS=1       do not load third-party plugins (built-ins only)
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from .cell import Cell
-from .context import ContextNetwork
+from .env import env_flag, logger
 from .errors import PluginError
-from .init_strategy import InitStrategy
+from .kinds import KINDS
 from .registry import Registry
-from .task import Task
 
-BUILTIN_MODULES = (
-    "crnn_plugins.lstm",
-    "crnn_plugins.fastweights",
-    "crnn_plugins.zero_init",
-    "crnn_plugins.free_init",
-    "crnn_plugins.learned_init",
-    "crnn_plugins.identity_context",
-    "crnn_plugins.linear_context",
-    "crnn_plugins.mlp_context",
-    "crnn_plugins.art",
-    "crnn_plugins.lcd",
-)
+#: The distribution whose ``crnn`` entry points are the built-ins (and their provider name).
 BUILTIN_PROVIDER = "crnn"
 
-#: hook name -> (registry attribute, base class, kind, `crnn list` name)
-KINDS = {
-    "register_cells": ("cells", Cell, "cell", "cells"),
-    "register_init_strategies": ("inits", InitStrategy, "init strategy", "inits"),
-    "register_context_networks": ("contexts", ContextNetwork, "context network", "contexts"),
-    "register_tasks": ("tasks", Task, "task", "tasks"),
-}
 
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def builtin_entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The ``crnn`` entry points of this distribution: the built-in plugins, in declaration order."""
+    try:
+        dist = importlib.metadata.distribution(BUILTIN_PROVIDER)
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    return [ep for ep in dist.entry_points if ep.group == hookspecs.PROJECT]
 
 
 @dataclass
@@ -89,37 +72,42 @@ class PluginSystem:
     """The plugin manager plus the registries filled from it."""
 
     def __init__(self, load_entry_points: bool = True) -> None:
+        """Load the built-ins and, unless ``load_entry_points`` is False or CRNN_NO_PLUGINS is set, third-party plugins."""
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
-        self.cells: Registry = Registry("cell", Cell, "cells")
-        self.inits: Registry = Registry("init strategy", InitStrategy, "inits")
-        self.contexts: Registry = Registry("context network", ContextNetwork, "contexts")
-        self.tasks: Registry = Registry("task", Task, "tasks")
+        self.registries: dict[str, Registry] = {k.plural: Registry(k.noun, k.base, k.plural) for k in KINDS}
+        self.experiments: dict[str, Any] = {}  # name -> crnn_core.reproduce.Experiment
         self._filled = False
-        version = _version("crnn")
-        for module_name in BUILTIN_MODULES:
-            module = importlib.import_module(module_name)
-            self._add(module, module_name, PluginInfo(module_name, "crnn", version, module_name, True))
-        if load_entry_points and not _truthy("CRNN_NO_PLUGINS"):
-            self._load_entry_points()
+        self._commands_added: set[int] = set()
+        builtins = builtin_entry_points()
+        for ep in builtins:
+            self._load(ep, builtin=True)
+        if load_entry_points and not env_flag("CRNN_NO_PLUGINS"):
+            self._load_entry_points(exclude={(ep.name, ep.value) for ep in builtins})
 
     # -- loading -----------------------------------------------------------------
-    def _load_entry_points(self) -> None:
+    def _load_entry_points(self, exclude: set[tuple[str, str]]) -> None:
+        seen = set(exclude)
         for ep in sorted(importlib.metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
-            dist = getattr(ep, "dist", None)
-            package = dist.metadata["Name"] if dist is not None else "?"
-            version = dist.version if dist is not None else "?"
-            info = PluginInfo(ep.name, package, version, ep.value, False)
-            try:
-                module = ep.load()
-            except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything on import, sys.exit() too
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                self.info[ep.name] = info
-                self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
-                continue
-            self._add(module, ep.name, info)
+            if (ep.name, ep.value) not in seen:  # a distribution found twice on sys.path lists its entry points twice
+                seen.add((ep.name, ep.value))
+                self._load(ep, builtin=False)
+
+    def _load(self, ep: importlib.metadata.EntryPoint, builtin: bool) -> None:
+        dist = getattr(ep, "dist", None)
+        package = dist.metadata["Name"] if dist is not None else "?"
+        version = dist.version if dist is not None else "?"
+        info = PluginInfo(ep.name, package, version, ep.value, builtin)
+        try:
+            module = ep.load()
+        except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything on import, sys.exit() too
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            self.info[ep.name] = info
+            self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
+            return
+        self._add(module, ep.name, info)
 
     def register(self, plugin: object, name: str | None = None, package: str = "(registered in code)") -> None:
         """Register a plugin object or module directly (tests, notebooks, embedding code)."""
@@ -144,9 +132,9 @@ class PluginSystem:
     def _fail(self, info: PluginInfo, message: str) -> None:
         info.errors.append(message)
         text = f"crnn: plugin '{info.name}' ({info.package}) failed: {message}"
-        if _truthy("CRNN_PLUGINS_STRICT"):
+        if env_flag("CRNN_PLUGINS_STRICT"):
             raise PluginError(text + " [CRNN_PLUGINS_STRICT is set]")
-        print(text, file=sys.stderr)
+        logger.error(text)
 
     # -- registries --------------------------------------------------------------
     def fill(self) -> "PluginSystem":
@@ -161,22 +149,40 @@ class PluginSystem:
         info = self.info[plugin_name]
         if self.pm.get_plugin(plugin_name) is None or not info.ok:
             return
-        for hook_name, (attr, _base, _kind, _list) in KINDS.items():
+        provider = BUILTIN_PROVIDER if info.builtin else info.package
+        hooks: list[tuple[str, Any]] = [(k.hook, self.registries[k.plural]) for k in KINDS]
+        hooks.append(("register_experiments", None))
+        for hook_name, registry in hooks:
             impl = _impl_of(self.pm, hook_name, plugin_name)
             if impl is None:
                 continue
-            registry: Registry = getattr(self, attr)
 
-            def register(cls: type, name: str | None = None, _r: Registry = registry) -> None:
-                _r.register(cls, provider=info.package if not info.builtin else BUILTIN_PROVIDER, name=name)
+            def register(obj: Any, name: str | None = None, _r: Registry | None = registry) -> None:
+                if _r is None:
+                    self._register_experiment(obj, provider)
+                else:
+                    _r.register(obj, provider=provider, name=name)
 
             try:
                 impl(register=register)
             except (Exception, SystemExit) as exc:  # noqa: BLE001
                 self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
 
+    def _register_experiment(self, experiment: Any, provider: str) -> None:
+        from .reproduce import Experiment
+
+        if not isinstance(experiment, Experiment):
+            raise PluginError(f"plugin '{provider}' registered {experiment!r} as an experiment, "
+                              "but it is not a crnn_core.reproduce.Experiment")
+        if experiment.name in self.experiments:
+            raise PluginError(f"duplicate experiment '{experiment.name}'")
+        self.experiments[experiment.name] = experiment
+
     def add_commands(self, cli: Any) -> None:
-        """Call every ``register_commands`` hook, isolating failures."""
+        """Call every ``register_commands`` hook once for ``cli``, isolating failures."""
+        if id(cli) in self._commands_added:
+            return
+        self._commands_added.add(id(cli))
         for name, info in list(self.info.items()):
             impl = _impl_of(self.pm, "register_commands", name) if info.ok else None
             if impl is None:
@@ -187,9 +193,11 @@ class PluginSystem:
                 self._fail(info, f"register_commands raised {type(exc).__name__}: {exc}")
 
     def registry(self, list_name: str) -> Registry:
-        """The registry for ``cells``, ``inits``, ``contexts`` or ``tasks``."""
+        """The registry of one kind, by its plural or scope: ``cells`` or ``cell``, ``inits`` ... (``kinds.KINDS``)."""
+        from .kinds import kind_of
+
         self.fill()
-        return {"cells": self.cells, "inits": self.inits, "contexts": self.contexts, "tasks": self.tasks}[list_name]
+        return self.registries[kind_of(list_name).plural]
 
     def provider_of(self, cls: type) -> dict[str, str]:
         """Package and version behind a registered class (for plugins.json)."""

@@ -1,4 +1,7 @@
-"""``crnn reproduce art|lcd``: the paper's experiment grids, their figures and tables.
+"""``crnn reproduce <experiment>``: experiment grids (the paper's, from plugins), their figures and tables.
+
+An :class:`Experiment` is registered by a plugin's ``register_experiments`` hook (the
+built-in ``art`` and ``lcd`` grids live in a plugin like any other).
 
 Each run of a grid is a ``crnn run`` subprocess writing ``<out>/<init>_s<seed>/``; with
 ``--jobs J`` up to J run at once, each pinned to its share of the CPU cores (and as many
@@ -18,46 +21,34 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from .errors import ConfigError
 from .plot import _stats, collect, default_logy, draw
+from .plugins import get_plugins
 from .rundir import is_run_dir, read_json, read_metrics, write_json
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """One of the paper's grids: the model, the inits compared and their extra options."""
+    """One experiment grid: the model, the inits compared and their extra options, and its report.
 
+    ``table(runs, inits)`` writes the markdown table (default :func:`final_table`);
+    ``figures(runs, out)`` draws extra figures and returns their paths (default: none).
+    """
+
+    name: str
+    description: str
     task: str
     cell: str
     cell_options: tuple[str, ...]
     inits: dict[str, tuple[str, ...]]  # init name -> --set overrides for that arm
     epochs: int
     metrics: tuple[str, ...]  # validation metrics drawn, one PNG each
-
-
-EXPERIMENTS = {
-    "art": Experiment(
-        task="art",
-        cell="fastweights",
-        cell_options=("cell.hidden_size=50",),
-        inits={"zero": (), "free": (), "learned": ()},
-        epochs=200,
-        metrics=("nll", "accuracy"),
-    ),
-    "lcd": Experiment(
-        task="lcd",
-        cell="lstm",
-        cell_options=("cell.hidden_size=128",),
-        inits={"zero": (), "learned": ("init.distribution=normal", "init.sigma_init=0.25")},
-        epochs=65,
-        metrics=("squared_error", "rollout_mse"),
-    ),
-}
-ART_THRESHOLDS = (0.9, 0.99, 1.0)
+    table: Callable[[list["GridRun"], list[str], tuple[str, ...]], str] | None = None
+    figures: Callable[[list["GridRun"], Path], list[str]] | None = None
 
 
 @dataclass
@@ -145,42 +136,12 @@ def run_grid(runs: list[GridRun], epochs: int, jobs: int) -> None:
             future.result()
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` of ``values`` for a table cell (``—`` when empty)."""
     if not values:
         return "—"
     stats = _stats(values)
     return f"{stats['mean']:.4g} ± {stats['std']:.2g}" if len(values) > 1 else f"{stats['mean']:.4g}"
-
-
-def _reached(records: list[dict[str, Any]], threshold: float) -> tuple[int, float] | None:
-    for r in records:
-        if r["metrics"].get("accuracy", 0.0) >= threshold:
-            return r["epoch"], r["wall_time"]
-    return None
-
-
-def art_table(runs: list[GridRun], inits: list[str]) -> str:
-    """Markdown: per init, epochs and wall time to 90/99/100% accuracy, best accuracy, final NLL."""
-    head = ["init", "seeds"]
-    for t in ART_THRESHOLDS:
-        head += [f"epochs to {t:.0%}", f"seconds to {t:.0%}"]
-    head += ["best accuracy", "final NLL", "epochs run"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for init in inits:
-        records = [read_metrics(r.path / "metrics.jsonl") for r in runs if r.init == init]
-        records = [r for r in records if r]
-        row = [init, str(len(records))]
-        for t in ART_THRESHOLDS:
-            hits = [h for h in (_reached(r, t) for r in records) if h is not None]
-            suffix = "" if len(hits) == len(records) else f" ({len(hits)}/{len(records)} reached)"
-            row += [_mean_std([h[0] for h in hits]) + suffix, _mean_std([h[1] for h in hits])]
-        row += [
-            _mean_std([max(x["metrics"]["accuracy"] for x in r) for r in records]),
-            _mean_std([r[-1]["metrics"]["nll"] for r in records]),
-            _mean_std([r[-1]["epoch"] for r in records]),
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def final_table(runs: list[GridRun], inits: list[str], metrics: tuple[str, ...]) -> str:
@@ -190,14 +151,14 @@ def final_table(runs: list[GridRun], inits: list[str], metrics: tuple[str, ...])
     for init in inits:
         records = [r for r in (read_metrics(g.path / "metrics.jsonl") for g in runs if g.init == init) if r]
         row = [init, str(len(records))]
-        row += [_mean_std([r[-1]["metrics"][m] for r in records if m in r[-1]["metrics"]]) for m in metrics]
-        row += [_mean_std([min(x["metrics"][m] for x in r if m in x["metrics"]) for r in records if m in r[-1]["metrics"]]) for m in metrics]
-        row.append(_mean_std([r[-1]["epoch"] for r in records]))
+        row += [mean_std([r[-1]["metrics"][m] for r in records if m in r[-1]["metrics"]]) for m in metrics]
+        row += [mean_std([min(x["metrics"][m] for x in r if m in x["metrics"]) for r in records if m in r[-1]["metrics"]]) for m in metrics]
+        row.append(mean_std([r[-1]["epoch"] for r in records]))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def report(name: str, exp: Experiment, runs: list[GridRun], inits: list[str], out: Path) -> dict[str, Any]:
+def report(exp: Experiment, runs: list[GridRun], inits: list[str], out: Path) -> dict[str, Any]:
     """Write the figures and the table; return what was written."""
     done = [r.path for r in runs if is_run_dir(r.path) and read_metrics(r.path / "metrics.jsonl")]
     if not done:
@@ -205,30 +166,14 @@ def report(name: str, exp: Experiment, runs: list[GridRun], inits: list[str], ou
     figures = []
     for metric in exp.metrics:
         metric_name, groups, higher = collect(done, metric)
-        path = out / f"{name}_val_{metric}.png"
-        draw(metric_name, groups, path, "std", default_logy(groups, higher), f"{name.upper()}: validation {metric} (mean ± 1 std over seeds)")
+        path = out / f"{exp.name}_val_{metric}.png"
+        draw(metric_name, groups, path, "std", default_logy(groups, higher), f"{exp.name.upper()}: validation {metric} (mean ± 1 std over seeds)")
         figures.append(str(path))
-    if name == "lcd":
-        figures += lcd_samples(runs, out)
-    table = art_table(runs, inits) if name == "art" else final_table(runs, inits, exp.metrics)
+    if exp.figures is not None:
+        figures += exp.figures(runs, out)
+    table = (exp.table or final_table)(runs, inits, exp.metrics)
     (out / "results.md").write_text(table)
     return {"figures": figures, "table": str(out / "results.md"), "markdown": table}
-
-
-def lcd_samples(runs: list[GridRun], out: Path) -> list[str]:
-    """Figure 6: samples of the first learned run for T = 2.0 and T = 3.0."""
-    learned = [r for r in runs if r.init == "learned" and is_run_dir(r.path)]
-    if not learned:
-        return []
-    paths = []
-    for period in (2.0, 3.0):
-        path = out / f"lcd_samples_T{period:g}.png"
-        proc = subprocess.run([sys.executable, "-m", "crnn_core", "sample", str(learned[0].path), "--period", str(period),
-                               "--x0", "3.0", "-n", "10", "--out", str(path)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ConfigError(f"sampling {learned[0].path} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-        paths.append(str(path))
-    return paths
 
 
 REPRODUCE_EXAMPLES = """
@@ -238,26 +183,37 @@ Examples:
   crnn reproduce lcd --seeds 3 --jobs 2
   crnn reproduce art --seeds 1 --epochs 2 --set task.train_size=2000 --out /tmp/quick
   crnn reproduce art --out runs/reproduce-art --report-only   # redraw from finished runs
+  crnn reproduce --list                                       # the registered experiments
 """
 
 
 @click.command(epilog=REPRODUCE_EXAMPLES)
-@click.argument("experiment", type=click.Choice(sorted(EXPERIMENTS)))
+@click.argument("experiment", required=False)
 @click.option("--seeds", type=int, default=3, show_default=True, help="seeds per init strategy")
-@click.option("--epochs", type=int, help="epochs per run  [default: the paper's: art 200, lcd 65]")
+@click.option("--epochs", type=int, help="epochs per run  [default: the experiment's]")
 @click.option("--inits", help="comma-separated subset of the init strategies to run")
 @click.option("--out", type=click.Path(path_type=Path), help="grid directory  [default: runs/reproduce-<experiment>]")
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs at once, each pinned to its share of the cores")
-@click.option("--early-stop/--no-early-stop", default=False, show_default=True, help="stop a run at 100% validation accuracy (art)")
+@click.option("--early-stop/--no-early-stop", default=False, show_default=True, help="stop each run at its task's early-stop target")
 @click.option("--set", "overrides", multiple=True, metavar="SCOPE.KEY=VALUE", help="extra option for every run (e.g. cell.backend=fused)")
 @click.option("--report-only", is_flag=True, help="only redraw figures and the table from the runs on disk")
-def reproduce_command(experiment: str, seeds: int, epochs: int | None, inits: str | None, out: Path | None, jobs: int,
-                      early_stop: bool, overrides: tuple[str, ...], report_only: bool) -> None:
-    """Run one of the paper's experiment grids and write its figures and table.
+@click.option("--list", "list_only", is_flag=True, help="list the registered experiments as JSON and exit")
+def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, inits: str | None, out: Path | None,
+                      jobs: int, early_stop: bool, overrides: tuple[str, ...], report_only: bool, list_only: bool) -> None:
+    """Run a registered experiment grid (see --list; plugins add them) and write its figures and table.
 
     Prints a JSON summary (figures, table) on stdout; progress goes to stderr.
     """
-    exp = EXPERIMENTS[experiment]
+    experiments = get_plugins().experiments
+    if list_only:
+        click.echo(json.dumps({name: {"description": e.description, "task": e.task, "cell": e.cell, "inits": list(e.inits),
+                                      "epochs": e.epochs} for name, e in sorted(experiments.items())}, indent=2))
+        return
+    if experiment is None:
+        raise ConfigError(f"name an experiment: {', '.join(sorted(experiments))} (crnn reproduce --list describes them)")
+    if experiment not in experiments:
+        raise ConfigError(f"unknown experiment '{experiment}' (choose from {', '.join(sorted(experiments))})")
+    exp = experiments[experiment]
     if seeds <= 0 or jobs <= 0 or (epochs is not None and epochs <= 0):
         raise ConfigError("--seeds, --jobs and --epochs must be positive")
     chosen = [i.strip() for i in inits.split(",")] if inits else list(exp.inits)
@@ -271,6 +227,6 @@ def reproduce_command(experiment: str, seeds: int, epochs: int | None, inits: st
     started = time.time()
     if not report_only:
         run_grid(runs, epochs, jobs)
-    result = report(experiment, exp, runs, chosen, out)
+    result = report(exp, runs, chosen, out)
     result["grid_seconds"] = round(time.time() - started, 1)
     click.echo(json.dumps(result))

@@ -56,6 +56,8 @@ class Task(ABC):
     #: The validation metric that selects ``best.pt``, and whether higher is better.
     best_metric: ClassVar[str] = "loss"
     higher_is_better: ClassVar[bool] = False
+    #: Other validation metrics for which higher is better (plots and tables; default: lower is better).
+    higher_is_better_metrics: ClassVar[tuple[str, ...]] = ()
     #: (metric, value) at which ``train.early_stop`` ends training, or None.
     early_stop_target: ClassVar[tuple[str, float] | None] = None
     #: The context network used when ``--context`` is not given.
@@ -63,6 +65,11 @@ class Task(ABC):
 
     def __init__(self, options: object) -> None:
         self.options = options
+
+    @classmethod
+    def is_higher_better(cls, metric: str) -> bool:
+        """Whether a higher value of ``metric`` (a validation metric, ``loss`` or ``train_loss``) is better."""
+        return metric in cls.higher_is_better_metrics or (metric == cls.best_metric and cls.higher_is_better)
 
     def prepare(self, uses_context: bool) -> None:
         """Called once before the model is built, with whether the init strategy uses context.

@@ -1,8 +1,15 @@
-"""The training loop: Adam on shuffled index batches, validation each epoch, atomic checkpoints.
+"""Training as a call: ``fit(model, task, config, callbacks)``.
+
+Adam on shuffled index batches, validation after each epoch, the best value of the
+task's ``best_metric`` tracked. Everything around the loop is a :class:`Callback`: the
+run-directory writer (metrics.jsonl, atomic checkpoints, resume; ``rundir.RunDirWriter``),
+the progress display and the stop-signal handling (:class:`StopOnSignal`) are passed in
+by the CLI; a program calling ``fit`` passes what it wants, or nothing.
 
 Deterministic on CPU: the model is initialised from ``seed``, epoch e's batch order is
 a permutation drawn from ``(seed, e)``, and checkpoints carry the RNG state and the
-position in the epoch, so a resumed run continues exactly where the last one stopped.
+position in the epoch (:class:`TrainState`), so a resumed run continues exactly where
+the last one stopped.
 """
 
 from __future__ import annotations
@@ -10,24 +17,23 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 
 from . import distributed
-from .distributed import resolve_device
-from .errors import CheckpointError, ConfigError, CrnnError
-from .model import ContextualRNN
+from .distributed import DistContext, resolve_device
+from .errors import ConfigError, CrnnError
 from .options import build_options, option, require
-from .rundir import append_metrics, load_checkpoint, save_checkpoint, truncate_metrics
 from .task import Batch, Task
 
 
 @dataclass
 class TrainConfig:
+    """The training options (``--set train.*``; ``crnn list`` shows them with their help)."""
+
     epochs: int = option(10, "passes over the training set")
     batch_size: int = option(128, "examples per optimisation step")
     lr: float = option(1e-3, "Adam learning rate")
@@ -63,12 +69,101 @@ class NonFinite(CrnnError):
 
 
 @dataclass
-class Progress:
-    """Callbacks for progress display; the defaults do nothing."""
+class TrainState:
+    """Where training stands: what a checkpoint holds, under these names, to continue exactly (besides weights and RNG)."""
 
-    on_epoch_start: Callable[[int, int], None] = lambda epoch, steps: None
-    on_step: Callable[[], None] = lambda: None
-    on_epoch_end: Callable[[dict[str, Any]], None] = lambda record: None
+    epoch: int = 0  # epochs finished
+    batch_in_epoch: int = 0  # steps taken in the current epoch
+    step: int = 0  # steps taken in all
+    wall_time: float = 0.0  # seconds spent training (not evaluating)
+    best: float | None = None  # best value of the task's best_metric so far
+    epoch_loss: float = 0.0  # sum of (loss x examples) over the current epoch's steps
+    epoch_count: int = 0  # examples in epoch_loss
+    nonfinite_skipped: int = 0  # steps skipped for a NaN/inf loss (on_nonfinite=skip)
+
+
+@dataclass
+class Loop:
+    """What callbacks see: the model, task, config, optimizer, state and this process's place in the job."""
+
+    model: nn.Module
+    task: Task
+    config: TrainConfig
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    dist: DistContext
+    train_data: Batch
+    val_data: Batch
+    state: TrainState = field(default_factory=TrainState)
+    stopped_early: bool = False
+    last_record: dict[str, Any] | None = None  # the latest validation record (rank 0)
+    stop_signal: int = 0  # set by a callback (StopOnSignal) to end training after this step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = next(iter(self.train_data.values())).shape[0]
+        return math.ceil(n / self.config.batch_size)
+
+
+class Callback:
+    """Hooks into ``fit``; every method does nothing by default. Called on every rank under torchrun."""
+
+    def on_fit_start(self, loop: Loop) -> None:
+        """Before the first step (a writer resuming a run restores the checkpoint here)."""
+
+    def on_epoch_start(self, loop: Loop, steps: int) -> None:
+        """An epoch (or the rest of one, on resume) of ``steps`` steps begins."""
+
+    def on_step_end(self, loop: Loop) -> None:
+        """After each optimisation step (set ``loop.stop_signal`` to stop)."""
+
+    def on_epoch_end(self, loop: Loop, record: dict[str, Any] | None, improved: bool) -> None:
+        """After validation: ``record`` (rank 0 only, else None) and whether ``best`` improved."""
+
+    def on_stop(self, loop: Loop) -> str | None:
+        """Training stops for ``loop.stop_signal``; return a note for the message (e.g. what was saved)."""
+        return None
+
+    def on_nonfinite(self, loop: Loop) -> str | None:
+        """A NaN/inf stops training; return a note for the message (e.g. the last good checkpoint)."""
+        return None
+
+
+class StopOnSignal(Callback):
+    """A context manager and callback: SIGINT/SIGTERM end ``fit`` after the current step.
+
+    Inside ``with StopOnSignal() as stop: fit(..., callbacks=[..., stop])`` the first
+    signal sets a flag, the ranks agree on it after each step, the other callbacks save
+    what they keep (``on_stop``) and ``fit`` raises :class:`Interrupted`. The same signal
+    again aborts at once; a different second signal is ignored: supervisors (torchrun,
+    schedulers) often follow a terminal's SIGINT with a SIGTERM, and that must not cut
+    the checkpoint short.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal == signum:
+            raise KeyboardInterrupt
+        if self.signal is None:
+            self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def on_step_end(self, loop: Loop) -> None:
+        loop.stop_signal = loop.dist.agree_max(self.signal or 0)  # the ranks stop at the same step
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -78,11 +173,12 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def take(data: Batch, index: torch.Tensor) -> Batch:
+    """The examples ``index`` of every tensor in ``data``."""
     return {key: value[index] for key, value in data.items()}
 
 
 @torch.no_grad()
-def evaluate(model: ContextualRNN, task: Task, data: Batch, batch_size: int) -> tuple[float, dict[str, float]]:
+def evaluate(model: nn.Module, task: Task, data: Batch, batch_size: int) -> tuple[float, dict[str, float]]:
     """Mean loss and metrics over ``data`` (mean state of any distribution: ``sample=False``)."""
     was_training = model.training
     model.eval()
@@ -101,51 +197,60 @@ def evaluate(model: ContextualRNN, task: Task, data: Batch, batch_size: int) -> 
     return loss_sum / n, metrics
 
 
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (the same signal again aborts at once).
+def check_task_metrics(model: nn.Module, task: Task, data: Batch) -> None:
+    """Refuse a task whose ``best_metric`` or ``early_stop_target`` names a metric it never reports.
 
-    A different second signal is ignored: supervisors (torchrun, schedulers) often follow a
-    terminal's SIGINT with a SIGTERM, and that must not cut the checkpoint short.
+    Evaluates two validation examples before training starts (``fit`` seeds or restores
+    the RNG after it, so it changes no result), so a misspelt name costs nothing: it would
+    otherwise silently select best.pt by the loss, or fail only after the first epoch.
     """
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal == signum:
-            raise KeyboardInterrupt
-        if self.signal is None:
-            self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    _, metrics = evaluate(model, task, take(data, torch.arange(min(2, next(iter(data.values())).shape[0]))), 2)
+    known = ["loss", *metrics]
+    cls = type(task)
+    names = [("best_metric", task.best_metric)]
+    if task.early_stop_target is not None:
+        names.append(("early_stop_target", task.early_stop_target[0]))
+    for attribute, name in names:
+        if name not in known:
+            raise ConfigError(f"task '{task.name}' ({cls.__module__}.{cls.__qualname__}): {attribute} names metric "
+                              f"'{name}', but the task reports only: {', '.join(known)}")
 
 
 def _grads_finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def train(
-    model: ContextualRNN,
-    task: Task,
-    cfg: TrainConfig,
-    run_dir: Path,
-    config_record: dict[str, Any],
-    resume: bool = False,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Train ``model`` on ``task``; returns a summary. Writes metrics.jsonl and checkpoints in ``run_dir``."""
-    progress = progress or Progress()
+def fit(model: nn.Module, task: Task, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train ``model`` (e.g. ``build_model(...).model``) on ``task``; returns a summary.
+
+    ``config`` is a :class:`TrainConfig` (``TrainConfig(epochs=3, lr=1e-3)``). Nothing is
+    written and no signal handler installed unless a callback does it (see the module
+    docstring). Raises :class:`NonFinite` on a NaN/inf with ``on_nonfinite="stop"`` and
+    :class:`Interrupted` when a callback sets ``loop.stop_signal``.
+    """
+    loop = _prepare(model, task, config)
+    check_task_metrics(model, task, loop.val_data)
+    torch.manual_seed(loop.dist.rank_seed(config.seed))
+    for cb in callbacks:
+        cb.on_fit_start(loop)  # may restore a checkpoint: weights, optimizer, state, RNG
+    net = loop.dist.wrap(model, loop.device)  # DistributedDataParallel when several processes train
+    model.train()
+    while loop.state.epoch < config.epochs and not loop.stopped_early:
+        _train_epoch(loop, net, callbacks)
+        _validate(loop, callbacks)
+    s = loop.state
+    return {
+        "epochs": s.epoch,
+        "steps": s.step,
+        "stopped_early": loop.stopped_early,
+        "nonfinite_skipped": s.nonfinite_skipped,
+        "best": {task.best_metric: s.best},
+        "final": loop.last_record,
+        "wall_time": round(s.wall_time, 3),
+    }
+
+
+def _prepare(model: nn.Module, task: Task, cfg: TrainConfig) -> Loop:
     dist = distributed.context()  # single-process unless launched by torchrun (crnn_core/distributed.py)
     device = resolve_device(dist.device_name(cfg.device))
     if cfg.threads:
@@ -153,167 +258,95 @@ def train(
     model.to(device)
     train_data = {k: v.to(device) for k, v in task.dataset("train").items()}
     val_data = {k: v.to(device) for k, v in task.dataset("val").items()}
-    n = next(iter(train_data.values())).shape[0]
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    ckpt_dir = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
-    sign = 1.0 if task.higher_is_better else -1.0
+    return Loop(model, task, cfg, optimizer, device, dist, train_data, val_data)
 
-    epoch, batch_in_epoch, step, wall, best = 0, 0, 0, 0.0, None
-    epoch_loss, epoch_count, skipped = 0.0, 0, 0
-    if resume:
-        ckpt = load_checkpoint(ckpt_dir / "last.pt")
-        if ckpt.get("config") != checkpoint_identity(config_record):
-            raise CheckpointError(f"{ckpt_dir / 'last.pt'} was written by a different configuration than {run_dir}/config.json")
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{ckpt_dir / 'last.pt'} does not fit this model: {str(exc).splitlines()[0][:200]}") from None
-        try:
-            epoch, batch_in_epoch, step = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]), int(ckpt["step"])
-            wall, best = float(ckpt["wall_time"]), None if ckpt["best"] is None else float(ckpt["best"])
-            epoch_loss, epoch_count = float(ckpt["epoch_loss"]), int(ckpt["epoch_count"])
-            skipped = int(ckpt.get("nonfinite_skipped", 0))
-            if not (0 <= epoch and 0 <= batch_in_epoch <= steps_per_epoch and 0 <= step and 0 <= epoch_count):
-                raise ValueError(f"position epoch {epoch}, batch {batch_in_epoch}, step {step} is impossible")
-            dist.restore_rng(ckpt, cfg.seed)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{ckpt_dir / 'last.pt'} has a missing or invalid field: {str(exc).splitlines()[0][:200]}") from None
-        if dist.is_main:
-            truncate_metrics(metrics_path, epoch)
-    else:
-        torch.manual_seed(dist.rank_seed(cfg.seed))
-    net = dist.wrap(model, device)  # DistributedDataParallel when several processes train
 
-    def checkpoint(path: Path) -> None:
-        rng_ranks = dist.gather_rng()  # a collective: every rank calls checkpoint()
-        if dist.is_main:
-            save_checkpoint(path, payload(rng_ranks))
-        dist.barrier()
+def _train_epoch(loop: Loop, net: nn.Module, callbacks: Sequence[Callback]) -> None:
+    """The rest of the current epoch's steps; stops (raising) on a stop signal or a NaN/inf."""
+    s, cfg = loop.state, loop.config
+    n = next(iter(loop.train_data.values())).shape[0]
+    order = epoch_order(n, cfg.seed, s.epoch).to(loop.device)
+    for cb in callbacks:
+        cb.on_epoch_start(loop, loop.steps_per_epoch - s.batch_in_epoch)
+    started = time.perf_counter()
+    while s.batch_in_epoch < loop.steps_per_epoch:
+        index = order[s.batch_in_epoch * cfg.batch_size : (s.batch_in_epoch + 1) * cfg.batch_size]
+        if not _step(loop, net, index):
+            if cfg.on_nonfinite == "stop":
+                notes = [note for cb in callbacks if (note := cb.on_nonfinite(loop))]
+                raise NonFinite(
+                    f"non-finite loss or gradient at epoch {s.epoch + 1}, step {s.step + 1} "
+                    f"(lower --lr, set train.grad_clip, or --set train.on_nonfinite=skip; "
+                    f"{'; '.join(notes) or 'nothing was saved'})"
+                )
+            s.nonfinite_skipped += 1
+        s.batch_in_epoch += 1
+        s.step += 1
+        for cb in callbacks:
+            cb.on_step_end(loop)
+        if loop.stop_signal:
+            s.wall_time += time.perf_counter() - started
+            notes = [note for cb in callbacks if (note := cb.on_stop(loop))]
+            name = signal.Signals(loop.stop_signal).name
+            where = f"stopped at epoch {s.epoch + 1}, step {s.step}"
+            raise Interrupted(f"{name} received: {'; '.join(notes) or where}", loop.stop_signal)
+    s.wall_time += time.perf_counter() - started
 
-    def payload(rng_ranks: list[torch.Tensor]) -> dict[str, Any]:
-        data = {
-            "config": checkpoint_identity(config_record),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "step": step,
-            "wall_time": wall,
-            "best": best,
-            "epoch_loss": epoch_loss,
-            "epoch_count": epoch_count,
-            "nonfinite_skipped": skipped,
-            "rng": rng_ranks[0],
+
+def _step(loop: Loop, net: nn.Module, index: torch.Tensor) -> bool:
+    """One optimisation step on the global batch ``index``; False (and no update) on a NaN/inf."""
+    local, weight = loop.dist.shard(index)  # this rank's part of the global batch (all of it alone)
+    batch = take(loop.train_data, local)
+    loss = loop.task.loss(net(batch), batch)
+    if weight is not None:
+        loss = loss * weight
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss_value = loop.dist.global_loss(loss)  # the global batch's loss, the same on every rank
+    finite = math.isfinite(loss_value)
+    if finite:
+        loss.backward()
+        if loop.config.grad_clip is not None:
+            norm = nn.utils.clip_grad_norm_(loop.model.parameters(), loop.config.grad_clip)
+            finite = bool(torch.isfinite(norm))
+        else:
+            finite = _grads_finite(loop.model)
+    if finite:
+        loop.optimizer.step()
+        loop.state.epoch_loss += loss_value * index.numel()
+        loop.state.epoch_count += index.numel()
+    return finite
+
+
+def _validate(loop: Loop, callbacks: Sequence[Callback]) -> None:
+    """End of an epoch: rank 0 evaluates and tracks the best value; the ranks agree; callbacks save and report."""
+    s, task = loop.state, loop.task
+    s.epoch += 1
+    improved, record = False, None
+    if loop.dist.is_main:  # rank 0 alone evaluates; the others wait in the broadcast
+        val_loss, val_metrics = evaluate(loop.model, task, loop.val_data, loop.config.eval_batch_size)
+        record = {
+            "epoch": s.epoch,
+            "step": s.step,
+            "split": "val",
+            "loss": val_loss,
+            "metrics": val_metrics,
+            "train_loss": s.epoch_loss / max(s.epoch_count, 1),
+            "wall_time": round(s.wall_time, 3),
         }
-        if dist.enabled:  # every rank's RNG, so each continues its own stream on --resume
-            data.update(rng_ranks=rng_ranks, world_size=dist.world_size)
-        return data
-
-    stopped_early = False
-    last_record: dict[str, Any] | None = None
-    model.train()
-    with _StopFlag() as stop:
-        while epoch < cfg.epochs and not stopped_early:
-            order = epoch_order(n, cfg.seed, epoch).to(device)
-            progress.on_epoch_start(epoch + 1, steps_per_epoch - batch_in_epoch)
-            started = time.perf_counter()
-            while batch_in_epoch < steps_per_epoch:
-                index = order[batch_in_epoch * cfg.batch_size : (batch_in_epoch + 1) * cfg.batch_size]
-                local, weight = dist.shard(index)  # this rank's part of the global batch (all of it alone)
-                batch = take(train_data, local)
-                loss = task.loss(net(batch), batch)
-                if weight is not None:
-                    loss = loss * weight
-                optimizer.zero_grad(set_to_none=True)
-                loss_value = dist.global_loss(loss)  # the global batch's loss, the same on every rank
-                finite = math.isfinite(loss_value)
-                if finite:
-                    loss.backward()
-                    if cfg.grad_clip is not None:
-                        norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                        finite = bool(torch.isfinite(norm))
-                    else:
-                        finite = _grads_finite(model)
-                if finite:
-                    optimizer.step()
-                    epoch_loss += loss_value * index.numel()
-                    epoch_count += index.numel()
-                elif cfg.on_nonfinite == "stop":
-                    kept = ckpt_dir / "last.pt"
-                    kept_text = f"last good checkpoint: {kept}" if kept.is_file() else "no checkpoint was written yet"
-                    raise NonFinite(
-                        f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} "
-                        f"(lower --lr, set train.grad_clip, or --set train.on_nonfinite=skip; {kept_text})"
-                    )
-                else:
-                    skipped += 1
-                batch_in_epoch += 1
-                step += 1
-                progress.on_step()
-                signum = dist.agree_max(stop.signal or 0)  # the ranks stop at the same step
-                if signum:
-                    wall += time.perf_counter() - started
-                    checkpoint(ckpt_dir / "last.pt")
-                    name = signal.Signals(signum).name
-                    again = " ".join([*distributed.launcher(), "run"])
-                    raise Interrupted(
-                        f"{name} received: saved {ckpt_dir / 'last.pt'} at epoch {epoch + 1}, step {step}; "
-                        f"continue with: {again} --resume {run_dir}",
-                        signum,
-                    )
-            wall += time.perf_counter() - started
-            epoch += 1
-            improved = False
-            if dist.is_main:  # rank 0 alone evaluates and writes; the others wait in the broadcast
-                val_loss, val_metrics = evaluate(model, task, val_data, cfg.eval_batch_size)
-                record = {
-                    "epoch": epoch,
-                    "step": step,
-                    "split": "val",
-                    "loss": val_loss,
-                    "metrics": val_metrics,
-                    "train_loss": epoch_loss / max(epoch_count, 1),
-                    "wall_time": round(wall, 3),
-                }
-                last_record = record
-                value = val_metrics.get(task.best_metric, val_loss)
-                improved = best is None or sign * value > sign * best
-                if improved:
-                    best = value
-                if task.early_stop_target is not None and cfg.early_stop:
-                    metric, target = task.early_stop_target
-                    stopped_early = sign * val_metrics.get(metric, val_loss) >= sign * target
-                append_metrics(metrics_path, record)
-            stopped_early, improved, best = dist.broadcast((stopped_early, improved, best))
-            batch_in_epoch, epoch_loss, epoch_count = 0, 0.0, 0
-            checkpoint(ckpt_dir / "last.pt")
-            if improved:
-                checkpoint(ckpt_dir / "best.pt")
-            if last_record is not None:
-                progress.on_epoch_end(last_record)
-    return {
-        "run_dir": str(run_dir),
-        "epochs": epoch,
-        "steps": step,
-        "stopped_early": stopped_early,
-        "nonfinite_skipped": skipped,
-        "best": {task.best_metric: best},
-        "final": last_record,
-        "wall_time": round(wall, 3),
-    }
-
-
-#: TrainConfig fields that may change when a run is resumed (they do not change its results).
-RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "threads", "eval_batch_size")
-
-
-def checkpoint_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a run's config that a checkpoint must match to be resumed."""
-    train_part = {k: v for k, v in config.get("train", {}).items() if k not in RESUMABLE_CHANGES}
-    return {"model": config.get("model"), "train": train_part}
+        loop.last_record = record
+        sign = 1.0 if task.higher_is_better else -1.0
+        value = val_metrics.get(task.best_metric, val_loss)
+        improved = s.best is None or sign * value > sign * s.best
+        if improved:
+            s.best = value
+        if task.early_stop_target is not None and loop.config.early_stop:
+            metric, target = task.early_stop_target
+            loop.stopped_early = sign * val_metrics.get(metric, val_loss) >= sign * target
+    loop.stopped_early, improved, s.best = loop.dist.broadcast((loop.stopped_early, improved, s.best))
+    s.batch_in_epoch, s.epoch_loss, s.epoch_count = 0, 0.0, 0
+    for cb in callbacks:
+        cb.on_epoch_end(loop, record, improved)
 
 
 def train_config_from(defaults: dict[str, Any], flags: dict[str, Any], overrides: dict[str, str]) -> TrainConfig:

@@ -1,1 +1,10 @@
-"""The built-in crnn plugins, one component per module, registered through the same hooks as third-party plugins."""
+"""crnn's built-in plugins (one per module, registered as entry points of the ``crnn`` distribution)
+and the layers they are made of: ``FastWeights`` and the functional ``fastweights_unroll``.
+
+``crnn_core`` re-exports the layers too (through the ``crnn.layers`` entry points), so
+``from crnn_core import FastWeights`` and ``from crnn_plugins import FastWeights`` are the same class.
+"""
+
+from .fastweights_layer import FastWeights, fastweights_unroll
+
+__all__ = ["FastWeights", "fastweights_unroll"]

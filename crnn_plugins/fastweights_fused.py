@@ -10,7 +10,7 @@
    ``~/.cache/crnn/kernels``), one directory per hash of sources, flags and versions,
    guarded by a file lock so that concurrent processes build it once;
 3. neither: ``load_status()`` returns ``(False, reason)`` and nothing raises here;
-   the cell's ``backend=auto`` then runs the reference with one warning.
+   ``backend="auto"`` (``fastweights_layer``) then runs the reference with one warning.
 
 Environment variables:
 
@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from crnn_core.env import env_flag, logger
+
 __all__ = [
     "block_pool_info",
     "build_info",
@@ -73,10 +75,6 @@ def kernel_sources() -> Path | None:
         if (candidate / CPU_SOURCES[0]).is_file():
             return candidate
     return None
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _cache_root() -> Path:
@@ -141,12 +139,11 @@ def _jit_build(src: Path) -> tuple[Any, str]:
                 return _import_from_file(name, lib), f"JIT build cached in {build_dir}"
             except ImportError:  # a corrupt or foreign file: rebuild below
                 marker.unlink(missing_ok=True)
-        if _truthy("CRNN_NO_JIT"):
+        if env_flag("CRNN_NO_JIT"):
             raise _NoJit("the JIT build is disabled (CRNN_NO_JIT=1) and nothing is cached")
         cpp_extension.verify_ninja_availability()
         started = time.monotonic()
-        print(f"crnn: compiling the fused fast-weights kernel into {build_dir} (about a minute, once)...",
-              file=sys.stderr, flush=True)
+        logger.info(f"crnn: compiling the fused fast-weights kernel into {build_dir} (about a minute, once)...")
         module = cpp_extension.load(
             name=name,
             sources=[str(s) for s in sources],
@@ -156,7 +153,7 @@ def _jit_build(src: Path) -> tuple[Any, str]:
             build_directory=str(build_dir),
             with_cuda=with_cuda,
             is_python_module=True,
-            verbose=_truthy("CRNN_VERBOSE_BUILD"),
+            verbose=env_flag("CRNN_VERBOSE_BUILD"),
         )
         marker.write_text(f"{time.ctime()} {time.monotonic() - started:.0f}s\n")
     return module, f"JIT-compiled into {build_dir}"
@@ -209,8 +206,10 @@ def _prebuilt_is_stale(src: Path | None) -> bool:
 
 
 def _load() -> dict[str, Any]:
-    if _truthy("CRNN_NO_FUSED"):
+    if env_flag("CRNN_NO_FUSED"):
         return {"ok": False, "reason": "disabled by CRNN_NO_FUSED=1"}
+    if "CRNN_NO_POOL" in os.environ:  # read by the C++ op, which takes only "0"/"" as off: give it env_flag's reading
+        os.environ["CRNN_NO_POOL"] = "1" if env_flag("CRNN_NO_POOL") else "0"
     src = kernel_sources()
     notes = []
     module = None

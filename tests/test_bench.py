@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from crnn_core import bench
+from crnn_plugins import fastweights_bench as bench
 from crnn_plugins import fastweights_fused as ff
 
 from .conftest import assert_one_line_error, invoke

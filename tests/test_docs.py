@@ -4,6 +4,8 @@ import re
 import types
 from pathlib import Path
 
+import torch
+
 from crnn_core.model import ModelSpec, build_model
 
 from .conftest import TINY_ART, invoke
@@ -35,6 +37,37 @@ def test_plugins_worked_example(fresh_plugins, runner, tmp_path):
     assert result.exit_code == 0, result.stderr
     bad = invoke(runner, ["run", "--init", "scalar", "--set", "init.start=99", "--out", str(tmp_path / "s"), *TINY_ART])
     assert bad.exit_code == 2 and "start must be in [-10, 10]" in bad.stderr
+
+
+#: docs/python-api.md at test size: (documented text, what the test runs instead); each must occur.
+PYTHON_API_SHRINK = [
+    ("for epoch in range(30):", "for epoch in range(2):"),
+    ("for step in range(200):", "for step in range(5):"),
+    ('"train_per_period": 200, "val_per_period": 50', '"train_per_period": 20, "val_per_period": 10'),
+    ("TrainConfig(epochs=10,", "TrainConfig(epochs=2,"),
+]
+
+
+def test_python_api_examples_run(tmp_path, monkeypatch, thread_count_kept, fresh_plugins):
+    """Every ```python block of docs/python-api.md runs, in order, in one namespace (shrunk to test size)."""
+    blocks = python_blocks(DOCS / "python-api.md")
+    assert len(blocks) == 5  # the import line and the four worked examples
+    source = "\n".join(blocks)
+    for documented, shrunk in PYTHON_API_SHRINK:
+        assert documented in source, f"docs/python-api.md no longer says {documented!r}: update PYTHON_API_SHRINK"
+        source = source.replace(documented, shrunk)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "docs_python_api"}
+    exec(compile(source, "docs/python-api.md", "exec", dont_inherit=True), namespace)
+    # 1: the user's own model trains; 2: sampled initial states differ, the mean is deterministic
+    assert namespace["accuracy"] > 0 and namespace["loss"].item() < 10
+    assert not torch.equal(namespace["draws"][0], namespace["draws"][1])
+    # 3: fit wrote a run directory crnn can read; 4: it was loaded and sampled from
+    assert namespace["summary"]["epochs"] == 2
+    assert (tmp_path / "runs" / "lcd-api" / "checkpoints" / "best.pt").is_file()
+    assert len((tmp_path / "runs" / "lcd-api" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert tuple(namespace["rollout"].samples.shape) == (5, 26, 1)
+    assert set(namespace["h0"]) == {"h", "c"} and namespace["h0"]["h"].shape == (4, 32)
 
 
 def bash_blocks(path: Path) -> list[str]:

@@ -12,9 +12,12 @@ tests are skipped; otherwise a kernel that fails to load is a test failure.
 from __future__ import annotations
 
 
+import os
+
 import pytest
 import torch
 
+from crnn_core.env import env_flag
 from crnn_plugins import fastweights_fused as ff
 from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference
 
@@ -23,7 +26,7 @@ LAM, ETA = 0.95, 0.5
 
 @pytest.fixture(scope="module", autouse=True)
 def fused_loaded():
-    if ff._truthy("CRNN_NO_FUSED"):  # the module's own reading of the flag
+    if env_flag("CRNN_NO_FUSED"):  # how the module reads the flag (crnn_core.env)
         pytest.skip("CRNN_NO_FUSED is set: the fused kernel is disabled")
     ok, reason = ff.load_status()
     assert ok, f"the fused kernel failed to load: {reason}"
@@ -340,31 +343,58 @@ def test_backend_fused_is_an_error_when_unavailable(monkeypatch):
         make_cell("fused")
 
 
-def test_backend_auto_falls_back_with_one_warning(monkeypatch, capsys):
-    from crnn_plugins import fastweights
+def test_backend_auto_falls_back_with_one_warning(monkeypatch):
+    """The layer loads the kernel on first use, not when built; a fallback is a CrnnWarning, once per layer."""
+    from crnn_core import CrnnWarning
+    from crnn_plugins import FastWeights
+
+    calls = []
+    monkeypatch.setattr(ff, "load_status", lambda: calls.append(1) or (False, "no compiler (test)"))
+    cells = [make_cell("auto") for _ in range(3)]
+    layer = FastWeights(5, 8)
+    assert calls == []  # nothing loaded (or compiled) in the constructors
+    with pytest.warns(CrnnWarning, match="no compiler") as record:
+        for _ in range(3):
+            layer(torch.randn(2, 3, 5))
+    assert len(record) == 1
+    with pytest.warns(CrnnWarning):
+        assert all(c.describe_backend().startswith("reference") for c in cells)
+
+
+def test_functional_op_has_the_same_fallback_policy(monkeypatch):
+    from crnn_core import CrnnWarning
+    from crnn_core import fastweights_unroll as fastweights
 
     monkeypatch.setattr(ff, "load_status", lambda: (False, "no compiler (test)"))
-    monkeypatch.setattr(fastweights, "_warned_fallback", False)
-    cells = [make_cell("auto") for _ in range(3)]
-    assert all(c.describe_backend().startswith("reference") for c in cells)
-    lines = [line for line in capsys.readouterr().err.splitlines() if "fused" in line]
-    assert len(lines) == 1 and "no compiler" in lines[0]
+    args = (torch.randn(2, 3, 4), torch.zeros(2, 4), torch.zeros(2, 4, 4), torch.eye(4), torch.ones(4), torch.zeros(4),
+            LAM, ETA, 1)
+    with pytest.warns(CrnnWarning, match="no compiler"):
+        out, _ = fastweights(*args)
+    torch.testing.assert_close(out, fastweights_reference(*args)[0])
+    with pytest.raises(RuntimeError, match="no compiler"):
+        fastweights(*args, backend="fused")
 
 
-def test_device_without_fused_kernel_falls_back_or_errors(monkeypatch, capsys):
+def test_device_without_fused_kernel_falls_back_or_errors():
     """A device the extension was not built for (CUDA on a CPU-only build; here 'meta')."""
-    from crnn_core import ConfigError
-    from crnn_plugins import fastweights
+    from crnn_core import ConfigError, CrnnWarning
 
-    monkeypatch.setattr(fastweights, "_warned_devices", set())
     auto = make_cell("auto")
-    assert auto._unroll_for(torch.device("cpu")) is ff.fastweights_fused
-    for _ in range(2):
-        assert auto._unroll_for(torch.device("meta")) is fastweights_reference
-    lines = [line for line in capsys.readouterr().err.splitlines() if "meta" in line]
-    assert len(lines) == 1
+    assert auto._unroll_for(torch.device("cpu"))[0] is ff.fastweights_fused
+    with pytest.warns(CrnnWarning, match="meta") as record:
+        for _ in range(2):
+            assert auto._unroll_for(torch.device("meta"))[0] is fastweights_reference
+    assert len(record) == 1
     with pytest.raises(ConfigError, match="cannot run on meta"):
         make_cell("fused")._unroll_for(torch.device("meta"))
+
+
+@pytest.mark.parametrize("value,normalised", [("false", "0"), ("off", "0"), ("0", "0"), ("yes", "1"), ("1", "1")])
+def test_the_op_reads_crnn_no_pool_like_every_boolean_variable(monkeypatch, value, normalised):
+    """The C++ op reads CRNN_NO_POOL itself (only "0" or "" meant off there); loading hands it env_flag's answer."""
+    monkeypatch.setenv("CRNN_NO_POOL", value)
+    assert ff._load()["ok"]
+    assert os.environ["CRNN_NO_POOL"] == normalised
 
 
 def test_load_status_reports_disabled_kernel(monkeypatch):

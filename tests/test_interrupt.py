@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from crnn_core.rundir import load_checkpoint
-from crnn_core.train import _StopFlag
+from crnn_core.train import StopOnSignal
 
 from .conftest import assert_one_line_error, invoke, keep_thread_count, metrics_without_wall_time
 
@@ -142,7 +142,7 @@ def test_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(reference, runner
 
 def test_stop_flag_same_signal_twice_aborts_a_different_one_does_not():
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    with _StopFlag() as stop:
+    with StopOnSignal() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
         assert stop.signal == signal.SIGINT

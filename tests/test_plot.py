@@ -111,6 +111,8 @@ def test_not_runs(runner, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps({"model": {"task": "lcd"}, "train": {}}))
+    assert_one_line_error(invoke(runner, ["plot", str(empty)]), "model.cell must be a component name")  # as on --resume
+    (empty / "config.json").write_text(json.dumps({"model": {"cell": "lstm", "init": "zero", "task": "lcd"}, "train": {}}))
     assert_one_line_error(invoke(runner, ["plot", str(empty)]), "has no validation records yet")
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from crnn_core import Cell, InitStrategy, PluginError, hookimpl, hookspecs
 from crnn_core import plugins as plugins_module
-from crnn_core.plugins import BUILTIN_MODULES, PluginSystem
+from crnn_core.plugins import PluginSystem, builtin_entry_points
 from crnn_plugins.lstm import LSTMCell
 
 from .conftest import invoke
@@ -43,7 +43,12 @@ class Plugin:
 
 
 def test_builtins_are_registered_through_hooks(fresh_plugins):
-    assert {info.name for info in fresh_plugins.info.values() if info.builtin} == set(BUILTIN_MODULES)
+    """The built-ins are this distribution's `crnn` entry points, loaded like a third party's."""
+    declared = {ep.name for ep in builtin_entry_points()}
+    assert {"crnn_plugins.lstm", "crnn_plugins.fastweights", "crnn_plugins.art", "crnn_plugins.paper"} <= declared
+    assert {info.name for info in fresh_plugins.info.values() if info.builtin} == declared
+    assert all(info.package == "crnn" and info.ok for info in fresh_plugins.info.values() if info.builtin)
+    assert set(fresh_plugins.experiments) == {"art", "lcd"}
     assert "fastweights" in fresh_plugins.registry("cells")
     assert {"zero", "free", "learned"} <= set(fresh_plugins.registry("inits").names())
     assert {"identity", "linear", "mlp"} <= set(fresh_plugins.registry("contexts").names())
@@ -71,7 +76,7 @@ def test_register_commands_hook_adds_a_command(fresh_plugins, runner):
         cli.commands.pop("hello", None)
 
 
-def test_a_raising_hook_is_reported_and_the_rest_works(fresh_plugins, capsys):
+def test_a_raising_hook_is_reported_and_the_rest_works(fresh_plugins, caplog):
     class Broken:
         @hookimpl
         def register_cells(self, register):
@@ -81,7 +86,7 @@ def test_a_raising_hook_is_reported_and_the_rest_works(fresh_plugins, capsys):
     assert "fastweights" in fresh_plugins.registry("cells")
     info = fresh_plugins.info["broken"]
     assert not info.ok and "register_cells raised RuntimeError: boom" in info.errors[0]
-    assert "plugin 'broken'" in capsys.readouterr().err
+    assert "plugin 'broken'" in caplog.text  # a `crnn` log record: the CLI shows it on stderr
 
 
 def test_a_bad_class_or_duplicate_is_reported(fresh_plugins):
@@ -113,7 +118,7 @@ def _fake_entry_points(monkeypatch, *eps):
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
 
 
-def test_import_failure_is_reported_not_fatal(monkeypatch, capsys):
+def test_import_failure_is_reported_not_fatal(monkeypatch, caplog):
     module = types.ModuleType("crnn_test_good_plugin")
     module.register_cells = hookimpl(lambda register: register(TinyCell))
     monkeypatch.setitem(sys.modules, "crnn_test_good_plugin", module)
@@ -126,7 +131,7 @@ def test_import_failure_is_reported_not_fatal(monkeypatch, capsys):
     assert not system.info["ghost"].ok
     assert "import failed: ModuleNotFoundError" in system.info["ghost"].errors[0]
     assert "tiny" in system.registry("cells")  # the good plugin still loads
-    assert "plugin 'ghost'" in capsys.readouterr().err
+    assert "plugin 'ghost'" in caplog.text
 
 
 def test_strict_mode_makes_failures_fatal(monkeypatch):
@@ -167,6 +172,7 @@ def test_every_hook_is_documented():
         "register_init_strategies",
         "register_context_networks",
         "register_tasks",
+        "register_experiments",
         "register_commands",
     }
     for name in hooks:

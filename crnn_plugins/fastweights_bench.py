@@ -46,8 +46,9 @@ from typing import Any, Callable
 import click
 import torch
 
-from .distributed import resolve_device
-from .errors import ConfigError
+from crnn_core import hookimpl
+from crnn_core.distributed import resolve_device
+from crnn_core.errors import ConfigError
 
 DEFAULT_BATCH = (1, 128)
 DEFAULT_LENGTH = (11, 25)
@@ -64,8 +65,8 @@ LAM, ETA = 0.95, 0.5
 
 def _backend_fns(device: torch.device) -> tuple[dict[str, Callable], dict[str, str]]:
     """The backends that can run on ``device``, and a note on each (for fused: how it loaded, or why not)."""
-    from crnn_plugins import fastweights_fused
-    from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference
+    from . import fastweights_fused
+    from .fastweights_reference import fastweights_naive, fastweights_reference
 
     fns: dict[str, Callable] = {"reference": fastweights_reference, "naive": fastweights_naive,
                                 "compiled": _compiled_reference}
@@ -528,7 +529,7 @@ def _run_from_cli(batches, lengths, hiddens, inner, backends, modes, device, dty
 
 def kernel_report() -> dict[str, Any]:
     """Which fast-weights backend runs on which device, and why."""
-    from crnn_plugins import fastweights_fused as ff
+    from . import fastweights_fused as ff
 
     ok, reason = ff.load_status()
     devices: dict[str, Any] = {}
@@ -586,3 +587,9 @@ def kernels_command(as_json: bool) -> None:
             continue
         fused = "yes" if d["fused"] else f"no ({d['fused_reason']})"
         click.echo(f"{name}: fused {fused}; reference yes; backend=auto -> {d['auto']}")
+
+
+@hookimpl
+def register_commands(cli) -> None:
+    cli.add_command(bench_command, "bench")
+    cli.add_command(kernels_command, "kernels")

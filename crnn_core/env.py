@@ -1,0 +1,68 @@
+"""Environment switches and how crnn reports warnings and progress.
+
+* :func:`env_flag` reads every boolean environment variable (``CRNN_DEBUG``,
+  ``CRNN_NO_PLUGINS``, ``CRNN_NO_FUSED`` ...) the same way: unset, empty, ``0``,
+  ``false``, ``no`` and ``off`` mean off; anything else means on.
+* Library code warns with :class:`CrnnWarning` through :mod:`warnings` (so users can
+  filter it) and logs progress on the ``crnn`` :mod:`logging` logger. The CLI shows both
+  on stderr as ``crnn: ...`` lines (:func:`cli_reporting`); a program that imports crnn
+  sees the warnings as Python warnings and the INFO logs only if it configures logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+OFF = ("", "0", "false", "no", "off")
+
+logger = logging.getLogger("crnn")
+
+
+class CrnnWarning(UserWarning):
+    """Something works, but not as asked (e.g. the fused kernel fell back to the reference)."""
+
+
+def env_flag(name: str) -> bool:
+    """Whether the boolean environment variable ``name`` is on (see the module docstring)."""
+    return os.environ.get(name, "").strip().lower() not in OFF
+
+
+class _ClickHandler(logging.Handler):
+    """Writes records to the current stderr (click's test runner swaps it per invocation)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+@contextlib.contextmanager
+def cli_reporting() -> Iterator[None]:
+    """While the CLI runs: ``crnn`` INFO logs and crnn's warnings as plain ``crnn: ...`` lines on stderr."""
+    handler = _ClickHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_level, old_propagate = logger.level, logger.propagate
+    old_show = warnings.showwarning
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if issubclass(category, CrnnWarning):
+            click.echo(f"crnn: warning: {message}", err=True)
+        else:
+            old_show(message, category, filename, lineno, file, line)
+
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = old_show
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate

@@ -1,0 +1,221 @@
+"""A run as the API sees it: its config (:class:`RunConfig`), the writer that keeps it on disk
+(:class:`RunDirWriter`, a training callback) and :func:`load_run` to use a finished one.
+
+``config.json`` is read and validated here and nowhere else: by ``crnn run`` (fresh and
+``--resume``), ``crnn sample``, ``crnn plot`` and :func:`load_run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, ConfigError
+from .kinds import KINDS
+from .model import Built, ModelSpec, build_model
+from .plugins import PluginSystem, get_plugins
+from .rundir import (
+    append_metrics,
+    is_run_dir,
+    load_checkpoint,
+    prepare_new_run_dir,
+    read_json,
+    save_checkpoint,
+    truncate_metrics,
+    write_json,
+)
+from .options import build_options
+from .train import Callback, Loop, TrainConfig, TrainState
+
+#: TrainConfig fields that may change when a run is resumed (they do not change its results).
+RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "threads", "eval_batch_size")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run: the model spec and the training options (``config.json``)."""
+
+    model: ModelSpec
+    train: TrainConfig
+    crnn_version: str = field(default_factory=lambda: _version())
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``config.json`` document."""
+        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train),
+                "crnn_version": self.crnn_version, "created": self.created}
+
+    @classmethod
+    def from_json(cls, data: Any, where: Path | str) -> "RunConfig":
+        """Validate a ``config.json`` document (untrusted: it may have been edited by hand)."""
+
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"{where} is not a valid crnn run config: {what}")
+
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict) or not isinstance(data.get("train"), dict):
+            raise bad("it needs the objects 'model' and 'train'")
+        model = data["model"]
+        for kind in KINDS:
+            value = model.get(kind.scope)
+            if not (isinstance(value, str) or (value is None and not kind.required)):
+                raise bad(f"model.{kind.scope} must be a component name{'' if kind.required else ' or null'}, got {value!r:.80}")
+            if not isinstance(model.get(f"{kind.scope}_options", {}), dict):
+                raise bad(f"model.{kind.scope}_options must be an object, got {model.get(f'{kind.scope}_options')!r:.80}")
+        try:
+            spec = ModelSpec(**model)
+        except TypeError as exc:
+            raise ConfigError(f"{where} is not a crnn run config ({exc})") from None
+        train = build_options(TrainConfig, data["train"], "train")
+        return cls(spec, train, str(data.get("crnn_version", "unknown")), str(data.get("created", "")))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunConfig":
+        """The validated config of the run in ``run_dir``."""
+        if not run_dir.is_dir() or not is_run_dir(run_dir):
+            raise ConfigError(f"{run_dir} is not a crnn run directory (no config.json)")
+        return cls.from_json(read_json(run_dir / "config.json"), run_dir / "config.json")
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the config that a checkpoint must match to be resumed."""
+        return checkpoint_identity(self.to_json())
+
+
+def checkpoint_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's ``config.json`` that a checkpoint must match to be resumed."""
+    train_part = {k: v for k, v in config.get("train", {}).items() if k not in RESUMABLE_CHANGES}
+    return {"model": config.get("model"), "train": train_part}
+
+
+class RunDirWriter(Callback):
+    """Keeps a run directory: metrics.jsonl, ``last.pt`` / ``best.pt`` (atomic), and resume from ``last.pt``.
+
+    Construct with :meth:`create` (a new run) or :meth:`reopen` (``--resume``); under torchrun
+    rank 0 writes, and every rank takes part in the checkpoints' RNG gathering.
+    """
+
+    def __init__(self, run_dir: Path, config: RunConfig, resume: bool, relaunch: str = "crnn run") -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.resume = resume
+        self.relaunch = relaunch  # the command that continues the run, for the interruption message
+        self.last = run_dir / "checkpoints" / "last.pt"
+
+    @classmethod
+    def create(cls, run_dir: Path, config: RunConfig, force: bool, files: dict[str, Any], **kw: Any) -> "RunDirWriter":
+        """A new run directory with ``config.json`` and ``files`` (name -> JSON document, or text)."""
+        prepare_new_run_dir(run_dir, force)
+        write_json(run_dir / "config.json", config.to_json())
+        for name, content in files.items():
+            if isinstance(content, str):
+                (run_dir / name).write_text(content)
+            else:
+                write_json(run_dir / name, content)
+        return cls(run_dir, config, resume=False, **kw)
+
+    @classmethod
+    def reopen(cls, run_dir: Path, config: RunConfig, command: str, **kw: Any) -> "RunDirWriter":
+        """An existing run to continue: its ``config.json`` rewritten with ``config``, ``command`` appended to command.txt."""
+        write_json(run_dir / "config.json", config.to_json())
+        with open(run_dir / "command.txt", "a") as f:
+            f.write(command + "\n")
+        return cls(run_dir, config, resume=True, **kw)
+
+    # -- callbacks -------------------------------------------------------------------------------
+    def on_fit_start(self, loop: Loop) -> None:
+        if self.resume:
+            self._restore(loop)
+
+    def on_epoch_end(self, loop: Loop, record: dict[str, Any] | None, improved: bool) -> None:
+        if record is not None:
+            append_metrics(self.run_dir / "metrics.jsonl", record)
+        self._checkpoint(loop, self.last)
+        if improved:
+            self._checkpoint(loop, self.run_dir / "checkpoints" / "best.pt")
+
+    def on_stop(self, loop: Loop) -> str:
+        self._checkpoint(loop, self.last)
+        s = loop.state
+        return (f"saved {self.last} at epoch {s.epoch + 1}, step {s.step}; "
+                f"continue with: {self.relaunch} --resume {self.run_dir}")
+
+    def on_nonfinite(self, loop: Loop) -> str:
+        return f"last good checkpoint: {self.last}" if self.last.is_file() else "no checkpoint was written yet"
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _checkpoint(self, loop: Loop, path: Path) -> None:
+        rng_ranks = loop.dist.gather_rng()  # a collective: every rank calls it
+        if loop.dist.is_main:
+            s = loop.state
+            data: dict[str, Any] = {
+                "config": self.config.identity(),
+                "model": loop.model.state_dict(),
+                "optimizer": loop.optimizer.state_dict(),
+                **dataclasses.asdict(s),
+                "rng": rng_ranks[0],
+            }
+            if loop.dist.enabled:  # every rank's RNG, so each continues its own stream on --resume
+                data.update(rng_ranks=rng_ranks, world_size=loop.dist.world_size)
+            save_checkpoint(path, data)
+        loop.dist.barrier()
+
+    def _restore(self, loop: Loop) -> None:
+        ckpt = load_checkpoint(self.last)
+        if ckpt.get("config") != self.config.identity():
+            raise CheckpointError(f"{self.last} was written by a different configuration than {self.run_dir}/config.json")
+        try:
+            loop.model.load_state_dict(ckpt["model"])
+            loop.optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{self.last} does not fit this model: {str(exc).splitlines()[0][:200]}") from None
+        try:
+            s = TrainState(
+                epoch=int(ckpt["epoch"]), batch_in_epoch=int(ckpt["batch_in_epoch"]), step=int(ckpt["step"]),
+                wall_time=float(ckpt["wall_time"]), best=None if ckpt["best"] is None else float(ckpt["best"]),
+                epoch_loss=float(ckpt["epoch_loss"]), epoch_count=int(ckpt["epoch_count"]),
+                nonfinite_skipped=int(ckpt.get("nonfinite_skipped", 0)),
+            )
+            if not (0 <= s.epoch and 0 <= s.batch_in_epoch <= loop.steps_per_epoch and 0 <= s.step and 0 <= s.epoch_count):
+                raise ValueError(f"position epoch {s.epoch}, batch {s.batch_in_epoch}, step {s.step} is impossible")
+            loop.dist.restore_rng(ckpt, loop.config.seed)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{self.last} has a missing or invalid field: {str(exc).splitlines()[0][:200]}") from None
+        loop.state = s
+        if loop.dist.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", s.epoch)
+
+
+def load_run(run_dir: Path | str, checkpoint: str = "best", device: str = "cpu",
+             plugins: PluginSystem | None = None) -> tuple[Built, dict[str, Any]]:
+    """Rebuild a finished (or stopped) run's task and model from ``config.json`` and
+    ``checkpoints/<checkpoint>.pt``, in eval mode on ``device``.
+
+    Returns the built task and model (``built.task``, ``built.model``, ``built.spec``) and the
+    checkpoint (for its ``epoch`` and ``step``).
+    """
+    from .distributed import resolve_device
+
+    run_dir = Path(run_dir)
+    config = RunConfig.load(run_dir)
+    built = build_model(config.model, plugins or get_plugins())
+    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+    try:
+        built.model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{run_dir}/checkpoints/{checkpoint}.pt does not fit this run's model: "
+                              f"{str(exc).splitlines()[0][:200]}") from None
+    built.model.to(resolve_device(device)).eval()
+    return built, ckpt
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crnn")
+    except PackageNotFoundError:
+        return "unknown"
+
+

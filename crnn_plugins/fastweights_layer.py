@@ -1,0 +1,180 @@
+"""``FastWeights``: a fast-weights RNN layer (Ba et al. 2016) usable like ``torch.nn.LSTM``.
+
+    >>> layer = FastWeights(input_size=8, hidden_size=32, lam=0.95, eta=0.5)
+    >>> outputs, state = layer(torch.randn(4, 11, 8))      # a zero state by default
+    >>> outputs.shape, state["h"].shape, state["A"].shape
+    (torch.Size([4, 11, 32]), torch.Size([4, 32]), torch.Size([4, 32, 32]))
+
+The state is a dict: ``h [B, H]`` (the last output) and the fast-weight matrix
+``A [B, H, H]``. The unroll runs on the fused C++/CUDA op (``fastweights_fused``) where
+it is available for the input's device and on the pure-PyTorch reference otherwise
+(``backend="auto"``); the kernel is loaded (or built, once) on the first forward pass,
+never in the constructor, and a fallback is reported once as a ``crnn_core.env.CrnnWarning``
+through :mod:`warnings`. :func:`fastweights_unroll` is the same choice for the functional op.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from crnn_core.cell import State
+from crnn_core.env import CrnnWarning
+
+from . import fastweights_fused
+from .fastweights_reference import ACTIVATIONS, fastweights_reference
+
+BACKENDS = ("auto", "fused", "reference")
+Unroll = Callable[..., tuple[Tensor, Tensor]]
+
+
+def select_unroll(backend: str, device: torch.device) -> tuple[Unroll, str]:
+    """The unroll for ``backend`` on ``device`` and a note of which runs and why.
+
+    ``reference``: always the reference. ``fused``: the fused op, or a RuntimeError saying
+    why it cannot run. ``auto``: the fused op where it can run, else the reference with a
+    ``CrnnWarning`` (shown once per reason by Python's default warning filter).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "reference":
+        return fastweights_reference, "reference (asked for)"
+    ok, reason = fastweights_fused.device_status(device)
+    if ok:
+        return fastweights_fused.fastweights_fused, f"fused ({reason})"
+    if backend == "fused":
+        raise RuntimeError(f"backend='fused', but the fused fast-weights kernel cannot run on {device.type}: {reason}")
+    warnings.warn(f"no fused fast-weights kernel for {device.type} ({reason}); using the reference backend",
+                  CrnnWarning, stacklevel=3)
+    return fastweights_reference, f"reference (fused unavailable: {reason})"
+
+
+def fastweights_unroll(
+    xp: Tensor,
+    h0: Tensor,
+    A0: Tensor,
+    W: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    lam: float,
+    eta: float,
+    inner_steps: int,
+    activation: str = "relu",
+    eps: float = 1e-5,
+    *,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """The fast-weights unroll (equations in ``fastweights_reference``) on the chosen backend.
+
+    Returns ``(outputs [B, T, H], A_T [B, H, H])``; see :func:`select_unroll` for ``backend``.
+    """
+    unroll, _ = select_unroll(backend, xp.device)
+    return unroll(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps)
+
+
+class FastWeights(nn.Module):
+    """Fast-weights RNN layer: h and a decaying Hebbian matrix A, with an inner LayerNorm loop.
+
+    Args:
+        input_size: features per input step.
+        hidden_size: hidden units H (the output width).
+        lam: decay rate of A, in [0, 1].
+        eta: fast learning rate (A += eta h h^T).
+        inner_steps: inner LayerNorm iterations per time step (>= 1).
+        activation: ``"relu"`` or ``"tanh"``.
+        batch_first: inputs and outputs are ``[B, T, *]`` (True) or ``[T, B, *]``.
+        backend: ``"auto"`` (fused where available, else the reference with a warning),
+            ``"fused"`` (an error where it cannot run) or ``"reference"``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        lam: float = 0.95,
+        eta: float = 0.5,
+        inner_steps: int = 1,
+        activation: str = "relu",
+        batch_first: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        _check(input_size > 0, "input_size", f"must be positive, got {input_size}")
+        _check(hidden_size > 0, "hidden_size", f"must be positive, got {hidden_size}")
+        _check(0.0 <= lam <= 1.0, "lam", f"must be in [0, 1], got {lam}")
+        _check(inner_steps >= 1, "inner_steps", f"must be >= 1, got {inner_steps}")
+        _check(activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        _check(backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.lam, self.eta, self.inner_steps, self.activation = float(lam), float(eta), int(inner_steps), activation
+        self.batch_first, self.backend = batch_first, backend
+        H = hidden_size
+        self.U = nn.Linear(input_size, H)
+        self.W = nn.Parameter(0.05 * torch.eye(H))
+        self.norm = nn.LayerNorm(H, eps=1e-5)
+        with torch.no_grad():
+            self.U.weight.copy_(0.05 * torch.eye(H, input_size))
+            self.U.bias.zero_()
+        self._unrolls: dict[str, tuple[Unroll, str]] = {}  # device type -> (unroll, note), chosen on first use
+
+    def state_spec(self) -> dict[str, tuple[int, ...]]:
+        """Per-example shapes of the state components: ``{"h": (H,), "A": (H, H)}``."""
+        H = self.hidden_size
+        return {"h": (H,), "A": (H, H)}
+
+    def zero_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        """The all-zero state for ``batch_size`` examples."""
+        device = device or self.W.device
+        dtype = dtype or self.W.dtype
+        return {name: torch.zeros(batch_size, *shape, device=device, dtype=dtype) for name, shape in self.state_spec().items()}
+
+    def backend_for(self, device: torch.device) -> str:
+        """Which backend runs on ``device`` and why (loads the fused kernel if it is not loaded yet)."""
+        return self._unroll_for(device)[1]
+
+    def _unroll_for(self, device: torch.device) -> tuple[Unroll, str]:
+        if device.type not in self._unrolls:
+            self._unrolls[device.type] = select_unroll(self.backend, device)
+        return self._unrolls[device.type]
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Unroll over ``x`` (``[B, T, input_size]``, or ``[T, B, input_size]`` unless batch_first).
+
+        Returns the outputs ``[B, T, H]`` (or ``[T, B, H]``) and the final state
+        ``{"h": [B, H], "A": [B, H, H]}``; ``state`` defaults to zeros.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"FastWeights: x must be 3-d with {self.input_size} features, got shape {tuple(x.shape)}")
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        if state is None:
+            state = self.zero_state(x.shape[0], x.device, x.dtype)
+        xp = self.U(x)
+        unroll, _ = self._unroll_for(xp.device)
+        outputs, A = unroll(
+            xp.contiguous(),
+            state["h"].contiguous(),
+            state["A"].contiguous(),
+            self.W,
+            self.norm.weight,
+            self.norm.bias,
+            self.lam,
+            self.eta,
+            self.inner_steps,
+            self.activation,
+        )
+        final = {"h": outputs[:, -1], "A": A}
+        return (outputs if self.batch_first else outputs.transpose(0, 1)), final
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, lam={self.lam}, eta={self.eta}, inner_steps={self.inner_steps}, "
+                f"activation={self.activation!r}, batch_first={self.batch_first}, backend={self.backend!r}")
+
+
+def _check(condition: bool, argument: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"FastWeights: {argument} {message}")
