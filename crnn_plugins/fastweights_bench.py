@@ -486,9 +486,25 @@ Examples:
 def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup, state,
                   threads, seed, max_naive_gb, max_compiled_length, clock, as_json, quiet) -> None:
     """Time the fused fast-weights kernel against torch.compile of the reference, the reference and the naive loop."""
+    threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    doc = run_benchmark(
+    try:
+        doc = _run_from_cli(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup,
+                            state, seed, max_naive_gb, max_compiled_length, clock, quiet)
+    finally:  # an in-process caller (tests, notebooks) keeps its thread count
+        torch.set_num_threads(threads_before)
+    if len(sys.argv) > 1 and sys.argv[1] == "bench":  # run from the command line (not a test runner)
+        doc["command"] = " ".join(["crnn", *sys.argv[1:]])
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(format_table(doc))
+
+
+def _run_from_cli(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup, state, seed,
+                  max_naive_gb, max_compiled_length, clock, quiet) -> dict[str, Any]:
+    return run_benchmark(
         tuple(batches) or DEFAULT_BATCH,
         tuple(lengths) or DEFAULT_LENGTH,
         tuple(hiddens) or DEFAULT_HIDDEN,
@@ -506,12 +522,6 @@ def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dty
         clock=clock,
         progress=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)),
     )
-    if len(sys.argv) > 1 and sys.argv[1] == "bench":  # run from the command line (not a test runner)
-        doc["command"] = " ".join(["crnn", *sys.argv[1:]])
-    if as_json:
-        click.echo(json.dumps(doc, indent=2))
-    else:
-        click.echo(format_table(doc))
 
 
 # -- crnn kernels ---------------------------------------------------------------------------------

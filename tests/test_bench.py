@@ -90,6 +90,14 @@ def test_cpu_clock_needs_one_thread(thread_count_kept):
     assert "thread CPU time" in bench.format_table(doc)
 
 
+def test_bench_threads_option_leaves_the_callers_thread_count(runner, thread_count_kept):
+    torch.set_num_threads(2)
+    result = invoke(runner, ["bench", *TINY, "--threads", "1", "--clock", "cpu", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert "thread CPU time" in result.stdout
+    assert torch.get_num_threads() == 2
+
+
 def test_growth_with_length_exponents():
     recs = [{"backend": "fused", "mode": "forward", "batch": 1, "hidden": 4, "inner_steps": 1, "length": T,
              "median_ms": 2.0 * T, "peak_memory_bytes": 8 * T * T} for T in (10, 100)]

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 EMU = Path(__file__).resolve().parent / "cuda_emu"
 CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-TSAN = os.environ.get("CRNN_EMU_TSAN", "").strip() not in ("", "0")
+TSAN = env_flag("CRNN_EMU_TSAN")
 LAM, ETA, EPS = 0.95, 0.5, 1e-5
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
@@ -67,7 +67,7 @@ def emu_exe(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def fused_loaded():
-    if env_flag("CRNN_NO_FUSED"):
+    if env_flag("CRNN_NO_FUSED"):  # how the module reads the flag (crnn_core.env)
         pytest.skip("CRNN_NO_FUSED is set: the fused kernel (the CPU side of the comparison) is disabled")
     ok, reason = ff.load_status()
     assert ok, f"the fused kernel failed to load: {reason}"

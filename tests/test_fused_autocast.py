@@ -28,7 +28,7 @@ GRAD_RTOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-4}
 
 @pytest.fixture(scope="module", autouse=True)
 def fused_loaded():
-    if env_flag("CRNN_NO_FUSED"):
+    if env_flag("CRNN_NO_FUSED"):  # how the module reads the flag (crnn_core.env)
         pytest.skip("CRNN_NO_FUSED is set: the fused kernel is disabled")
     ok, reason = ff.load_status()
     assert ok, f"the fused kernel failed to load: {reason}"
