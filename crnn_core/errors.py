@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
@@ -31,7 +30,9 @@ class CheckpointError(CrnnError):
 
 def debug() -> bool:
     """Whether ``CRNN_DEBUG`` asks for tracebacks."""
-    return os.environ.get("CRNN_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+    from .env import env_flag
+
+    return env_flag("CRNN_DEBUG")
 
 
 def show_traceback(exc: BaseException) -> None:

@@ -339,8 +339,8 @@ class _slow_import_notice:
         self.timer: threading.Timer | None = None
 
     def _say(self) -> None:
-        print(f"crnn: still loading plugin '{self.info.name}' ({self.info.package}, {self.info.module}) after "
-              f"{self.delay:g}s; Ctrl-C to stop, or CRNN_NO_PLUGINS=1 to start without plugins", file=sys.stderr, flush=True)
+        logger.warning(f"crnn: still loading plugin '{self.info.name}' ({self.info.package}, {self.info.module}) after "
+                       f"{self.delay:g}s; Ctrl-C to stop, or CRNN_NO_PLUGINS=1 to start without plugins")
 
     def __enter__(self) -> "_slow_import_notice":
         self.timer = threading.Timer(self.delay, self._say)

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 
+from .env import logger
 from .errors import CheckpointError, ConfigError, CrnnError
 
 CHECKPOINT_FORMAT = "crnn-checkpoint-v1"
@@ -435,8 +435,8 @@ def resume_checked(run_dir: Path, checkpoint: dict[str, Any], epochs: int, is_ma
         if lock is not None:
             lock.pending.clear()
         if is_main:
-            print(f"crnn: nothing to do: {run_dir} has already trained {done} of --epochs {epochs}; nothing was changed; "
-                  f"to train further: crnn run --resume {run_dir} --epochs {max(done, epochs) + 1}", file=sys.stderr)
+            logger.warning(f"crnn: nothing to do: {run_dir} has already trained {done} of --epochs {epochs}; nothing was "
+                           f"changed; to train further: crnn run --resume {run_dir} --epochs {max(done, epochs) + 1}")
         return False
     if not is_main:
         return True

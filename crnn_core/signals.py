@@ -78,7 +78,7 @@ def note_run_dir(path: Path | None) -> None:
 
 def report(exc: BaseException) -> int:
     """Print the one-line message for an interruption and return the exit status."""
-    print(message(exc), file=sys.stderr)
+    sys.stderr.write(message(exc) + "\n")  # the command's last line, like its "Error: ..." lines (not a warning)
     note_run_dir(None)
     return 128 + int(getattr(exc, "signum", signal.SIGINT))
 

@@ -102,7 +102,7 @@ def test_a_kill_between_last_pt_and_best_pt_is_repaired_on_resume(runner, tmp_pa
     assert run(runner, reference, "--epochs", "4").exit_code == 0
     best_epoch = load_checkpoint(reference / "checkpoints" / "best.pt")["epoch"]
 
-    import crnn_core.train as train_module
+    import crnn_core.run as train_module  # the run-directory writer saves and appends
 
     real_save = train_module.save_checkpoint
     out = tmp_path / "run"
@@ -254,7 +254,7 @@ def test_a_run_directory_that_became_read_only_keeps_its_checkpoint(runner, tmp_
 
 def _on_append(monkeypatch, at_epoch: int, action) -> None:
     """Run ``action`` just before the trainer appends epoch ``at_epoch``'s metrics record."""
-    import crnn_core.train as train_module
+    import crnn_core.run as train_module  # the run-directory writer saves and appends
 
     real = train_module.append_metrics
 
