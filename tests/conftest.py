@@ -100,3 +100,16 @@ def torchrun_env(**extra: str) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
     return {**env, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def fused_kernel() -> None:
+    """For modules that test the fused op: skip them when CRNN_NO_FUSED disables the kernel
+    (read as the loader reads it, with crnn_core.env.env_flag), fail them when it does not load."""
+    from crnn_core.env import env_flag
+    from crnn_plugins import fastweights_fused
+
+    if env_flag("CRNN_NO_FUSED"):
+        pytest.skip("CRNN_NO_FUSED is set: the fused kernel is disabled")
+    ok, reason = fastweights_fused.load_status()
+    assert ok, f"the fused kernel failed to load: {reason}"

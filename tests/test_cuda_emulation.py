@@ -42,7 +42,7 @@ CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 TSAN = env_flag("CRNN_EMU_TSAN")
 LAM, ETA, EPS = 0.95, 0.5, 1e-5
 
-pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+pytestmark = [pytest.mark.skipif(CXX is None, reason="no C++ compiler"), pytest.mark.usefixtures("fused_kernel")]
 
 
 def build(out_dir: Path, source: Path = CSRC / "fastweights_cuda.cu", tsan: bool = False) -> Path:
@@ -65,12 +65,6 @@ def emu_exe(tmp_path_factory) -> Path:
     return build(tmp_path_factory.mktemp("emu_" + digest.hexdigest()[:8]))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fused_loaded():
-    if env_flag("CRNN_NO_FUSED"):  # how the module reads the flag (crnn_core.env)
-        pytest.skip("CRNN_NO_FUSED is set: the fused kernel (the CPU side of the comparison) is disabled")
-    ok, reason = ff.load_status()
-    assert ok, f"the fused kernel failed to load: {reason}"
 
 
 def make_case(B, T, H, dtype, a0_scale, seed=0):

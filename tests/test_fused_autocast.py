@@ -18,7 +18,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crnn_core.env import env_flag
 from crnn_plugins import fastweights_fused as ff
 from crnn_plugins.fastweights_reference import fastweights_reference
 
@@ -26,12 +25,7 @@ LAM, ETA = 0.95, 0.5
 GRAD_RTOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fused_loaded():
-    if env_flag("CRNN_NO_FUSED"):  # how the module reads the flag (crnn_core.env)
-        pytest.skip("CRNN_NO_FUSED is set: the fused kernel is disabled")
-    ok, reason = ff.load_status()
-    assert ok, f"the fused kernel failed to load: {reason}"
+pytestmark = pytest.mark.usefixtures("fused_kernel")  # skip or fail as the kernel loads (conftest)
 
 
 def inputs(B=3, T=6, H=24, device="cpu", seed=0):

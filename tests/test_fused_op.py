@@ -17,19 +17,13 @@ import os
 import pytest
 import torch
 
-from crnn_core.env import env_flag
 from crnn_plugins import fastweights_fused as ff
 from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference
 
 LAM, ETA = 0.95, 0.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fused_loaded():
-    if env_flag("CRNN_NO_FUSED"):  # how the module reads the flag (crnn_core.env)
-        pytest.skip("CRNN_NO_FUSED is set: the fused kernel is disabled")
-    ok, reason = ff.load_status()
-    assert ok, f"the fused kernel failed to load: {reason}"
+pytestmark = pytest.mark.usefixtures("fused_kernel")  # skip or fail as the kernel loads (conftest)
 
 
 def make_inputs(B=3, T=5, H=7, dtype=torch.float64, seed=0, a0_scale=0.2, device="cpu"):
