@@ -225,7 +225,7 @@ class ProgressDisplay(Callback):
             return
         metrics = " ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
         click.echo(f"epoch {record['epoch']}/{self.epochs} step {record['step']} train_loss {record['train_loss']:.4f} "
-                   f"val_loss {record['loss']:.4f} {metrics} ({record['wall_time']:.1f}s)", err=True)
+                   f"val_loss {record['loss']:.4f} {metrics} (training time so far {record['wall_time']:.1f}s)", err=True)
 
 
 def _progress(quiet: bool, cfg: TrainConfig) -> list[Callback]:
@@ -253,8 +253,9 @@ def list_(kind: str | None, show_options: bool, as_json: bool) -> None:
         ]
         for k in kinds
     }
+    train_options = describe(TrainConfig) if show_options and not kind else []  # the `train` scope of --set
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json.dumps({**data, **({"train": train_options} if train_options else {})}, indent=2, default=str))
         return
     for k, entries in data.items():
         click.echo(f"{k}:")
@@ -268,6 +269,10 @@ def list_(kind: str | None, show_options: bool, as_json: bool) -> None:
                     click.echo(f"      {scope}: {o['name']}={o['default']!r}  ({o['type']}) {o['help']}")
         if not kind:
             click.echo("")
+    if train_options:
+        click.echo("train (crnn run --set train.KEY=VALUE; a task's training_defaults change some defaults):")
+        for o in train_options:
+            click.echo(f"      train: {o['name']}={o['default']!r}  ({o['type']}) {o['help']}")
 
 
 @cli.command(epilog="\b\nExamples:\n  crnn plugins\n  crnn plugins --json")

@@ -111,6 +111,17 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def type_label(hint: Any) -> str:
+    """An option's type in words: ``int``, ``one of 'relu', 'tanh'``, ``float or None``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if args and type(None) in args:  # Optional[X] / X | None
+        rest = [a for a in args if a is not type(None)]
+        return " or ".join(type_label(a) for a in rest) + " or None"
+    return getattr(hint, "__name__", str(hint))
+
+
 def describe(options_cls: type) -> list[dict[str, Any]]:
     """Name, type, default and help of each option field, for listings and docs."""
     hints = typing.get_type_hints(options_cls)
@@ -119,7 +130,7 @@ def describe(options_cls: type) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": f.name,
-                "type": getattr(hints[f.name], "__name__", str(hints[f.name])),
+                "type": type_label(hints[f.name]),
                 "default": f.default,
                 "help": f.metadata.get("help", ""),
             }

@@ -65,3 +65,21 @@ def test_describe_has_help_for_every_field():
     rows = describe(Opts)
     assert [r["name"] for r in rows] == ["size", "rate", "flag", "mode", "clip"]
     assert all(r["help"] for r in rows)
+
+
+def test_describe_names_the_allowed_values_and_optional_types():
+    types = {row["name"]: row["type"] for row in describe(Opts)}
+    assert types == {"size": "int", "rate": "float", "flag": "bool", "mode": "one of 'a', 'b'", "clip": "float or None"}
+
+
+def test_list_options_shows_every_scope_of_set(runner):
+    """README says `crnn list --options` shows every option: the train scope too, Literal types as their values."""
+    from tests.conftest import invoke
+    from crnn_core.kinds import SCOPES
+
+    result = invoke(runner, ["list", "--options"])
+    assert result.exit_code == 0, result.output
+    shown = {line.strip().split(":")[0] for line in result.stdout.splitlines() if line.startswith("      ")}
+    assert shown == set(SCOPES), shown  # cell, init, context, task and train
+    assert "train: grad_clip=None  (float or None)" in result.stdout
+    assert "activation='relu'  (one of 'relu', 'tanh')" in result.stdout
