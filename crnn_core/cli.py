@@ -24,7 +24,7 @@ from .model import Built, ModelSpec, build_model
 from .options import describe, parse_overrides
 from .plugins import PluginSystem, get_plugins
 from .run import RunConfig, RunDirWriter
-from .rundir import default_run_dir, is_run_dir
+from .rundir import default_run_dir, is_run_dir, standard_json
 from .train import Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
 
 LIST_KINDS = [kind.plural for kind in KINDS]
@@ -167,7 +167,7 @@ def run(
         raise
     distributed.teardown()
     if dist.is_main:
-        click.echo(json.dumps({"run_dir": str(writer.run_dir), **summary}))
+        click.echo(json.dumps(standard_json({"run_dir": str(writer.run_dir), **summary}), allow_nan=False))
 
 
 def _new_run_config(plugins: PluginSystem, cell: str | None, init: str | None, task: str | None, context: str | None,

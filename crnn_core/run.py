@@ -180,6 +180,7 @@ class RunDirWriter(Callback):
                 wall_time=float(ckpt["wall_time"]), best=None if ckpt["best"] is None else float(ckpt["best"]),
                 epoch_loss=float(ckpt["epoch_loss"]), epoch_count=int(ckpt["epoch_count"]),
                 nonfinite_skipped=int(ckpt.get("nonfinite_skipped", 0)),
+                epoch_skipped=int(ckpt.get("epoch_skipped", 0)),
             )
             if not (0 <= s.epoch and 0 <= s.batch_in_epoch <= loop.steps_per_epoch and 0 <= s.step and 0 <= s.epoch_count):
                 raise ValueError(f"position epoch {s.epoch}, batch {s.batch_in_epoch}, step {s.step} is impossible")

@@ -365,6 +365,28 @@ def truncate_metrics(path: Path, last_epoch: int) -> None:
         lock.metrics = (*lock.metrics[:2], len(kept))  # type: ignore[index]
 
 
+def standard_json(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with every NaN/inf float replaced by None and, if any was, ``"nonfinite"``:
+    the dotted names of those fields. Python's json would write NaN/Infinity, which is not
+    JSON and which other tools (jq, JavaScript, most JSON libraries) refuse."""
+    flagged: list[str] = []
+
+    def clean(value: Any, where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            flagged.append(where)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    cleaned = clean(record, "")
+    if flagged:
+        cleaned["nonfinite"] = flagged
+    return cleaned
+
+
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
     """Append one record; refuse to recreate a metrics.jsonl that was deleted or replaced during the run."""
     lock = held_lock(path)
@@ -374,7 +396,7 @@ def append_metrics(path: Path, record: dict[str, Any]) -> None:
 
     def append() -> None:
         with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(standard_json(record), allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

@@ -80,6 +80,7 @@ class TrainState:
     epoch_loss: float = 0.0  # sum of (loss x examples) over the current epoch's steps
     epoch_count: int = 0  # examples in epoch_loss
     nonfinite_skipped: int = 0  # steps skipped for a NaN/inf loss (on_nonfinite=skip)
+    epoch_skipped: int = 0  # of those, in the current epoch (its metrics record says how many)
 
 
 @dataclass
@@ -281,6 +282,7 @@ def _train_epoch(loop: Loop, net: nn.Module, callbacks: Sequence[Callback]) -> N
                     f"{'; '.join(notes) or 'nothing was saved'})"
                 )
             s.nonfinite_skipped += 1
+            s.epoch_skipped += 1
         s.batch_in_epoch += 1
         s.step += 1
         for cb in callbacks:
@@ -292,6 +294,12 @@ def _train_epoch(loop: Loop, net: nn.Module, callbacks: Sequence[Callback]) -> N
             where = f"stopped at epoch {s.epoch + 1}, step {s.step}"
             raise Interrupted(f"{name} received: {'; '.join(notes) or where}", loop.stop_signal)
     s.wall_time += time.perf_counter() - started
+    if s.epoch_count == 0 and s.epoch_skipped > 0:  # on_nonfinite=skip, and not one step of the epoch was finite
+        notes = [note for cb in callbacks if (note := cb.on_nonfinite(loop))]
+        raise NonFinite(
+            f"every step of epoch {s.epoch + 1} had a non-finite loss or gradient ({s.epoch_skipped} skipped), so "
+            f"nothing was learned (lower --lr or set train.grad_clip; {'; '.join(notes) or 'nothing was saved'})"
+        )
 
 
 def _step(loop: Loop, net: nn.Module, index: torch.Tensor) -> bool:
@@ -334,6 +342,8 @@ def _validate(loop: Loop, callbacks: Sequence[Callback]) -> None:
             "train_loss": s.epoch_loss / max(s.epoch_count, 1),
             "wall_time": round(s.wall_time, 3),
         }
+        if loop.config.on_nonfinite == "skip":
+            record["nonfinite_skipped"] = s.epoch_skipped  # steps of this epoch skipped for a NaN/inf
         loop.last_record = record
         sign = 1.0 if task.higher_is_better else -1.0
         value = val_metrics.get(task.best_metric, val_loss)
@@ -344,7 +354,7 @@ def _validate(loop: Loop, callbacks: Sequence[Callback]) -> None:
             metric, target = task.early_stop_target
             loop.stopped_early = sign * val_metrics.get(metric, val_loss) >= sign * target
     loop.stopped_early, improved, s.best = loop.dist.broadcast((loop.stopped_early, improved, s.best))
-    s.batch_in_epoch, s.epoch_loss, s.epoch_count = 0, 0.0, 0
+    s.batch_in_epoch, s.epoch_loss, s.epoch_count, s.epoch_skipped = 0, 0.0, 0, 0
     for cb in callbacks:
         cb.on_epoch_end(loop, record, improved)
 

@@ -86,6 +86,46 @@ def test_nonfinite_skip_continues(runner, tmp_path, monkeypatch):
     assert [r["epoch"] for r in records(out)] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["train_loss"]) for r in records(out))
     assert load_checkpoint(out / "checkpoints" / "last.pt")["nonfinite_skipped"] == 3
+    assert [r["nonfinite_skipped"] for r in records(out)] == [1, 1, 1]  # per epoch (issue 11 item 8)
+
+
+def test_an_epoch_without_one_finite_step_stops_with_exit_3(runner, tmp_path, monkeypatch):
+    """With on_nonfinite=skip, an epoch whose every step was skipped learned nothing: it used to be
+    recorded with train_loss 0.0 and the run exited 0; now it stops (exit 3) before recording it."""
+    out = tmp_path / "run"
+    poison(monkeypatch, {5, 6, 7, 8}, "loss")  # all of epoch 2
+    result = run(runner, out, "--epochs", "3", "--set", "train.on_nonfinite=skip")
+    assert result.exit_code == 3, result.stderr
+    assert_one_line_error(result, "every step of epoch 2 had a non-finite loss or gradient (4 skipped)")
+    assert f"last good checkpoint: {out / 'checkpoints' / 'last.pt'}" in result.stderr
+    assert [r["epoch"] for r in records(out)] == [1]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN/Infinity, as every non-Python JSON reader does."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_and_summary_are_standard_json_when_values_are_not_finite(runner, tmp_path, monkeypatch):
+    """A diverged model's NaN validation loss is written as null with a "nonfinite" flag naming it."""
+    real = ARTTask.loss
+
+    def nan_in_validation(self, predictions, batch):
+        value = real(self, predictions, batch)
+        return value if torch.is_grad_enabled() else value * float("nan")
+
+    monkeypatch.setattr(ARTTask, "loss", nan_in_validation)
+    out = tmp_path / "run"
+    result = run(runner, out, "--epochs", "1")
+    assert result.exit_code == 0, result.stderr
+    summary = strict_json(result.stdout)
+    assert summary["final"]["loss"] is None and "final.loss" in summary["nonfinite"]
+    (line,) = (out / "metrics.jsonl").read_text().splitlines()
+    record = strict_json(line)
+    assert record["loss"] is None and record["nonfinite"] == ["loss"]
 
 
 def test_an_enormous_learning_rate_is_caught(runner, tmp_path):
