@@ -175,7 +175,11 @@ def _new_run_config(plugins: PluginSystem, cell: str | None, init: str | None, t
     """The config of a fresh run: component names (defaults: fastweights, learned, art), then the
     training options from the task's defaults < CLI flags < ``--set train.*``."""
     scoped = parse_overrides(overrides)
-    spec = ModelSpec(cell=cell or "fastweights", init=init or "learned", task=task or "art", context=context,
+    for flag, value in (("--cell", cell), ("--init", init), ("--task", task), ("--context", context)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{flag} was given an empty name (leave the option out for the default)")
+    spec = ModelSpec(cell=cell if cell is not None else "fastweights", init=init if init is not None else "learned",
+                     task=task if task is not None else "art", context=context,
                      **{f"{kind.scope}_options": scoped[kind.scope] for kind in KINDS})
     task_cls = plugins.registry("tasks").get(spec.task).cls
     return RunConfig(spec, train_config_from(task_cls.training_defaults, flags, scoped["train"]))

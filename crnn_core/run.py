@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .env import logger
 from .errors import CheckpointError, ConfigError
 from .kinds import KINDS
 from .model import Built, ModelSpec, build_model
@@ -71,7 +73,7 @@ class RunConfig:
             spec = ModelSpec(**model)
         except TypeError as exc:
             raise ConfigError(f"{where} is not a crnn run config ({exc})") from None
-        train = build_options(TrainConfig, data["train"], "train")
+        train = build_options(TrainConfig, _fit_threads(data["train"], where), "train")
         return cls(spec, train, str(data.get("crnn_version", "unknown")), str(data.get("created", "")))
 
     @classmethod
@@ -191,6 +193,16 @@ class RunDirWriter(Callback):
         loop.state = s
         if loop.dist.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", s.epoch)
+
+
+def _fit_threads(train: Any, where: Any) -> Any:
+    """A recorded run may come from a machine with more CPUs: its ``threads`` (a resumable
+    setting, results do not depend on it) is lowered to this machine's, with a warning."""
+    cpus = os.cpu_count() or 1
+    if isinstance(train, dict) and isinstance(train.get("threads"), int) and train["threads"] > cpus:
+        logger.warning(f"crnn: {where} asks for {train['threads']} threads; this machine has {cpus} CPUs: using {cpus}")
+        return {**train, "threads": cpus}
+    return train
 
 
 def load_run(run_dir: Path | str, checkpoint: str = "best", device: str = "cpu",

@@ -15,6 +15,7 @@ the last one stopped.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ from .distributed import DistContext, resolve_device
 from .errors import ConfigError, CrnnError
 from .options import build_options, option, require
 from .task import Batch, Task
+
+
+#: Largest seed: torch's generators take 64-bit seeds, and epoch_order and the per-rank
+#: seeds derive others from it (seed * 1_000_003 + epoch), which must stay in range.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -51,7 +57,10 @@ class TrainConfig:
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
         require(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be positive, got {self.grad_clip}")
         require(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), f"device must be cpu or cuda, got {self.device!r}")
-        require(self.threads is None or self.threads > 0, f"threads must be positive, got {self.threads}")
+        cpus = os.cpu_count() or 1
+        require(self.threads is None or 0 < self.threads <= cpus,
+                f"threads must be between 1 and this machine's {cpus} CPUs, got {self.threads}")
+        require(0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED} (2^32 - 1), got {self.seed}")
 
 
 class Interrupted(CrnnError):

@@ -73,11 +73,33 @@ def test_progress_lines_on_stderr_only(runner, tmp_path):
         (["--lr", "0"], "lr must be positive"),
         (["--device", "tpu"], "device must be cpu or cuda"),
         (["--init", "zero", "--context", "mlp"], "uses no context"),
+        # issue 11 item 6: values the code cannot honour (a libgomp segfault, an overflow after
+        # the run directory existed, a silently used default)
+        (["--set", "train.threads=100000"], "threads must be between 1 and this machine's"),
+        (["--seed", "20000000000000"], "seed must be between 0 and 4294967295"),
+        (["--seed", "-1"], "seed must be between 0 and 4294967295"),
+        (["--cell", ""], "--cell was given an empty name"),
+        (["--task", " "], "--task was given an empty name"),
     ],
 )
 def test_bad_input_is_one_line(runner, tmp_path, args, fragment):
     result = invoke(runner, ["run", "--out", str(tmp_path / "r"), *TINY_ART, *args])
     assert_one_line_error(result, fragment)
+    assert not (tmp_path / "r").exists()  # refused before the first byte
+
+
+def test_a_run_recorded_with_more_threads_than_this_machine_resumes_with_fewer(runner, tmp_path):
+    """threads does not change results, so a run made on a bigger machine resumes here (with a warning)."""
+    import os
+
+    out = tmp_path / "r"
+    assert invoke(runner, ["run", "--out", str(out), *TINY_ART, "--epochs", "1", "-q"]).exit_code == 0
+    config = json.loads((out / "config.json").read_text())
+    config["train"]["threads"] = (os.cpu_count() or 1) + 7
+    (out / "config.json").write_text(json.dumps(config))
+    result = invoke(runner, ["run", "--resume", str(out), "--epochs", "2", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert f"this machine has {os.cpu_count()} CPUs" in result.stderr
 
 
 def test_cuda_without_cuda(runner, tmp_path):
