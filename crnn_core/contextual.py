@@ -76,6 +76,9 @@ def as_cell(module: nn.Module) -> nn.Module:
     if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
         return TorchRNN(module)
     if isinstance(module, nn.Module) and callable(getattr(module, "state_spec", None)) and hasattr(module, "hidden_size"):
+        if getattr(module, "batch_first", True) is False:
+            raise ValueError(f"ContextualRNN: the module needs batch_first=True (crnn cells take inputs [B, T, features]), "
+                             f"got {type(module).__name__}(batch_first=False)")
         return module
     raise TypeError(
         "ContextualRNN: module must be a crnn cell (hidden_size, state_spec(), forward(inputs, state)) "
@@ -126,9 +129,13 @@ class ContextualRNN(nn.Module):
         init_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if context_size is not None and not (isinstance(context_size, int) and not isinstance(context_size, bool)
+                                             and context_size > 0):
+            raise ValueError(f"ContextualRNN: context_size must be a positive int, got {context_size!r}")
         self.cell = as_cell(module)
         self.init = make_init(init, self.cell.state_spec(), context_size, init_options)
         self.context_net = context_net
+        self.context_size = context_size
 
     @property
     def hidden_size(self) -> int:
@@ -141,9 +148,12 @@ class ContextualRNN(nn.Module):
         ``sample``: draw from the strategy's distribution (True), take its mean (False), or
         sample while training only (None), as in ``InitStrategy.forward``.
         """
+        if sample is not None and not isinstance(sample, bool):
+            raise TypeError(f"ContextualRNN: sample must be True, False or None, got {sample!r}")
         if self.init.uses_context:
             if context is None:
                 raise ValueError(f"ContextualRNN: init '{self.init.name}' needs context=... in forward")
+            self._check_context(context, batch_size)
             if self.context_net is not None:
                 context = self.context_net(context)
         else:
@@ -160,6 +170,33 @@ class ContextualRNN(nn.Module):
 
         Returns the outputs ``[B, T, hidden_size]`` and the final state (a dict of tensors).
         """
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            raise ValueError(f"ContextualRNN: x must be a 3-d tensor [B, T, features], "
+                             f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
         if state is None:
             state = self.initial_state(x.shape[0], context, sample=sample)
+        else:
+            self._check_state(state, x.shape[0])
         return self.cell(x, state)
+
+    def _check_context(self, context: Tensor, batch_size: int) -> None:
+        """``context`` is ``[B, context_size]`` (``[B, *]`` when a context_net maps it first)."""
+        if not isinstance(context, Tensor) or context.dim() < 2 or context.shape[0] != batch_size:
+            got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(f"ContextualRNN: context must be [B, context_size] with B = {batch_size}, got {got}")
+        if self.context_net is None and self.context_size is not None and tuple(context.shape[1:]) != (self.context_size,):
+            raise ValueError(f"ContextualRNN: context must be [B, {self.context_size}] (context_size), "
+                             f"got {tuple(context.shape)}")
+
+    def _check_state(self, state: State, batch_size: int) -> None:
+        """A passed-in state has the cell's components, each ``[B, *state_spec()[name]]``."""
+        spec = self.cell.state_spec()
+        if not isinstance(state, dict) or set(state) != set(spec):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise TypeError(f"ContextualRNN: state must be a dict with keys {sorted(spec)} (as forward returns it), got {got}")
+        for name, shape in spec.items():
+            want = (batch_size, *shape)
+            value = state[name]
+            if not isinstance(value, Tensor) or tuple(value.shape) != want:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"ContextualRNN: state['{name}'] must have shape {list(want)}, got {got}")

@@ -105,9 +105,9 @@ class Loop:
     train_data: Batch
     val_data: Batch
     state: TrainState = field(default_factory=TrainState)
-    stopped_early: bool = False
+    stopped_early: bool = False  # set at an epoch's end (the task's target, or a callback) to end training cleanly
     last_record: dict[str, Any] | None = None  # the latest validation record (rank 0)
-    stop_signal: int = 0  # set by a callback (StopOnSignal) to end training after this step
+    stop_signal: int = 0  # a signal number set by a callback (StopOnSignal): Interrupted after this step
 
     @property
     def steps_per_epoch(self) -> int:
@@ -297,6 +297,10 @@ def _train_epoch(loop: Loop, net: nn.Module, callbacks: Sequence[Callback]) -> N
         for cb in callbacks:
             cb.on_step_end(loop)
         if loop.stop_signal:
+            if isinstance(loop.stop_signal, bool) or loop.stop_signal not in set(signal.Signals):
+                raise TypeError(f"loop.stop_signal must be a signal number such as signal.SIGINT (it raises Interrupted), "
+                                f"got {loop.stop_signal!r}; to end training cleanly set loop.stopped_early = True "
+                                "in on_epoch_end")
             s.wall_time += time.perf_counter() - started
             notes = [note for cb in callbacks if (note := cb.on_stop(loop))]
             name = signal.Signals(loop.stop_signal).name

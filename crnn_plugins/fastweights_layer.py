@@ -15,6 +15,7 @@ through :mod:`warnings`. :func:`fastweights_unroll` is the same choice for the f
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable
 
@@ -103,10 +104,12 @@ class FastWeights(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        _check(input_size > 0, "input_size", f"must be positive, got {input_size}")
-        _check(hidden_size > 0, "hidden_size", f"must be positive, got {hidden_size}")
-        _check(0.0 <= lam <= 1.0, "lam", f"must be in [0, 1], got {lam}")
-        _check(inner_steps >= 1, "inner_steps", f"must be >= 1, got {inner_steps}")
+        _check(_is_int(input_size) and input_size > 0, "input_size", f"must be a positive int, got {input_size!r}")
+        _check(_is_int(hidden_size) and hidden_size > 0, "hidden_size", f"must be a positive int, got {hidden_size!r}")
+        _check(_is_real(lam) and 0.0 <= lam <= 1.0, "lam", f"must be in [0, 1], got {lam!r}")
+        _check(_is_real(eta) and math.isfinite(eta) and eta >= 0, "eta", f"must be a finite number >= 0, got {eta!r}")
+        _check(_is_int(inner_steps) and inner_steps >= 1, "inner_steps", f"must be an int >= 1, got {inner_steps!r}")
+        _check(isinstance(batch_first, bool), "batch_first", f"must be True or False, got {batch_first!r}")
         _check(activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         _check(backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.input_size, self.hidden_size = input_size, hidden_size
@@ -147,12 +150,19 @@ class FastWeights(nn.Module):
         Returns the outputs ``[B, T, H]`` (or ``[T, B, H]``) and the final state
         ``{"h": [B, H], "A": [B, H, H]}``; ``state`` defaults to zeros.
         """
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"FastWeights: x must be 3-d with {self.input_size} features, got shape {tuple(x.shape)}")
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"FastWeights: x must be a 3-d tensor with {self.input_size} features, "
+                             f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"FastWeights: x must be a floating-point tensor, got {x.dtype}")
         if not self.batch_first:
             x = x.transpose(0, 1)
+        if x.shape[1] == 0:
+            raise ValueError("FastWeights: x has no time steps (T = 0)")
         if state is None:
             state = self.zero_state(x.shape[0], x.device, x.dtype)
+        else:
+            self._check_state(state, x.shape[0])
         xp = self.U(x)
         unroll, _ = self._unroll_for(xp.device)
         outputs, A = unroll(
@@ -170,9 +180,29 @@ class FastWeights(nn.Module):
         final = {"h": outputs[:, -1], "A": A}
         return (outputs if self.batch_first else outputs.transpose(0, 1)), final
 
+    def _check_state(self, state: State, batch: int) -> None:
+        """A passed-in state must be ``{"h": [B, H], "A": [B, H, H]}`` (what ``forward`` returns)."""
+        if not isinstance(state, dict) or set(state) != {"h", "A"}:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise TypeError(f"FastWeights: state must be a dict with keys 'h' and 'A' (as forward returns it), got {got}")
+        for name, shape in self.state_spec().items():
+            value = state[name]
+            want = (batch, *shape)
+            if not isinstance(value, Tensor) or tuple(value.shape) != want:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"FastWeights: state['{name}'] must have shape {list(want)} (batch {batch}), got {got}")
+
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, lam={self.lam}, eta={self.eta}, inner_steps={self.inner_steps}, "
                 f"activation={self.activation!r}, batch_first={self.batch_first}, backend={self.backend!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check(condition: bool, argument: str, message: str) -> None:

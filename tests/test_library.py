@@ -20,6 +20,7 @@ from crnn_core import (
     ConfigError,
     ContextualRNN,
     FastWeights,
+    Interrupted,
     ModelSpec,
     Task,
     TrainConfig,
@@ -68,6 +69,9 @@ def test_fastweights_layer_is_used_like_nn_lstm():
 @pytest.mark.parametrize("kwargs,argument", [
     ({"lam": 1.5}, "lam"), ({"inner_steps": 0}, "inner_steps"), ({"activation": "gelu"}, "activation"),
     ({"backend": "cuda"}, "backend"), ({"hidden_size": 0}, "hidden_size"),
+    # found by trying the API as a new user: these were accepted (1.5 silently became 1)
+    ({"inner_steps": 1.5}, "inner_steps"), ({"inner_steps": True}, "inner_steps"), ({"eta": -1.0}, "eta"),
+    ({"eta": float("nan")}, "eta"), ({"batch_first": "no"}, "batch_first"), ({"hidden_size": "5"}, "hidden_size"),
 ])
 def test_fastweights_layer_errors_name_the_argument(kwargs, argument):
     args = {"input_size": 4, "hidden_size": 8, **kwargs}
@@ -85,6 +89,23 @@ def test_crnn_core_exports_the_layers_of_installed_plugins():
         assert getattr(crnn_core, name).__doc__, f"crnn_core.{name} has no docstring"
     with pytest.raises(AttributeError):
         crnn_core.NoSuchLayer  # noqa: B018
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda l, x: l(x[0]), ValueError, r"x must be a 3-d tensor with 3 features"),
+    (lambda l, x: l(x.long()), TypeError, r"x must be a floating-point tensor"),
+    (lambda l, x: l(x[:, :0]), ValueError, r"x has no time steps"),
+    (lambda l, x: l(x, {"h": torch.zeros(4, 5)}), TypeError, r"state must be a dict with keys 'h' and 'A'"),
+    (lambda l, x: l(x, (torch.zeros(4, 5), torch.zeros(4, 5, 5))), TypeError, r"state must be a dict"),
+    (lambda l, x: l(x, {"h": torch.zeros(3, 5), "A": torch.zeros(4, 5, 5)}), ValueError,
+     r"state\['h'\] must have shape \[4, 5\] \(batch 4\), got \(3, 5\)"),
+])
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_fastweights_forward_errors_name_the_argument(call, error, message, backend):
+    """The same Python exception on every backend (the fused op's C++ checks came first before)."""
+    layer = FastWeights(3, 5, backend=backend)
+    with pytest.raises(error, match=f"^FastWeights: {message}"):
+        call(layer, torch.randn(4, 7, 3))
 
 
 # -- 2. ContextualRNN ----------------------------------------------------------------------------
@@ -124,6 +145,24 @@ def test_contextual_rnn_inits_and_errors():
     rnn = ContextualRNN(gru, init="learned", context_size=3)
     with pytest.raises(ValueError, match="needs context"):
         rnn(torch.randn(2, 3, 6))
+    # found by trying the API as a new user: these failed inside PyTorch with shape errors, or passed
+    x = torch.randn(2, 3, 6)
+    with pytest.raises(ValueError, match=r"context must be \[B, 3\] \(context_size\), got \(2, 4\)"):
+        rnn(x, context=torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"context must be \[B, context_size\] with B = 2, got \(5, 3\)"):
+        rnn(x, context=torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"x must be a 3-d tensor"):
+        rnn(x[0], context=torch.randn(2, 3))
+    with pytest.raises(TypeError, match=r"state must be a dict with keys \['h'\]"):
+        rnn(x, state={})
+    with pytest.raises(ValueError, match=r"state\['h'\] must have shape \[2, 10\]"):
+        rnn(x, state={"h": torch.zeros(3, 10)})
+    with pytest.raises(TypeError, match="sample must be True, False or None"):
+        rnn(x, context=torch.randn(2, 3), sample="yes")
+    with pytest.raises(ValueError, match="context_size must be a positive int"):
+        ContextualRNN(gru, init="learned", context_size=0)
+    with pytest.raises(ValueError, match=r"batch_first=True .* FastWeights\(batch_first=False\)"):
+        ContextualRNN(FastWeights(6, 10, batch_first=False))
 
 
 def test_checkpoints_from_before_the_rnn_wrapper_still_load(fresh_plugins):
@@ -150,6 +189,38 @@ class Recorder(Callback):
 
     def on_epoch_end(self, loop, record, improved):
         self.events.append(f"end {record['epoch']} step {loop.state.step} improved {improved}")
+
+
+def test_a_callback_stops_fit_cleanly_or_interrupts_it(fresh_plugins):
+    """The documented ways to stop from a callback (docs/python-api.md); stop_signal=True used to
+    raise "SIGHUP received" and a string a ValueError from the signal module."""
+    import signal
+
+    built = build_model(ModelSpec("lstm", "zero", "art", cell_options={"hidden_size": 8}, task_options=TINY_ART_OPTIONS),
+                        fresh_plugins)
+
+    class AfterOneEpoch(Callback):
+        def on_epoch_end(self, loop, record, improved):
+            loop.stopped_early = True
+
+    summary = fit(built.model, built.task, TrainConfig(epochs=3, batch_size=64), callbacks=[AfterOneEpoch()])
+    assert summary["epochs"] == 1 and summary["stopped_early"] is True
+
+    class Signal(Callback):
+        def __init__(self, value):
+            self.value = value
+
+        def on_step_end(self, loop):
+            loop.stop_signal = self.value
+
+        def on_stop(self, loop):
+            return "my note"
+
+    with pytest.raises(Interrupted, match="SIGTERM received: my note"):
+        fit(built.model, built.task, TrainConfig(epochs=1, batch_size=64), callbacks=[Signal(signal.SIGTERM)])
+    for bad in (True, "early", 12345):
+        with pytest.raises(TypeError, match="loop.stop_signal must be a signal number .* loop.stopped_early = True"):
+            fit(built.model, built.task, TrainConfig(epochs=1, batch_size=64), callbacks=[Signal(bad)])
 
 
 def test_fit_trains_in_memory_with_callbacks_and_writes_nothing(fresh_plugins, tmp_path, monkeypatch):
