@@ -46,7 +46,7 @@ TIMEOUT = datetime.timedelta(minutes=30)
 def resolve_device(name: str) -> torch.device:
     """``torch.device(name)``, or a one-line error when CUDA is asked for and PyTorch sees none."""
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device here")
+        raise ConfigError(f"device {name!r} was asked for (--device / train.device), but PyTorch sees no CUDA device here")
     return torch.device(name)
 
 

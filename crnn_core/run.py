@@ -109,8 +109,12 @@ class RunDirWriter(Callback):
         self.last = run_dir / "checkpoints" / "last.pt"
 
     @classmethod
-    def create(cls, run_dir: Path, config: RunConfig, force: bool, files: dict[str, Any], **kw: Any) -> "RunDirWriter":
-        """A new run directory with ``config.json`` and ``files`` (name -> JSON document, or text)."""
+    def create(cls, run_dir: Path | str, config: RunConfig, force: bool = False, files: dict[str, Any] | None = None,
+               **kw: Any) -> "RunDirWriter":
+        """A new run directory with ``config.json`` and ``files`` (more files to write in it: name ->
+        JSON document, or text); ``force`` replaces a run already there."""
+        run_dir = Path(run_dir)
+        files = files or {}
         prepare_new_run_dir(run_dir, force)
         write_json(run_dir / "config.json", config.to_json())
         for name, content in files.items():
