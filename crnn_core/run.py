@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -181,15 +182,8 @@ class RunDirWriter(Callback):
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{self.last} does not fit this model: {str(exc).splitlines()[0][:200]}") from None
         try:
-            s = TrainState(
-                epoch=int(ckpt["epoch"]), batch_in_epoch=int(ckpt["batch_in_epoch"]), step=int(ckpt["step"]),
-                wall_time=float(ckpt["wall_time"]), best=None if ckpt["best"] is None else float(ckpt["best"]),
-                epoch_loss=float(ckpt["epoch_loss"]), epoch_count=int(ckpt["epoch_count"]),
-                nonfinite_skipped=int(ckpt.get("nonfinite_skipped", 0)),
-                epoch_skipped=int(ckpt.get("epoch_skipped", 0)),
-            )
-            if not (0 <= s.epoch and 0 <= s.batch_in_epoch <= loop.steps_per_epoch and 0 <= s.step and 0 <= s.epoch_count):
-                raise ValueError(f"position epoch {s.epoch}, batch {s.batch_in_epoch}, step {s.step} is impossible")
+            s = _checked_state(ckpt, loop.steps_per_epoch)
+            _check_optimizer_state(loop.optimizer)
             loop.dist.restore_rng(ckpt, loop.config.seed)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{self.last} has a missing or invalid field: {str(exc).splitlines()[0][:200]}") from None
@@ -197,6 +191,44 @@ class RunDirWriter(Callback):
         loop.state = s
         if loop.dist.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", s.epoch)
+
+
+def _checked_state(ckpt: dict[str, Any], steps_per_epoch: int) -> TrainState:
+    """The checkpoint's :class:`TrainState`, each field of the right type and the position
+    consistent (``step = epoch * steps_per_epoch + batch_in_epoch``): a tampered or corrupt
+    checkpoint is refused here, not found out after training restarts."""
+    def count(name: str, default: int | None = None) -> int:
+        value = ckpt.get(name, default) if default is not None else ckpt[name]
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise ValueError(f"'{name}' must be an integer >= 0, got {value!r:.40}")
+        return value
+
+    def real(name: str, optional: bool = False) -> float | None:
+        value = ckpt[name]
+        if value is None and optional:
+            return None
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+            raise ValueError(f"'{name}' must be a finite number, got {value!r:.40}")
+        return float(value)
+
+    s = TrainState(epoch=count("epoch"), batch_in_epoch=count("batch_in_epoch"), step=count("step"),
+                   wall_time=real("wall_time"), best=real("best", optional=True), epoch_loss=real("epoch_loss"),
+                   epoch_count=count("epoch_count"), nonfinite_skipped=count("nonfinite_skipped", 0),
+                   epoch_skipped=count("epoch_skipped", 0))
+    if s.batch_in_epoch > steps_per_epoch or s.step != s.epoch * steps_per_epoch + s.batch_in_epoch:
+        raise ValueError(f"position epoch {s.epoch}, batch {s.batch_in_epoch}, step {s.step} is impossible "
+                         f"with {steps_per_epoch} steps per epoch")
+    return s
+
+
+def _check_optimizer_state(optimizer: Any) -> None:
+    """Every per-parameter optimizer tensor (Adam's moments) has its parameter's shape."""
+    for group in optimizer.param_groups:
+        for index, param in enumerate(group["params"]):
+            for key, value in optimizer.state.get(param, {}).items():
+                if hasattr(value, "dim") and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(f"optimizer state '{key}' of parameter {index} has shape {list(value.shape)}, "
+                                     f"the parameter {list(param.shape)}")
 
 
 def _fit_threads(train: Any, where: Any) -> Any:

@@ -285,6 +285,8 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is missing") from None
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is unreadable: {exc}") from None
+    except RecursionError:  # e.g. 100,000 nested brackets
+        raise CheckpointError(f"{path} is unreadable: nested too deeply") from None
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -343,10 +345,36 @@ def _parse_metrics(text: str, path: Path) -> list[dict[str, Any]]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
-            except ValueError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
                 raise CheckpointError(f"{path}:{number} is not valid JSON") from None
+            problem = _metrics_record_problem(record)
+            if problem:
+                raise CheckpointError(f"{path}:{number} is not a metrics record: {problem}")
+            records.append(record)
     return records
+
+
+def _metrics_record_problem(record: Any) -> str | None:
+    """What is wrong with one metrics.jsonl record, or None: an object whose ``epoch`` (and
+    ``step``, where present) are ints >= 0 and whose ``loss``, ``train_loss`` and ``metrics``
+    values are numbers or null (null: not finite, see ``standard_json``)."""
+    if not isinstance(record, dict):
+        return f"expected an object, got {type(record).__name__}"
+    for key in ("epoch", "step"):
+        value = record.get(key)
+        if key == "step" and "step" not in record:
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return f"'{key}' must be an integer >= 0, got {value!r:.40}"
+    metrics = record.get("metrics", {})
+    if not isinstance(metrics, dict):
+        return f"'metrics' must be an object, got {type(metrics).__name__}"
+    for key, value in [("loss", record.get("loss")), ("train_loss", record.get("train_loss")),
+                       *((f"metrics.{k}", v) for k, v in metrics.items())]:
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return f"'{key}' must be a number or null, got {value!r:.40}"
+    return None
 
 
 def truncate_metrics(path: Path, last_epoch: int) -> None:

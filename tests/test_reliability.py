@@ -206,6 +206,14 @@ def test_a_checkpoint_from_another_config_is_refused(runner, tmp_path, finished,
         (lambda c: c.update(rng=torch.zeros(3)), "has a missing or invalid field"),
         (lambda c: c["model"].update({"cell.W": torch.zeros(2, 2)}), "does not fit this model"),
         (lambda c: c["model"].popitem(), "does not fit this model"),
+        # issue 11 item 7: each of these used to be accepted (or found only after training restarted)
+        (lambda c: c.update(epoch=0.7), "'epoch' must be an integer >= 0, got 0.7"),
+        (lambda c: c.update(epoch=10**30), "is impossible with 4 steps per epoch"),
+        (lambda c: c.update(step=3), "is impossible with 4 steps per epoch"),
+        (lambda c: c.update(epoch_loss=float("nan")), "'epoch_loss' must be a finite number"),
+        (lambda c: c.update(best=float("inf")), "'best' must be a finite number"),
+        (lambda c: next(iter(c["optimizer"]["state"].values())).update(exp_avg=torch.zeros(3)),
+         "optimizer state 'exp_avg' of parameter 0 has shape [3]"),
     ],
 )
 def test_a_tampered_checkpoint_is_refused(runner, finished, edit, fragment):
@@ -234,6 +242,7 @@ def test_a_tampered_checkpoint_is_refused(runner, finished, edit, fragment):
         (lambda c: c["train"].update(on_nonfinite="ignore") or c, "not one of stop, skip"),
         (lambda c: c["train"].update(batch_size=32) or c, "was written by a different configuration"),
         (lambda c: c["model"]["cell_options"].update(lam=0.5) or c, "was written by a different configuration"),
+        (lambda c: '{"model": ' + "[" * 100000 + "]" * 100000 + "}", "is unreadable: nested too deeply"),
     ],
 )
 def test_a_hand_edited_config_is_validated_on_resume(runner, finished, edit, fragment):
@@ -241,6 +250,25 @@ def test_a_hand_edited_config_is_validated_on_resume(runner, finished, edit, fra
     edited = edit(json.loads(path.read_text()))
     path.write_text(edited if isinstance(edited, str) else json.dumps(edited))
     assert_one_line_error(resume(runner, finished), fragment)
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ("[1, 2]", "is not a metrics record: expected an object, got list"),
+        ("7", "is not a metrics record: expected an object, got int"),
+        ('{"epoch": "2", "step": 8, "loss": 1.0}', "'epoch' must be an integer >= 0"),
+        ('{"epoch": 2, "step": 8, "loss": "low"}', "'loss' must be a number or null"),
+        ('{"epoch": 2, "step": 8, "loss": 1.0, "metrics": {"accuracy": [1]}}', "'metrics.accuracy' must be a number"),
+    ],
+)
+def test_a_malformed_metrics_record_is_refused_by_plot_and_resume(runner, tmp_path, finished, line, fragment):
+    """Each was an exit-1 internal error (plot) or read as data (issue 11 item 7)."""
+    with open(finished / "metrics.jsonl", "a") as f:
+        f.write(line + "\n")
+    assert_one_line_error(invoke(runner, ["plot", str(finished), "--out", str(tmp_path / "p.png")]),
+                          "metrics.jsonl:2 is not a metrics record")
+    assert_one_line_error(invoke(runner, ["plot", str(finished), "--out", str(tmp_path / "p.png")]), fragment)
 
 
 # -- 4. plugins at fault ----------------------------------------------------------------------------
