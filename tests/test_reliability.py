@@ -269,6 +269,7 @@ def test_a_malformed_metrics_record_is_refused_by_plot_and_resume(runner, tmp_pa
     assert_one_line_error(invoke(runner, ["plot", str(finished), "--out", str(tmp_path / "p.png")]),
                           "metrics.jsonl:2 is not a metrics record")
     assert_one_line_error(invoke(runner, ["plot", str(finished), "--out", str(tmp_path / "p.png")]), fragment)
+    assert_one_line_error(invoke(runner, ["run", "--resume", str(finished), "--epochs", "2", "-q"]), fragment)
 
 
 # -- 4. plugins at fault ----------------------------------------------------------------------------
