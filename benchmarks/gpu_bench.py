@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 from crnn_plugins import fastweights_fused as ff
+from crnn_plugins.fastweights_bench import bench_inputs
 from crnn_plugins.fastweights_reference import fastweights_reference
 
 LAM, ETA = 0.95, 0.5
@@ -41,19 +42,6 @@ DEFAULT_SHAPES = [
     (128, 11, 50, 1), (1, 11, 50, 1), (32, 25, 128, 1), (128, 25, 128, 3), (128, 100, 128, 1),
     (32, 100, 256, 1), (1024, 11, 50, 1), (32, 1000, 128, 1), (32, 1000, 256, 1),
 ]
-
-
-def make_inputs(B: int, T: int, H: int, dtype: torch.dtype, device: str, seed: int = 0):
-    """Random inputs as in ``crnn bench``: a learned (non-zero) initial state, ReLU."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, dtype=dtype)
-
-    args = [r(B, T, H), 0.5 * r(B, H), 0.1 * r(B, H, H),
-            0.05 * torch.eye(H, dtype=dtype) + 0.1 * r(H, H) / H**0.5, torch.ones(H, dtype=dtype),
-            torch.zeros(H, dtype=dtype)]
-    return [a.to(device) for a in args], r(B, T, H).to(device)
 
 
 def make_call(fn: Callable, args: list[torch.Tensor], upstream: torch.Tensor, mode: str, S: int) -> Callable:
@@ -125,7 +113,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     compile_spent = 0.0
     records = []
     for B, T, H, S in shapes:
-        inputs, upstream = make_inputs(B, T, H, dtype, args.device)
+        inputs, upstream = bench_inputs(B, T, H, args.device, dtype)
         for mode in ("forward", "forward+backward"):
             backends: dict[str, Callable] = {"fused": ff.fastweights_fused, "eager": fastweights_reference}
             if T <= args.max_compile_t and compile_spent < args.compile_budget:
@@ -191,7 +179,7 @@ def smoke(args: argparse.Namespace) -> None:
              (1, 9, 1024, 1, torch.float32, "relu")]   # W and history in global memory
     worst = 0.0
     for B, T, H, S, dtype, act in cases:
-        inputs, upstream = make_inputs(B, T, H, dtype, args.device)
+        inputs, upstream = bench_inputs(B, T, H, args.device, dtype)
         results = []
         for fn in (fastweights_reference, ff.fastweights_fused):
             leaves = [a.detach().clone().requires_grad_(True) for a in inputs]

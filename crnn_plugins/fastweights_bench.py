@@ -87,7 +87,10 @@ def _compiled_reference() -> Callable:
     return torch.compile(fastweights_reference, dynamic=False)
 
 
-def _inputs(B: int, T: int, H: int, device: torch.device, dtype: torch.dtype, state: str, seed: int):
+def bench_inputs(B: int, T: int, H: int, device: torch.device | str, dtype: torch.dtype, state: str = "random",
+                 seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The op's inputs ``[xp, h0, A0, W, gamma, beta]`` and an upstream gradient of the outputs,
+    as the module docstring describes (``state="zero"``: h0 = 0 and A0 = 0)."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape: int) -> torch.Tensor:
@@ -293,7 +296,7 @@ def run_benchmark(
     records: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
     for n, (B, T, H, S) in enumerate(points, 1):
-        args, upstream = _inputs(B, T, H, dev, torch_dtype, state, seed)
+        args, upstream = bench_inputs(B, T, H, dev, torch_dtype, state, seed)
         for mode in modes:
             progress(f"[{n}/{len(points)}] B={B} T={T} H={H} S={S} {mode}")
             here = list(active)
