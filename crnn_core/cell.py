@@ -13,6 +13,25 @@ from .options import NoOptions
 State = dict[str, Tensor]
 
 
+def check_state(owner: str, state: object, spec: dict[str, tuple[int, ...]], batch: int) -> None:
+    """A state passed in by a user: a dict with exactly ``spec``'s keys, each ``[batch, *spec[key]]``.
+
+    ``owner`` starts the message (``"FastWeights"``); a TypeError for the wrong container or
+    keys, a ValueError for a wrong shape, each naming ``state``. (The plugin contract's own
+    check of what a cell returns is ``crnn_core.contract``.)
+    """
+    if not isinstance(state, dict) or set(state) != set(spec):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        keys = " and ".join(repr(k) for k in spec)
+        raise TypeError(f"{owner}: state must be a dict with keys {keys} (as forward returns it), got {got}")
+    for name, shape in spec.items():
+        want = (batch, *shape)
+        value = state[name]
+        if not isinstance(value, Tensor) or tuple(value.shape) != want:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"{owner}: state['{name}'] must have shape {list(want)} (batch {batch}), got {got}")
+
+
 class Cell(nn.Module, ABC):
     """Base class of every cell plugin.
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .cell import Cell, State
+from .cell import Cell, State, check_state
 from .init_strategy import InitStrategy
 from .options import NoOptions, build_options
 
@@ -176,7 +176,7 @@ class ContextualRNN(nn.Module):
         if state is None:
             state = self.initial_state(x.shape[0], context, sample=sample)
         else:
-            self._check_state(state, x.shape[0])
+            check_state("ContextualRNN", state, self.cell.state_spec(), x.shape[0])
         return self.cell(x, state)
 
     def _check_context(self, context: Tensor, batch_size: int) -> None:
@@ -187,16 +187,3 @@ class ContextualRNN(nn.Module):
         if self.context_net is None and self.context_size is not None and tuple(context.shape[1:]) != (self.context_size,):
             raise ValueError(f"ContextualRNN: context must be [B, {self.context_size}] (context_size), "
                              f"got {tuple(context.shape)}")
-
-    def _check_state(self, state: State, batch_size: int) -> None:
-        """A passed-in state has the cell's components, each ``[B, *state_spec()[name]]``."""
-        spec = self.cell.state_spec()
-        if not isinstance(state, dict) or set(state) != set(spec):
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise TypeError(f"ContextualRNN: state must be a dict with keys {sorted(spec)} (as forward returns it), got {got}")
-        for name, shape in spec.items():
-            want = (batch_size, *shape)
-            value = state[name]
-            if not isinstance(value, Tensor) or tuple(value.shape) != want:
-                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"ContextualRNN: state['{name}'] must have shape {list(want)}, got {got}")

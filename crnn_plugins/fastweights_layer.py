@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from crnn_core.cell import State
+from crnn_core.cell import State, check_state
 from crnn_core.env import CrnnWarning
 
 from . import fastweights_fused
@@ -162,7 +162,7 @@ class FastWeights(nn.Module):
         if state is None:
             state = self.zero_state(x.shape[0], x.device, x.dtype)
         else:
-            self._check_state(state, x.shape[0])
+            check_state("FastWeights", state, self.state_spec(), x.shape[0])
         xp = self.U(x)
         unroll, _ = self._unroll_for(xp.device)
         outputs, A = unroll(
@@ -179,18 +179,6 @@ class FastWeights(nn.Module):
         )
         final = {"h": outputs[:, -1], "A": A}
         return (outputs if self.batch_first else outputs.transpose(0, 1)), final
-
-    def _check_state(self, state: State, batch: int) -> None:
-        """A passed-in state must be ``{"h": [B, H], "A": [B, H, H]}`` (what ``forward`` returns)."""
-        if not isinstance(state, dict) or set(state) != {"h", "A"}:
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise TypeError(f"FastWeights: state must be a dict with keys 'h' and 'A' (as forward returns it), got {got}")
-        for name, shape in self.state_spec().items():
-            value = state[name]
-            want = (batch, *shape)
-            if not isinstance(value, Tensor) or tuple(value.shape) != want:
-                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"FastWeights: state['{name}'] must have shape {list(want)} (batch {batch}), got {got}")
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, lam={self.lam}, eta={self.eta}, inner_steps={self.inner_steps}, "

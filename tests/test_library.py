@@ -153,7 +153,7 @@ def test_contextual_rnn_inits_and_errors():
         rnn(x, context=torch.randn(5, 3))
     with pytest.raises(ValueError, match=r"x must be a 3-d tensor"):
         rnn(x[0], context=torch.randn(2, 3))
-    with pytest.raises(TypeError, match=r"state must be a dict with keys \['h'\]"):
+    with pytest.raises(TypeError, match=r"state must be a dict with keys 'h' \(as forward returns it\), got \[\]"):
         rnn(x, state={})
     with pytest.raises(ValueError, match=r"state\['h'\] must have shape \[2, 10\]"):
         rnn(x, state={"h": torch.zeros(3, 10)})
