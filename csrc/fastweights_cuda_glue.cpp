@@ -17,6 +17,16 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
 
+// The sizes the CUDA kernels take (fastweights_cuda.h), for the forward and the backward alike.
+void check_cuda_limits(const char* op, int64_t B, int64_t Tn, int64_t H) {
+  TORCH_CHECK(H <= cuda::kMaxHidden, op, ": the CUDA kernel takes H <= ", num(cuda::kMaxHidden),
+              ", got ", num(H));
+  TORCH_CHECK(Tn <= cuda::kMaxLength, op, ": the CUDA kernel takes T <= ", num(cuda::kMaxLength),
+              " (per-step scores live in shared memory), got ", num(Tn));
+  TORCH_CHECK(B <= cuda::kMaxBatch, op, ": the CUDA kernel takes B <= ", num(cuda::kMaxBatch),
+              " (one block per example), got ", num(B));
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
     const Tensor& beta, double lam, double eta, int64_t inner_steps,
@@ -25,12 +35,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
                                      activation, eps);
   TORCH_CHECK(xp.is_cuda(), "crnn::fastweights_fwd: CUDA implementation got ", xp.device());
   const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
-  TORCH_CHECK(H <= cuda::kMaxHidden, "crnn::fastweights_fwd: the CUDA kernel takes H <= ",
-              num(cuda::kMaxHidden), ", got ", num(H));
-  TORCH_CHECK(Tn <= cuda::kMaxLength, "crnn::fastweights_fwd: the CUDA kernel takes T <= ",
-              num(cuda::kMaxLength), " (per-step scores live in shared memory), got ", num(Tn));
-  TORCH_CHECK(B <= cuda::kMaxBatch, "crnn::fastweights_fwd: the CUDA kernel takes B <= ",
-              num(cuda::kMaxBatch), " (one block per example), got ", num(B));
+  check_cuda_limits("crnn::fastweights_fwd", B, Tn, H);
   const c10::cuda::CUDAGuard guard(xp.device());
   Tensor out = at::empty({B, Tn, H}, xp.options());
   Tensor AT = at::empty({B, H, H}, xp.options());
@@ -56,12 +61,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
                                       inner_steps, activation);
   TORCH_CHECK(out.is_cuda(), "crnn::fastweights_bwd: CUDA implementation got ", out.device());
   const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
-  TORCH_CHECK(H <= cuda::kMaxHidden, "crnn::fastweights_bwd: the CUDA kernel takes H <= ",
-              num(cuda::kMaxHidden), ", got ", num(H));
-  TORCH_CHECK(Tn <= cuda::kMaxLength, "crnn::fastweights_bwd: the CUDA kernel takes T <= ",
-              num(cuda::kMaxLength), ", got ", num(Tn));
-  TORCH_CHECK(B <= cuda::kMaxBatch, "crnn::fastweights_bwd: the CUDA kernel takes B <= ",
-              num(cuda::kMaxBatch), " (one block per example), got ", num(B));
+  check_cuda_limits("crnn::fastweights_bwd", B, Tn, H);
   const c10::cuda::CUDAGuard guard(out.device());
   if (B == 0) {
     return {at::empty({0, Tn, H}, out.options()), at::empty({0, H}, out.options()),
