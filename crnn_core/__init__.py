@@ -8,7 +8,7 @@ One import for users and plugin authors:
   ``fastweights_unroll``);
 * training: ``build_model`` / ``ModelSpec`` (a registered task, cell and init strategy),
   ``fit`` with ``TrainConfig`` and ``Callback`` s, ``RunConfig`` / ``RunDirWriter`` / ``load_run``
-  for run directories;
+  for run directories, ``export_safetensors`` for sharing weights (``load_run`` loads the file);
 * plugins: ``hookimpl``, the component base classes, ``option`` / ``require`` for options.
 
 The names are imported on first use (PEP 562), so that ``import crnn_core`` itself is
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .run import RunConfig, RunDirWriter, load_run
     from .task import Batch, Rollout, Task, TaskModule
     from .train import Callback, Interrupted, Loop, NonFinite, StopOnSignal, TrainConfig, TrainState, evaluate, fit
+    from .weights import export_safetensors
 
 #: public name -> the submodule that defines it
 _EXPORTS = {
@@ -54,6 +55,7 @@ _EXPORTS = {
     "Batch": "task", "Rollout": "task", "Task": "task", "TaskModule": "task",
     "Callback": "train", "Interrupted": "train", "Loop": "train", "NonFinite": "train",
     "StopOnSignal": "train", "TrainConfig": "train", "TrainState": "train", "evaluate": "train", "fit": "train",
+    "export_safetensors": "weights",
 }
 
 #: Entry-point group of the layers re-exported here (``from crnn_core import FastWeights``).

@@ -18,12 +18,13 @@ import click
 
 from . import distributed, signals
 from .env import cli_reporting, env_flag
+from .configfile import FileLayer, dumps, file_layer, read_config_file, resolved_document
 from .errors import ConfigError, CrnnError
 from .kinds import KINDS, SCOPES
 from .model import Built, ModelSpec, build_model
 from .options import describe, parse_overrides
 from .plugins import PluginSystem, get_plugins
-from .run import RunConfig, RunDirWriter
+from .run import RunConfig, RunDirWriter, component_provenance
 from .rundir import default_run_dir, is_run_dir, standard_json
 from .train import Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
 
@@ -113,6 +114,10 @@ Examples:
 @click.option("--force", is_flag=True, help="overwrite a run already in --out")
 @click.option("--early-stop/--no-early-stop", default=None, help="stop at the task's target (ART: 100% validation accuracy)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar or per-epoch log on stderr")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="a config file (.toml or .json; a run's config.json replays it); flags and --set override it")
+@click.option("--print-config", type=click.Choice(["auto", "toml", "json"]), is_flag=False, flag_value="auto",
+              help="print the resolved configuration and exit without running; auto (the default): the --config file's format, else TOML")
 def run(
     cell: str | None,
     init_name: str | None,
@@ -129,13 +134,16 @@ def run(
     force: bool,
     early_stop: bool | None,
     quiet: bool,
+    config_file: Path | None,
+    print_config: str | None,
 ) -> None:
     """Train a model; print a JSON summary on stdout."""
     plugins = get_plugins()
     flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "early_stop": early_stop}
     if resume is not None:
         given = [name for name, value in (("--cell", cell), ("--init", init_name), ("--task", task), ("--context", context),
-                                          ("--out", out), ("--batch-size", batch_size), ("--lr", lr), ("--seed", seed)) if value is not None]
+                                          ("--out", out), ("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
+                                          ("--config", config_file)) if value is not None]
         if given or overrides or force:
             raise ConfigError(f"{(given or ['--set/--force'])[0]} cannot be combined with --resume (a resumed run keeps its config)")
         if not is_run_dir(resume):
@@ -143,7 +151,13 @@ def run(
         config = RunConfig.load(resume)
         config.train = train_config_from(dataclasses.asdict(config.train), flags, {})
     else:
-        config = _new_run_config(plugins, cell, init_name, task, context, flags, overrides)
+        names = {"cell": cell, "init": init_name, "task": task, "context": context}
+        config = _new_run_config(plugins, names, flags, overrides, config_file)
+    if print_config is not None:  # resolved as a run would record it; nothing runs, nothing is written
+        resolved = build_model(config.model, plugins).spec if resume is None else config.model
+        fmt = print_config if print_config != "auto" else (config_file.suffix.lower().lstrip(".") if config_file else "toml")
+        click.echo(dumps(resolved_document(resolved, config.train), fmt), nl=False)
+        return
     import torch
 
     dist = distributed.setup(config.train.device)  # joins the process group under torchrun, else a no-op
@@ -170,19 +184,27 @@ def run(
         click.echo(json.dumps(standard_json({"run_dir": str(writer.run_dir), **summary}), allow_nan=False))
 
 
-def _new_run_config(plugins: PluginSystem, cell: str | None, init: str | None, task: str | None, context: str | None,
-                    flags: dict[str, Any], overrides: tuple[str, ...]) -> RunConfig:
-    """The config of a fresh run: component names (defaults: fastweights, learned, art), then the
-    training options from the task's defaults < CLI flags < ``--set train.*``."""
+#: Components of a run that neither a flag nor a config file names.
+DEFAULT_COMPONENTS: dict[str, str | None] = {"cell": "fastweights", "init": "learned", "task": "art", "context": None}
+
+
+def _new_run_config(plugins: PluginSystem, names: dict[str, str | None], flags: dict[str, Any],
+                    overrides: tuple[str, ...], config_file: Path | None) -> RunConfig:
+    """The config of a fresh run: component names (``--cell`` ... over the config file over
+    ``DEFAULT_COMPONENTS``) with their options (the file's, then ``--set``), and the training
+    options from the task's defaults < the file's ``train`` < CLI flags < ``--set train.*``."""
     scoped = parse_overrides(overrides)
-    for flag, value in (("--cell", cell), ("--init", init), ("--task", task), ("--context", context)):
+    for scope, value in names.items():
         if value is not None and not value.strip():
-            raise ConfigError(f"{flag} was given an empty name (leave the option out for the default)")
-    spec = ModelSpec(cell=cell if cell is not None else "fastweights", init=init if init is not None else "learned",
-                     task=task if task is not None else "art", context=context,
-                     **{f"{kind.scope}_options": scoped[kind.scope] for kind in KINDS})
+            raise ConfigError(f"--{scope} was given an empty name (leave the option out for the default)")
+    layer = FileLayer()
+    if config_file is not None:
+        layer = file_layer(read_config_file(config_file), plugins, names, DEFAULT_COMPONENTS)
+    final = {scope: names.get(scope) or layer.names.get(scope) or default for scope, default in DEFAULT_COMPONENTS.items()}
+    spec = ModelSpec(**final, **{f"{kind.scope}_options": {**layer.options.get(kind.scope, {}), **scoped[kind.scope]}
+                                 for kind in KINDS})
     task_cls = plugins.registry("tasks").get(spec.task).cls
-    return RunConfig(spec, train_config_from(task_cls.training_defaults, flags, scoped["train"]))
+    return RunConfig(spec, train_config_from({**task_cls.training_defaults, **layer.train}, flags, scoped["train"]))
 
 
 def _open_run_dir(config: RunConfig, built: Built, plugins: PluginSystem, out: Path | None, force: bool,
@@ -193,9 +215,7 @@ def _open_run_dir(config: RunConfig, built: Built, plugins: PluginSystem, out: P
         return RunDirWriter.reopen(resume, config, _command_line(), relaunch=relaunch)
     spec = config.model
     run_dir = out or default_run_dir(Path("runs"), spec.cell, spec.init, spec.task, config.train.seed)
-    provenance = {kind: {"name": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}",
-                         **plugins.provider_of(cls)} for kind, cls in built.classes.items()}
-    files = {"plugins.json": provenance, "command.txt": _command_line() + "\n"}
+    files = {"plugins.json": component_provenance(built, plugins), "command.txt": _command_line() + "\n"}
     return RunDirWriter.create(run_dir, config, force, files, relaunch=relaunch)
 
 
@@ -301,8 +321,10 @@ def _add_core_commands() -> None:
     from .generate import sample_command
     from .plot import plot_command
     from .reproduce import reproduce_command
+    from .weights import export_command
 
     cli.add_command(sample_command, "sample")
+    cli.add_command(export_command, "export")
     cli.add_command(plot_command, "plot")
     cli.add_command(reproduce_command, "reproduce")
 

@@ -1,6 +1,7 @@
 """``crnn sample``: generate sequences from a trained run (the paper's Figure 6).
 
-The run's model is rebuilt from ``config.json`` and a checkpoint; the task's
+The run's model is rebuilt from ``config.json`` and a checkpoint (or from a safetensors file
+written by ``crnn export``, see ``weights.py``); the task's
 ``rollout`` draws ``n`` initial states from the init strategy's distribution
 (e.g. ``learned`` with ``distribution=normal``: h0 ~ N(g(context), softplus(sigma)))
 and rolls each out autoregressively. Output: JSON (stdout or ``.json``), CSV, or a
@@ -163,6 +164,7 @@ Examples:
   crnn sample runs/lcd-learned --period 3.0 --x0 3.0 --out t3.json --seed 1
   crnn sample runs/lcd-learned --param period=2.5 --param x0=2.2 --steps 40 --out long.csv
   crnn sample runs/lcd-zero --period 2.0 --x0 3.0 --mean      # deterministic init: one rollout
+  crnn sample lcd-learned.safetensors --period 2.0 --x0 3.0    # a file written by crnn export
 """
 
 
@@ -189,6 +191,9 @@ def sample_command(
     **shorthands: float | None,
 ) -> None:
     """Sample initial states from a trained run and roll them out autoregressively.
+
+    RUN_DIR is a run directory, or a .safetensors file written by `crnn export` (loaded
+    without unpickling anything; --checkpoint is then the one it was exported from).
 
     The generation parameters are the task's (--param NAME=VALUE, or --NAME VALUE). For
     `lcd`, each sample starts at x(0) for the given --x0 and --period; its initial
@@ -218,7 +223,7 @@ def sample_command(
         click.echo(f"Warning: {warning}", err=True)
     meta: dict[str, Any] = {
         "run_dir": str(run_dir),
-        "checkpoint": checkpoint,
+        "checkpoint": ckpt.get("checkpoint", checkpoint),
         "epoch": ckpt.get("epoch"),
         "task": built.spec.task,
         "init": built.spec.init,

@@ -241,27 +241,47 @@ def _fit_threads(train: Any, where: Any) -> Any:
     return train
 
 
+def component_provenance(built: Built, plugins: PluginSystem) -> dict[str, dict[str, str]]:
+    """For each component kind of a built model: its name, class, and the package and version
+    that provide it (a run's ``plugins.json``; the metadata of an exported safetensors file)."""
+    return {kind: {"name": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}",
+                   **plugins.provider_of(cls)} for kind, cls in built.classes.items()}
+
+
 def load_run(run_dir: Path | str, checkpoint: str = "best", device: str = "cpu",
              plugins: PluginSystem | None = None) -> tuple[Built, dict[str, Any]]:
     """Rebuild a finished (or stopped) run's task and model from ``config.json`` and
-    ``checkpoints/<checkpoint>.pt``, in eval mode on ``device``.
+    ``checkpoints/<checkpoint>.pt``, in eval mode on ``device``; or, when ``run_dir`` is a file
+    that ``crnn export`` wrote, from that safetensors file (nothing is unpickled; ``checkpoint``
+    is the one the file was exported from).
 
     Returns the built task and model (``built.task``, ``built.model``, ``built.spec``) and the
-    checkpoint (for its ``epoch`` and ``step``).
+    checkpoint (for its ``epoch`` and ``step``; for a safetensors file, those from its metadata).
     """
     from .distributed import resolve_device
 
     run_dir = Path(run_dir)
-    config = RunConfig.load(run_dir)
-    built = build_model(config.model, plugins or get_plugins())
-    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-    try:
-        built.model.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{run_dir}/checkpoints/{checkpoint}.pt does not fit this run's model: "
-                              f"{str(exc).splitlines()[0][:200]}") from None
+    if run_dir.is_file():
+        from .weights import load_safetensors
+
+        built, ckpt = load_safetensors(run_dir, plugins or get_plugins())
+    else:
+        config = RunConfig.load(run_dir)
+        built = build_model(config.model, plugins or get_plugins())
+        ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+        load_weights(built, ckpt.get("model"), f"{run_dir}/checkpoints/{checkpoint}.pt")
     built.model.to(resolve_device(device)).eval()
     return built, ckpt
+
+
+def load_weights(built: Built, state_dict: Any, where: Path | str) -> None:
+    """Load ``state_dict`` into the built model; a missing or misfitting one is a one-line error naming ``where``."""
+    try:
+        if not isinstance(state_dict, dict):
+            raise KeyError("no model weights")
+        built.model.load_state_dict(state_dict)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{where} does not fit this run's model: {str(exc).splitlines()[0][:200]}") from None
 
 
 def _version() -> str:

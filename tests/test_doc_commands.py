@@ -5,7 +5,8 @@ Each line of a ```bash block is executed, in order, in a scratch directory:
 * ``crnn ...`` lines run in this process through click's test runner, shrunk to test size by
   appending options (``--epochs 1``, a few hundred sequences, one seed, one timing repeat; a
   ``crnn bench`` grid keeps the first value the docs give on each axis): the command, its options
-  and its outputs are the documented ones, only the sizes differ. ``> file`` redirects stdout. Names that
+  and its outputs are the documented ones, only the sizes differ (a ``--config`` file's task says which
+  sizes). ``> file`` redirects stdout. Paths under ``examples/`` are the checkout's. Names that
   stand for a run directory (``RUN_DIR``, ``RUN_A``, ``runs/<run>``, ...) are replaced by tiny runs
   made once for the module, and absolute ``/tmp/...`` paths are moved into the scratch directory.
 * ``torchrun`` lines run under torchrun with two processes (gloo, loopback). Those that need GPUs
@@ -139,11 +140,20 @@ def option_value(args: list[str], name: str, default: str | None = None) -> str 
 GRID_AXES = ("--batch", "--length", "--hidden", "--inner-steps")
 
 
+def config_task(path: Path | str) -> str:
+    """The task a ``--config`` file names (``art`` if none): which ``SHRINK`` its run takes."""
+    from crnn_core.configfile import read_config_file
+
+    return read_config_file(Path(path)).data.get("model", {}).get("task") or "art"
+
+
 def shrink_crnn(args: list[str]) -> list[str]:
     """The documented ``crnn`` arguments with test-size options appended (later options win)."""
     command = args[0]
     if command == "run" and "--resume" not in args:
-        return [*args, "--epochs", "1", "--set", "train.threads=1", *SHRINK[option_value(args, "--task", "art")]]
+        config = option_value(args, "--config")
+        task = option_value(args, "--task") or (config_task(config) if config else "art")
+        return [*args, "--epochs", "1", "--set", "train.threads=1", *SHRINK[task]]
     if command == "reproduce":
         experiment = args[1]
         return [*args, "--seeds", "1", "--epochs", "1", *SHRINK[experiment]]
@@ -168,6 +178,8 @@ def substitute(line: str, runs: Path, scratch: Path) -> str:
     line = line.replace(" /tmp/", f" {scratch}/tmp/")
     words = []
     for word in shlex.split(line, comments=True):
+        if word.startswith("examples/"):  # the checkout's example files (commands run in a scratch directory)
+            word = str(ROOT / word)
         for placeholder, target in PLACEHOLDERS.items():
             if word == placeholder or word == placeholder.rstrip("/"):
                 word = str(runs / target)
