@@ -17,8 +17,8 @@ from typing import Any
 import click
 
 from . import distributed, signals
-from .env import cli_reporting, env_flag
 from .configfile import FileLayer, dumps, file_layer, read_config_file, resolved_document
+from .env import cli_reporting, env_flag
 from .errors import ConfigError, CrnnError
 from .kinds import KINDS, SCOPES
 from .model import Built, ModelSpec, build_model
@@ -95,6 +95,8 @@ Examples:
   crnn run --cell fastweights --init zero --task art --epochs 3 --set task.train_size=5000 --set cell.inner_steps=2
   crnn run --cell lstm --init free --task art --set init.noise=0.1 --out runs/free
   crnn run --resume runs/free --epochs 20
+  crnn run --config examples/configs/lcd-learned.toml --epochs 10 --out runs/lcd
+  crnn run --config runs/lcd/config.json --set train.seed=1 --print-config > lcd-seed1.json
 """
 
 

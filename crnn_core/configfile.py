@@ -266,6 +266,7 @@ def file_layer(config: ConfigFile, plugins: PluginSystem, flag_names: dict[str, 
     init that uses no context also drops the file's context network.
     """
     from .model import ModelSpec
+    from .run import _fit_threads  # a recorded run's threads, lowered to this machine's CPUs as on --resume
     from .train import TrainConfig
 
     data = config.data
@@ -273,26 +274,25 @@ def file_layer(config: ConfigFile, plugins: PluginSystem, flag_names: dict[str, 
     model = _check_table(config, ("model",), data.get("model", {}))
     train = _check_table(config, ("train",), data.get("train", {}))
     _check_keys(config, ("model",), model, (f.name for f in dataclasses.fields(ModelSpec)), "model keys")
-    layer = FileLayer()
-    for kind in KINDS:
-        name = _component_name(config, kind, model.get(kind.scope))
-        if name is not None:
-            layer.names[kind.scope] = name
+    layer = FileLayer(names={kind.scope: name for kind in KINDS
+                             if (name := _component_name(config, kind, model.get(kind.scope))) is not None})
     final = {k.scope: flag_names.get(k.scope) or layer.names.get(k.scope) or defaults.get(k.scope) for k in KINDS}
-    changed = {scope for scope, name in flag_names.items() if name is not None and name != layer.names.get(scope)}
 
     def component(scope: str, name: str | None) -> Any:
         """The registered class; an unknown name that the file gave is reported at its line."""
         try:
             return plugins.registry(scope).get(str(name)).cls
         except CrnnError as exc:
-            if scope in changed or scope not in layer.names:
+            if flag_names.get(scope) or scope not in layer.names:
                 raise
             raise config.error(("model", scope), str(exc)) from None
 
     for scope in layer.names:  # an unknown name in the file: its line
         component(scope, final[scope])
     init_cls, task_cls = component("init", final["init"]), component("task", final["task"])
+    unnamed = {**defaults, "context": task_cls.default_context}  # what the file configures where it names nothing
+    changed = {scope for scope, name in flag_names.items()
+               if name is not None and name != (layer.names.get(scope) or unnamed.get(scope))}
     if not init_cls.uses_context:
         if "init" in changed:  # the file's context network was the other init's
             changed.add("context")
@@ -303,13 +303,12 @@ def file_layer(config: ConfigFile, plugins: PluginSystem, flag_names: dict[str, 
     for kind in KINDS:
         key = ("model", f"{kind.scope}_options")
         table = _check_table(config, key, model.get(key[1], {}))
-        if kind.scope in changed or not table:
-            continue
-        name = final[kind.scope] or (task_cls.default_context if kind.scope == "context" else None)
-        layer.options[kind.scope] = checked_options(config, key, table, component(kind.scope, name).Options,
-                                                    kind.scope, f"options of {kind.noun} '{name}'")
-    layer.train = checked_options(config, ("train",), train, TrainConfig, "train", "train options",
-                                  base=dict(task_cls.training_defaults))
+        if table and kind.scope not in changed:
+            name = final[kind.scope] or unnamed[kind.scope]
+            layer.options[kind.scope] = checked_options(config, key, table, component(kind.scope, name).Options,
+                                                        kind.scope, f"options of {kind.noun} '{name}'")
+    layer.train = checked_options(config, ("train",), _fit_threads(train, config.path), TrainConfig, "train",
+                                  "train options", base=dict(task_cls.training_defaults))
     return layer
 
 

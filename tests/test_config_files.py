@@ -85,6 +85,25 @@ def test_a_flag_that_changes_a_component_drops_the_files_options_for_it(runner, 
     assert kept["model"]["init_options"]["distribution"] == "normal" and kept["model"]["context_options"]["hidden"] == 20
 
 
+def test_a_flag_naming_the_component_the_file_configures_keeps_its_options(runner, tmp_path):
+    """The file names no cell (so: fastweights); `--cell fastweights` is the same cell, `--cell lstm` another."""
+    config = tmp_path / "exp.toml"
+    config.write_text("[model.cell_options]\ninner_steps = 2\n")
+    same = json.loads(printed(runner, "--config", str(config), "--cell", "fastweights", "--print-config", "json"))
+    assert same["model"]["cell_options"]["inner_steps"] == 2
+    other = json.loads(printed(runner, "--config", str(config), "--cell", "lstm", "--print-config", "json"))
+    assert other["model"]["cell"] == "lstm" and "inner_steps" not in other["model"]["cell_options"]
+
+
+def test_a_recorded_thread_count_above_this_machines_cpus_is_lowered(runner, tmp_path):
+    """threads does not change results: a config.json from a bigger machine replays here, with a warning."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": {"cell": "fastweights"}, "train": {"threads": 100000}}))
+    result = invoke(runner, ["run", "--config", str(config), "--print-config"])
+    assert result.exit_code == 0, result.stderr
+    assert "asks for 100000 threads" in result.stderr and "threads = 100000" not in result.stdout
+
+
 #: (file name, text, fragments of the one error line: file, line, key, reason)
 REFUSED = [
     ("unknown.toml", '[model]\ncell = "fastweights"\n\n[model.cell_options]\ninner_stepz = 2\n',
