@@ -67,7 +67,7 @@ class TrainConfig:
                 f"threads must be between 1 and this machine's {cpus} CPUs, got {self.threads}")
         require(0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED} (2^32 - 1), got {self.seed}")
         require(0 < self.lr_decay_factor <= 1, f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
-        self.decay_epochs  # validates lr_decay_at
+        _ = self.decay_epochs  # raises ValueError for a malformed lr_decay_at
 
     @property
     def decay_epochs(self) -> tuple[int, ...]:

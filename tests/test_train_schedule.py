@@ -105,3 +105,34 @@ def test_the_schedule_is_part_of_the_checkpoint_identity(runner, tmp_path):
     with keep_thread_count():
         result = invoke(runner, ["run", "--resume", str(out), "--epochs", "2"])
     assert_one_line_error(result, "was written by a different configuration")
+
+
+def test_a_run_from_before_the_new_options_still_resumes(runner, tmp_path):
+    """config.json and last.pt without the options added later (at their defaults): --resume works;
+    a non-default value of such an option in config.json is still refused."""
+    from crnn_core.rundir import load_checkpoint
+
+    out = tmp_path / "old"
+    run(runner, out, "--epochs", "1")
+    added = {"train": ("lr_decay_at", "lr_decay_factor", "report_train_metrics"),
+             "cell_options": ("a_update", "ln_eps"), "task_options": ("key_letters", "resample_train")}
+    config = json.loads((out / "config.json").read_text())
+    ckpt_path = out / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    for section, names in added.items():
+        for doc in (config, ckpt["config"]):
+            part = doc["train"] if section == "train" else doc["model"][section]
+            for name in names:
+                del part[name]
+    (out / "config.json").write_text(json.dumps(config))
+    torch.save(ckpt, ckpt_path)
+    with keep_thread_count():
+        result = invoke(runner, ["run", "--resume", str(out), "--epochs", "2", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+    config["model"]["cell_options"]["a_update"] = "preliminary"  # not the default: the checkpoint did not use it
+    (out / "config.json").write_text(json.dumps(config))
+    with keep_thread_count():
+        result = invoke(runner, ["run", "--resume", str(out), "--epochs", "3"])
+    assert_one_line_error(result, "was written by a different configuration")
