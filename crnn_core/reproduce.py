@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +37,7 @@ class Experiment:
 
     ``table(runs, inits)`` writes the markdown table (default :func:`final_table`);
     ``figures(runs, out)`` draws extra figures and returns their paths (default: none).
+    ``variants`` names presets of ``--set`` overrides for every run (``--variant NAME``).
     """
 
     name: str
@@ -49,6 +50,7 @@ class Experiment:
     metrics: tuple[str, ...]  # validation metrics drawn, one PNG each
     table: Callable[[list["GridRun"], list[str], tuple[str, ...]], str] | None = None
     figures: Callable[[list["GridRun"], Path], list[str]] | None = None
+    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,6 +138,33 @@ def run_grid(runs: list[GridRun], epochs: int, jobs: int) -> None:
             future.result()
 
 
+#: A grid directory's settings (experiment, variant, --set overrides, early stop): what --resume continues.
+GRID_FILE = "grid.json"
+
+
+def grid_settings(out: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """The settings to run the grid in ``out`` with: ``settings``, or with ``resume`` the recorded ones.
+
+    A grid directory records its settings on the first run; running it again with other
+    settings is refused (the runs would mix), and ``--resume`` needs a recorded grid.
+    """
+    path = out / GRID_FILE
+    saved = read_json(path) if path.is_file() else None
+    if saved is not None and not isinstance(saved, dict):
+        raise ConfigError(f"{path} is not a crnn grid record")
+    if resume:
+        if saved is None:
+            raise ConfigError(f"--resume: {out} holds no grid to continue (no {GRID_FILE})")
+        if saved.get("experiment") != settings["experiment"]:
+            raise ConfigError(f"--resume: {out} holds a grid of '{saved.get('experiment')}', not '{settings['experiment']}'")
+        return saved
+    if saved is not None and saved != settings:
+        differ = ", ".join(k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k))
+        raise ConfigError(f"{out} holds a grid with other settings ({differ}); continue it with --resume "
+                          "or choose another --out")
+    return settings
+
+
 def mean_std(values: list[float]) -> str:
     """``mean ± std`` of ``values`` for a table cell (``—`` when empty)."""
     if not values:
@@ -180,6 +209,8 @@ REPRODUCE_EXAMPLES = """
 \b
 Examples:
   crnn reproduce art --seeds 3 --jobs 2 --early-stop --out runs/reproduce-art
+  crnn reproduce art --variant authors --seeds 5 --early-stop --out runs/art-authors
+  crnn reproduce art --out runs/art-authors --resume --epochs 60   # continue a grid as recorded
   crnn reproduce lcd --seeds 3 --jobs 2
   crnn reproduce art --seeds 1 --epochs 2 --set task.train_size=2000 --out /tmp/quick
   crnn reproduce art --out runs/reproduce-art --report-only   # redraw from finished runs
@@ -194,12 +225,15 @@ Examples:
 @click.option("--inits", help="comma-separated subset of the init strategies to run")
 @click.option("--out", type=click.Path(path_type=Path), help="grid directory  [default: runs/reproduce-<experiment>]")
 @click.option("--jobs", type=int, default=1, show_default=True, help="runs at once, each pinned to its share of the cores")
-@click.option("--early-stop/--no-early-stop", default=False, show_default=True, help="stop each run at its task's early-stop target")
+@click.option("--early-stop/--no-early-stop", default=None, help="stop each run at its task's early-stop target  [default: no]")
 @click.option("--set", "overrides", multiple=True, metavar="SCOPE.KEY=VALUE", help="extra option for every run (e.g. cell.backend=fused)")
+@click.option("--variant", help="a named preset of options for every run (see --list), e.g. authors")
+@click.option("--resume", is_flag=True, help="continue the grid in --out with its recorded variant, options and early stop")
 @click.option("--report-only", is_flag=True, help="only redraw figures and the table from the runs on disk")
 @click.option("--list", "list_only", is_flag=True, help="list the registered experiments as JSON and exit")
 def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, inits: str | None, out: Path | None,
-                      jobs: int, early_stop: bool, overrides: tuple[str, ...], report_only: bool, list_only: bool) -> None:
+                      jobs: int, early_stop: bool | None, overrides: tuple[str, ...], variant: str | None, resume: bool,
+                      report_only: bool, list_only: bool) -> None:
     """Run a registered experiment grid (see --list; plugins add them) and write its figures and table.
 
     Prints a JSON summary (figures, table) on stdout; progress goes to stderr.
@@ -207,7 +241,8 @@ def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, in
     experiments = get_plugins().experiments
     if list_only:
         click.echo(json.dumps({name: {"description": e.description, "task": e.task, "cell": e.cell, "inits": list(e.inits),
-                                      "epochs": e.epochs} for name, e in sorted(experiments.items())}, indent=2))
+                                      "epochs": e.epochs, "variants": {k: list(v) for k, v in e.variants.items()}}
+                               for name, e in sorted(experiments.items())}, indent=2))
         return
     if experiment is None:
         raise ConfigError(f"name an experiment: {', '.join(sorted(experiments))} (crnn reproduce --list describes them)")
@@ -220,10 +255,24 @@ def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, in
     unknown = [i for i in chosen if i not in exp.inits]
     if unknown:
         raise ConfigError(f"--inits: '{unknown[0]}' is not an arm of {experiment} (choose from {', '.join(exp.inits)})")
+    if variant is not None and variant not in exp.variants:
+        raise ConfigError(f"--variant: '{variant}' is not a variant of {experiment} "
+                          f"(choose from {', '.join(exp.variants) or 'none'})")
+    if resume and (variant is not None or overrides or early_stop is not None):
+        raise ConfigError("--resume continues the grid with its recorded --variant, --set and --early-stop; "
+                          "give none of them")
     epochs = epochs or exp.epochs
     out = out or Path("runs") / f"reproduce-{experiment}"
+    requested = {"experiment": experiment, "variant": variant, "overrides": list(overrides), "early_stop": bool(early_stop)}
+    if report_only:
+        settings = read_json(out / GRID_FILE) if (out / GRID_FILE).is_file() else requested
+    else:
+        settings = grid_settings(out, requested, resume)
     out.mkdir(parents=True, exist_ok=True)
-    runs = plan(exp, chosen, seeds, epochs, out, early_stop, overrides)
+    if not report_only and not (out / GRID_FILE).is_file():
+        write_json(out / GRID_FILE, settings)
+    extra = (*exp.variants.get(settings.get("variant") or "", ()), *settings.get("overrides", []))
+    runs = plan(exp, chosen, seeds, epochs, out, bool(settings.get("early_stop")), extra)
     started = time.time()
     if not report_only:
         run_grid(runs, epochs, jobs)

@@ -95,6 +95,44 @@ def checkpoint_identity(config: dict[str, Any]) -> dict[str, Any]:
     return {"model": config.get("model"), "train": train_part}
 
 
+def _option_defaults(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The default of every option of the run's components (by ``<scope>_options``) and of ``train``."""
+    out: dict[str, dict[str, Any]] = {"train": {f.name: f.default for f in dataclasses.fields(TrainConfig)}}
+    for kind in KINDS:
+        try:
+            cls = get_plugins().registry(kind.plural).get(model.get(kind.scope)).cls
+        except Exception:  # noqa: BLE001 - not installed or no component: nothing to leave out
+            continue
+        options = getattr(cls, "Options", None)
+        if dataclasses.is_dataclass(options):
+            out[f"{kind.scope}_options"] = {f.name: f.default for f in dataclasses.fields(options)
+                                            if f.default is not dataclasses.MISSING}
+    return out
+
+
+def identity_matches(saved: Any, current: dict[str, Any]) -> bool:
+    """Whether a checkpoint's identity ``saved`` fits the run's ``current`` one.
+
+    Equal, or equal once the options the checkpoint predates are left out: options absent
+    from ``saved`` whose value in ``current`` is their default (an option added to crnn
+    after the run started, so resuming an older run stays possible and exact).
+    """
+    if saved == current:
+        return True
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict) or not isinstance(saved.get("train"), dict):
+        return False
+    defaults = _option_defaults(current["model"])
+
+    def trim(values: dict[str, Any], old: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if k in old or k not in default or v != default[k]}
+
+    model = dict(current["model"])
+    for key, default in defaults.items():
+        if key != "train" and isinstance(model.get(key), dict) and isinstance(saved["model"].get(key), dict):
+            model[key] = trim(model[key], saved["model"][key], default)
+    return {"model": model, "train": trim(current["train"], saved["train"], defaults["train"])} == saved
+
+
 class RunDirWriter(Callback):
     """Keeps a run directory: metrics.jsonl, ``last.pt`` / ``best.pt`` (atomic), and resume from ``last.pt``.
 
@@ -174,7 +212,7 @@ class RunDirWriter(Callback):
 
     def _restore(self, loop: Loop) -> None:
         ckpt = load_checkpoint(self.last)
-        if ckpt.get("config") != self.config.identity():
+        if not identity_matches(ckpt.get("config"), self.config.identity()):
             raise CheckpointError(f"{self.last} was written by a different configuration than {self.run_dir}/config.json")
         try:
             loop.model.load_state_dict(ckpt["model"])

@@ -92,6 +92,14 @@ class Task(ABC):
     def dataset(self, split: str) -> Batch:
         """The whole ``"train"`` or ``"val"`` split as tensors (cached by the task)."""
 
+    def epoch_train_data(self, epoch: int) -> Batch | None:
+        """Training data for epoch ``epoch`` (0-based), or None to train on ``dataset("train")`` every epoch.
+
+        A task that draws fresh data each epoch (ART's ``resample_train``) must return the
+        same data for the same epoch on every call (it is called again on ``--resume``).
+        """
+        return None
+
     @abstractmethod
     def build_module(self, hidden_size: int) -> TaskModule:
         """The encoder, context extractor and head for a cell of ``hidden_size`` outputs."""

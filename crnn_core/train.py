@@ -50,6 +50,11 @@ class TrainConfig:
     eval_batch_size: int = option(2048, "examples per validation batch")
     on_nonfinite: Literal["stop", "skip"] = option("stop", "on a NaN/inf loss or gradient: stop the run, or skip the step")
     threads: int | None = option(None, "torch intra-op threads (none: PyTorch's default)")
+    lr_decay_at: str = option("", "step decay: comma-separated epochs after which lr is multiplied by lr_decay_factor "
+                                  "(e.g. 30,60; empty: constant lr)")
+    lr_decay_factor: float = option(0.1, "factor applied to lr at each epoch of lr_decay_at")
+    report_train_metrics: bool = option(False, "also evaluate the training set at each epoch's end (metrics.jsonl "
+                                               "train_metrics), to tell optimisation from generalisation errors")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -61,6 +66,25 @@ class TrainConfig:
         require(self.threads is None or 0 < self.threads <= cpus,
                 f"threads must be between 1 and this machine's {cpus} CPUs, got {self.threads}")
         require(0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED} (2^32 - 1), got {self.seed}")
+        require(0 < self.lr_decay_factor <= 1, f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
+        _ = self.decay_epochs  # raises ValueError for a malformed lr_decay_at
+
+    @property
+    def decay_epochs(self) -> tuple[int, ...]:
+        """``lr_decay_at`` as increasing positive epoch numbers (ValueError if malformed)."""
+        parts = [p.strip() for p in self.lr_decay_at.split(",") if p.strip()]
+        try:
+            epochs = tuple(int(p, 10) for p in parts)
+        except ValueError:
+            raise ValueError(f"lr_decay_at must be comma-separated epoch numbers such as 30,60, got "
+                             f"'{self.lr_decay_at}'") from None
+        require(all(e > 0 for e in epochs) and list(epochs) == sorted(set(epochs)),
+                f"lr_decay_at must list increasing positive epochs, got '{self.lr_decay_at}'")
+        return epochs
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (0-based: epochs finished before it)."""
+        return self.lr * self.lr_decay_factor ** sum(1 for e in self.decay_epochs if e <= epoch)
 
 
 class Interrupted(CrnnError):
@@ -275,6 +299,11 @@ def _prepare(model: nn.Module, task: Task, cfg: TrainConfig) -> Loop:
 def _train_epoch(loop: Loop, net: nn.Module, callbacks: Sequence[Callback]) -> None:
     """The rest of the current epoch's steps; stops (raising) on a stop signal or a NaN/inf."""
     s, cfg = loop.state, loop.config
+    fresh = loop.task.epoch_train_data(s.epoch)  # a task that draws new training data each epoch
+    if fresh is not None:
+        loop.train_data = {k: v.to(loop.device) for k, v in fresh.items()}
+    for group in loop.optimizer.param_groups:  # the schedule is a function of the epoch: resume-exact
+        group["lr"] = cfg.lr_at(s.epoch)
     n = next(iter(loop.train_data.values())).shape[0]
     order = epoch_order(n, cfg.seed, s.epoch).to(loop.device)
     for cb in callbacks:
@@ -357,6 +386,11 @@ def _validate(loop: Loop, callbacks: Sequence[Callback]) -> None:
         }
         if loop.config.on_nonfinite == "skip":
             record["nonfinite_skipped"] = s.epoch_skipped  # steps of this epoch skipped for a NaN/inf
+        if loop.config.lr_decay_at:
+            record["lr"] = loop.optimizer.param_groups[0]["lr"]
+        if loop.config.report_train_metrics:  # this epoch's training data, evaluated like the validation set
+            train_loss, train_metrics = evaluate(loop.model, task, loop.train_data, loop.config.eval_batch_size)
+            record["train_metrics"] = {"loss": train_loss, **train_metrics}
         loop.last_record = record
         sign = 1.0 if task.higher_is_better else -1.0
         value = val_metrics.get(task.best_metric, val_loss)

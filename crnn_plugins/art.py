@@ -4,11 +4,19 @@ A sequence is ``pairs`` letter-digit pairs (distinct letters, digits with
 replacement), then ``??``, then a query letter from the keys, e.g. ``c9k8j3f1??k``;
 the target is the query's digit. Tokens: ``a``-``z`` = 0-25, ``0``-``9`` = 26-35,
 ``?`` = 36. Each split is generated whole, vectorised, from its own seed.
+
+Options reproduce the paper authors' code (fomorians/contextual_rnn ``train_art.py``)
+where it differs from crnn's defaults: ``key_letters=25`` (their generator never uses
+'z' as a key), ``embedding_init=zeros`` and ``head_init=variance_scaling`` (TF's
+``variance_scaling(scale=2.0)``: truncated normal, fan-in, zero biases).
+``resample_train`` draws a fresh training set every epoch from (data_seed, epoch).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +38,26 @@ class ARTOptions:
     data_seed: int = option(0, "seed of the data (train uses it, validation uses it + 1000003)")
     embedding_size: int = option(100, "character embedding width")
     head_hidden: int = option(100, "width of the ReLU layer of the output head")
+    key_letters: int = option(26, "letters that can be keys, a.. (the authors' generator: 25, never 'z')")
+    resample_train: bool = option(False, "draw a fresh training set every epoch from (data_seed, epoch)")
+    embedding_init: Literal["normal", "zeros"] = option("normal", "embedding init: N(0, 1) (PyTorch) or zeros (the authors)")
+    head_init: Literal["default", "variance_scaling"] = option(
+        "default", "head init: PyTorch's Linear default or variance scaling 2.0 with zero bias (the authors)")
 
     def __post_init__(self) -> None:
-        require(1 <= self.pairs <= 26, f"pairs must be in 1..26, got {self.pairs}")
+        require(1 <= self.key_letters <= 26, f"key_letters must be in 1..26, got {self.key_letters}")
+        require(1 <= self.pairs <= self.key_letters, f"pairs must be in 1..key_letters ({self.key_letters}), got {self.pairs}")
         for name in ("train_size", "val_size", "embedding_size", "head_hidden"):
             require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
 
 
-def generate_art(size: int, pairs: int, seed: int) -> Batch:
-    """``size`` ART sequences: ``tokens [N, 2*pairs+3]`` (int64) and ``target [N]`` (a token id)."""
+def generate_art(size: int, pairs: int, seed: int, key_letters: int = 26) -> Batch:
+    """``size`` ART sequences: ``tokens [N, 2*pairs+3]`` (int64) and ``target [N]`` (a token id).
+
+    Keys are distinct letters among the first ``key_letters`` (26: a-z).
+    """
     g = torch.Generator().manual_seed(seed)
-    keys = torch.rand(size, 26, generator=g).argsort(dim=1)[:, :pairs]  # distinct letters
+    keys = torch.rand(size, key_letters, generator=g).argsort(dim=1)[:, :pairs]  # distinct letters
     digits = torch.randint(26, 36, (size, pairs), generator=g)
     which = torch.randint(0, pairs, (size,), generator=g)
     query = keys.gather(1, which[:, None])
@@ -56,15 +73,33 @@ def decode(tokens: Tensor) -> str:
     return "".join(VOCAB[int(t)] for t in tokens)
 
 
+#: Standard deviation of N(0, 1) truncated to [-2, 2]: TF's variance_scaling divides by it.
+TRUNCATED_STD = 0.87962566103423978
+
+
+def variance_scaling_(weight: Tensor, scale: float) -> None:
+    """TF's ``variance_scaling(scale)`` (fan-in, truncated normal) for a Linear ``[out, in]`` weight, in place."""
+    std = math.sqrt(scale / weight.shape[1]) / TRUNCATED_STD
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
 class ARTModule(TaskModule):
     """Shared character embedding, first-token context, and the MLP head on the last step."""
 
-    def __init__(self, embedding_size: int, hidden_size: int, head_hidden: int) -> None:
+    def __init__(self, embedding_size: int, hidden_size: int, head_hidden: int,
+                 embedding_init: str = "normal", head_init: str = "default") -> None:
         super().__init__()
         self.embedding = nn.Embedding(len(VOCAB), embedding_size)
         self.out = nn.Sequential(
             nn.Linear(hidden_size, head_hidden), nn.ReLU(), nn.Linear(head_hidden, len(VOCAB))
         )
+        with torch.no_grad():
+            if embedding_init == "zeros":
+                self.embedding.weight.zero_()
+            if head_init == "variance_scaling":
+                for layer in (self.out[0], self.out[2]):
+                    variance_scaling_(layer.weight, 2.0)
+                    layer.bias.zero_()
 
     def encode(self, batch: Batch) -> Tensor:
         return self.embedding(batch["tokens"])
@@ -102,12 +137,20 @@ class ARTTask(Task):
         if split not in self._data:
             o = self.options
             size, seed = {"train": (o.train_size, o.data_seed), "val": (o.val_size, o.data_seed + VAL_SEED_OFFSET)}[split]
-            self._data[split] = generate_art(size, o.pairs, seed)
+            self._data[split] = generate_art(size, o.pairs, seed, o.key_letters)
         return self._data[split]
+
+    def epoch_train_data(self, epoch: int) -> Batch | None:
+        """With ``resample_train``: epoch 0 trains on ``dataset("train")``, epoch e > 0 on a set
+        drawn from seed ``data_seed + 2 * 1000003 * e`` (never the validation seed)."""
+        o = self.options
+        if not o.resample_train or epoch == 0:
+            return None
+        return generate_art(o.train_size, o.pairs, o.data_seed + 2 * VAL_SEED_OFFSET * epoch, o.key_letters)
 
     def build_module(self, hidden_size: int) -> ARTModule:
         o = self.options
-        return ARTModule(o.embedding_size, hidden_size, o.head_hidden)
+        return ARTModule(o.embedding_size, hidden_size, o.head_hidden, o.embedding_init, o.head_init)
 
     def loss(self, predictions: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(predictions, batch["target"])

@@ -19,6 +19,7 @@ from crnn_core import Cell, ConfigError, hookimpl, option, require
 
 from . import fastweights_fused
 from .fastweights_layer import FastWeights
+from .fastweights_reference import A_UPDATES
 
 
 @dataclasses.dataclass
@@ -31,11 +32,16 @@ class FastWeightsOptions:
     backend: Literal["auto", "fused", "reference"] = option(
         "auto", "fused C++/CUDA kernel, pure-PyTorch reference, or fused when it loads"
     )
+    a_update: Literal[A_UPDATES] = option(
+        "previous", "vector that updates A at step t: h_{t-1} (Ba et al.) or f(p_t) before the inner loop (the authors' code)"
+    )
+    ln_eps: float = option(1e-5, "epsilon of the inner LayerNorm (the authors' TensorFlow code: 1e-12)")
 
     def __post_init__(self) -> None:
         require(self.hidden_size > 0, f"hidden_size must be positive, got {self.hidden_size}")
         require(self.inner_steps >= 1, f"inner_steps must be >= 1, got {self.inner_steps}")
         require(0.0 <= self.lam <= 1.0, f"lam must be in [0, 1], got {self.lam}")
+        require(self.ln_eps > 0, f"ln_eps must be > 0, got {self.ln_eps}")
 
 
 class FastWeightsCell(FastWeights):
@@ -50,7 +56,8 @@ class FastWeightsCell(FastWeights):
             if not ok:
                 raise ConfigError(f"cell.backend=fused but the fused kernel cannot load: {reason}")
         super().__init__(input_size, options.hidden_size, lam=options.lam, eta=options.eta,
-                         inner_steps=options.inner_steps, activation=options.activation, backend=options.backend)
+                         inner_steps=options.inner_steps, activation=options.activation, backend=options.backend,
+                         a_update=options.a_update, ln_eps=options.ln_eps)
         self.options = options
 
     def describe_backend(self) -> str:

@@ -311,6 +311,7 @@ def fastweights_fused(
     inner_steps: int,
     activation: str = "relu",
     eps: float = 1e-5,
+    a_update: str = "previous",
 ) -> tuple[Tensor, Tensor]:
     """Fast-weights unroll with the fused kernel; same arguments and results as ``fastweights_reference``.
 
@@ -335,6 +336,7 @@ def fastweights_fused(
         str(activation),
         float(eps),
         save,
+        str(a_update),
     )
     return out, A_T
 
@@ -350,7 +352,7 @@ def _register_python_parts() -> None:
     lib = "crnn::fastweights_fwd"
 
     @torch.library.register_fake(lib)
-    def _fwd_fake(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save):
+    def _fwd_fake(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update="previous"):
         torch._check(xp.dim() == 3, lambda: f"crnn::fastweights_fwd: xp must be [B, T, H], got {tuple(xp.shape)}")
         B, T, H = xp.shape
         out = xp.new_empty((B, T, H))
@@ -365,23 +367,23 @@ def _register_python_parts() -> None:
 
     @torch.library.register_fake("crnn::fastweights_bwd")
     def _bwd_fake(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd, lam, eta, inner_steps,
-                  activation, need_dA0):
+                  activation, need_dA0, a_update="previous"):
         B, T, H = out.shape
         dA0 = out.new_empty((B, H, H)) if need_dA0 else out.new_empty((0,))
         return (out.new_empty((B, T, H)), out.new_empty((B, H)), dA0, out.new_empty((H, H)),
                 out.new_empty((H,)), out.new_empty((H,)))
 
     def _setup_context(ctx, inputs, output):
-        xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save = inputs
+        xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update = inputs
         out, A_T, zs, xhat, rstd = output
         ctx.mark_non_differentiable(zs, xhat, rstd)
         ctx.set_materialize_grads(False)  # an unused A_T (or out) gets None, not a zero tensor
         ctx.save_for_backward(h0, A0, W, gamma, out, zs, xhat, rstd)
-        ctx.fw_args = (lam, eta, inner_steps, activation, save)
+        ctx.fw_args = (lam, eta, inner_steps, activation, save, a_update)
 
     def _backward(ctx, g_out, g_AT, _g_zs, _g_xhat, _g_rstd):
         h0, A0, W, gamma, out, zs, xhat, rstd = ctx.saved_tensors
-        lam, eta, inner_steps, activation, save = ctx.fw_args
+        lam, eta, inner_steps, activation, save, a_update = ctx.fw_args
         if not save:
             raise RuntimeError(
                 "crnn::fastweights_fwd was called with save=False (no grad needed at the time), "
@@ -392,10 +394,10 @@ def _register_python_parts() -> None:
             None if g_out is None else g_out.contiguous(),
             None if g_AT is None else g_AT.contiguous(),
             h0, A0, W, gamma, out, zs, xhat, rstd,
-            lam, eta, inner_steps, activation, bool(need[2]),
+            lam, eta, inner_steps, activation, bool(need[2]), a_update,
         )
         grads = (dxp, dh0, dA0, dW, dgamma, dbeta)
-        return tuple(g if n else None for g, n in zip(grads, need[:6])) + (None,) * 6
+        return tuple(g if n else None for g, n in zip(grads, need[:6])) + (None,) * 7
 
     torch.library.register_autograd(lib, _backward, setup_context=_setup_context)
     _registered = True

@@ -26,7 +26,7 @@ from crnn_core.cell import State, check_state
 from crnn_core.env import CrnnWarning
 
 from . import fastweights_fused
-from .fastweights_reference import ACTIVATIONS, fastweights_reference
+from .fastweights_reference import A_UPDATES, ACTIVATIONS, fastweights_reference
 
 BACKENDS = ("auto", "fused", "reference")
 Unroll = Callable[..., tuple[Tensor, Tensor]]
@@ -65,6 +65,7 @@ def fastweights_unroll(
     inner_steps: int,
     activation: str = "relu",
     eps: float = 1e-5,
+    a_update: str = "previous",
     *,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
@@ -73,7 +74,7 @@ def fastweights_unroll(
     Returns ``(outputs [B, T, H], A_T [B, H, H])``; see :func:`select_unroll` for ``backend``.
     """
     unroll, _ = select_unroll(backend, xp.device)
-    return unroll(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps)
+    return unroll(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, a_update)
 
 
 class FastWeights(nn.Module):
@@ -89,6 +90,10 @@ class FastWeights(nn.Module):
         batch_first: inputs and outputs are ``[B, T, *]`` (True) or ``[T, B, *]``.
         backend: ``"auto"`` (fused where available, else the reference with a warning),
             ``"fused"`` (an error where it cannot run) or ``"reference"``.
+        a_update: which vector updates A at step t: ``"previous"`` (h_{t-1}, Ba et al.,
+            the default) or ``"preliminary"`` (f(p_t), before the inner loop, as the
+            paper authors' code does); see ``fastweights_reference``.
+        ln_eps: the epsilon of the inner LayerNorm (1e-5; the authors' TensorFlow code used 1e-12).
     """
 
     def __init__(
@@ -102,6 +107,8 @@ class FastWeights(nn.Module):
         activation: str = "relu",
         batch_first: bool = True,
         backend: str = "auto",
+        a_update: str = "previous",
+        ln_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         _check(_is_int(input_size) and input_size > 0, "input_size", f"must be a positive int, got {input_size!r}")
@@ -112,13 +119,16 @@ class FastWeights(nn.Module):
         _check(isinstance(batch_first, bool), "batch_first", f"must be True or False, got {batch_first!r}")
         _check(activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         _check(backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        _check(a_update in A_UPDATES, "a_update", f"must be one of {', '.join(A_UPDATES)}, got {a_update!r}")
+        _check(_is_real(ln_eps) and math.isfinite(ln_eps) and ln_eps > 0, "ln_eps",
+               f"must be a finite number > 0, got {ln_eps!r}")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.lam, self.eta, self.inner_steps, self.activation = float(lam), float(eta), int(inner_steps), activation
-        self.batch_first, self.backend = batch_first, backend
+        self.batch_first, self.backend, self.a_update = batch_first, backend, a_update
         H = hidden_size
         self.U = nn.Linear(input_size, H)
         self.W = nn.Parameter(0.05 * torch.eye(H))
-        self.norm = nn.LayerNorm(H, eps=1e-5)
+        self.norm = nn.LayerNorm(H, eps=float(ln_eps))
         with torch.no_grad():
             self.U.weight.copy_(0.05 * torch.eye(H, input_size))
             self.U.bias.zero_()
@@ -176,13 +186,16 @@ class FastWeights(nn.Module):
             self.eta,
             self.inner_steps,
             self.activation,
+            self.norm.eps,
+            self.a_update,
         )
         final = {"h": outputs[:, -1], "A": A}
         return (outputs if self.batch_first else outputs.transpose(0, 1)), final
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, lam={self.lam}, eta={self.eta}, inner_steps={self.inner_steps}, "
-                f"activation={self.activation!r}, batch_first={self.batch_first}, backend={self.backend!r}")
+                f"activation={self.activation!r}, batch_first={self.batch_first}, backend={self.backend!r}, "
+                f"a_update={self.a_update!r}, ln_eps={self.norm.eps}")
 
 
 def _is_int(value: object) -> bool:

@@ -3,13 +3,20 @@
 Both functions compute, for t = 1..T (xp_t = U x_t + b precomputed for all t):
 
     p_t   = W h_{t-1} + xp_t
-    A_t   = lam * A_{t-1} + eta * h_{t-1} h_{t-1}^T
-    z_0   = f(p_t);  z_{s+1} = f(LayerNorm(p_t + A_t z_s)), s = 0..S-1;  h_t = z_S
+    z_0   = f(p_t)
+    A_t   = lam * A_{t-1} + eta * k_t k_t^T
+    z_{s+1} = f(LayerNorm(p_t + A_t z_s)), s = 0..S-1;  h_t = z_S
 
-and return (outputs h_1..h_T as [B, T, H], A_T as [B, H, H]).
+and return (outputs h_1..h_T as [B, T, H], A_T as [B, H, H]). The key k_t that
+updates A is chosen by ``a_update`` (``A_UPDATES``):
+
+* ``"previous"`` (default, Ba et al. 2016, SPEC section 3): k_t = h_{t-1};
+* ``"preliminary"`` (the paper authors' code, fomorians/contextual_rnn
+  ``fast_weights_cell.py``): k_t = z_0 = f(p_t), the current preliminary vector, so
+  A is updated *before* the inner loop of step t.
 
 ``fastweights_reference`` never materialises A_t inside the loop: it uses
-A_t z = lam^t A_0 z + eta * sum_{tau<t} lam^(t-1-tau) h_tau (h_tau . z) and builds
+A_t z = lam^t A_0 z + eta * sum_{j<t} lam^(t-1-j) k_{j+1} (k_{j+1} . z) and builds
 A_T once at the end. ``fastweights_naive`` updates an explicit A every step, as most
 public implementations do; it is kept for tests and the benchmark.
 """
@@ -21,6 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ACTIVATIONS = ("relu", "tanh")
+A_UPDATES = ("previous", "preliminary")
+
+
+def check_a_update(a_update: str) -> bool:
+    """Validate ``a_update``; True for the authors' ``"preliminary"`` update."""
+    if a_update not in A_UPDATES:
+        raise ValueError(f"a_update must be one of {', '.join(A_UPDATES)}, got {a_update!r}")
+    return a_update == "preliminary"
 
 
 def _activation(name: str):
@@ -43,11 +58,13 @@ def fastweights_reference(
     inner_steps: int,
     activation: str = "relu",
     eps: float = 1e-5,
+    a_update: str = "previous",
 ) -> tuple[Tensor, Tensor]:
     """Fast-weights unroll in "attention form"; see the module docstring for the equations."""
     f = _activation(activation)
+    preliminary = check_a_update(a_update)
     B, T, H = xp.shape
-    hs = [h0]  # h_0 .. h_{t-1}
+    hs = [] if preliminary else [h0]  # the keys k_1 .. k_t (h_0 .. h_{t-1}, or f(p_1) .. f(p_t))
     h = h0
     outputs = []
     WT = W.t()
@@ -56,18 +73,21 @@ def fastweights_reference(
     # on the CPU this is 2-3x faster than torch.bmm's per-example GEMV (see docs/kernels.md).
     for t in range(1, T + 1):
         p = torch.addmm(xp[:, t - 1], h, WT)
+        z = f(p)
+        if preliminary:
+            hs.append(z)
         past = torch.stack(hs, dim=1)  # [B, t, H]
         decay = decays[T - t:]  # [t]: eta lam^(t-1-tau), tau = 0 .. t-1
         lam_t = lam**t
-        z = f(p)
         for _ in range(inner_steps):
             scores = (past * z.unsqueeze(1)).sum(-1) * decay  # [B, t]: eta lam^(t-1-tau) h_tau . z
             Az = (scores.unsqueeze(-1) * past).sum(1) + lam_t * (A0 * z.unsqueeze(1)).sum(-1)
             z = f(F.layer_norm(p + Az, (H,), gamma, beta, eps))
         h = z
-        hs.append(h)
+        if not preliminary:
+            hs.append(h)
         outputs.append(h)
-    past = torch.stack(hs[:-1], dim=1)  # h_0 .. h_{T-1}
+    past = torch.stack(hs[:T], dim=1)  # k_1 .. k_T
     A_T = (lam**T) * A0 + torch.bmm(past.transpose(1, 2) * decays, past)
     return torch.stack(outputs, dim=1), A_T
 
@@ -84,16 +104,19 @@ def fastweights_naive(
     inner_steps: int,
     activation: str = "relu",
     eps: float = 1e-5,
+    a_update: str = "previous",
 ) -> tuple[Tensor, Tensor]:
     """Fast-weights unroll that materialises A_t at every step (the common public implementation)."""
     f = _activation(activation)
+    preliminary = check_a_update(a_update)
     B, T, H = xp.shape
     h, A = h0, A0
     outputs = []
     for t in range(T):
         p = xp[:, t] + h @ W.t()
-        A = lam * A + eta * torch.bmm(h.unsqueeze(2), h.unsqueeze(1))
         z = f(p)
+        key = z if preliminary else h
+        A = lam * A + eta * torch.bmm(key.unsqueeze(2), key.unsqueeze(1))
         for _ in range(inner_steps):
             Az = torch.bmm(A, z.unsqueeze(-1)).squeeze(-1)
             z = f(F.layer_norm(p + Az, (H,), gamma, beta, eps))

@@ -1,5 +1,9 @@
 """The paper's experiment grids for ``crnn reproduce``: ``art`` (Figure 4, Table 1) and ``lcd`` (Figure 6).
 
+ART has named variants (``--variant``): ``authors`` (every choice of the authors' code),
+``lr-decay`` and ``resample`` (the training recipes of the issue-12 study). The tables and
+the ART error figure come from :mod:`crnn_plugins.study`.
+
 Registered through ``register_experiments``, as a third-party plugin would register its own.
 """
 
@@ -11,42 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from crnn_core import ConfigError, hookimpl
-from crnn_core.reproduce import Experiment, GridRun, mean_std
-from crnn_core.rundir import is_run_dir, read_metrics
+from crnn_core.reproduce import Experiment, GridRun
+from crnn_core.rundir import is_run_dir
 
-ART_THRESHOLDS = (0.9, 0.99, 1.0)
+from .study import art_error_figure, art_study_table, lcd_study_table
 
-
-def _reached(records: list[dict[str, Any]], threshold: float) -> tuple[int, float] | None:
-    for r in records:
-        if r["metrics"].get("accuracy", 0.0) >= threshold:
-            return r["epoch"], r["wall_time"]
-    return None
-
-
-def art_table(runs: list[GridRun], inits: list[str], metrics: tuple[str, ...]) -> str:
-    """Markdown: per init, epochs and wall time to 90/99/100% accuracy, best accuracy, final NLL."""
-    head = ["init", "seeds"]
-    for t in ART_THRESHOLDS:
-        head += [f"epochs to {t:.0%}", f"seconds to {t:.0%}"]
-    head += ["best accuracy", "final NLL", "epochs run"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for init in inits:
-        records = [read_metrics(r.path / "metrics.jsonl") for r in runs if r.init == init]
-        records = [r for r in records if r]
-        row = [init, str(len(records))]
-        for t in ART_THRESHOLDS:
-            hits = [h for h in (_reached(r, t) for r in records) if h is not None]
-            suffix = "" if len(hits) == len(records) else f" ({len(hits)}/{len(records)} reached)"
-            row += [mean_std([h[0] for h in hits]) + suffix, mean_std([h[1] for h in hits])]
-        row += [
-            mean_std([max(x["metrics"]["accuracy"] for x in r) for r in records]),
-            mean_std([r[-1]["metrics"]["nll"] for r in records]),
-            mean_std([r[-1]["epoch"] for r in records]),
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
-
+#: The paper authors' choices (fomorians/contextual_rnn) where crnn's defaults differ, as one
+#: preset: ``crnn reproduce art --variant authors``. docs/results.md lists every difference.
+AUTHORS_ART = ("cell.a_update=preliminary", "cell.ln_eps=1e-12", "task.key_letters=25",
+               "task.embedding_init=zeros", "task.head_init=variance_scaling")
+#: The training recipes of the issue-12 study (docs/results.md): a step decay of the learning
+#: rate (1e-3, then 1e-4 after epoch 10 and 1e-5 after epoch 30), and a fresh training set each epoch.
+LR_DECAY = ("train.lr_decay_at=10,30", "train.lr_decay_factor=0.1")
+RESAMPLE = ("task.resample_train=true",)
 
 def lcd_samples(runs: list[GridRun], out: Path) -> list[str]:
     """Figure 6: samples of the first learned run for T = 2.0 and T = 3.0."""
@@ -73,7 +54,9 @@ ART = Experiment(
     inits={"zero": (), "free": (), "learned": ()},
     epochs=200,
     metrics=("nll", "accuracy"),
-    table=art_table,
+    table=art_study_table,
+    figures=art_error_figure,
+    variants={"authors": AUTHORS_ART, "lr-decay": LR_DECAY, "resample": RESAMPLE},
 )
 LCD = Experiment(
     name="lcd",
@@ -84,6 +67,7 @@ LCD = Experiment(
     inits={"zero": (), "learned": ("init.distribution=normal", "init.sigma_init=0.25")},
     epochs=65,
     metrics=("squared_error", "rollout_mse"),
+    table=lcd_study_table,
     figures=lcd_samples,
 )
 

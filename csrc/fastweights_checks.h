@@ -32,6 +32,14 @@ inline int parse_activation(c10::string_view activation) {
   return -1;
 }
 
+inline int parse_a_update(c10::string_view a_update) {
+  if (a_update == "previous") return kPrevious;
+  if (a_update == "preliminary") return kPreliminary;
+  TORCH_CHECK(false, "crnn::fastweights: a_update must be 'previous' or 'preliminary', got '",
+              std::string(a_update), "'");
+  return -1;
+}
+
 inline void check_same(const char* op, const at::Tensor& ref, const char* ref_name,
                        const std::vector<std::pair<const char*, const at::Tensor*>>& ts) {
   TORCH_CHECK(ref.scalar_type() == at::kFloat || ref.scalar_type() == at::kDouble, op, ": ",
@@ -138,8 +146,11 @@ inline FwdParams<T> make_fwd_params(const at::Tensor& xp, const at::Tensor& h0, 
                                     int64_t inner_steps, int act, double eps,
                                     const at::Tensor& out, const at::Tensor& AT,
                                     const at::Tensor& zs, const at::Tensor& xhat,
-                                    const at::Tensor& rstd) {
+                                    const at::Tensor& rstd, int a_update = kPrevious,
+                                    const at::Tensor& keys = at::Tensor()) {
   FwdParams<T> p;
+  p.a_update = a_update;
+  p.keys = ptr_or_null<T>(keys);
   p.B = xp.size(0);
   p.T_len = xp.size(1);
   p.H = xp.size(2);
@@ -175,8 +186,11 @@ inline BwdParams<T> make_bwd_params(const c10::optional<at::Tensor>& grad_out,
                                     const at::Tensor& dxp, const at::Tensor& dh0,
                                     const at::Tensor& dgamma_part, const at::Tensor& dbeta_part,
                                     const at::Tensor& dA0, const at::Tensor& dH,
-                                    const at::Tensor& G) {
+                                    const at::Tensor& G, int a_update = kPrevious,
+                                    const at::Tensor& dK = at::Tensor()) {
   BwdParams<T> p;
+  p.a_update = a_update;
+  p.dK = ptr_or_null<T>(dK);
   p.B = out.size(0);
   p.T_len = out.size(1);
   p.H = out.size(2);

@@ -7,11 +7,16 @@
 // runs `forward_example` / `backward_example` for each example inside at::parallel_for.
 //
 // Semantics (per example; xp_t = U x_t + b precomputed):
-//   p_t = W h_{t-1} + xp_t
-//   A_t = lam A_{t-1} + eta h_{t-1} h_{t-1}^T
-//       = lam^t A_0 + sum_{tau<t} eta lam^(t-1-tau) h_tau h_tau^T     ("attention form")
-//   z_0 = f(p_t);  u_s = p_t + A_t z_s;  z_{s+1} = f(gamma * xhat_s + beta),
+//   p_t = W h_{t-1} + xp_t;  z_0 = f(p_t)
+//   A_t = lam A_{t-1} + eta k_t k_t^T
+//       = lam^t A_0 + sum_{j<t} eta lam^(t-1-j) key_j key_j^T     ("attention form", key_j = k_{j+1})
+//   u_s = p_t + A_t z_s;  z_{s+1} = f(gamma * xhat_s + beta),
 //   xhat_s = (u_s - mean(u_s)) * rstd_s,  rstd_s = 1/sqrt(var(u_s) + eps);  h_t = z_S.
+// The key k_t is h_{t-1} (a_update = kPrevious, Ba et al.) or z_0 = f(p_t) of the same
+// step (kPreliminary, the paper authors' code); the code below is written for the key
+// history key_0..key_{T-1}, which is the h history itself for kPrevious and a separate
+// buffer (rows = the saved z_0's) for kPreliminary. Below, "h_tau" in the attention
+// terms means key_tau.
 //
 // A_t is not materialised every step: A_t z is computed in attention form from the
 // history (kept per example in thread-local buffers, row-wise and transposed) plus
@@ -582,6 +587,7 @@ struct Shared {
   const T* lam_pow;  // [T+1] lam^k
   const T* decay;    // [T + vec_len + kSlack] eta lam^(T-1-j) for j < T, else 0
   int64_t chunk;     // K: the fast-weight matrix is materialised every K steps (chunk_length)
+  int a_update = kPrevious;  // AUpdate: which key updates A (see the top of this file)
 };
 
 // Chunk length K of the "chunked attention form": steps t0+1 .. t0+K (t0 a multiple of K)
@@ -607,7 +613,8 @@ inline int64_t a0t_ld(int64_t Hp) { return (Hp + 15) / 16 * 16; }
 template <typename T>
 struct FwdScratch {
   // hist: h_0..h_T as rows [T+1][Hp]; histT: the same transposed [H][Tp]
-  std::vector<T> hist, histT, A0T, p, u, z, xh, sc, val, row, mat, wbuf, accA;
+  // khist/khistT: the key history key_0..key_{T-1} for kPreliminary (else hist/histT are the keys)
+  std::vector<T> hist, histT, khist, khistT, A0T, p, u, z, xh, sc, val, row, mat, wbuf, accA;
   std::vector<int32_t> idx;
   void init(const Shared<T>& sh) {
     const int64_t Hp = sh.Hp, Tn = sh.T_len, Tp = sh.Tp;
@@ -616,6 +623,10 @@ struct FwdScratch {
     accA.assign(sh.H * Hp, T(0));
     hist.assign((Tn + 1) * Hp, T(0));
     histT.assign((sh.H + 4) * Tp, T(0));  // rows past H stay zero (rank_rows reads 4-row blocks)
+    if (sh.a_update == kPreliminary) {
+      khist.assign((Tn + 1) * Hp, T(0));
+      khistT.assign((sh.H + 4) * Tp, T(0));
+    }
     A0T.assign((a0t_ld(Hp) + 16) * a0t_ld(Hp), T(0));  // the AVX-512 transpose writes 16 x 16 blocks
     p.assign(Hp, T(0));
     u.assign(Hp, T(0));
@@ -654,7 +665,8 @@ inline T layernorm_act(const Shared<T>& sh, const T* __restrict u, T* __restrict
 // H x Hp buffer by sparse rank-1 updates (only the rows where h_tau is nonzero), then
 // written out contiguously with streaming stores.
 template <typename T>
-inline void final_fast_weights(const Shared<T>& sh, const T* A0, bool a0nz, T* AT, FwdScratch<T>& ws) {
+inline void final_fast_weights(const Shared<T>& sh, const T* A0, bool a0nz, const T* keys, T* AT,
+                               FwdScratch<T>& ws) {
   constexpr int64_t W = vec_len<T>();
   const int64_t Tn = sh.T_len, H = sh.H, Hp = sh.Hp, Tp = sh.Tp;
   T* __restrict acc = ws.accA.data();
@@ -668,7 +680,7 @@ inline void final_fast_weights(const Shared<T>& sh, const T* A0, bool a0nz, T* A
       zero_padded(acc + i * Hp, Hp);
     }
   }
-  sparse_rank1_rows(acc, H, Hp, ws.hist.data(), Hp, coef_row(sh, Tn), Tn, ws.idx.data(), ws.val.data());
+  sparse_rank1_rows(acc, H, Hp, keys, Hp, coef_row(sh, Tn), Tn, ws.idx.data(), ws.val.data());
   for (int64_t i = 0; i < H; ++i) store_n(mat + i * H, acc + i * Hp, H);
   stream_copy(AT, mat, H * H);
 }
@@ -682,8 +694,11 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
   const int64_t Tn = sh.T_len, H = sh.H, Hp = sh.Hp, S = sh.S, Tp = sh.Tp;
   constexpr int64_t W = vec_len<T>();
   const bool save = io.zs != nullptr;
+  const bool prelim = sh.a_update == kPreliminary;
   T* hist[NE];
   T* histT[NE];
+  T* kh[NE];   // key rows key_0.. (= hist for kPrevious)
+  T* khT[NE];  // keys transposed (= histT for kPrevious)
   T* p[NE];
   T* u[NE];
   T* z[NE];
@@ -699,6 +714,8 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
     const int64_t b = b0 + e;
     hist[e] = ws[e].hist.data();
     histT[e] = ws[e].histT.data();
+    kh[e] = prelim ? ws[e].khist.data() : hist[e];
+    khT[e] = prelim ? ws[e].khistT.data() : histT[e];
     p[e] = ws[e].p.data();
     u[e] = ws[e].u.data();
     z[e] = ws[e].z.data();
@@ -710,6 +727,7 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
     load_padded(hist[e], io.h0 + b * H, H, Hp);
     zero_padded(histT[e], H * Tp);
     for (int64_t i = 0; i < H; ++i) histT[e][i * Tp] = hist[e][i];
+    if (prelim) zero_padded(khT[e], H * Tp);
     // A_0^T, padded, unless A_0 is zero for this example.
     A0[e] = io.A0 + b * H * H;
     a0nz[e] = any_nonzero(A0[e], H * H);
@@ -728,6 +746,10 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
       load_padded(p[e], io.xp + ((b0 + e) * Tn + (t - 1)) * H, H, Hp);
       sparse_matvec(sh.WTp, Hp, hist[e] + (t - 1) * Hp, H, T(1), p[e], Hp, idx[e], val[e]);
       for (int64_t i = 0; i < Hp; ++i) z[e][i] = act<ACT>(p[e][i]);
+      if (prelim) {  // k_t = z_0 joins the window before the inner loop: key_{t-1}
+        copy_padded(kh[e] + (t - 1) * Hp, z[e], Hp);
+        for (int64_t i = 0; i < H; ++i) khT[e][i * Tp + (t - 1)] = z[e][i];
+      }
     }
     for (int64_t s = 0; s < S; ++s) {
       // scores sc[tau] = eta lam^(t-1-tau) <h_tau, z> via the transposed history, and
@@ -738,14 +760,14 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
         copy_padded(u[e], p[e], Hp);
 #if CRNN_AVX512
         nz[e] = compact(z[e], H, T(1), idx[e], val[e]);
-        matvec_idx(histT[e] + t0, Tp, idx[e], val[e], nz[e], sc[e], tv);
+        matvec_idx(khT[e] + t0, Tp, idx[e], val[e], nz[e], sc[e], tv);
 #else
-        matvec(histT[e] + t0, Tp, z[e], H, sc[e], tv);
+        matvec(khT[e] + t0, Tp, z[e], H, sc[e], tv);
 #endif
         mul_padded(sc[e], coef, tv);
       }
       for (int e = 0; e < NE; ++e) {
-        matvec(hist[e] + t0 * Hp, Hp, sc[e], wl, u[e], Hp);
+        matvec(kh[e] + t0 * Hp, Hp, sc[e], wl, u[e], Hp);
         if ((a0nz[e] || t0 > 0) && lt != T(0)) {  // A0T holds A_t0^T
 #if CRNN_AVX512
           for (int64_t jj = 0; jj < nz[e]; ++jj) val[e][jj] *= lt;
@@ -782,11 +804,11 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
           else
             zero_padded(r, Hp);
         }
-        sparse_rank1_rows(A0T[e], H, Hp, hist[e] + t0 * Hp, Hp, coef, K, idx[e], val[e], ld);
+        sparse_rank1_rows(A0T[e], H, Hp, kh[e] + t0 * Hp, Hp, coef, K, idx[e], val[e], ld);
       }
     }
   }
-  for (int e = 0; e < NE; ++e) final_fast_weights(sh, A0[e], a0nz[e], io.AT + (b0 + e) * H * H, ws[e]);
+  for (int e = 0; e < NE; ++e) final_fast_weights(sh, A0[e], a0nz[e], kh[e], io.AT + (b0 + e) * H * H, ws[e]);
 }
 
 template <int ACT, typename T>
@@ -798,8 +820,9 @@ void forward_example(const Shared<T>& sh, const FwdParams<T>& io, int64_t b, Fwd
 
 template <typename T>
 struct BwdScratch {
-  std::vector<T> hist, histT, dH, Z, X, A0p, Bs, Sym, GT, dz, dzn, dp, g, du, a, bb, val, row, dgam,
-      dbet, mat, mat2, wbuf;
+  // khist/khistT/dK: keys and their gradient for kPreliminary (else hist/histT/dH serve)
+  std::vector<T> hist, histT, khist, khistT, dK, dH, Z, X, A0p, Bs, Sym, GT, dz, dzn, dp, g, du, a, bb,
+      val, row, dgam, dbet, mat, mat2, wbuf;
   std::vector<int32_t> idx;
   int64_t Kp = 0;
   void init(const Shared<T>& sh) {
@@ -814,6 +837,11 @@ struct BwdScratch {
     wbuf.assign(4 * Kp, T(0));
     hist.assign((Tn + 1) * Hp, T(0));
     histT.assign((H + 1) * Tp + vec_len<T>(), T(0));  // window reads run up to W - 1 past a row
+    if (sh.a_update == kPreliminary) {
+      khist.assign((Tn + 1) * Hp, T(0));
+      khistT.assign((H + 1) * Tp + vec_len<T>(), T(0));
+      dK.assign((Tn + 1) * Hp, T(0));
+    }
     dH.assign((Tn + 1) * Hp, T(0));
     Z.assign(Tn * S * Hp, T(0));
     X.assign(Tn * S * Hp, T(0));
@@ -841,9 +869,9 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
   const int64_t Tn = sh.T_len, H = sh.H, Hp = sh.Hp, S = sh.S, Tp = sh.Tp, Kp = ws.Kp;
   constexpr int64_t W = vec_len<T>();
   const T invH = T(1) / static_cast<T>(H);
-  T* __restrict hist = ws.hist.data();
-  T* __restrict histT = ws.histT.data();
-  T* __restrict dH = ws.dH.data();
+  T* hist = ws.hist.data();  // no __restrict: kh below may alias it
+  T* histT = ws.histT.data();
+  T* dH = ws.dH.data();  // no __restrict: dK below may alias it
   T* __restrict Z = ws.Z.data();
   T* __restrict X = ws.X.data();
   T* __restrict GT = ws.GT.data();
@@ -872,6 +900,20 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
   for (int64_t k = 0; k < Tn * S; ++k) {
     load_padded(Z + k * Hp, io.zs + (b * Tn * S + k) * H, H, Hp);
     load_padded(X + k * Hp, io.xhat + (b * Tn * S + k) * H, H, Hp);
+  }
+  // Keys key_0..key_{T-1} and their gradient dK (aliases of the h history and dH for kPrevious;
+  // for kPreliminary key_j = z_0 of step j+1, saved by the forward).
+  const bool prelim = sh.a_update == kPreliminary;
+  T* kh = prelim ? ws.khist.data() : hist;
+  T* khT = prelim ? ws.khistT.data() : histT;
+  T* dK = prelim ? ws.dK.data() : dH;
+  if (prelim) {
+    zero_padded(khT, H * Tp);
+    for (int64_t j = 0; j < Tn; ++j) {
+      copy_padded(kh + j * Hp, Z + (j * S) * Hp, Hp);
+      for (int64_t i = 0; i < H; ++i) khT[i * Tp + j] = kh[j * Hp + i];
+    }
+    zero_padded(dK, (Tn + 1) * Hp);
   }
   // dH[t] = dL/dh_t, accumulated; starts with the output gradients.
   zero_padded(dH, Hp);
@@ -902,7 +944,7 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
     }
     const T* coefT = coef_row(sh, Tn);
     for (int64_t tau = 0; tau < Tn; ++tau)
-      sparse_matvec(Sym, Hp, hist + tau * Hp, H, coefT[tau], dH + tau * Hp, Hp, idx, val);
+      sparse_matvec(Sym, Hp, kh + tau * Hp, H, coefT[tau], dK + tau * Hp, Hp, idx, val);
   }
 
   // Chunks (see chunk_length): A_t0 for every chunk start t0 = c K, c >= 1, rebuilt from
@@ -919,7 +961,7 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
       else
         zero_padded(Bc + i * Hp, Hp);
     }
-    sparse_rank1_rows(Bc, H, Hp, hist + (c - 1) * K * Hp, Hp, coef_row(sh, c * K) + (c - 1) * K, K, idx, val);
+    sparse_rank1_rows(Bc, H, Hp, kh + (c - 1) * K * Hp, Hp, coef_row(sh, c * K) + (c - 1) * K, K, idx, val);
   }
   const bool need_G = io.dA0 != nullptr || nC > 1;
   T* __restrict Dnext = nC > 1 ? ws.mat2.data() : nullptr;  // d loss / d A_t0 of the chunk after this one
@@ -962,20 +1004,20 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
       // (a and bb are indexed from t0: a[j] is a_{t0+j})
       zero_padded(a, tv);
       zero_padded(bb, tv);
-      matvec(histT + t0, Tp, du, H, a, tv);
-      matvec(histT + t0, Tp, zc, H, bb, tv);
+      matvec(khT + t0, Tp, du, H, a, tv);
+      matvec(khT + t0, Tp, zc, H, bb, tv);
       mul_padded(a, coef, tv);
       mul_padded(bb, coef, tv);
       // dz_s = A_t^T du = sum_tau a_tau h_tau + lam^(t-t0) A_t0^T du
       zero_padded(dzn, Hp);
-      matvec(hist + t0 * Hp, Hp, a, wl, dzn, Hp);
+      matvec(kh + t0 * Hp, Hp, a, wl, dzn, Hp);
       if (Bc != nullptr && lt != T(0)) {
         for (int64_t i = 0; i < Hp; i += W) vstore(val + i, vload(du + i) * lt);
         matvec(Bc, Hp, val, H, dzn, Hp);
       }
       // dh_tau += a_tau z_s + b_tau du   (t0 <= tau < t)
       for (int64_t j = 0; j < wl; ++j) {
-        T* __restrict d = dH + (t0 + j) * Hp;
+        T* __restrict d = dK + (t0 + j) * Hp;
         const T at = a[j], bt = bb[j];
         for (int64_t i = 0; i < Hp; i += W)
           vstore(d + i, vload(d + i) + vload(zc + i) * at + vload(du + i) * bt);
@@ -984,8 +1026,11 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
         for (int64_t i = 0; i < H; ++i) GT[i * Kp + k] = lt * du[i];
       copy_padded(dz, dzn, Hp);
     }
-    // z_0 = f(p_t)
+    // z_0 = f(p_t); for kPreliminary z_0 is also the key k_t = key_{t-1}, whose gradient
+    // dK[t-1] is complete here (only steps >= t and later chunks use it).
     const T* __restrict z0 = Z + ((t - 1) * S) * Hp;
+    if (prelim)
+      for (int64_t i = 0; i < Hp; i += W) vstore(dz + i, vload(dz + i) + vload(dK + (t - 1) * Hp + i));
     for (int64_t i = 0; i < Hp; i += W)
       vstore(dp + i, vload(dp + i) + dact_mul<ACT, T>(vload(z0 + i), vload(dz + i)));
     store_n(io.dxp + (b * Tn + (t - 1)) * H, dp, H);
@@ -1010,7 +1055,7 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
         }
         const T* cf = coef_row(sh, t0);
         for (int64_t tau = t0 - K; tau < t0; ++tau)
-          sparse_matvec(Sym, Hp, hist + tau * Hp, H, cf[tau], dH + tau * Hp, Hp, idx, val);
+          sparse_matvec(Sym, Hp, kh + tau * Hp, H, cf[tau], dK + tau * Hp, Hp, idx, val);
       }
       Dnext = D;
     }

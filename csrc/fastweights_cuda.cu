@@ -8,7 +8,10 @@
 // thread only, so the only barriers are around shared vectors and block reductions.
 //
 // Same math as the CPU kernel (see fastweights_cpu_kernel.h): A_t is never formed;
-// A_t z = lam^t A_0 z + sum_{tau<t} eta lam^(t-1-tau) h_tau (h_tau . z).
+// A_t z = lam^t A_0 z + sum_{tau<t} eta lam^(t-1-tau) key_tau (key_tau . z), where the key
+// history is h_0..h_{T-1} (a_update = kPrevious) or the preliminary vectors f(p_1)..f(p_T)
+// (kPreliminary: kept in p.keys by the forward, read from the saved z_0's by the backward,
+// with their gradient accumulated in p.dK).
 // Matrix-vector products are "warp per row" (coalesced rows, shuffle reduction) when
 // the row index is the output, and "thread per column" when the column is.
 //
@@ -120,6 +123,10 @@ __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> 
     if (hist_in_smem) return s_hist + tau * H;
     return tau == 0 ? p.h0 + b * H : p.out + (b * Tn + tau - 1) * H;
   };
+  const bool prelim = p.a_update == kPreliminary;
+  auto krow = [&](int64_t tau) -> const T* {  // key_tau
+    return prelim ? p.keys + (b * Tn + tau) * H : hrow(tau);
+  };
 
   if (w_in_smem)
     for (int64_t k = tid; k < H * H; k += nt) s_W[k] = p.W[k];
@@ -150,6 +157,7 @@ __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> 
     const T pi = active ? s_p[tid] : T(0);
     zi = active ? act<ACT>(pi) : T(0);
     if (active) s_z[tid] = zi;
+    if (prelim && active) p.keys[(b * Tn + t - 1) * H + tid] = zi;  // k_t = f(p_t) = key_{t-1}
     __syncthreads();
     const T lt = s_lp[t];
     const int64_t base = (b * Tn + t - 1) * S;
@@ -157,7 +165,7 @@ __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> 
       if (save && active) p.zs[(base + s) * H + tid] = zi;
       // scores eta lam^(t-1-tau) <h_tau, z>, warp per tau
       for (int64_t tau = warp; tau < t; tau += nw) {
-        const T* h = hrow(tau);
+        const T* h = krow(tau);
         T acc = T(0);
         for (int64_t j = lane; j < H; j += 32) acc += h[j] * s_z[j];
         acc = warp_sum(acc);
@@ -176,7 +184,7 @@ __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> 
       T u = T(0);
       if (active) {
         u = pi + ((a0nz && lt != T(0)) ? s_az[tid] : T(0));
-        for (int64_t tau = 0; tau < t; ++tau) u += s_sc[tau] * hrow(tau)[tid];
+        for (int64_t tau = 0; tau < t; ++tau) u += s_sc[tau] * krow(tau)[tid];
       }
       // LayerNorm over the H units (two passes), then the activation
       T m = active ? u : T(0), unused = T(0);
@@ -212,7 +220,7 @@ __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> 
     const int64_t i = k / H, j = k % H;
     T v = a0nz ? lT * A0[k] : T(0);
     for (int64_t tau = 0; tau < Tn; ++tau) {
-      const T* h = hrow(tau);
+      const T* h = krow(tau);
       v += eta * s_lp[Tn - 1 - tau] * h[i] * h[j];
     }
     AT[k] = v;
@@ -246,6 +254,11 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
     if (hist_in_smem) return s_hist + tau * H;
     return tau == 0 ? p.h0 + b * H : p.out + (b * Tn + tau - 1) * H;
   };
+  const bool prelim = p.a_update == kPreliminary;
+  auto krow = [&](int64_t tau) -> const T* {  // key_tau: h_tau, or z_0 of step tau+1
+    return prelim ? p.zs + ((b * Tn + tau) * S) * H : hrow(tau);
+  };
+  T* dK = prelim ? p.dK + b * Tn * H : dH;  // d loss / d key_tau, same ownership as dH
 
   if (w_in_smem)
     for (int64_t k = tid; k < H * H; k += nt) s_W[k] = p.W[k];
@@ -269,24 +282,26 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
     dH[tid] = T(0);
     for (int64_t t = 1; t <= Tn; ++t)
       dH[t * H + tid] = p.gout ? p.gout[(b * Tn + t - 1) * H + tid] : T(0);
+    if (prelim)
+      for (int64_t tau = 0; tau < Tn; ++tau) dK[tau * H + tid] = T(0);
     if (ganz) {
       for (int64_t tau = 0; tau < Tn; ++tau) {  // (gA^T h)_j = sum_i gA[i][j] h_i, thread per column
-        const T* h = hrow(tau);
+        const T* h = krow(tau);
         T acc = T(0);
         for (int64_t i = 0; i < H; ++i) acc += gA[i * H + tid] * h[i];
-        dH[tau * H + tid] += eta * s_lp[Tn - 1 - tau] * acc;
+        dK[tau * H + tid] += eta * s_lp[Tn - 1 - tau] * acc;
       }
     }
   }
   __syncthreads();
   if (ganz) {
     for (int64_t tau = 0; tau < Tn; ++tau) {  // (gA h)_j, warp per row j
-      const T* h = hrow(tau);
+      const T* h = krow(tau);
       for (int64_t j = warp; j < H; j += nw) {
         T acc = T(0);
         for (int64_t i = lane; i < H; i += 32) acc += gA[j * H + i] * h[i];
         acc = warp_sum(acc);
-        if (lane == 0) dH[tau * H + j] += eta * s_lp[Tn - 1 - tau] * acc;
+        if (lane == 0) dK[tau * H + j] += eta * s_lp[Tn - 1 - tau] * acc;
       }
     }
   }
@@ -323,7 +338,7 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
       __syncthreads();
       // a_tau = c_tau <h_tau, du>, b_tau = c_tau <h_tau, z_s>, warp per tau
       for (int64_t tau = warp; tau < t; tau += nw) {
-        const T* h = hrow(tau);
+        const T* h = krow(tau);
         T acc_a = T(0), acc_b = T(0);
         for (int64_t j = lane; j < H; j += 32) {
           acc_a += h[j] * s_du[j];
@@ -341,8 +356,8 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
       T dzn = T(0);
       if (active) {
         for (int64_t tau = 0; tau < t; ++tau) {
-          dzn += s_a[tau] * hrow(tau)[tid];
-          dH[tau * H + tid] += s_a[tau] * zc + s_b[tau] * du;
+          dzn += s_a[tau] * krow(tau)[tid];
+          dK[tau * H + tid] += s_a[tau] * zc + s_b[tau] * du;
         }
         if (a0nz && lt != T(0)) {  // (A_0^T du)_j, thread per column
           T acc = T(0);
@@ -356,6 +371,8 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
       // of the next step's block_sum2 (or after the s_dp barrier below).
     }
     const T z0 = active ? p.zs[base * H + tid] : T(0);
+    // for kPreliminary z_0 is also the key k_t = key_{t-1}; its gradient is complete here
+    if (prelim && active) dz += dK[(t - 1) * H + tid];
     dp += dz * dact<ACT>(z0);
     if (active) {
       p.dxp[(b * Tn + t - 1) * H + tid] = dp;

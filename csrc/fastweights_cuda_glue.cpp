@@ -30,9 +30,10 @@ void check_cuda_limits(const char* op, int64_t B, int64_t Tn, int64_t H) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
     const Tensor& beta, double lam, double eta, int64_t inner_steps,
-    c10::string_view activation, double eps, bool save) {
+    c10::string_view activation, double eps, bool save, c10::string_view a_update) {
   const int act = check_forward_args(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps,
                                      activation, eps);
+  const int au = parse_a_update(a_update);
   TORCH_CHECK(xp.is_cuda(), "crnn::fastweights_fwd: CUDA implementation got ", xp.device());
   const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
   check_cuda_limits("crnn::fastweights_fwd", B, Tn, H);
@@ -43,9 +44,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
   Tensor xhat = save ? at::empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
   Tensor rstd = save ? at::empty({B, Tn, S}, xp.options()) : at::empty({0}, xp.options());
   if (B == 0) return {out, AT, zs, xhat, rstd};
+  // kPreliminary: the keys k_t = f(p_t) are kept in a [B,T,H] workspace.
+  Tensor keys = au == kPreliminary ? at::empty({B, Tn, H}, xp.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cuda", [&] {
     const FwdParams<scalar_t> p = make_fwd_params<scalar_t>(xp, h0, A0, W, gamma, beta, lam, eta, S,
-                                                            act, eps, out, AT, zs, xhat, rstd);
+                                                            act, eps, out, AT, zs, xhat, rstd, au, keys);
     check_launch(cuda::launch_forward(p, c10::cuda::getCurrentCUDAStream().stream()),
                  "crnn::fastweights_fwd CUDA launch");
   });
@@ -56,9 +59,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
     const c10::optional<Tensor>& grad_out, const c10::optional<Tensor>& grad_AT,
     const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma, const Tensor& out,
     const Tensor& zs, const Tensor& xhat, const Tensor& rstd, double lam, double eta,
-    int64_t inner_steps, c10::string_view activation, bool need_dA0) {
+    int64_t inner_steps, c10::string_view activation, bool need_dA0, c10::string_view a_update) {
   const int act = check_backward_args(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
                                       inner_steps, activation);
+  const int au = parse_a_update(a_update);
   TORCH_CHECK(out.is_cuda(), "crnn::fastweights_bwd: CUDA implementation got ", out.device());
   const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
   check_cuda_limits("crnn::fastweights_bwd", B, Tn, H);
@@ -75,11 +79,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
   Tensor dbeta_part = at::empty({B, H}, out.options());
   Tensor dH = at::empty({B, Tn + 1, H}, out.options());
   Tensor G = need_dA0 ? at::empty({B, Tn, S, H}, out.options()) : Tensor();
+  Tensor dK = au == kPreliminary ? at::empty({B, Tn, H}, out.options()) : Tensor();  // d loss / d k_t
   {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cuda", [&] {
       const BwdParams<scalar_t> p = make_bwd_params<scalar_t>(
           grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd, lam, eta, S, act, dxp, dh0,
-          dgamma_part, dbeta_part, Tensor(), dH, G);
+          dgamma_part, dbeta_part, Tensor(), dH, G, au, dK);
       check_launch(cuda::launch_backward(p, c10::cuda::getCurrentCUDAStream().stream()),
                    "crnn::fastweights_bwd CUDA launch");
     });

@@ -1,13 +1,14 @@
 // The crnn:: fast-weights custom ops: schema, CPU implementation and the Python module.
 //
 //   crnn::fastweights_fwd(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation,
-//                         eps, save) -> (out, A_T, zs, xhat, rstd)
+//                         eps, save, a_update="previous") -> (out, A_T, zs, xhat, rstd)
 //   crnn::fastweights_bwd(grad_out?, grad_AT?, h0, A0, W, gamma, out, zs, xhat, rstd,
-//                         lam, eta, inner_steps, activation, need_dA0)
+//                         lam, eta, inner_steps, activation, need_dA0, a_update="previous")
 //                         -> (dxp, dh0, dA0, dW, dgamma, dbeta)
 //
 // zs/xhat/rstd are what the backward needs besides the inputs and `out` ([B,T,S,H],
-// [B,T,S,H], [B,T,S]); with save=False they are empty. dA0 is empty unless need_dA0.
+// [B,T,S,H], [B,T,S]); with save=False they are empty. a_update ("previous" / "preliminary")
+// picks the vector that updates A (AUpdate, fastweights_params.h). dA0 is empty unless need_dA0.
 // Autograd and the fake (meta) implementations are registered from Python
 // (crnn_plugins/fastweights_fused.py). The CUDA implementation is in fastweights_cuda_glue.cpp.
 // Under torch.autocast (CPU or CUDA) both ops run in float32: float16/bfloat16 inputs are
@@ -163,9 +164,10 @@ struct SharedBuffers {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
     const Tensor& beta, double lam, double eta, int64_t inner_steps,
-    c10::string_view activation, double eps, bool save) {
+    c10::string_view activation, double eps, bool save, c10::string_view a_update) {
   const int act = check_forward_args(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps,
                                      activation, eps);
+  const int au = parse_a_update(a_update);
   TORCH_CHECK(xp.device().is_cpu(), "crnn::fastweights_fwd: CPU implementation got ",
               xp.device(), " tensors");
   const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
@@ -179,8 +181,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cpu", [&] {
     using T = scalar_t;
     SharedBuffers<T> buf(W, gamma, &beta, B, Tn, H, S, lam, eta, eps, /*forward=*/true);
+    buf.sh.a_update = au;
     const FwdParams<T> io = make_fwd_params<T>(xp, h0, A0, W, gamma, beta, lam, eta, S, act, eps,
-                                               out, AT, zs, xhat, rstd);
+                                               out, AT, zs, xhat, rstd, au);
     const cpu::Shared<T>& sh = buf.sh;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       cpu::FwdScratch<T> ws;
@@ -200,9 +203,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
     const c10::optional<Tensor>& grad_out, const c10::optional<Tensor>& grad_AT,
     const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma, const Tensor& out,
     const Tensor& zs, const Tensor& xhat, const Tensor& rstd, double lam, double eta,
-    int64_t inner_steps, c10::string_view activation, bool need_dA0) {
+    int64_t inner_steps, c10::string_view activation, bool need_dA0, c10::string_view a_update) {
   const int act = check_backward_args(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
                                       inner_steps, activation);
+  const int au = parse_a_update(a_update);
   TORCH_CHECK(out.device().is_cpu(), "crnn::fastweights_bwd: CPU implementation got ",
               out.device(), " tensors");
   const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
@@ -219,9 +223,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cpu", [&] {
     using T = scalar_t;
     SharedBuffers<T> buf(W, gamma, nullptr, B, Tn, H, S, lam, eta, 1e-5, /*forward=*/false);
+    buf.sh.a_update = au;
     const BwdParams<T> io = make_bwd_params<T>(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
                                                lam, eta, S, act, dxp, dh0, dgamma_part, dbeta_part,
-                                               dA0, Tensor(), Tensor());
+                                               dA0, Tensor(), Tensor(), au);
     const cpu::Shared<T>& sh = buf.sh;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       cpu::BwdScratch<T> ws;
@@ -240,11 +245,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
 
 using FwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
-    double, int64_t, c10::string_view, double, bool);
+    double, int64_t, c10::string_view, double, bool, c10::string_view);
 using BwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&, const Tensor&,
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
-    double, int64_t, c10::string_view, bool);
+    double, int64_t, c10::string_view, bool, c10::string_view);
 
 // The autocast kernels: cast float16/bfloat16 tensors of this device type to float32, then
 // call the op again below autocast (autograd, then the CPU or CUDA kernel), as PyTorch's
@@ -263,7 +268,7 @@ template <c10::DeviceType DEV>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_autocast(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
     const Tensor& beta, double lam, double eta, int64_t inner_steps,
-    c10::string_view activation, double eps, bool save) {
+    c10::string_view activation, double eps, bool save, c10::string_view a_update) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(DEV));
   static const auto op = c10::Dispatcher::singleton()
@@ -271,7 +276,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_autocast(
                              .typed<FwdSig>();
   return op.call(to_f32<DEV>(xp), to_f32<DEV>(h0), to_f32<DEV>(A0), to_f32<DEV>(W),
                  to_f32<DEV>(gamma), to_f32<DEV>(beta), lam, eta, inner_steps, activation, eps,
-                 save);
+                 save, a_update);
 }
 
 template <c10::DeviceType DEV>
@@ -279,7 +284,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_autoc
     const c10::optional<Tensor>& grad_out, const c10::optional<Tensor>& grad_AT,
     const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma, const Tensor& out,
     const Tensor& zs, const Tensor& xhat, const Tensor& rstd, double lam, double eta,
-    int64_t inner_steps, c10::string_view activation, bool need_dA0) {
+    int64_t inner_steps, c10::string_view activation, bool need_dA0, c10::string_view a_update) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(DEV));
   static const auto op = c10::Dispatcher::singleton()
@@ -288,7 +293,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_autoc
   return op.call(to_f32<DEV>(grad_out), to_f32<DEV>(grad_AT), to_f32<DEV>(h0), to_f32<DEV>(A0),
                  to_f32<DEV>(W), to_f32<DEV>(gamma), to_f32<DEV>(out), to_f32<DEV>(zs),
                  to_f32<DEV>(xhat), to_f32<DEV>(rstd), lam, eta, inner_steps, activation,
-                 need_dA0);
+                 need_dA0, a_update);
 }
 
 }  // namespace
@@ -296,12 +301,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_autoc
 TORCH_LIBRARY(crnn, m) {
   m.def(
       "fastweights_fwd(Tensor xp, Tensor h0, Tensor A0, Tensor W, Tensor gamma, Tensor beta, "
-      "float lam, float eta, int inner_steps, str activation, float eps, bool save) "
+      "float lam, float eta, int inner_steps, str activation, float eps, bool save, "
+      "str a_update=\"previous\") "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "fastweights_bwd(Tensor? grad_out, Tensor? grad_AT, Tensor h0, Tensor A0, Tensor W, "
       "Tensor gamma, Tensor out, Tensor zs, Tensor xhat, Tensor rstd, float lam, float eta, "
-      "int inner_steps, str activation, bool need_dA0) "
+      "int inner_steps, str activation, bool need_dA0, str a_update=\"previous\") "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

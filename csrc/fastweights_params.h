@@ -14,11 +14,19 @@ namespace crnn {
 // parse_activation (fastweights_checks.h).
 enum Activation : int { kRelu = 0, kTanh = 1 };
 
+// Which vector k_t updates the fast weights, A_t = lam A_{t-1} + eta k_t k_t^T; the op's
+// string argument a_update ("previous" / "preliminary") maps to it in parse_a_update.
+//   kPrevious:    k_t = h_{t-1}   (Ba et al. 2016; the default)
+//   kPreliminary: k_t = f(p_t) = z_0 of step t, before the inner loop (the paper
+//                 authors' code, fomorians/contextual_rnn fast_weights_cell.py)
+enum AUpdate : int { kPrevious = 0, kPreliminary = 1 };
+
 // Forward of one call. Tensors are contiguous; shapes in the comments.
 template <typename T>
 struct FwdParams {
   int64_t B, T_len, H, S;  // batch, sequence length, hidden size, inner steps
   int act;                 // Activation
+  int a_update = kPrevious;  // AUpdate
   double lam, eta, eps;
   const T* xp;     // [B,T,H]  U x_t + b, precomputed
   const T* h0;     // [B,H]
@@ -31,6 +39,7 @@ struct FwdParams {
   T* zs;           // [B,T,S,H] or nullptr (nothing saved for a backward)
   T* xhat;         // [B,T,S,H] or nullptr
   T* rstd;         // [B,T,S]   or nullptr
+  T* keys = nullptr;  // CUDA, kPreliminary: [B,T,H] workspace for k_1..k_T. Otherwise unused.
 };
 
 // Backward of one call. dW, the batch sums of dgamma/dbeta and (on CUDA) dA_0 = G^T zs
@@ -38,7 +47,8 @@ struct FwdParams {
 template <typename T>
 struct BwdParams {
   int64_t B, T_len, H, S;
-  int act;  // Activation
+  int act;       // Activation
+  int a_update = kPrevious;  // AUpdate
   double lam, eta;
   const T* gout;   // [B,T,H] or nullptr (zero)
   const T* gAT;    // [B,H,H] or nullptr (zero)
@@ -57,6 +67,7 @@ struct BwdParams {
   T* dA0;          // CPU: [B,H,H] written by the kernel, or nullptr (not needed). CUDA: unused.
   T* dH;           // CUDA: [B,T+1,H] workspace (any contents). CPU: unused.
   T* G;            // CUDA: [B,T,S,H] lam^t du_{t,s} for dA0 = G^T zs, or nullptr. CPU: unused.
+  T* dK = nullptr;    // CUDA, kPreliminary: [B,T,H] workspace, d loss / d k_t. Otherwise unused.
 };
 
 }  // namespace crnn

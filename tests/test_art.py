@@ -57,3 +57,22 @@ def test_model_shapes_and_shared_embedding():
     torch.testing.assert_close(module.context(batch), module.embedding(batch["tokens"][:, 0]))
     assert built.spec.context == "linear" and built.model.context_net.out_features == 50
     assert set(built.model.init.heads) == {"h", "A"}
+
+
+def test_authors_generator_and_initialisation_options():
+    """key_letters=25 never uses 'z' as a key (the authors' generator); embedding_init=zeros and
+    head_init=variance_scaling (TF's variance_scaling(2.0): truncated normal, fan-in, zero bias)."""
+    data = generate_art(4000, 4, seed=1, key_letters=25)
+    keys = data["tokens"][:, 0:8:2]
+    assert keys.max().item() == 24 and (data["tokens"][:, -1] != 25).all()
+    assert generate_art(4000, 4, seed=1)["tokens"][:, 0:8:2].max().item() == 25  # the default uses 'z'
+    torch.manual_seed(0)
+    module = ARTTask(ARTOptions(embedding_init="zeros", head_init="variance_scaling", head_hidden=400)).build_module(50)
+    assert module.embedding.weight.abs().sum() == 0
+    first, last = module.out[0], module.out[2]
+    assert first.bias.abs().sum() == 0 and last.bias.abs().sum() == 0
+    std = first.weight.std().item()
+    assert abs(std - (2.0 / 50) ** 0.5) < 0.02  # the truncated normal's std is the target sqrt(2 / fan_in)
+    assert first.weight.abs().max().item() <= 2 * (2.0 / 50) ** 0.5 / 0.87962566103423978 + 1e-6
+    default = ARTTask(ARTOptions()).build_module(50)
+    assert default.embedding.weight.abs().sum() > 0 and default.out[0].bias.abs().sum() > 0

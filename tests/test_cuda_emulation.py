@@ -82,7 +82,7 @@ def make_case(B, T, H, dtype, a0_scale, seed=0):
 
 
 def run_emulated(exe: Path, work: Path, args, gout, gAT, S: int, act: str, smem_optin: int | None = None,
-                 env_extra: dict | None = None) -> tuple[dict[str, np.ndarray], list[int], subprocess.CompletedProcess]:
+                 env_extra: dict | None = None, a_update: str = "previous") -> tuple[dict[str, np.ndarray], list[int], subprocess.CompletedProcess]:
     xp = args[0]
     B, T, H = xp.shape
     dtype = xp.dtype
@@ -97,7 +97,7 @@ def run_emulated(exe: Path, work: Path, args, gout, gAT, S: int, act: str, smem_
     size = 4 if dtype == torch.float32 else 8
     (work / "meta.txt").write_text(
         f"{size} {B} {T} {H} {S} {0 if act == 'relu' else 1} {LAM!r} {ETA!r} {EPS!r} "
-        f"{int(gout is not None)} {int(gAT is not None)} 1\n")
+        f"{int(gout is not None)} {int(gAT is not None)} 1 {int(a_update == 'preliminary')}\n")
     env = dict(os.environ)
     if smem_optin is not None:
         env["CRNN_EMU_SMEM_OPTIN"] = str(smem_optin)
@@ -127,11 +127,11 @@ def cuda_glue_grads(res, args, gAT, S):
     return [t["dxp"], t["dh0"], dA0, dW, t["dgamma_part"].sum(0), t["dbeta_part"].sum(0)]
 
 
-def cpu_reference(args, gout, gAT, S, act):
+def cpu_reference(args, gout, gAT, S, act, a_update="previous"):
     """The CPU kernel's forward (saving) and backward on the same inputs."""
-    out, AT, zs, xhat, rstd = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, S, act, EPS, True)
+    out, AT, zs, xhat, rstd = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, S, act, EPS, True, a_update)
     grads = torch.ops.crnn.fastweights_bwd(gout, gAT, args[1], args[2], args[3], args[4], out, zs, xhat, rstd,
-                                           LAM, ETA, S, act, True)
+                                           LAM, ETA, S, act, True, a_update)
     return {"out": out, "AT": AT, "zs": zs, "xhat": xhat, "rstd": rstd}, list(grads)
 
 
@@ -143,7 +143,7 @@ def close(a, b, rtol, what):
 
 
 # (B, T, H, S, act, dtype, A0 scale, with gA, emulated opt-in shared memory per block (None:
-# an H100's 227 KiB), expected plan: (W in shared memory, history in shared memory)).
+# an H100's 227 KiB), expected plan: (W in shared memory, history in shared memory), a_update).
 CASES = [
     pytest.param(3, 5, 7, 1, "relu", torch.float32, 0.0, False, None, (True, True), id="relu-S1-f32-zeroA0-H7"),
     pytest.param(2, 6, 40, 3, "tanh", torch.float64, 0.2, True, None, (True, True), id="tanh-S3-f64-A0-gA-H40"),
@@ -154,6 +154,13 @@ CASES = [
     pytest.param(2, 9, 33, 2, "tanh", torch.float64, 0.2, True, 2048, (False, False), id="global-f64-H33-S2"),
     # the largest H (W in global memory), with the history in global memory too (a smaller device)
     pytest.param(1, 2, 1024, 1, "relu", torch.float32, 0.05, True, 16384, (False, False), id="largest-H1024"),
+    # the authors' update (cell.a_update=preliminary): keys f(p_t) in the workspace, dK in global memory
+    pytest.param(2, 6, 40, 3, "tanh", torch.float64, 0.2, True, None, (True, True), "preliminary",
+                 id="preliminary-tanh-S3-f64-A0-gA-H40"),
+    pytest.param(3, 5, 7, 1, "relu", torch.float32, 0.0, False, None, (True, True), "preliminary",
+                 id="preliminary-relu-S1-f32-zeroA0-H7"),
+    pytest.param(2, 9, 33, 2, "tanh", torch.float64, 0.2, True, 2048, (False, False), "preliminary",
+                 id="preliminary-global-f64-H33-S2"),
 ]
 
 
@@ -165,12 +172,14 @@ def planned_bytes(B, T, H, dtype, plan):
     return (3 * H + 2 * (T + 1) + 64 + extra) * size, (3 * H + 3 * (T + 1) + 64 + extra) * size
 
 
-@pytest.mark.parametrize("B,T,H,S,act,dtype,a0,with_gA,optin,plan", CASES)
+@pytest.mark.parametrize("B,T,H,S,act,dtype,a0,with_gA,optin,plan,a_update",
+                         [c if len(c.values) == 11 else pytest.param(*c.values, "previous", id=c.id) for c in CASES])
 def test_emulated_cuda_kernels_match_cpu_kernel(emu_exe, tmp_path, B, T, H, S, act, dtype, a0, with_gA, optin,
-                                                plan):
+                                                plan, a_update):
     args, gout, gAT = make_case(B, T, H, dtype, a0)
     gAT = gAT if with_gA else None
-    res, stats, proc = run_emulated(emu_exe, tmp_path / "case", args, gout, gAT, S, act, smem_optin=optin)
+    res, stats, proc = run_emulated(emu_exe, tmp_path / "case", args, gout, gAT, S, act, smem_optin=optin,
+                                    a_update=a_update)
     assert proc.returncode == 0, proc.stderr[-2000:]
     fwd_smem, bwd_smem, max_attr, launches = stats
     assert launches == 3
@@ -179,7 +188,7 @@ def test_emulated_cuda_kernels_match_cpu_kernel(emu_exe, tmp_path, B, T, H, S, a
         assert max_attr >= fwd_smem, "the launch needed the shared-memory opt-in attribute"
 
     rtol_f, rtol_g = (1e-10, 1e-10) if dtype == torch.float64 else (1e-5, 1e-4)
-    ref_fwd, ref_grads = cpu_reference(args, gout, gAT, S, act)
+    ref_fwd, ref_grads = cpu_reference(args, gout, gAT, S, act, a_update)
     for k in ("out", "AT", "zs", "xhat", "rstd"):
         close(ref_fwd[k], res[k], rtol_f, f"forward {k}")
     close(ref_fwd["out"], res["out_nosave"], rtol_f, "forward out (save=False)")

@@ -156,6 +156,8 @@ def shrink_crnn(args: list[str]) -> list[str]:
         return [*args, "--epochs", "1", "--set", "train.threads=1", *SHRINK[task]]
     if command == "reproduce":
         experiment = args[1]
+        if "--resume" in args:  # the grid's --set options (the test size among them) are recorded
+            return [*args, "--seeds", "1", "--epochs", "1"]
         return [*args, "--seeds", "1", "--epochs", "1", *SHRINK[experiment]]
     if command == "bench" and "--device" not in args:  # one shape per axis: the first the docs give
         kept, seen, i = [], set(), 0

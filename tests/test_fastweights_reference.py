@@ -8,8 +8,11 @@ from crnn_plugins.fastweights import FastWeightsCell, FastWeightsOptions
 from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference
 
 
-def spec_loop(xp, h0, A0, W, gamma, beta, lam, eta, S, act):
-    """The SPEC's per-example equations, one example and one step at a time."""
+def spec_loop(xp, h0, A0, W, gamma, beta, lam, eta, S, act, eps=1e-5, a_update="previous"):
+    """The SPEC's per-example equations, one example and one step at a time.
+
+    ``a_update="preliminary"`` updates A with f(p_t) instead of h_{t-1} (the paper authors' code).
+    """
     f = torch.relu if act == "relu" else torch.tanh
     B, T, H = xp.shape
     outs, finals = [], []
@@ -18,11 +21,12 @@ def spec_loop(xp, h0, A0, W, gamma, beta, lam, eta, S, act):
         seq = []
         for t in range(T):
             p = W @ h + xp[b, t]
-            A = lam * A + eta * torch.outer(h, h)
             z = f(p)
+            key = h if a_update == "previous" else z
+            A = lam * A + eta * torch.outer(key, key)
             for _ in range(S):
                 u = p + A @ z
-                u = (u - u.mean()) / torch.sqrt(u.var(unbiased=False) + 1e-5) * gamma + beta
+                u = (u - u.mean()) / torch.sqrt(u.var(unbiased=False) + eps) * gamma + beta
                 z = f(u)
             h = z
             seq.append(h)

@@ -14,7 +14,8 @@ def test_art_grid_runs_resumes_and_reports(runner, tmp_path):
     result = invoke(runner, [*args, "--epochs", "1"])
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert sorted(p.rsplit("/", 1)[1] for p in summary["figures"]) == ["art_val_accuracy.png", "art_val_nll.png"]
+    assert sorted(p.rsplit("/", 1)[1] for p in summary["figures"]) == ["art_val_accuracy.png", "art_val_error_rate.png",
+                                                                       "art_val_nll.png"]
     for path in summary["figures"]:
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()

@@ -4,8 +4,8 @@
 //   emu_main DIR
 //   emu_main --refuse-huge-batch   (exit 0 if launches with B = 2^31 are refused)
 //
-// DIR/meta.txt: "dtype B T H S act lam eta eps has_gout has_gAT need_G" (dtype 4 or 8
-// bytes, act 0 relu / 1 tanh). DIR/{xp,h0,A0,W,gamma,beta}.bin and, if present,
+// DIR/meta.txt: "dtype B T H S act lam eta eps has_gout has_gAT need_G [a_update]" (dtype 4
+// or 8 bytes, act 0 relu / 1 tanh, a_update 0 previous (default) / 1 preliminary). DIR/{xp,h0,A0,W,gamma,beta}.bin and, if present,
 // {gout,gAT}.bin: raw little-endian arrays. Writes DIR/{out,AT,zs,xhat,rstd}.bin (forward,
 // saving), out_nosave.bin / AT_nosave.bin (forward, saving nothing), {dxp,dh0,dgamma_part,
 // dbeta_part}.bin and G.bin if need_G (backward, from this forward's saved tensors), and
@@ -53,7 +53,7 @@ void check(cudaError_t e, const char* what) {
 
 template <typename T>
 int run(const std::string& dir, int64_t B, int64_t Tn, int64_t H, int64_t S, int act, double lam,
-        double eta, double eps, bool need_G) {
+        double eta, double eps, bool need_G, int a_update) {
   const size_t nx = B * Tn * H, nh = B * H, nA = B * H * H, nz = B * Tn * S * H, nr = B * Tn * S;
   auto xp = read<T>(dir + "/xp.bin", nx);
   auto h0 = read<T>(dir + "/h0.bin", nh);
@@ -75,6 +75,9 @@ int run(const std::string& dir, int64_t B, int64_t Tn, int64_t H, int64_t S, int
   f.lam = lam;
   f.eta = eta;
   f.eps = eps;
+  f.a_update = a_update;
+  std::vector<T> keys(a_update == crnn::kPreliminary ? nx : 0, T(12345));  // the glue's workspace
+  f.keys = keys.empty() ? nullptr : keys.data();
   f.xp = xp.data();
   f.h0 = h0.data();
   f.A0 = A0.data();
@@ -112,6 +115,9 @@ int run(const std::string& dir, int64_t B, int64_t Tn, int64_t H, int64_t S, int
   g.act = act;
   g.lam = lam;
   g.eta = eta;
+  g.a_update = a_update;
+  std::vector<T> dK(a_update == crnn::kPreliminary ? nx : 0, T(12345));  // any contents, as at::empty
+  g.dK = dK.empty() ? nullptr : dK.data();
   g.gout = gout.empty() ? nullptr : gout.data();
   g.gAT = gAT.empty() ? nullptr : gAT.data();
   g.h0 = h0.data();
@@ -173,8 +179,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bad meta.txt\n");
     return 1;
   }
+  int a_update = 0;
+  if (!(meta >> a_update)) a_update = 0;  // optional last field
   (void)has_gout;
   (void)has_gAT;
-  if (dtype == 4) return run<float>(dir, B, Tn, H, S, act, lam, eta, eps, need_G != 0);
-  return run<double>(dir, B, Tn, H, S, act, lam, eta, eps, need_G != 0);
+  if (dtype == 4) return run<float>(dir, B, Tn, H, S, act, lam, eta, eps, need_G != 0, a_update);
+  return run<double>(dir, B, Tn, H, S, act, lam, eta, eps, need_G != 0, a_update);
 }

@@ -1,0 +1,74 @@
+"""The issue-12 study pipeline on a tiny grid: `crnn reproduce art --variant`, grid.json and --resume,
+the ART table with intervals and rank tests, the log-scale error figure, and the LCD sample measures."""
+
+from __future__ import annotations
+
+import json
+
+from crnn_core.reproduce import GridRun
+from crnn_plugins.paper import AUTHORS_ART
+from crnn_plugins.study import lcd_sample_measures, lcd_study_table
+
+from .conftest import assert_one_line_error, invoke
+from .test_lcd import TINY_LCD
+from .test_reproduce import TINY
+
+
+def test_authors_variant_grid_resumes_and_reports(runner, tmp_path):
+    out = tmp_path / "authors"
+    args = ["reproduce", "art", "--seeds", "2", "--inits", "zero,learned", "--jobs", "2", "--out", str(out)]
+    result = invoke(runner, [*args, "--variant", "authors", "--early-stop", "--epochs", "1", *TINY,
+                             "--set", "train.report_train_metrics=true"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert any(p.endswith("art_val_error_rate.png") for p in summary["figures"])
+    for path in summary["figures"]:
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((out / "learned_s1" / "config.json").read_text())
+    for item in AUTHORS_ART:  # every choice of the preset reached the run
+        scope, _, kv = item.partition(".")
+        key, _, value = kv.partition("=")
+        assert str(config["model"][f"{scope}_options"][key]).lower() == value.lower() or \
+            config["model"][f"{scope}_options"][key] == float(value), item
+    assert config["train"]["report_train_metrics"] is True
+    record = json.loads((out / "zero_s0" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "accuracy" in record["train_metrics"]
+    table = (out / "results.md").read_text()
+    assert "| zero | 2 | 0/2 |" in table and "| learned | 2 |" in table
+    assert "learned vs zero: p" in table and "steps to 100%" in table
+
+    # the same directory with other settings is refused; --resume continues it as recorded
+    assert_one_line_error(invoke(runner, [*args, "--epochs", "2", *TINY]), "holds a grid with other settings")
+    assert_one_line_error(invoke(runner, [*args, "--resume", "--variant", "authors"]), "give none of them")
+    resumed = invoke(runner, ["reproduce", "art", "--seeds", "1", "--inits", "learned", "--out", str(out), "--resume",
+                              "--epochs", "2"])
+    assert resumed.exit_code == 0, resumed.stderr
+    lines = (out / "learned_s0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert "--resume" in (out / "learned_s0" / "command.txt").read_text()
+
+
+def test_reproduce_variant_and_resume_errors(runner, tmp_path):
+    assert_one_line_error(invoke(runner, ["reproduce", "art", "--variant", "nope", "--out", str(tmp_path)]),
+                          "'nope' is not a variant of art (choose from authors, lr-decay, resample)")
+    assert_one_line_error(invoke(runner, ["reproduce", "art", "--resume", "--out", str(tmp_path / "none")]),
+                          "holds no grid to continue")
+    listing = json.loads(invoke(runner, ["reproduce", "--list"]).stdout)
+    assert listing["art"]["variants"]["authors"] == list(AUTHORS_ART)
+
+
+def test_lcd_table_has_intervals_and_sample_measures(runner, tmp_path):
+    runs = []
+    for seed in (0, 1):
+        path = tmp_path / f"learned_s{seed}"
+        result = invoke(runner, ["run", "--task", "lcd", "--cell", "lstm", "--init", "learned", "--set",
+                                 "init.distribution=normal", *TINY_LCD, "--epochs", "1", "--seed", str(seed), "-q",
+                                 "--out", str(path)])
+        assert result.exit_code == 0, result.stderr
+        runs.append(GridRun("learned", seed, path, []))
+    measures = lcd_sample_measures(runs[0].path)
+    assert measures["spread"] > 0, "a learned Normal initial state gives different samples"
+    assert measures["reference_period_error"] < 0.01 and measures["period_error"] >= 0
+    table = lcd_study_table(runs, ["learned"], ("squared_error", "rollout_mse"))
+    row = next(line for line in table.splitlines() if line.startswith("| learned | 2 |"))
+    assert row.count("[") == 5, row  # intervals on both errors and the three sample measures
