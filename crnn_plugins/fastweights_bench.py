@@ -577,8 +577,10 @@ def kernels_command(as_json: bool) -> None:
     click.echo(f"fused kernel: {'loaded' if rep['fused_loaded'] else 'NOT available'} ({rep['reason']})")
     if rep["build_info"]:
         bi = rep["build_info"]
+        runnable = bi.get("cpu_paths_runnable", [])
+        hint = "; CRNN_CPU_CAPABILITY=NAME picks a lower one" if len(runnable) > 1 else ""
         click.echo(f"  CPU path: {bi.get('cpu_isa')} (compiled: {', '.join(bi.get('cpu_paths', []))}; "
-                   f"this CPU runs: {', '.join(bi.get('cpu_paths_runnable', []))}; CRNN_CPU_CAPABILITY picks a lower one)")
+                   f"this CPU runs: {', '.join(runnable)}{hint})")
         click.echo(f"  built with: openmp {bi.get('openmp')}, cuda {bi.get('cuda')}")
     pool = rep["block_pool"]
     if pool:
