@@ -15,6 +15,7 @@ first (see ``csrc/fastweights_cpu_path.h`` for why the order matters).
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
@@ -57,6 +58,8 @@ X86_PATHS = (
 PATH_SOURCES = tuple(p.source for p in X86_PATHS)
 """Every per-ISA source file in csrc/."""
 
+_log = logging.getLogger("crnn")  # the crnn logger (crnn_core.env), by name: nothing from crnn is imported here
+
 _FLAGS = ["-O3", "-g0", "-fPIC", "-std=c++17", "-Wno-psabi", "-fvisibility=hidden"]
 
 
@@ -95,7 +98,8 @@ def compile_paths(builds: list[CpuPathBuild], src: Path, out_dir: Path, *, cxx: 
 
     An object is reused when it is newer than its inputs and was compiled with the same
     command. ``cxx`` defaults to ``$CXX`` or ``c++`` (what PyTorch's extension builds use).
-    Raises RuntimeError with the compiler's first error lines if a compile fails.
+    ``verbose`` logs the commands and the compiler output (``crnn`` logger, INFO). Raises
+    RuntimeError with the compiler's first error lines if a compile fails.
     """
     cxx = cxx or os.environ.get("CXX", "c++")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +116,7 @@ def compile_paths(builds: list[CpuPathBuild], src: Path, out_dir: Path, *, cxx: 
         if fresh:
             continue
         if verbose:
-            print(" ".join(cmd), flush=True)
+            _log.info(" ".join(cmd))
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         running.append((build, proc, stamp, cmd))
     failures = []
@@ -125,7 +129,7 @@ def compile_paths(builds: list[CpuPathBuild], src: Path, out_dir: Path, *, cxx: 
         else:
             stamp.write_text(" ".join(cmd))
             if verbose and output:
-                print(output, flush=True)
+                _log.info(output)
     if failures:
         raise RuntimeError("; ".join(failures))
     return objects
