@@ -10,8 +10,11 @@ cache instead (docs/kernels.md). Environment:
 ``CRNN_NO_BUILD_EXT=1``  do not build the extension here (use the JIT build)
 ``CRNN_REQUIRE_EXT=1``   fail the install if the extension does not compile
 ``CRNN_NO_CUDA=1``       build the CPU kernel only, even with a CUDA PyTorch
-``CRNN_CPU_ARCH``        ``-march`` value (default ``native``: fastest on this machine, not
-                         portable; use e.g. ``x86-64-v3`` or ``none`` for wheels built elsewhere)
+``CRNN_CPU_ARCH``        build the CPU kernel for this one ``-march`` (e.g. ``native``, or
+                         ``none``) instead of the default: on x86-64, three paths (baseline,
+                         AVX2, AVX-512) in one extension, chosen at load time from what the
+                         CPU reports, so a wheel built here runs on any x86-64 CPU
+                         (crnn_plugins/cpu_isa.py, docs/kernels.md)
 
 Non-editable installs also copy ``csrc/`` into the package (``crnn_plugins/csrc``) so that
 the JIT build can find the sources there.
@@ -19,9 +22,11 @@ the JIT build can find the sources there.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from setuptools import setup
@@ -31,6 +36,15 @@ ROOT = Path(__file__).resolve().parent
 CSRC = "csrc"
 CPU_SOURCES = [f"{CSRC}/fastweights_op.cpp"]
 CUDA_SOURCES = [f"{CSRC}/fastweights_cuda_glue.cpp", f"{CSRC}/fastweights_cuda.cu"]
+
+
+def _cpu_isa_module():
+    """crnn_plugins/cpu_isa.py, loaded by path (importing the package needs its dependencies)."""
+    spec = importlib.util.spec_from_file_location("_crnn_cpu_isa", ROOT / "crnn_plugins" / "cpu_isa.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
 
 
 def _truthy(name: str) -> bool:
@@ -68,26 +82,31 @@ def extension_modules():
              "(install with --no-build-isolation to build it now)")
         return [], {}
 
-    arch = os.environ.get("CRNN_CPU_ARCH", "native").strip()
-    cxx = ["-O3", "-g0", "-fopenmp", "-Wno-psabi"] + ([f"-march={arch}"] if arch and arch.lower() != "none" else [])
+    cpu_isa = _cpu_isa_module()
+    paths, glue_defines = cpu_isa.planned_paths(os.environ.get("CRNN_CPU_ARCH"))
+    cxx = ["-O3", "-g0", "-fopenmp", "-Wno-psabi"] + glue_defines  # the glue: no -march, runs anywhere
     with_cuda = (
         torch.version.cuda is not None
         and cpp_extension.CUDA_HOME is not None
         and not _truthy("CRNN_NO_CUDA")
     )
     name = "crnn_plugins._fastweights_C"
+    # Rebuild when any kernel file changes (setuptools compares the library with these).
+    depends = sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC).iterdir() if p.suffix in (".h", ".cpp"))
     if with_cuda:
         ext = cpp_extension.CUDAExtension(
             name,
             CPU_SOURCES + CUDA_SOURCES,
             extra_compile_args={"cxx": cxx + ["-DCRNN_WITH_CUDA"], "nvcc": ["-O3", "-std=c++17"]},
             extra_link_args=["-fopenmp"],
+            depends=depends,
         )
         _say(f"building the fused kernel for CPU and CUDA (CUDA_HOME={cpp_extension.CUDA_HOME})")
     else:
         ext = cpp_extension.CppExtension(name, CPU_SOURCES, extra_compile_args={"cxx": cxx},
-                                         extra_link_args=["-fopenmp"])
+                                         extra_link_args=["-fopenmp"], depends=depends)
         _say("building the fused kernel for CPU" + ("" if torch.version.cuda is None else " (no nvcc/CUDA_HOME)"))
+    _say("CPU kernel paths: " + ", ".join(f"{p.name} (-march={p.march})" for p in paths))
 
     base = cpp_extension.BuildExtension.with_options(use_ninja=True)
 
@@ -96,12 +115,35 @@ def extension_modules():
 
         def build_extension(self, extension) -> None:
             try:
-                super().build_extension(extension)
+                self._build_with_cpu_paths(extension)
             except Exception as exc:  # noqa: BLE001 - compiler missing, headers missing, ...
                 if _truthy("CRNN_REQUIRE_EXT"):
                     raise
                 _say(f"WARNING: the fused kernel did not compile ({type(exc).__name__}: {exc}); "
                      "installing without it: it will be compiled on first use, or the reference runs")
+
+        def _build_with_cpu_paths(self, extension) -> None:
+            """Build ``extension`` with the per-ISA kernel objects, each compiled with its own -march.
+
+            setuptools compiles all of an extension's sources with one set of flags, so the
+            per-ISA files are compiled by cpu_isa.compile_paths (in parallel with the glue)
+            and appended to the glue's objects, which the link takes in that order.
+            """
+            glue_compile = self.compiler.compile
+            out_dir = Path(self.build_temp) / "cpu_paths"
+
+            def compile_with_paths(sources, *args, **kwargs):
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    pending = pool.submit(cpu_isa.compile_paths, paths, ROOT / CSRC, out_dir,
+                                          cxx11_abi=bool(torch._C._GLIBCXX_USE_CXX11_ABI))
+                    objects = glue_compile(sources, *args, **kwargs)
+                    return list(objects) + [str(obj) for obj in pending.result()]
+
+            self.compiler.compile = compile_with_paths
+            try:
+                super().build_extension(extension)
+            finally:
+                self.compiler.compile = glue_compile
 
     return [ext], {"build_ext": OptionalBuildExtension}
 

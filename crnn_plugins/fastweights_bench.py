@@ -256,6 +256,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    from . import fastweights_fused as ff
+
+    info["cpu_kernel_path"] = ff.build_info().get("cpu_isa")  # which compiled path the fused figures used
     return info
 
 
@@ -547,7 +550,7 @@ def kernel_report() -> dict[str, Any]:
             "auto": ("fused" if fused_ok else "reference") if available else None,
         }
     env = {k: os.environ[k] for k in ("CRNN_NO_FUSED", "CRNN_NO_JIT", "CRNN_KERNEL_CACHE", "CRNN_CPU_ARCH",
-                                      "CRNN_NO_POOL") if k in os.environ}
+                                      "CRNN_CPU_CAPABILITY", "CRNN_NO_POOL") if k in os.environ}
     src = ff.kernel_sources()
     return {
         "fused_loaded": ok,
@@ -574,7 +577,11 @@ def kernels_command(as_json: bool) -> None:
     click.echo(f"fused kernel: {'loaded' if rep['fused_loaded'] else 'NOT available'} ({rep['reason']})")
     if rep["build_info"]:
         bi = rep["build_info"]
-        click.echo(f"  built with: cpu {bi.get('cpu_isa')}, openmp {bi.get('openmp')}, cuda {bi.get('cuda')}")
+        runnable = bi.get("cpu_paths_runnable", [])
+        hint = "; CRNN_CPU_CAPABILITY=NAME picks a lower one" if len(runnable) > 1 else ""
+        click.echo(f"  CPU path: {bi.get('cpu_isa')} (compiled: {', '.join(bi.get('cpu_paths', []))}; "
+                   f"this CPU runs: {', '.join(runnable)}{hint})")
+        click.echo(f"  built with: openmp {bi.get('openmp')}, cuda {bi.get('cuda')}")
     pool = rep["block_pool"]
     if pool:
         state = "active" if pool["enabled"] else "off (CRNN_NO_POOL=1)"

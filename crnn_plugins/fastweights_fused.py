@@ -17,7 +17,11 @@ Environment variables:
 ``CRNN_NO_FUSED=1``      never load the fused kernel (as if it could not be built)
 ``CRNN_NO_JIT=1``        use the prebuilt or an already cached build, never compile
 ``CRNN_KERNEL_CACHE``    cache directory for JIT builds
-``CRNN_CPU_ARCH``        ``-march`` for JIT builds (default ``native``; ``none`` for none)
+``CRNN_CPU_ARCH``        JIT builds: compile the CPU kernel for this one ``-march`` (``native``,
+                         ``none``, ...) instead of the baseline/AVX2/AVX-512 paths (cpu_isa.py)
+``CRNN_CPU_CAPABILITY``  use this compiled CPU path (``baseline``, ``avx2``, ...) instead of the
+                         best one the CPU runs; a path the CPU cannot run, or one not compiled,
+                         is ignored with a warning (select_cpu_path)
 ``CRNN_VERBOSE_BUILD=1`` show the compiler's output
 ``CRNN_NO_POOL=1``       no private block pool for the CPU op's large outputs (block_pool_info)
 
@@ -45,10 +49,12 @@ import torch
 from torch import Tensor
 
 from crnn_core.env import env_flag, logger
+from crnn_plugins import cpu_isa
 
 __all__ = [
     "block_pool_info",
     "build_info",
+    "select_cpu_path",
     "device_status",
     "fastweights_fused",
     "load_status",
@@ -58,7 +64,8 @@ __all__ = [
 PREBUILT_MODULE = "crnn_plugins._fastweights_C"
 CPU_SOURCES = ("fastweights_op.cpp",)
 CUDA_SOURCES = ("fastweights_cuda_glue.cpp", "fastweights_cuda.cu")
-HEADERS = ("fastweights_checks.h", "fastweights_cpu_kernel.h", "fastweights_cuda.h", "fastweights_params.h")
+HEADERS = ("fastweights_checks.h", "fastweights_cpu_kernel.h", "fastweights_cuda.h", "fastweights_params.h",
+           *cpu_isa.PATH_HEADERS)
 
 _lock = threading.Lock()
 _state: dict[str, Any] | None = None
@@ -106,12 +113,8 @@ def _cpu_signature() -> str:
         return platform.processor()
 
 
-def _cpu_flags() -> list[str]:
-    arch = os.environ.get("CRNN_CPU_ARCH", "native").strip()
-    flags = ["-O3", "-fopenmp", "-Wno-psabi"]
-    if arch and arch.lower() != "none":
-        flags.append(f"-march={arch}")
-    return flags
+def _cpu_arch() -> str | None:
+    return os.environ.get("CRNN_CPU_ARCH") or None
 
 
 def _jit_build(src: Path) -> tuple[Any, str]:
@@ -119,14 +122,15 @@ def _jit_build(src: Path) -> tuple[Any, str]:
 
     with_cuda, _ = _want_cuda()
     sources = [src / s for s in CPU_SOURCES] + ([src / s for s in CUDA_SOURCES] if with_cuda else [])
-    cflags = _cpu_flags() + (["-DCRNN_WITH_CUDA"] if with_cuda else [])
+    paths, glue_defines = cpu_isa.planned_paths(_cpu_arch())
+    cflags = ["-O3", "-fopenmp", "-Wno-psabi", *glue_defines] + (["-DCRNN_WITH_CUDA"] if with_cuda else [])
     cuda_flags = ["-O3"] if with_cuda else []
     digest = hashlib.sha256()
-    for path in sources + [src / h for h in HEADERS if (src / h).exists()]:
+    for path in sources + [src / p.source for p in paths] + [src / h for h in HEADERS if (src / h).exists()]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    digest.update(repr((cflags, cuda_flags, torch.__version__, sys.version_info[:2], platform.machine())).encode())
-    if any(f == "-march=native" for f in cflags):  # a cache shared between different CPUs
+    digest.update(repr((cflags, cuda_flags, paths, torch.__version__, sys.version_info[:2], platform.machine())).encode())
+    if any(p.march == "native" for p in paths):  # a cache shared between different CPUs
         digest.update(_cpu_signature().encode())
     name = "crnn_fastweights_" + digest.hexdigest()[:16]
     build_dir = _cache_root() / name
@@ -144,12 +148,16 @@ def _jit_build(src: Path) -> tuple[Any, str]:
         cpp_extension.verify_ninja_availability()
         started = time.monotonic()
         logger.info(f"crnn: compiling the fused fast-weights kernel into {build_dir} (about a minute, once)...")
+        # The per-ISA objects need their own -march, which load() cannot give per source:
+        # compiled first, then linked after the glue (cpu_isa.py).
+        objects = cpu_isa.compile_paths(paths, src, build_dir / "cpu_paths", cxx11_abi=bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+                                        verbose=env_flag("CRNN_VERBOSE_BUILD"))
         module = cpp_extension.load(
             name=name,
             sources=[str(s) for s in sources],
             extra_cflags=cflags,
             extra_cuda_cflags=cuda_flags,
-            extra_ldflags=["-fopenmp"],
+            extra_ldflags=[*(str(obj) for obj in objects), "-fopenmp"],
             build_directory=str(build_dir),
             with_cuda=with_cuda,
             is_python_module=True,
@@ -179,11 +187,22 @@ def _import_from_file(name: str, path: Path):
 
 @contextlib.contextmanager
 def _file_lock(path: Path):
-    """An exclusive advisory lock (released by the OS if the process dies)."""
+    """An exclusive advisory lock (released by the OS if the process dies).
+
+    ``flock`` where it exists (kept by hand: docs/architecture.md, "Kept by hand"); elsewhere
+    (Windows) ``filelock``, which PyTorch installs, if importable; else none (torch's own
+    FileBaton in ``cpp_extension.load`` still serialises the compile).
+    """
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - Windows: torch's own FileBaton still serialises
-        yield
+    except ImportError:  # pragma: no cover - not Linux/macOS
+        try:
+            from filelock import FileLock
+        except ImportError:
+            yield
+            return
+        with FileLock(str(path)):
+            yield
         return
     with open(path, "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
@@ -202,7 +221,8 @@ def _prebuilt_is_stale(src: Path | None) -> bool:
     if src != here.parent / "csrc":  # packaged sources: installed together with the library
         return False
     built = Path(spec.origin).stat().st_mtime
-    return any((src / f).stat().st_mtime > built for f in CPU_SOURCES + HEADERS if (src / f).exists())
+    files = CPU_SOURCES + HEADERS + cpu_isa.PATH_SOURCES
+    return any((src / f).stat().st_mtime > built for f in files if (src / f).exists())
 
 
 def _load() -> dict[str, Any]:
@@ -240,12 +260,51 @@ def _load() -> dict[str, Any]:
             notes.append(f"JIT build failed: {type(exc).__name__}: {detail[:300]} (CRNN_VERBOSE_BUILD=1 shows the log)")
             return {"ok": False, "reason": "; ".join(notes)}
     try:
-        info = dict(module.build_info())
         _register_python_parts()
+        forced = os.environ.get(cpu_isa.CAPABILITY_ENV, "").strip()
+        if forced:
+            problem = _set_cpu_path(module, forced)
+            if problem:
+                logger.warning(f"crnn: {cpu_isa.CAPABILITY_ENV}={forced} ignored: {problem}")
+        info = dict(module.build_info())
     except Exception as exc:  # noqa: BLE001
         return {"ok": False, "reason": f"{how} loaded but failed to register: {exc}"}
-    desc = f"{how}; cpu {info.get('cpu_isa')}" + (", cuda" if info.get("cuda") else ", no cuda kernel")
-    return {"ok": True, "reason": desc, "info": info, "module": module}
+    return {"ok": True, "reason": _describe(how, info), "how": how, "info": info, "module": module}
+
+
+def _describe(how: str, info: dict[str, Any]) -> str:
+    return f"{how}; cpu path {info.get('cpu_isa')}" + (", cuda" if info.get("cuda") else ", no cuda kernel")
+
+
+def _set_cpu_path(module: Any, name: str) -> str | None:
+    """Select the compiled CPU path ``name`` in ``module``; None, or why it was not selected."""
+    info = module.build_info()
+    compiled, runnable = list(info["cpu_paths"]), list(info["cpu_paths_runnable"])
+    if name not in compiled:
+        return f"no CPU path {name!r} was compiled (compiled: {', '.join(compiled)}); using {info['cpu_isa']}"
+    if name not in runnable or not module.set_cpu_path(name):
+        return f"this CPU cannot run the {name} path (it runs: {', '.join(runnable)}); using {info['cpu_isa']}"
+    return None
+
+
+def select_cpu_path(name: str | None = None) -> str:
+    """Use the compiled CPU path ``name`` from now on (None: the best this CPU runs); returns the path in use.
+
+    The environment variable ``CRNN_CPU_CAPABILITY`` does the same when the ops load.
+    Raises ValueError (one line) for a path that was not compiled or that this CPU cannot
+    run, and RuntimeError if the fused ops are not loaded.
+    """
+    state = _get_state()
+    module = state.get("module")
+    if not state.get("ok") or module is None:
+        raise RuntimeError(f"the fused fast-weights kernel is not available: {state['reason']}")
+    with _lock:
+        problem = _set_cpu_path(module, name or module.build_info()["cpu_path_best"])
+        if problem:
+            raise ValueError(problem)
+        state["info"] = dict(module.build_info())
+        state["reason"] = _describe(state["how"], state["info"])
+        return str(state["info"]["cpu_isa"])
 
 
 def _get_state() -> dict[str, Any]:
@@ -264,7 +323,11 @@ def load_status() -> tuple[bool, str]:
 
 
 def build_info() -> dict[str, Any]:
-    """What the loaded extension was compiled with (``cuda``, ``cpu_isa``, ``openmp``); empty if not loaded."""
+    """What the loaded extension was compiled with; empty if not loaded.
+
+    ``cuda``, ``openmp``, ``cpu_isa`` (the CPU path in use), ``cpu_paths`` (the compiled
+    paths, lowest first), ``cpu_paths_runnable`` (those this CPU runs) and ``cpu_path_best``.
+    """
     return dict(_get_state().get("info", {}))
 
 

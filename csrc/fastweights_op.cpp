@@ -18,13 +18,15 @@
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/alloc_cpu.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "fastweights_checks.h"
-#include "fastweights_cpu_kernel.h"
+#include "fastweights_cpu_dispatch.h"
 
 namespace crnn {
 namespace {
@@ -100,66 +102,71 @@ Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return BlockPool::get().empty(sizes, options);
 }
 
-template <typename T>
-struct SharedBuffers {
-  std::vector<T> WTp, Wp, gamma, beta, mask, lam_pow, decay;
-  cpu::Shared<T> sh;
+// The CPU kernel path in use (fastweights_cpu_dispatch.h): the best one this CPU runs,
+// chosen once at load time, or a lower one set by set_cpu_path (CRNN_CPU_CAPABILITY).
+bool cpu_runs(const CpuPath& path) {
+#if defined(CRNN_CPU_DISPATCH)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+  if (&path == &kCpuPathAvx512) return __builtin_cpu_supports("x86-64-v4");
+  if (&path == &kCpuPathAvx2) return __builtin_cpu_supports("x86-64-v3");
+#else  // the features of the two levels that compilers use in vector code
+  if (&path == &kCpuPathAvx512)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && cpu_runs(kCpuPathAvx2);
+  if (&path == &kCpuPathAvx2)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+           __builtin_cpu_supports("f16c");
+#endif
+#endif
+  (void)path;
+  return true;  // baseline, or the one "native" path of a CRNN_CPU_ARCH build
+}
 
-  SharedBuffers(const Tensor& W, const Tensor& gamma_t, const Tensor* beta_t, int64_t B,
-                int64_t Tn, int64_t H, int64_t S, double lam, double eta, double eps,
-                bool forward) {
-    const int64_t Hp = cpu::padded<T>(H);
-    const T* w = W.data_ptr<T>();
-    if (forward) {
-      WTp.assign(H * Hp, T(0));
-      for (int64_t j = 0; j < H; ++j)
-        for (int64_t i = 0; i < H; ++i) WTp[j * Hp + i] = w[i * H + j];
-    } else {
-      Wp.assign(H * Hp, T(0));
-      for (int64_t i = 0; i < H; ++i)
-        for (int64_t j = 0; j < H; ++j) Wp[i * Hp + j] = w[i * H + j];
+// Every compiled path, lowest first.
+std::vector<const CpuPath*> compiled_paths() {
+#if defined(CRNN_CPU_DISPATCH)
+  return {&kCpuPathBaseline, &kCpuPathAvx2, &kCpuPathAvx512};
+#else
+  return {&kCpuPathBaseline};
+#endif
+}
+
+const CpuPath* best_path() {
+#if defined(CRNN_CPU_DISPATCH)
+  __builtin_cpu_init();  // harmless if the runtime already did
+#endif
+  const CpuPath* best = &kCpuPathBaseline;
+  for (const CpuPath* p : compiled_paths())
+    if (cpu_runs(*p)) best = p;
+  return best;
+}
+
+std::atomic<const CpuPath*>& current_path() {
+  static std::atomic<const CpuPath*> path{best_path()};
+  return path;
+}
+
+// Selects the compiled path `name` if this CPU runs it; returns false (and changes
+// nothing) otherwise.
+bool set_cpu_path(const std::string& name) {
+  for (const CpuPath* p : compiled_paths())
+    if (name == p->name && cpu_runs(*p)) {
+      current_path().store(p);
+      return true;
     }
-    gamma.assign(Hp, T(0));
-    beta.assign(Hp, T(0));
-    mask.assign(Hp, T(0));
-    const T* g = gamma_t.data_ptr<T>();
-    for (int64_t i = 0; i < H; ++i) {
-      gamma[i] = g[i];
-      mask[i] = T(1);
-    }
-    if (beta_t) {
-      const T* bt = beta_t->data_ptr<T>();
-      for (int64_t i = 0; i < H; ++i) beta[i] = bt[i];
-    }
-    std::vector<double> lp(Tn + 1);
-    double l = 1.0;
-    for (int64_t k = 0; k <= Tn; ++k) {
-      lp[k] = l;
-      l *= lam;
-    }
-    lam_pow.assign(lp.begin(), lp.end());
-    const int64_t Tp = cpu::padded<T>(Tn + 1);
-    decay.assign(Tn + cpu::vec_len<T>() + cpu::kSlack, T(0));  // see cpu::coef_row
-    for (int64_t j = 0; j < Tn; ++j) decay[j] = static_cast<T>(eta * lp[Tn - 1 - j]);
-    sh.B = B;
-    sh.T_len = Tn;
-    sh.H = H;
-    sh.Hp = Hp;
-    sh.S = S;
-    sh.Tp = Tp;
-    sh.lam = static_cast<T>(lam);
-    sh.eta = static_cast<T>(eta);
-    sh.eps = static_cast<T>(eps);
-    sh.WTp = WTp.empty() ? nullptr : WTp.data();
-    sh.Wp = Wp.empty() ? nullptr : Wp.data();
-    sh.gamma = gamma.data();
-    sh.beta = beta.data();
-    sh.mask = mask.data();
-    sh.lam_pow = lam_pow.data();
-    sh.decay = decay.data();
-    sh.chunk = cpu::chunk_length(H);
-  }
-};
+  return false;
+}
+
+void run_parallel(int64_t n, void* ctx, void (*body)(void*, int64_t, int64_t)) {
+  at::parallel_for(0, n, 1, [&](int64_t b0, int64_t b1) { body(ctx, b0, b1); });
+}
+
+void run_fwd(const CpuPath& path, const FwdParams<float>& io) { path.fwd_f32(io, &run_parallel); }
+void run_fwd(const CpuPath& path, const FwdParams<double>& io) { path.fwd_f64(io, &run_parallel); }
+void run_bwd(const CpuPath& path, const BwdParams<float>& io) { path.bwd_f32(io, &run_parallel); }
+void run_bwd(const CpuPath& path, const BwdParams<double>& io) { path.bwd_f64(io, &run_parallel); }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
@@ -178,23 +185,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
   Tensor rstd = save ? at::empty({B, Tn, S}, xp.options()) : at::empty({0}, xp.options());
   if (B == 0) return {out, AT, zs, xhat, rstd};
 
+  const CpuPath& path = *current_path().load();
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cpu", [&] {
     using T = scalar_t;
-    SharedBuffers<T> buf(W, gamma, &beta, B, Tn, H, S, lam, eta, eps, /*forward=*/true);
-    buf.sh.a_update = au;
     const FwdParams<T> io = make_fwd_params<T>(xp, h0, A0, W, gamma, beta, lam, eta, S, act, eps,
                                                out, AT, zs, xhat, rstd, au);
-    const cpu::Shared<T>& sh = buf.sh;
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      cpu::FwdScratch<T> ws;
-      ws.init(sh);
-      for (int64_t b = b0; b < b1; ++b) {
-        if (act == kRelu)
-          cpu::forward_example<kRelu, T>(sh, io, b, ws);
-        else
-          cpu::forward_example<kTanh, T>(sh, io, b, ws);
-      }
-    });
+    run_fwd(path, io);
   });
   return {out, AT, zs, xhat, rstd};
 }
@@ -220,24 +216,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
             at::zeros({H}, out.options())};
   }
 
+  const CpuPath& path = *current_path().load();
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cpu", [&] {
     using T = scalar_t;
-    SharedBuffers<T> buf(W, gamma, nullptr, B, Tn, H, S, lam, eta, 1e-5, /*forward=*/false);
-    buf.sh.a_update = au;
     const BwdParams<T> io = make_bwd_params<T>(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
                                                lam, eta, S, act, dxp, dh0, dgamma_part, dbeta_part,
                                                dA0, Tensor(), Tensor(), au);
-    const cpu::Shared<T>& sh = buf.sh;
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      cpu::BwdScratch<T> ws;
-      ws.init(sh);
-      for (int64_t b = b0; b < b1; ++b) {
-        if (act == kRelu)
-          cpu::backward_example<kRelu, T>(sh, io, b, ws);
-        else
-          cpu::backward_example<kTanh, T>(sh, io, b, ws);
-      }
-    });
+    run_bwd(path, io);
   });
   Tensor dW = weight_grad(dxp, h0, out, pooled_empty({B, Tn, H}, out.options()));
   return {dxp, dh0, dA0, dW, dgamma_part.sum(0), dbeta_part.sum(0)};
@@ -328,22 +313,6 @@ TORCH_LIBRARY_IMPL(crnn, AutocastCUDA, m) {
 
 }  // namespace crnn
 
-namespace {
-
-const char* cpu_isa() {
-#if defined(__AVX512F__)
-  return "avx512";
-#elif defined(__AVX2__)
-  return "avx2";
-#elif defined(__SSE2__) || defined(__aarch64__)
-  return "baseline-simd";
-#else
-  return "scalar";
-#endif
-}
-
-}  // namespace
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "crnn fused fast-weights kernels; the ops are torch.ops.crnn.fastweights_fwd/_bwd";
   m.def("build_info", []() {
@@ -353,10 +322,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
     d["cuda"] = false;
 #endif
-    d["cpu_isa"] = cpu_isa();
+    d["cpu_isa"] = crnn::current_path().load()->name;
+    pybind11::list compiled, runnable;
+    for (const crnn::CpuPath* p : crnn::compiled_paths()) {
+      compiled.append(p->name);
+      if (crnn::cpu_runs(*p)) runnable.append(p->name);
+    }
+    d["cpu_paths"] = compiled;
+    d["cpu_paths_runnable"] = runnable;
+    d["cpu_path_best"] = crnn::best_path()->name;
     d["openmp"] = static_cast<bool>(AT_PARALLEL_OPENMP);
     return d;
   });
+  m.def("set_cpu_path", &crnn::set_cpu_path, pybind11::arg("name"),
+        "Use the compiled CPU kernel path `name` (build_info()['cpu_paths']) from now on; "
+        "False (nothing changed) if it was not compiled or this CPU cannot run it");
   m.def("block_pool_info", []() {
     auto& pool = crnn::BlockPool::get();
     pybind11::dict d;

@@ -8,12 +8,16 @@ skips ReLU zeros with vcompress) and checks that all agree with the native build
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .conftest import crnn_process
 
 SRC = Path(__file__).resolve().parent / "kernel_check" / "isa_check.cpp"
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -66,3 +70,84 @@ def test_all_instruction_sets_agree(binaries, case):
     for arch in ARCHS[1:]:
         got = run(binaries[arch], case)
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max(), err_msg=arch)
+
+
+# -- the dispatching build: one extension, a path per instruction set (crnn_plugins/cpu_isa.py)
+
+
+def test_planned_paths_cover_the_x86_64_levels():
+    from crnn_plugins import cpu_isa
+
+    paths, defines = cpu_isa.planned_paths(None, "x86_64")
+    assert [(p.name, p.march) for p in paths] == [("baseline", "x86-64"), ("avx2", "x86-64-v3"),
+                                                  ("avx512", "x86-64-v4")]
+    assert defines == ["-DCRNN_CPU_DISPATCH"]
+    for p in paths:  # every listed source exists and is shipped with the other kernel files
+        assert (SRC.parents[2] / "csrc" / p.source).is_file()
+    native, defines = cpu_isa.planned_paths("native", "x86_64")
+    assert [(p.name, p.march) for p in native] == [("native", "native")] and defines == []
+    other, defines = cpu_isa.planned_paths(None, "aarch64")
+    assert [(p.name, p.march) for p in other] == [("baseline", None)] and defines == []
+
+
+def _loaded_extension() -> Path:
+    from crnn_plugins import fastweights_fused as ff
+
+    ok, reason = ff.load_status()
+    if not ok:
+        pytest.skip(f"the fused kernel is not loaded: {reason}")
+    if len(ff.build_info()["cpu_paths"]) < 3:
+        pytest.skip("a single-target build (CRNN_CPU_ARCH)")
+    return Path(ff._get_state()["module"].__file__)
+
+
+def test_wide_registers_only_in_their_own_paths():
+    """The glue and the baseline path must run on any x86-64 CPU: no AVX/AVX-512 register
+    may appear outside the avx2/avx512 paths' functions (e.g. a linker merging inline
+    functions of different paths would put them there; csrc/fastweights_cpu_path.h)."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump not found")
+    lib = _loaded_extension()
+    listing = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", str(lib)], capture_output=True,
+                             text=True, timeout=120, check=True).stdout
+    function, wide = "", {}
+    for line in listing.splitlines():
+        if line.endswith(">:"):
+            function = line
+        elif "ymm" in line or "zmm" in line:
+            wide.setdefault(function, set()).add("zmm" if "zmm" in line else "ymm")
+    assert any("cpu_avx512" in f for f in wide), "the avx512 path uses no 512-bit registers"
+    assert any("cpu_avx2" in f for f in wide), "the avx2 path uses no 256-bit registers"
+    outside = [f for f, regs in wide.items() if "cpu_avx512" not in f and not ("cpu_avx2" in f and regs == {"ymm"})]
+    assert outside == [], f"wide registers outside their paths: {outside[:5]}"
+
+
+def _kernels_json(env_value: str) -> tuple[dict, str]:
+    proc = crnn_process(dict(os.environ, CRNN_CPU_CAPABILITY=env_value), "kernels", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_capability_variable_forces_a_lower_path_and_ignores_others_with_a_warning():
+    _loaded_extension()
+    forced, err = _kernels_json("baseline")
+    assert forced["build_info"]["cpu_isa"] == "baseline" and "cpu path baseline" in forced["reason"]
+    assert err.strip() == ""
+    best = forced["build_info"]["cpu_path_best"]
+    bogus, err = _kernels_json("avx1024")
+    assert bogus["build_info"]["cpu_isa"] == best
+    assert "CRNN_CPU_CAPABILITY=avx1024 ignored: no CPU path 'avx1024' was compiled" in err
+    assert "Traceback" not in err
+
+
+def test_select_cpu_path_refuses_unknown_paths():
+    from crnn_plugins import fastweights_fused as ff
+
+    _loaded_extension()
+    with pytest.raises(ValueError, match="no CPU path 'sse9' was compiled"):
+        ff.select_cpu_path("sse9")
+    best = ff.build_info()["cpu_path_best"]
+    assert ff.select_cpu_path("baseline") == "baseline" and ff.build_info()["cpu_isa"] == "baseline"
+    assert "cpu path baseline" in ff.load_status()[1]
+    assert ff.select_cpu_path(None) == best

@@ -15,7 +15,8 @@ Each line of a ```bash block is executed, in order, in a scratch directory:
   CUDA, the ``crnn`` command itself must refuse with the one-line CUDA error.
 * ``python benchmarks/...`` lines run as scripts, on a partial epoch.
 * ``pip install`` and ``bash .ci/run`` lines are what CI runs: the test checks that .ci/run runs
-  the same installs and ends with the README's test command.
+  the same installs and ends with the README's test command. ``pip wheel`` and ``pip install
+  X.whl`` lines are what tests/test_wheel.py runs: it must use the same pip options.
 
 The tour in docs/cli.md is run verbatim by tests/test_docs.py and skipped here. Inline spans such
 as `crnn sample --steps` are checked against the CLI: the command exists and has each option.
@@ -255,6 +256,15 @@ def check_install_line(args: list[str], line: str) -> None:
     pytest.fail(f"{line}: .ci/run does not run this install")
 
 
+def check_wheel_line(args: list[str], line: str) -> None:
+    """`pip wheel [flags] .` / `pip install X.whl` in the docs: tests/test_wheel.py builds or installs
+    the wheel with the same pip options (it runs in CI, marked slow)."""
+    source = (ROOT / "tests" / "test_wheel.py").read_text()
+    assert f'"{args[1]}"' in source, f"{line}: tests/test_wheel.py runs no `pip {args[1]}`"
+    missing = [a for a in args[2:] if a.startswith("-") and f'"{a}"' not in source]
+    assert not missing, f"{line}: tests/test_wheel.py does not use {missing}"
+
+
 def check_ci_script(line: str) -> None:
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     readme = (ROOT / "README.md").read_text()
@@ -277,6 +287,8 @@ def test_documented_commands_run(doc, lines, fixture_runs, docs_plugin, runner, 
                 run_torchrun(args, part, tmp_path, runner)
             elif args[0] == "python" and args[1].startswith("benchmarks/"):
                 run_python_script(args, part, tmp_path)
+            elif args[:2] == ["pip", "wheel"] or (args[:2] == ["pip", "install"] and args[-1].endswith(".whl")):
+                check_wheel_line(args, part)
             elif args[:2] == ["pip", "install"]:
                 check_install_line(args, part)
             elif args[:2] == ["bash", ".ci/run"]:

@@ -25,6 +25,23 @@ LAM, ETA = 0.95, 0.5
 
 pytestmark = pytest.mark.usefixtures("fused_kernel")  # skip or fail as the kernel loads (conftest)
 
+CPU_PATHS = ("baseline", "avx2", "avx512")  # crnn_plugins/cpu_isa.py X86_PATHS
+
+
+@pytest.fixture(params=CPU_PATHS)
+def each_cpu_path(request, fused_kernel):
+    """Run the test once on every compiled CPU path this CPU can execute (docs/kernels.md)."""
+    info = ff.build_info()
+    if request.param not in info["cpu_paths"]:
+        pytest.skip(f"the {request.param} path was not compiled (compiled: {info['cpu_paths']})")
+    if request.param not in info["cpu_paths_runnable"]:
+        pytest.skip(f"this CPU cannot run the {request.param} path")
+    assert ff.select_cpu_path(request.param) == request.param
+    try:
+        yield request.param
+    finally:
+        ff.select_cpu_path(None)  # back to the best path for the other tests
+
 
 def make_inputs(B=3, T=5, H=7, dtype=torch.float64, seed=0, a0_scale=0.2, device="cpu"):
     g = torch.Generator().manual_seed(seed)
@@ -68,6 +85,7 @@ def assert_grads_close(ref, got, rtol, what=""):
         assert err <= rtol, f"{what} d{name}: relative error {err:.2e} > {rtol:.0e}"
 
 
+@pytest.mark.usefixtures("each_cpu_path")
 @pytest.mark.parametrize("S", [1, 3])
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_parity_float64(S, act):
@@ -77,6 +95,7 @@ def test_parity_float64(S, act):
     assert_grads_close(g_ref, g, 1e-10, f"float64 S={S} {act}")
 
 
+@pytest.mark.usefixtures("each_cpu_path")
 @pytest.mark.parametrize("S", [1, 3])
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_parity_float32(S, act):
@@ -87,6 +106,7 @@ def test_parity_float32(S, act):
     assert_grads_close(g_ref, g, 1e-4, f"float32 S={S} {act}")
 
 
+@pytest.mark.usefixtures("each_cpu_path")
 @pytest.mark.parametrize(
     "B,T,H,S",
     [(2, 1, 16, 1), (2, 1, 5, 3), (1, 3, 256, 1), (2, 2, 256, 3), (2, 4, 130, 2), (5, 25, 3, 1)],
@@ -99,6 +119,7 @@ def test_parity_shapes(B, T, H, S):
     assert_grads_close(g_ref, g, 1e-10, f"B={B} T={T} H={H} S={S}")
 
 
+@pytest.mark.usefixtures("each_cpu_path")
 @pytest.mark.parametrize("B,T,H,S,act,a0", [
     (2, 150, 8, 1, "relu", 0.2),   # chunk length 64: three chunks, the last one partial
     (2, 129, 8, 3, "tanh", 0.3),   # one step into the third chunk, S > 1

@@ -1,0 +1,162 @@
+// The body of one per-ISA translation unit (fastweights_cpu_<isa>.cpp): the CPU kernel
+// compiled for the -march that file is built with, behind a `CpuPath` table
+// (fastweights_cpu_dispatch.h). Include it once, after defining
+//   CRNN_CPU_PATH_NS    a namespace name unique to the instruction set (cpu_avx2, ...)
+//   CRNN_CPU_PATH_NAME  the path's name as `crnn kernels` shows it ("avx2", ...)
+//   CRNN_CPU_PATH_TABLE the table's name (kCpuPathAvx2, ...)
+//
+// Why the namespace: the kernel's functions are inline templates, and the linker keeps
+// ONE copy of each inline function of a given name for the whole library. Without a
+// namespace per instruction set, the AVX-512 copy of e.g. cpu::forward_example could
+// replace the baseline one and crash a CPU without AVX-512. The kernel header is left
+// as it is: its namespace `cpu` is renamed for this translation unit by a macro (the
+// headers it includes are included first, so the macro reaches only the kernel).
+// Standard-library inline functions are shared the same way: the extension links the
+// glue and the baseline object first (crnn_plugins/cpu_isa.py), so where several
+// objects define one, the linker keeps the copy built for the lowest instruction set.
+#pragma once
+
+#if !defined(CRNN_CPU_PATH_NS) || !defined(CRNN_CPU_PATH_NAME) || !defined(CRNN_CPU_PATH_TABLE)
+#error "define CRNN_CPU_PATH_NS, CRNN_CPU_PATH_NAME and CRNN_CPU_PATH_TABLE before including fastweights_cpu_path.h"
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include "fastweights_cpu_dispatch.h"
+#include "fastweights_params.h"
+
+#define cpu CRNN_CPU_PATH_NS
+#include "fastweights_cpu_kernel.h"
+#undef cpu
+
+namespace crnn {
+namespace CRNN_CPU_PATH_NS {
+namespace {
+
+// The per-call read-only inputs of the kernel (`Shared`): W (transposed for the forward)
+// gamma and beta padded to the vector width of this path, the powers of lam and the
+// decay table.
+template <typename T>
+struct SharedBuffers {
+  std::vector<T> WTp, Wp, gamma, beta, mask, lam_pow, decay;
+  Shared<T> sh;
+
+  SharedBuffers(const T* w, const T* g, const T* bt, int64_t B, int64_t Tn, int64_t H, int64_t S,
+                double lam, double eta, double eps, bool forward) {
+    const int64_t Hp = padded<T>(H);
+    if (forward) {
+      WTp.assign(H * Hp, T(0));
+      for (int64_t j = 0; j < H; ++j)
+        for (int64_t i = 0; i < H; ++i) WTp[j * Hp + i] = w[i * H + j];
+    } else {
+      Wp.assign(H * Hp, T(0));
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < H; ++j) Wp[i * Hp + j] = w[i * H + j];
+    }
+    gamma.assign(Hp, T(0));
+    beta.assign(Hp, T(0));
+    mask.assign(Hp, T(0));
+    for (int64_t i = 0; i < H; ++i) {
+      gamma[i] = g[i];
+      mask[i] = T(1);
+    }
+    if (bt)
+      for (int64_t i = 0; i < H; ++i) beta[i] = bt[i];
+    std::vector<double> lp(Tn + 1);
+    double l = 1.0;
+    for (int64_t k = 0; k <= Tn; ++k) {
+      lp[k] = l;
+      l *= lam;
+    }
+    lam_pow.assign(lp.begin(), lp.end());
+    const int64_t Tp = padded<T>(Tn + 1);
+    decay.assign(Tn + vec_len<T>() + kSlack, T(0));  // see coef_row
+    for (int64_t j = 0; j < Tn; ++j) decay[j] = static_cast<T>(eta * lp[Tn - 1 - j]);
+    sh.B = B;
+    sh.T_len = Tn;
+    sh.H = H;
+    sh.Hp = Hp;
+    sh.S = S;
+    sh.Tp = Tp;
+    sh.lam = static_cast<T>(lam);
+    sh.eta = static_cast<T>(eta);
+    sh.eps = static_cast<T>(eps);
+    sh.WTp = WTp.empty() ? nullptr : WTp.data();
+    sh.Wp = Wp.empty() ? nullptr : Wp.data();
+    sh.gamma = gamma.data();
+    sh.beta = beta.data();
+    sh.mask = mask.data();
+    sh.lam_pow = lam_pow.data();
+    sh.decay = decay.data();
+    sh.chunk = chunk_length(H);
+  }
+};
+
+// One call's data for the examples [b0, b1) that at::parallel_for gives a thread.
+template <typename T, typename Params>
+struct Call {
+  const Shared<T>* sh;
+  const Params* io;
+};
+
+// The forward (Params = FwdParams<T>) or backward of the examples [b0, b1), with scratch
+// buffers of this thread.
+template <typename T, typename Params>
+void run_range(void* ctx, int64_t b0, int64_t b1) {
+  constexpr bool kForward = std::is_same_v<Params, FwdParams<T>>;
+  const auto& c = *static_cast<const Call<T, Params>*>(ctx);
+  std::conditional_t<kForward, FwdScratch<T>, BwdScratch<T>> ws;
+  ws.init(*c.sh);
+  for (int64_t b = b0; b < b1; ++b) {
+    if constexpr (kForward) {
+      if (c.io->act == kRelu)
+        forward_example<kRelu, T>(*c.sh, *c.io, b, ws);
+      else
+        forward_example<kTanh, T>(*c.sh, *c.io, b, ws);
+    } else {
+      if (c.io->act == kRelu)
+        backward_example<kRelu, T>(*c.sh, *c.io, b, ws);
+      else
+        backward_example<kTanh, T>(*c.sh, *c.io, b, ws);
+    }
+  }
+}
+
+template <typename T>
+void fwd(const FwdParams<T>& io, ParallelFor parallel) {
+  SharedBuffers<T> buf(io.W, io.gamma, io.beta, io.B, io.T_len, io.H, io.S, io.lam, io.eta, io.eps,
+                       /*forward=*/true);
+  buf.sh.a_update = io.a_update;
+  Call<T, FwdParams<T>> call{&buf.sh, &io};
+  parallel(io.B, &call, &run_range<T, FwdParams<T>>);
+}
+
+template <typename T>
+void bwd(const BwdParams<T>& io, ParallelFor parallel) {
+  SharedBuffers<T> buf(io.W, io.gamma, nullptr, io.B, io.T_len, io.H, io.S, io.lam, io.eta, 1e-5,
+                       /*forward=*/false);
+  buf.sh.a_update = io.a_update;
+  Call<T, BwdParams<T>> call{&buf.sh, &io};
+  parallel(io.B, &call, &run_range<T, BwdParams<T>>);
+}
+
+}  // namespace
+}  // namespace CRNN_CPU_PATH_NS
+
+extern const CpuPath CRNN_CPU_PATH_TABLE = {
+    CRNN_CPU_PATH_NAME,
+    &CRNN_CPU_PATH_NS::fwd<float>,
+    &CRNN_CPU_PATH_NS::fwd<double>,
+    &CRNN_CPU_PATH_NS::bwd<float>,
+    &CRNN_CPU_PATH_NS::bwd<double>,
+};
+
+}  // namespace crnn
