@@ -25,7 +25,8 @@ from .options import describe, parse_overrides
 from .plugins import PluginSystem, get_plugins
 from .run import RunConfig, RunDirWriter
 from .rundir import default_run_dir, is_run_dir, standard_json
-from .train import Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
+from .loggers import loggers_for, require_loggers
+from .train import LOGGERS, Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
 
 LIST_KINDS = [kind.plural for kind in KINDS]
 
@@ -94,6 +95,7 @@ Examples:
   crnn run --cell fastweights --init zero --task art --epochs 3 --set task.train_size=5000 --set cell.inner_steps=2
   crnn run --cell lstm --init free --task art --set init.noise=0.1 --out runs/free
   crnn run --resume runs/free --epochs 20
+  crnn run --task lcd --init learned --log tensorboard --out runs/lcd   # then: tensorboard --logdir runs
 """
 
 
@@ -113,6 +115,8 @@ Examples:
 @click.option("--force", is_flag=True, help="overwrite a run already in --out")
 @click.option("--early-stop/--no-early-stop", default=None, help="stop at the task's target (ART: 100% validation accuracy)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar or per-epoch log on stderr")
+@click.option("--log", "log", multiple=True, type=click.Choice(LOGGERS),
+              help="also log to this (repeatable; sets train.loggers; tensorboard needs pip install 'crnn[tensorboard]')")
 def run(
     cell: str | None,
     init_name: str | None,
@@ -129,10 +133,12 @@ def run(
     force: bool,
     early_stop: bool | None,
     quiet: bool,
+    log: tuple[str, ...],
 ) -> None:
     """Train a model; print a JSON summary on stdout."""
     plugins = get_plugins()
-    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "early_stop": early_stop}
+    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "early_stop": early_stop,
+             "loggers": ",".join(dict.fromkeys(log)) or None}
     if resume is not None:
         given = [name for name, value in (("--cell", cell), ("--init", init_name), ("--task", task), ("--context", context),
                                           ("--out", out), ("--batch-size", batch_size), ("--lr", lr), ("--seed", seed)) if value is not None]
@@ -144,6 +150,7 @@ def run(
         config.train = train_config_from(dataclasses.asdict(config.train), flags, {})
     else:
         config = _new_run_config(plugins, cell, init_name, task, context, flags, overrides)
+    require_loggers(config.train)  # a missing extra stops the run before its directory is written
     import torch
 
     dist = distributed.setup(config.train.device)  # joins the process group under torchrun, else a no-op
@@ -159,7 +166,8 @@ def run(
          + (f", {dist.world_size} processes ({dist.backend})" if dist.enabled else ""))
     try:
         with StopOnSignal() as stop:
-            summary = fit(built.model, built.task, config.train, callbacks=[writer, stop, *_progress(quiet, config.train)])
+            loggers = loggers_for(writer.run_dir, config.train, config.to_json()) if dist.is_main else []
+            summary = fit(built.model, built.task, config.train, callbacks=[writer, stop, *loggers, *_progress(quiet, config.train)])
     except BaseException as exc:
         distributed.teardown(synchronise=isinstance(exc, CrnnError))  # CrnnErrors in fit() happen on every rank
         if isinstance(exc, CrnnError) and not dist.is_main:
