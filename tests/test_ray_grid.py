@@ -43,10 +43,10 @@ def grid(out: Path, *extra: str) -> subprocess.Popen:
 
 
 def kill_worker_after_first_epoch(proc: subprocess.Popen, run: Path, timeout: float = 300) -> int:
-    """kill -9 the Ray worker whose `crnn run` child writes ``run``, once it finished an epoch; its pid."""
+    """kill -9 the Ray worker whose `crnn run` child writes ``run``, once it saved an epoch; its pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().count("\n") >= 1:
+        if (run / "checkpoints" / "last.pt").is_file():  # epoch 1 is saved: a resume continues from it at least
             fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 child = _lock_holder(fd)  # the `crnn run` process that holds the run directory
