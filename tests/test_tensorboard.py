@@ -150,3 +150,15 @@ def test_the_python_api_takes_the_logger_as_a_callback(tmp_path):
     acc.Reload()
     assert [e.step for e in acc.Scalars("val/loss")] == [2, 4] and summary["steps"] == 4
     assert acc.Scalars("val/loss")[-1].value == f32(summary["final"]["loss"])
+
+
+def test_log_may_be_added_when_resuming_and_is_recorded(runner, tmp_path):
+    out = tmp_path / "run"
+    args = [arg if arg != "3" else "1" for arg in ART]  # one epoch first
+    assert invoke(runner, [*args, "--out", str(out)]).exit_code == 0
+    result = invoke(runner, ["run", "--resume", str(out), "--epochs", "2", "--log", "tensorboard", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["train"]["loggers"] == "tensorboard"
+    curves = scalars(events(out))
+    assert [s for s, _ in curves["val/loss"]] == [2 * STEPS_PER_EPOCH]  # the curves start at the checkpoint
+    assert [s for s, _ in curves["train/loss"]] == list(range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1))
