@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .errors import CheckpointError, ConfigError, CrnnError, PluginError
     from .hookspecs import hookimpl
     from .init_strategy import InitStrategy
+    from .loggers import TensorBoardLogger
     from .model import Built, ModelSpec, TaskModel, build_model
     from .options import NoOptions, option, require
     from .plugins import PluginSystem, get_plugins
@@ -48,6 +49,7 @@ _EXPORTS = {
     "CheckpointError": "errors", "ConfigError": "errors", "CrnnError": "errors", "PluginError": "errors",
     "hookimpl": "hookspecs",
     "InitStrategy": "init_strategy",
+    "TensorBoardLogger": "loggers",
     "Built": "model", "ModelSpec": "model", "TaskModel": "model", "build_model": "model",
     "NoOptions": "options", "option": "options", "require": "options",
     "PluginSystem": "plugins", "get_plugins": "plugins",

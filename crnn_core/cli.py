@@ -26,7 +26,8 @@ from .options import describe, parse_overrides
 from .plugins import PluginSystem, get_plugins
 from .run import RunConfig, RunDirWriter, component_provenance
 from .rundir import default_run_dir, is_run_dir, standard_json
-from .train import Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
+from .loggers import loggers_for, require_loggers
+from .train import LOGGERS, Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
 
 LIST_KINDS = [kind.plural for kind in KINDS]
 
@@ -97,6 +98,7 @@ Examples:
   crnn run --resume runs/free --epochs 20
   crnn run --config examples/configs/lcd-learned.toml --epochs 10 --out runs/lcd
   crnn run --config runs/lcd/config.json --set train.seed=1 --print-config > lcd-seed1.json
+  crnn run --task lcd --init learned --log tensorboard --out runs/lcd   # then: tensorboard --logdir runs
 """
 
 
@@ -120,6 +122,8 @@ Examples:
               help="a config file (.toml or .json; a run's config.json replays it); flags and --set override it")
 @click.option("--print-config", type=click.Choice(["auto", "toml", "json"]), is_flag=False, flag_value="auto",
               help="print the resolved configuration and exit without running; auto (the default): the --config file's format, else TOML")
+@click.option("--log", "log", multiple=True, type=click.Choice(LOGGERS),
+              help="also log to this (repeatable; sets train.loggers; tensorboard needs pip install 'crnn[tensorboard]')")
 def run(
     cell: str | None,
     init_name: str | None,
@@ -138,10 +142,12 @@ def run(
     quiet: bool,
     config_file: Path | None,
     print_config: str | None,
+    log: tuple[str, ...],
 ) -> None:
     """Train a model; print a JSON summary on stdout."""
     plugins = get_plugins()
-    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "early_stop": early_stop}
+    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "early_stop": early_stop,
+             "loggers": ",".join(dict.fromkeys(log)) or None}
     if resume is not None:
         given = [name for name, value in (("--cell", cell), ("--init", init_name), ("--task", task), ("--context", context),
                                           ("--out", out), ("--batch-size", batch_size), ("--lr", lr), ("--seed", seed),
@@ -160,6 +166,7 @@ def run(
         fmt = print_config if print_config != "auto" else (config_file.suffix.lower().lstrip(".") if config_file else "toml")
         click.echo(dumps(resolved_document(resolved, config.train), fmt), nl=False)
         return
+    require_loggers(config.train)  # a missing extra stops the run before its directory is written
     import torch
 
     dist = distributed.setup(config.train.device)  # joins the process group under torchrun, else a no-op
@@ -175,7 +182,8 @@ def run(
          + (f", {dist.world_size} processes ({dist.backend})" if dist.enabled else ""))
     try:
         with StopOnSignal() as stop:
-            summary = fit(built.model, built.task, config.train, callbacks=[writer, stop, *_progress(quiet, config.train)])
+            loggers = loggers_for(writer.run_dir, config.train, config.to_json()) if dist.is_main else []
+            summary = fit(built.model, built.task, config.train, callbacks=[writer, stop, *loggers, *_progress(quiet, config.train)])
     except BaseException as exc:
         distributed.teardown(synchronise=isinstance(exc, CrnnError))  # CrnnErrors in fit() happen on every rank
         if isinstance(exc, CrnnError) and not dist.is_main:

@@ -135,6 +135,14 @@ def import_pyplot_figure() -> Any:
 
 
 def write_png(result: Rollout, path: Path, title: str) -> None:
+    """:func:`rollout_figure` as a PNG file."""
+    fig = rollout_figure(result, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
+
+
+def rollout_figure(result: Rollout, title: str) -> Any:
     """The samples as thin lines and the true curve as a thick dashed one, one panel per feature (Figure 6)."""
     Figure = import_pyplot_figure()
     features = len(result.names)
@@ -152,9 +160,7 @@ def write_png(result: Rollout, path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
     axes[0].set_title(title, fontsize="medium")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
+    return fig
 
 
 SAMPLE_EXAMPLES = """

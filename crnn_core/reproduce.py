@@ -3,9 +3,9 @@
 An :class:`Experiment` is registered by a plugin's ``register_experiments`` hook (the
 built-in ``art`` and ``lcd`` grids live in a plugin like any other).
 
-Each run of a grid is a ``crnn run`` subprocess writing ``<out>/<init>_s<seed>/``; with
-``--jobs J`` up to J run at once, each pinned to its share of the CPU cores (and as many
-torch threads). Re-running the same command skips finished runs and resumes the
+Each run of a grid is a ``crnn run`` subprocess writing ``<out>/<init>_s<seed>/`` (:func:`execute`);
+with ``--jobs J`` up to J run at once, each pinned to its share of the CPU cores (and as many
+torch threads); with ``--executor ray`` each is a Ray task (crnn_core/ray_grid.py). Re-running the same command skips finished runs and resumes the
 interrupted ones from their ``last.pt``. Figures and a markdown table are written to
 ``<out>/`` at the end (or alone with ``--report-only``).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import time
@@ -25,10 +26,11 @@ from typing import Any, Callable
 
 import click
 
-from .errors import ConfigError
+from .errors import ConfigError, CrnnError
+from .options import parse_overrides
 from .plot import _stats, collect, default_logy, draw
 from .plugins import get_plugins
-from .rundir import is_run_dir, read_json, read_metrics, write_json
+from .rundir import is_run_dir, read_json, read_metrics, wait_until_unlocked, write_json
 
 
 @dataclass(frozen=True)
@@ -92,23 +94,40 @@ def core_groups(jobs: int) -> list[set[int]]:
     return [set(cores[i::jobs]) for i in range(jobs)]
 
 
-def execute(run: GridRun, epochs: int, cores: set[int]) -> dict[str, Any]:
-    """Run (or resume) one grid run pinned to ``cores``; returns its summary."""
+#: How long a grid run waits for an earlier attempt of itself (a killed worker's) to release its directory.
+LOCK_WAIT_SECONDS = 120.0
+
+
+class RunKilled(CrnnError):
+    """A grid run's ``crnn run`` process was killed by a signal; its run directory keeps the last
+    checkpoint, so running it again resumes it (the Ray executor retries it)."""
+
+
+def execute(run: GridRun, epochs: int, threads: int, cores: set[int] | None = None) -> dict[str, Any]:
+    """Run (or resume) one grid run: a ``crnn run`` process with ``threads`` torch threads, pinned to
+    ``cores`` when given; writes and returns its summary. The one job of every executor (the local
+    pool and a Ray task). Raises :class:`RunKilled` when the process dies of a signal."""
+    if not wait_until_unlocked(run.path, LOCK_WAIT_SECONDS):
+        raise ConfigError(f"grid run {run.path} is still in use by another process after {LOCK_WAIT_SECONDS:.0f}s")
     if is_run_dir(run.path) and (run.path / "checkpoints" / "last.pt").is_file():
         args = ["run", "--resume", str(run.path), "--epochs", str(epochs), "-q"]
     else:
-        args = [*run.args, "--force", "--set", f"train.threads={len(cores)}"]
+        args = [*run.args, "--force", "--set", f"train.threads={threads}"]
+    die_with_parent = _parent_death_signal()
 
-    def pin() -> None:
-        if hasattr(os, "sched_setaffinity"):
+    def prepare() -> None:  # in the child, before exec
+        die_with_parent()
+        if cores is not None and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, cores)
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(len(cores)))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     started = time.time()
     proc = subprocess.run([sys.executable, "-m", "crnn_core", *args], capture_output=True, text=True,
-                          preexec_fn=pin, env=env)
+                          preexec_fn=prepare, env=env)
     if proc.returncode != 0:
         reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if proc.returncode < 0 or proc.returncode - 128 in KILLING_SIGNALS:
+            raise RunKilled(f"grid run {run.path} was killed (exit {proc.returncode}); run the grid again to resume it: {reason}")
         raise ConfigError(f"grid run {run.path} failed (exit {proc.returncode}): {reason}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     summary["process_seconds"] = round(time.time() - started, 1)
@@ -116,20 +135,57 @@ def execute(run: GridRun, epochs: int, cores: set[int]) -> dict[str, Any]:
     return summary
 
 
-def run_grid(runs: list[GridRun], epochs: int, jobs: int) -> None:
+#: Signals whose exit status (128 + n) means the run was stopped from outside, not that it failed.
+KILLING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGHUP)
+
+
+def _parent_death_signal() -> Callable[[], None]:
+    """A function for the child (``preexec_fn``) that asks Linux for SIGTERM when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``): a ``crnn run`` whose worker was killed saves ``last.pt`` and frees
+    its run directory instead of running on as an orphan. A no-op elsewhere. libc is loaded here,
+    in the parent, so the child only calls it."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+
+
+def _announce(runs: list[GridRun], todo: list[GridRun], how: str) -> None:
+    click.echo(f"crnn reproduce: {len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to go {how}", err=True)
+
+
+def report_done(run: GridRun, summary: dict[str, Any]) -> None:
+    """The progress line of a finished grid run (stderr)."""
+    click.echo(f"  done  {run.path.name}: {summary['epochs']} epochs, {summary['wall_time']:.0f}s training", err=True)
+
+
+def run_grid(runs: list[GridRun], epochs: int, jobs: int, executor: str = "local", address: str | None = None,
+             threads: int = 1) -> None:
+    """Run the unfinished ``runs``: ``jobs`` pinned processes here (``local``), or Ray tasks of
+    ``threads`` CPUs each (``ray``: on the cluster at ``address``, else an embedded Ray of
+    ``jobs * threads`` CPUs)."""
+    todo = [r for r in runs if not is_finished(r, epochs)]
+    if executor == "ray":
+        from .ray_grid import run_on_ray
+
+        cpus = None if address else jobs * threads
+        _announce(runs, todo, f"on Ray ({address or f'embedded, {cpus} CPUs'}), {threads} CPU(s) each")
+        if todo:
+            run_on_ray(todo, epochs, threads, address, cpus, report_done)
+        return
     groups: queue.Queue[set[int]] = queue.Queue()
     for group in core_groups(jobs):
         groups.put(group)
-    todo = [r for r in runs if not is_finished(r, epochs)]
-    click.echo(f"crnn reproduce: {len(runs) - len(todo)} of {len(runs)} runs already finished; "
-               f"{len(todo)} to go with {groups.qsize()} job(s)", err=True)
+    _announce(runs, todo, f"with {groups.qsize()} job(s)")
 
     def work(run: GridRun) -> None:
         cores = groups.get()
         try:
             click.echo(f"  start {run.path.name} on cores {sorted(cores)}", err=True)
-            summary = execute(run, epochs, cores)
-            click.echo(f"  done  {run.path.name}: {summary['epochs']} epochs, {summary['wall_time']:.0f}s training", err=True)
+            report_done(run, execute(run, epochs, len(cores), cores))
         finally:
             groups.put(cores)
 
@@ -163,6 +219,16 @@ def grid_settings(out: Path, settings: dict[str, Any], resume: bool) -> dict[str
         raise ConfigError(f"{out} holds a grid with other settings ({differ}); continue it with --resume "
                           "or choose another --out")
     return settings
+def grid_threads(overrides: tuple[str, ...]) -> int:
+    """The torch threads of each run on Ray: ``--set train.threads=N`` (default 1)."""
+    value = parse_overrides(overrides)["train"].get("threads", "1")
+    try:
+        threads = int(value)
+    except ValueError:
+        raise ConfigError(f"train.threads: expected an integer, got '{value}'") from None
+    if threads <= 0:
+        raise ConfigError(f"train.threads must be positive for --executor ray (the CPUs each run asks for), got {threads}")
+    return threads
 
 
 def mean_std(values: list[float]) -> str:
@@ -211,6 +277,8 @@ Examples:
   crnn reproduce art --seeds 3 --jobs 2 --early-stop --out runs/reproduce-art
   crnn reproduce art --variant authors --seeds 5 --early-stop --out runs/art-authors
   crnn reproduce art --out runs/art-authors --resume --epochs 60   # continue a grid as recorded
+  crnn reproduce art --seeds 3 --jobs 2 --executor ray                 # the same grid as Ray tasks
+  crnn reproduce lcd --seeds 10 --executor ray --address head:6379 --out /shared/runs/lcd
   crnn reproduce lcd --seeds 3 --jobs 2
   crnn reproduce art --seeds 1 --epochs 2 --set task.train_size=2000 --out /tmp/quick
   crnn reproduce art --out runs/reproduce-art --report-only   # redraw from finished runs
@@ -224,15 +292,20 @@ Examples:
 @click.option("--epochs", type=int, help="epochs per run  [default: the experiment's]")
 @click.option("--inits", help="comma-separated subset of the init strategies to run")
 @click.option("--out", type=click.Path(path_type=Path), help="grid directory  [default: runs/reproduce-<experiment>]")
-@click.option("--jobs", type=int, default=1, show_default=True, help="runs at once, each pinned to its share of the cores")
 @click.option("--early-stop/--no-early-stop", default=None, help="stop each run at its task's early-stop target  [default: no]")
+@click.option("--jobs", type=int, help="runs at once on this machine, each pinned to its share of the cores "
+              "(embedded Ray: jobs x train.threads CPUs)  [default: 1]")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: a process pool here; ray: one Ray task per run (pip install 'crnn[ray]', docs/ray.md)")
+@click.option("--address", help="with --executor ray: the Ray cluster to use (e.g. head:6379 or auto)  [default: an embedded Ray]")
 @click.option("--set", "overrides", multiple=True, metavar="SCOPE.KEY=VALUE", help="extra option for every run (e.g. cell.backend=fused)")
 @click.option("--variant", help="a named preset of options for every run (see --list), e.g. authors")
 @click.option("--resume", is_flag=True, help="continue the grid in --out with its recorded variant, options and early stop")
 @click.option("--report-only", is_flag=True, help="only redraw figures and the table from the runs on disk")
 @click.option("--list", "list_only", is_flag=True, help="list the registered experiments as JSON and exit")
 def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, inits: str | None, out: Path | None,
-                      jobs: int, early_stop: bool | None, overrides: tuple[str, ...], variant: str | None, resume: bool,
+                      jobs: int | None, early_stop: bool | None, executor: str, address: str | None,
+                      overrides: tuple[str, ...], variant: str | None, resume: bool,
                       report_only: bool, list_only: bool) -> None:
     """Run a registered experiment grid (see --list; plugins add them) and write its figures and table.
 
@@ -249,8 +322,16 @@ def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, in
     if experiment not in experiments:
         raise ConfigError(f"unknown experiment '{experiment}' (choose from {', '.join(sorted(experiments))})")
     exp = experiments[experiment]
-    if seeds <= 0 or jobs <= 0 or (epochs is not None and epochs <= 0):
+    if seeds <= 0 or (jobs is not None and jobs <= 0) or (epochs is not None and epochs <= 0):
         raise ConfigError("--seeds, --jobs and --epochs must be positive")
+    if address is not None and executor != "ray":
+        raise ConfigError("--address names a Ray cluster: it needs --executor ray")
+    if address is not None and jobs is not None:
+        raise ConfigError("--jobs sizes this machine's share; with --address the Ray cluster's CPUs decide how many runs go at once")
+    if executor == "ray" and not report_only:
+        from .ray_grid import import_ray
+
+        import_ray()  # a missing extra stops here, before any directory is made
     chosen = [i.strip() for i in inits.split(",")] if inits else list(exp.inits)
     unknown = [i for i in chosen if i not in exp.inits]
     if unknown:
@@ -268,14 +349,17 @@ def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, in
         settings = read_json(out / GRID_FILE) if (out / GRID_FILE).is_file() else requested
     else:
         settings = grid_settings(out, requested, resume)
+    if executor == "ray":
+        out = out.absolute()  # Ray workers do not share this process's working directory
     out.mkdir(parents=True, exist_ok=True)
     if not report_only and not (out / GRID_FILE).is_file():
         write_json(out / GRID_FILE, settings)
     extra = (*exp.variants.get(settings.get("variant") or "", ()), *settings.get("overrides", []))
+    threads = grid_threads(extra) if executor == "ray" else 1
     runs = plan(exp, chosen, seeds, epochs, out, bool(settings.get("early_stop")), extra)
     started = time.time()
     if not report_only:
-        run_grid(runs, epochs, jobs)
+        run_grid(runs, epochs, jobs or 1, executor, address, threads)
     result = report(exp, runs, chosen, out)
     result["grid_seconds"] = round(time.time() - started, 1)
     click.echo(json.dumps(result))

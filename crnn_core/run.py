@@ -37,7 +37,7 @@ from .options import build_options
 from .train import Callback, Loop, TrainConfig, TrainState
 
 #: TrainConfig fields that may change when a run is resumed (they do not change its results).
-RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "threads", "eval_batch_size")
+RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "threads", "eval_batch_size", "loggers", "figure_every")
 
 
 @dataclass

@@ -189,6 +189,30 @@ def lock_run_dir(path: Path) -> RunLock:
     return lock
 
 
+def wait_until_unlocked(path: Path, timeout: float) -> bool:
+    """Wait until no process holds ``path``'s writer lock (at most ``timeout`` s); True once it is free.
+
+    A grid run retried after its worker died starts while the dying ``crnn run`` may
+    still be saving ``last.pt`` (it got SIGTERM); the retry waits for it instead of
+    failing as a second writer. A directory that does not exist is free.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+        finally:
+            os.close(fd)  # releases a lock taken here at once
+        time.sleep(0.2)
+
+
 def held_lock(path: Path) -> RunLock | None:
     """The lock this process holds on the run directory that contains ``path`` (file or directory)."""
     for candidate in (path, path.parent, path.parent.parent):

@@ -35,6 +35,9 @@ from .task import Batch, Task
 #: seeds derive others from it (seed * 1_000_003 + epoch), which must stay in range.
 MAX_SEED = 2**32 - 1
 
+#: The loggers that ``train.loggers`` (``crnn run --log``) may name; crnn_core/loggers.py has them.
+LOGGERS = ("tensorboard",)
+
 
 @dataclass
 class TrainConfig:
@@ -55,6 +58,10 @@ class TrainConfig:
     lr_decay_factor: float = option(0.1, "factor applied to lr at each epoch of lr_decay_at")
     report_train_metrics: bool = option(False, "also evaluate the training set at each epoch's end (metrics.jsonl "
                                                "train_metrics), to tell optimisation from generalisation errors")
+    loggers: str = option("", "loggers `crnn run` adds beside metrics.jsonl, comma-separated: tensorboard "
+                              "(pip install 'crnn[tensorboard]'; the same as --log tensorboard)")
+    figure_every: int = option(5, "with a logger: a figure of generated samples every this many epochs, "
+                                  "for tasks that generate (LCD); 0: none")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -65,6 +72,8 @@ class TrainConfig:
         cpus = os.cpu_count() or 1
         require(self.threads is None or 0 < self.threads <= cpus,
                 f"threads must be between 1 and this machine's {cpus} CPUs, got {self.threads}")
+        require(self.figure_every >= 0, f"figure_every must be 0 (no figures) or positive, got {self.figure_every}")
+        self.logger_names()  # an unknown name is refused here
         require(0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED} (2^32 - 1), got {self.seed}")
         require(0 < self.lr_decay_factor <= 1, f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
         _ = self.decay_epochs  # raises ValueError for a malformed lr_decay_at
@@ -85,6 +94,14 @@ class TrainConfig:
     def lr_at(self, epoch: int) -> float:
         """The learning rate of epoch ``epoch`` (0-based: epochs finished before it)."""
         return self.lr * self.lr_decay_factor ** sum(1 for e in self.decay_epochs if e <= epoch)
+
+    def logger_names(self) -> list[str]:
+        """``loggers`` as a list of :data:`LOGGERS` names (``ValueError`` naming an unknown one)."""
+        names = [name.strip() for name in self.loggers.split(",") if name.strip()]
+        for name in names:
+            require(name in LOGGERS, f"loggers: unknown logger '{name}' (choose from {', '.join(LOGGERS)}; "
+                                     "metrics.jsonl is always written)")
+        return names
 
 
 class Interrupted(CrnnError):
@@ -132,6 +149,7 @@ class Loop:
     stopped_early: bool = False  # set at an epoch's end (the task's target, or a callback) to end training cleanly
     last_record: dict[str, Any] | None = None  # the latest validation record (rank 0)
     stop_signal: int = 0  # a signal number set by a callback (StopOnSignal): Interrupted after this step
+    step_loss: float = math.nan  # the global batch's loss at the latest step (NaN/inf when it was not finite)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -353,6 +371,7 @@ def _step(loop: Loop, net: nn.Module, index: torch.Tensor) -> bool:
         loss = loss * weight
     loop.optimizer.zero_grad(set_to_none=True)
     loss_value = loop.dist.global_loss(loss)  # the global batch's loss, the same on every rank
+    loop.step_loss = loss_value
     finite = math.isfinite(loss_value)
     if finite:
         loss.backward()

@@ -53,9 +53,12 @@ PYTHON_API_SHRINK = [
 def test_python_api_examples_run(tmp_path, monkeypatch, thread_count_kept, fresh_plugins):
     """Every ```python block of docs/python-api.md runs, in order, in one namespace (shrunk to test size)."""
     blocks = python_blocks(DOCS / "python-api.md")
-    assert len(blocks) == 6  # the import line and the five worked examples
+    assert len(blocks) == 7  # the import line, the five worked examples and the TensorBoard logger
     has_safetensors = importlib.util.find_spec("safetensors") is not None
-    source = "\n".join(blocks if has_safetensors else blocks[:-1])  # 5 needs the optional extra
+    optional = {"TensorBoardLogger": importlib.util.find_spec("tensorboard") is not None,
+                "export_safetensors": has_safetensors}  # examples of optional extras run where installed
+    blocks = [block for block in blocks if all(ok or name not in block for name, ok in optional.items())]
+    source = "\n".join(blocks)
     for documented, shrunk in PYTHON_API_SHRINK:
         assert documented in source, f"docs/python-api.md no longer says {documented!r}: update PYTHON_API_SHRINK"
         source = source.replace(documented, shrunk)
@@ -70,6 +73,8 @@ def test_python_api_examples_run(tmp_path, monkeypatch, thread_count_kept, fresh
     assert (tmp_path / "runs" / "lcd-api" / "checkpoints" / "best.pt").is_file()
     assert len((tmp_path / "runs" / "lcd-api" / "metrics.jsonl").read_text().splitlines()) == 2
     assert tuple(namespace["rollout"].samples.shape) == (5, 26, 1)
+    if "logger" in namespace:  # the TensorBoard example wrote its event file beside its run
+        assert next((tmp_path / "runs" / "lcd-tb" / "tensorboard").iterdir()).name.startswith("events.out.tfevents")
     assert set(namespace["h0"]) == {"h", "c"} and namespace["h0"]["h"].shape == (4, 32)
     if not has_safetensors:
         pytest.skip("example 5 needs safetensors (pip install -e '.[safetensors]'; .ci/run installs it)")
