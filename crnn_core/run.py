@@ -36,8 +36,12 @@ from .rundir import (
 from .options import build_options
 from .train import Callback, Loop, TrainConfig, TrainState
 
-#: TrainConfig fields that may change when a run is resumed (they do not change its results).
-RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "threads", "eval_batch_size")
+#: TrainConfig fields that may change when a run is resumed (they do not change its results;
+#: ``compile`` and ``adam_impl`` change them by float rounding only, see crnn_core/step.py).
+RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "threads", "eval_batch_size", "compile", "adam_impl")
+#: TrainConfig fields added after runs were first written, with the value older runs had: at
+#: that value they are left out of the checkpoint identity, so those runs still resume.
+ADDED_LATER = {"precision": "32"}
 
 
 @dataclass
@@ -91,7 +95,8 @@ class RunConfig:
 
 def checkpoint_identity(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a run's ``config.json`` that a checkpoint must match to be resumed."""
-    train_part = {k: v for k, v in config.get("train", {}).items() if k not in RESUMABLE_CHANGES}
+    train_part = {k: v for k, v in config.get("train", {}).items()
+                  if k not in RESUMABLE_CHANGES and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     return {"model": config.get("model"), "train": train_part}
 
 
