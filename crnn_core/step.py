@@ -33,8 +33,9 @@ from .errors import ConfigError
 
 #: The ``train.precision`` choices and the autocast dtype of each (None: no autocast).
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16-mixed": torch.bfloat16}
-#: The ``train.adam_impl`` choices.
-ADAM_IMPLS = ("auto", "for-loop", "foreach", "fused")
+#: The ``train.adam_impl`` choices and ``torch.optim.Adam``'s ``(foreach, fused)`` flags for each.
+ADAM_FLAGS: dict[str, tuple[bool, bool]] = {"auto": (False, True), "for-loop": (False, False),
+                                            "foreach": (True, False), "fused": (False, True)}
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -61,18 +62,17 @@ def precision_context(precision: str, device: torch.device) -> ContextManager[An
 
 def make_adam(params: Iterable[nn.Parameter], lr: float, impl: str) -> torch.optim.Adam:
     """``torch.optim.Adam`` with the chosen implementation (``auto``: fused)."""
-    if impl not in ADAM_IMPLS:
-        raise ConfigError(f"train.adam_impl: '{impl}' is not one of {', '.join(ADAM_IMPLS)}")
-    flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}}.get(impl, {"fused": True})
-    return torch.optim.Adam(params, lr=lr, **flags)
+    if impl not in ADAM_FLAGS:
+        raise ConfigError(f"train.adam_impl: '{impl}' is not one of {', '.join(ADAM_FLAGS)}")
+    foreach, fused = ADAM_FLAGS[impl]
+    return torch.optim.Adam(params, lr=lr, foreach=foreach, fused=fused)
 
 
 def set_adam_impl(optimizer: torch.optim.Optimizer, impl: str) -> None:
     """Give every parameter group ``impl``'s flags again (``load_state_dict`` restores a
     checkpoint's, which may come from a run with another ``adam_impl``)."""
-    flags = {"for-loop": (False, False), "foreach": (True, False)}.get(impl, (False, True))
     for group in optimizer.param_groups:
-        group["foreach"], group["fused"] = flags
+        group["foreach"], group["fused"] = ADAM_FLAGS[impl]
 
 
 def forward_loss(net: nn.Module, loss: Callable[[Tensor, Any], Tensor], precision: str, device: torch.device,
