@@ -1,12 +1,22 @@
 #!/usr/bin/env python
 """End-to-end effect of the fused kernel: seconds per ART training epoch, fused vs reference.
 
-Runs ``crnn run --cell fastweights --task art --epochs 1`` once per (init, backend),
+Runs ``crnn run --cell fastweights --task art --epochs N`` once per (init, backend),
 alternating the backends, in fresh processes, and reports the training wall time of the
-epoch (``wall_time`` of the run summary: the optimisation steps, without the validation
-pass) and the whole command's time. Example (the numbers in docs/benchmarks.md):
+first epoch and of the last (``wall_time`` of metrics.jsonl: the optimisation steps, without
+the validation pass) and the whole command's time. With ``train.compile=true`` the first
+epoch includes the compilation and the last (``--epochs 2``) is the steady state. Examples
+(the numbers in docs/benchmarks.md):
 
     python benchmarks/art_epoch.py --init zero --init learned --repeats 2
+    python benchmarks/art_epoch.py --init zero --init learned --repeats 3 --epochs 2 -- --set train.compile=true
+
+``--profile`` instead times the parts of one training step in this process (data,
+embedding, init, projection, op, head, optimiser, other; benchmarks/step_profile.py) for
+the step as it ran before issue 14 (``train.adam_impl=for-loop``, eager) and with the
+options after ``--``:
+
+    python benchmarks/art_epoch.py --profile --init zero --init learned --threads 2 -- --set train.compile=true
 
 Use ``--train-size`` for a quicker, partial epoch (e.g. 20000 sequences).
 """
@@ -22,10 +32,11 @@ import tempfile
 import time
 
 
-def one_epoch(init: str, backend: str, train_size: int | None, threads: int | None, extra: list[str]) -> dict:
+def one_epoch(init: str, backend: str, train_size: int | None, threads: int | None, extra: list[str],
+              epochs: int = 1) -> dict:
     with tempfile.TemporaryDirectory(prefix="crnn-art-epoch-") as out:
         cmd = [sys.executable, "-m", "crnn_core", "run", "--cell", "fastweights", "--init", init, "--task", "art",
-               "--epochs", "1", "--no-early-stop", "--set", f"cell.backend={backend}", "--out", out, "--force", "-q"]
+               "--epochs", str(epochs), "--no-early-stop", "--set", f"cell.backend={backend}", "--out", out, "--force", "-q"]
         if train_size:
             cmd += ["--set", f"task.train_size={train_size}"]
         if threads:
@@ -37,8 +48,52 @@ def one_epoch(init: str, backend: str, train_size: int | None, threads: int | No
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
         summary = json.loads(proc.stdout)
-        return {"init": init, "backend": backend, "epoch_train_s": summary["wall_time"], "command_s": round(total, 2),
+        with open(f"{out}/metrics.jsonl") as fh:
+            ends = [json.loads(line)["wall_time"] for line in fh if line.strip()]
+        return {"init": init, "backend": backend, "epoch_train_s": round(ends[-1] - (ends[-2] if len(ends) > 1 else 0), 3),
+                "first_epoch_s": ends[0], "epochs": len(ends), "command_s": round(total, 2), "extra": extra,
                 "steps": summary["steps"], "val": summary["final"]["metrics"] if summary.get("final") else None}
+
+
+def profile(args: argparse.Namespace, inits: list[str]) -> None:
+    """``--profile``: the per-part table, before (for-loop Adam, eager) and with the options after ``--``."""
+    import platform
+    import os
+
+    import torch
+
+    from crnn_core.options import parse_overrides
+    from step_profile import profile_step, table
+
+    pairs = [args.extra[i + 1] for i, a in enumerate(args.extra) if a == "--set" and i + 1 < len(args.extra)]
+    after = parse_overrides(pairs)
+    after["train"].setdefault("adam_impl", "auto")
+    before = parse_overrides(["train.adam_impl=for-loop"])
+    if args.train_size:
+        for o in (before, after):
+            o["task"]["train_size"] = str(args.train_size)
+    variants = [("before", before), ("after", after)]
+    if args.with_reference:  # the strongest alternative: the reference backend with the same options
+        ref = parse_overrides([*pairs, "cell.backend=reference"])
+        ref["train"].setdefault("adam_impl", "auto")
+        ref["task"].update(after["task"])
+        variants.append(("reference", ref))
+    results, labels = [], []
+    for init in inits:
+        for name, overrides in variants:
+            torch.manual_seed(0)
+            results.append(profile_step(init, overrides, args.steps, args.blocks, args.clock, args.threads))
+            labels.append(f"{init} {name}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(table(results, labels))
+    after_set = " ".join(f"{scope}.{k}={v}" for scope, kv in after.items() for k, v in kv.items())
+    print(f"\nbefore: train.adam_impl=for-loop, eager, per-parameter NaN check, the cell projects the embeddings; "
+          f"after: {after_set}" + ("; reference: the same with cell.backend=reference" if args.with_reference else ""))
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{results[0]['threads']} threads, backend {results[0]['backend']}; {args.clock} time, medians of "
+          f"{args.blocks} blocks of {args.steps} steps; 1-min load {os.getloadavg()[0]:.2f} after")
 
 
 def main() -> None:
@@ -48,28 +103,49 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=None, help="task.train_size (default: the task's 100000)")
     ap.add_argument("--threads", type=int, default=None, help="train.threads")
     ap.add_argument("--json", action="store_true", help="print the records as JSON")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per run; the last one is reported (2 with compile)")
+    ap.add_argument("--backend", action="append", default=None, choices=["fused", "reference"],
+                    help="cell.backend (repeatable; default both)")
+    ap.add_argument("--profile", action="store_true", help="per-part table of one step instead of epochs")
+    ap.add_argument("--with-reference", action="store_true",
+                    help="--profile: also the reference backend with the options after -- (e.g. train.compile=true)")
+    ap.add_argument("--steps", type=int, default=50, help="--profile: steps per block")
+    ap.add_argument("--blocks", type=int, default=5, help="--profile: blocks (medians over them)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="--profile: elapsed or process CPU time")
     ap.add_argument("extra", nargs="*", help="more arguments for crnn run (after --)")
     args = ap.parse_args()
+    args.extra = [a for a in args.extra if a != "--"]  # a second "--" (e.g. appended by a wrapper) is no argument
     inits = args.init or ["zero"]
+    if args.profile:
+        profile(args, inits)
+        return
+    backends = args.backend or ["fused", "reference"]
     records = []
     for init in inits:
         for r in range(args.repeats):
-            for backend in ("fused", "reference") if r % 2 == 0 else ("reference", "fused"):
-                rec = one_epoch(init, backend, args.train_size, args.threads, args.extra)
-                print(f"init={init} backend={backend}: {rec['epoch_train_s']:.2f} s training, "
-                      f"{rec['command_s']:.2f} s command", file=sys.stderr)
+            for backend in backends if r % 2 == 0 else backends[::-1]:
+                rec = one_epoch(init, backend, args.train_size, args.threads, args.extra, args.epochs)
+                print(f"init={init} backend={backend}: {rec['epoch_train_s']:.2f} s training (first epoch "
+                      f"{rec['first_epoch_s']:.2f} s), {rec['command_s']:.2f} s command", file=sys.stderr)
                 records.append(rec)
     if args.json:
         print(json.dumps(records, indent=2))
         return
-    print(f"{'init':<8} {'backend':<10} {'s/epoch (train)':>16} {'command s':>10}")
+    print(f"{'init':<8} {'backend':<10} {'s/epoch (train)':>16} {'all runs':>22} {'first epoch':>12} {'command s':>10}")
     for init in inits:
         med = {}
-        for backend in ("fused", "reference"):
+        for backend in backends:
             rs = [r for r in records if r["init"] == init and r["backend"] == backend]
             med[backend] = statistics.median(r["epoch_train_s"] for r in rs)
-            print(f"{init:<8} {backend:<10} {med[backend]:>16.2f} {statistics.median(r['command_s'] for r in rs):>10.2f}")
-        print(f"{init:<8} {'ratio':<10} {med['reference'] / med['fused']:>15.2f}x")
+            runs = ", ".join(f"{r['epoch_train_s']:.2f}" for r in rs)
+            print(f"{init:<8} {backend:<10} {med[backend]:>16.2f} {runs:>22} "
+                  f"{statistics.median(r['first_epoch_s'] for r in rs):>12.2f} "
+                  f"{statistics.median(r['command_s'] for r in rs):>10.2f}")
+        if len(backends) == 2:
+            print(f"{init:<8} {'ratio':<10} {med['reference'] / med['fused']:>15.2f}x")
+    import os
+
+    print(f"options: {' '.join(args.extra) or '(defaults)'}; 1-min load {os.getloadavg()[0]:.2f} after")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 #      native backtrace of the tests pytest -k EXPR selects, under cuda-gdb);
 #   4. runs `crnn bench --device cuda` (fused, eager reference, naive) at the ART shape and
 #      benchmarks/gpu_bench.py (fused vs eager, torch.compile and CUDA-graph baselines);
-#   5. times one ART training epoch on the GPU per init and backend (benchmarks/art_epoch.py);
+#   5. times one ART training epoch on the GPU per init and backend (benchmarks/art_epoch.py),
+#      and the fused zero-init step compiled (train.compile=true; 2 epochs: the second is steady);
 #   6. runs a small forward/backward on every shared-memory path under compute-sanitizer
 #      (racecheck and memcheck), where the sanitizer works.
 # Every step runs under a time limit and goes on when an earlier one fails; the last lines
@@ -74,6 +75,8 @@ fi
 step crnn-bench 60 bench.txt "$PY" -m crnn_core bench --device cuda --batch 128 --length 11 --hidden 50 --repeats 20 --quiet
 step gpu-bench 150 gpu_bench.txt "$PY" benchmarks/gpu_bench.py --compile-budget 90 --json "$OUT/gpu_bench.json"
 step art-epoch 120 art_epoch.txt "$PY" benchmarks/art_epoch.py --init zero --init learned -- --device cuda
+step art-epoch-compiled 120 art_epoch_compiled.txt "$PY" benchmarks/art_epoch.py --init zero --backend fused --epochs 2 \
+  --json -- --device cuda --set train.compile=true
 if command -v compute-sanitizer >/dev/null; then
   step racecheck 60 sanitizer.log compute-sanitizer --tool racecheck --error-exitcode 3 "$PY" benchmarks/gpu_bench.py smoke
   step memcheck 60 sanitizer.log compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" benchmarks/gpu_bench.py smoke

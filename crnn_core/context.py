@@ -19,6 +19,9 @@ class ContextNetwork(nn.Module, ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    #: True if each output row depends on the same input row only (no batch statistics): a
+    #: task's context table may then go through the network once per distinct row (TaskModel).
+    rowwise: ClassVar[bool] = False
 
     def __init__(self, in_features: int, options: object) -> None:
         super().__init__()

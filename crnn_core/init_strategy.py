@@ -24,6 +24,9 @@ class InitStrategy(nn.Module, ABC):
     Options: ClassVar[type] = NoOptions
     #: True if ``forward`` needs a context vector (then the task must provide context).
     uses_context: ClassVar[bool] = False
+    #: True if, when it does not sample, each example's state depends on its own context row
+    #: only: a task's context table may then go through it once per distinct row (TaskModel).
+    rowwise: ClassVar[bool] = False
 
     def __init__(self, state_spec: dict[str, tuple[int, ...]], context_size: int | None, options: object) -> None:
         super().__init__()
@@ -35,6 +38,10 @@ class InitStrategy(nn.Module, ABC):
     def can_sample(self) -> bool:
         """True if the strategy defines a distribution over initial states (used by ``crnn sample``)."""
         return False
+
+    def samples(self, sample: bool | None) -> bool:
+        """Whether ``forward(..., sample=sample)`` draws from the distribution (None: while training)."""
+        return (self.training if sample is None else sample) and self.can_sample
 
     @abstractmethod
     def forward(

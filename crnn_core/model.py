@@ -51,6 +51,11 @@ class TaskModel(nn.Module):
         self.task_module = task_module
         self.rnn = rnn
         self.contract_checked = False  # the components' outputs are checked on the first forward pass
+        #: Let the task do per-table-row work where the components offer it: project its inputs for
+        #: the cell (``TaskModule.encode_projected``, a cell's ``input_projection`` /
+        #: ``forward_projected``) and build initial states per context row (``initial_state``).
+        #: Same results up to float rounding; False: the plain composition.
+        self.project_in_task = True
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @property
@@ -66,23 +71,53 @@ class TaskModel(nn.Module):
         return self.rnn.context_net
 
     def initial_state(self, batch: Batch, batch_size: int, sample: bool | None = None) -> State:
-        """The cell's initial state for a batch (sampled or mean, see InitStrategy.forward)."""
+        """The cell's initial state for a batch (sampled or mean, see InitStrategy.forward).
+
+        Where the task's context features are rows of a table (``TaskModule.context_rows``) and
+        the context network and init strategy are ``rowwise`` and not sampling, they run once
+        per table row and each example's state is looked up (after the contract check): the
+        same states up to float rounding, for V rows' work instead of B.
+        """
+        rows = self._context_rows(batch, sample)
+        if rows is not None:
+            table, index = rows
+            return {name: value.index_select(0, index) for name, value in
+                    self.rnn.initial_state(table.shape[0], table, sample=sample).items()}
         features = self.task_module.context(batch) if self.init.uses_context else None
         if self.init.uses_context and features is None:
             raise ConfigError("the init strategy needs context, but the task returned none")
         return self.rnn.initial_state(batch_size, features, sample=sample)
 
     def forward(self, batch: Batch, sample: bool | None = None) -> Tensor:
-        inputs = self.task_module.encode(batch)
+        inputs, cell_forward = self._cell_inputs(batch)
         state = self.initial_state(batch, inputs.shape[0], sample)
         if not self.contract_checked:
             check_initial_state(self.init, state, self.cell.state_spec(), inputs.shape[0])
-        result = self.cell(inputs, state)
+        result = cell_forward(inputs, state)
         if not self.contract_checked:
             check_cell_result(self.cell, inputs, result)
             self.contract_checked = True
         outputs, _ = result
         return self.task_module.head(outputs)
+
+
+    def _context_rows(self, batch: Batch, sample: bool | None) -> tuple[Tensor, Tensor] | None:
+        if not (self.project_in_task and self.contract_checked and self.init.uses_context
+                and getattr(self.init, "rowwise", False) and not self.init.samples(sample)
+                and (self.context_net is None or getattr(self.context_net, "rowwise", False))):
+            return None
+        return self.task_module.context_rows(batch)
+
+    def _cell_inputs(self, batch: Batch) -> tuple[Tensor, Any]:
+        """The cell's inputs and the forward that takes them: the task's encoding and the cell,
+        or (where both offer it, after the contract check) the task's projected encoding and
+        the cell's ``forward_projected``, which skips the cell's own input projection."""
+        projection = getattr(self.cell, "input_projection", None)
+        if self.project_in_task and self.contract_checked and projection is not None:
+            projected = self.task_module.encode_projected(batch, projection)
+            if projected is not None:
+                return projected, self.cell.forward_projected
+        return self.task_module.encode(batch), self.cell
 
 
 def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:

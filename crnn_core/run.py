@@ -36,8 +36,10 @@ from .rundir import (
 from .options import build_options
 from .train import Callback, Loop, TrainConfig, TrainState
 
-#: TrainConfig fields that may change when a run is resumed (they do not change its results).
-RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "threads", "eval_batch_size", "loggers", "figure_every")
+#: TrainConfig fields that may change when a run is resumed (they do not change its results;
+#: ``compile`` and ``adam_impl`` change them by float rounding only, see crnn_core/step.py).
+RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "threads", "eval_batch_size", "loggers", "figure_every",
+                     "compile", "adam_impl")
 
 
 @dataclass

@@ -26,6 +26,22 @@ class TaskModule(nn.Module, ABC):
         """Context features ``[B, Task.context_size]``, or None if the task has none."""
         return None
 
+    def context_rows(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        """``(table [V, C], index [B])`` with ``context(batch) == table[index]``, where the context
+        features are rows of a table (an embedding); None: not offered. Optional: the model then
+        runs a row-wise context network and init strategy on the V rows and looks the states up."""
+        return None
+
+    def encode_projected(self, batch: Batch, projection: nn.Linear) -> Tensor | None:
+        """``projection(self.encode(batch))``, where the task computes it more cheaply; None: not offered.
+
+        Optional. An embedding encoder projects its table and then looks the rows up
+        (``V`` rows instead of ``B * T``), which the model uses when the cell's first layer is
+        that projection (a cell's ``input_projection``; ``TaskModel.forward``). Must equal the
+        plain composition up to float rounding.
+        """
+        return None
+
     @abstractmethod
     def head(self, outputs: Tensor) -> Tensor:
         """Predictions from the cell outputs ``[B, T, H]``."""

@@ -19,15 +19,16 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import distributed
 from .distributed import DistContext, resolve_device
 from .errors import ConfigError, CrnnError
 from .options import build_options, option, require
+from .step import check_precision, forward_loss, grads_finite, make_adam, precision_context, set_adam_impl
 from .task import Batch, Task
 
 
@@ -62,6 +63,12 @@ class TrainConfig:
                               "(pip install 'crnn[tensorboard]'; the same as --log tensorboard)")
     figure_every: int = option(5, "with a logger: a figure of generated samples every this many epochs, "
                                   "for tasks that generate (LCD); 0: none")
+    precision: Literal["32", "bf16-mixed"] = option(
+        "32", "32: float32; bf16-mixed: forward and loss under torch.autocast(bfloat16) (changes results)")
+    compile: bool = option(False, "torch.compile the forward pass and the loss (same results up to rounding; "
+                                  "the first steps compile)")
+    adam_impl: Literal["auto", "for-loop", "foreach", "fused"] = option(
+        "auto", "Adam as a per-parameter loop, foreach or fused kernels (auto: fused); same results up to rounding")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -145,6 +152,7 @@ class Loop:
     dist: DistContext
     train_data: Batch
     val_data: Batch
+    loss_of: Callable[[Batch], Tensor] | None = None  # batch -> loss of the wrapped model (fit sets it; step.py)
     state: TrainState = field(default_factory=TrainState)
     stopped_early: bool = False  # set at an epoch's end (the task's target, or a callback) to end training cleanly
     last_record: dict[str, Any] | None = None  # the latest validation record (rank 0)
@@ -268,10 +276,6 @@ def check_task_metrics(model: nn.Module, task: Task, data: Batch) -> None:
                               f"'{name}', but the task reports only: {', '.join(known)}")
 
 
-def _grads_finite(model: nn.Module) -> bool:
-    return all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
 def fit(model: nn.Module, task: Task, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train ``model`` (e.g. ``build_model(...).model``) on ``task``; returns a summary.
 
@@ -285,7 +289,9 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, callbacks: Sequence[C
     torch.manual_seed(loop.dist.rank_seed(config.seed))
     for cb in callbacks:
         cb.on_fit_start(loop)  # may restore a checkpoint: weights, optimizer, state, RNG
+    set_adam_impl(loop.optimizer, config.adam_impl)  # a restored optimizer comes with the checkpoint's
     net = loop.dist.wrap(model, loop.device)  # DistributedDataParallel when several processes train
+    loop.loss_of = forward_loss(net, task.loss, config.precision, loop.device, config.compile)
     model.train()
     while loop.state.epoch < config.epochs and not loop.stopped_early:
         _train_epoch(loop, net, callbacks)
@@ -305,12 +311,13 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, callbacks: Sequence[C
 def _prepare(model: nn.Module, task: Task, cfg: TrainConfig) -> Loop:
     dist = distributed.context()  # single-process unless launched by torchrun (crnn_core/distributed.py)
     device = resolve_device(dist.device_name(cfg.device))
+    check_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model.to(device)
     train_data = {k: v.to(device) for k, v in task.dataset("train").items()}
     val_data = {k: v.to(device) for k, v in task.dataset("val").items()}
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = make_adam(model.parameters(), cfg.lr, cfg.adam_impl)
     return Loop(model, task, cfg, optimizer, device, dist, train_data, val_data)
 
 
@@ -366,7 +373,7 @@ def _step(loop: Loop, net: nn.Module, index: torch.Tensor) -> bool:
     """One optimisation step on the global batch ``index``; False (and no update) on a NaN/inf."""
     local, weight = loop.dist.shard(index)  # this rank's part of the global batch (all of it alone)
     batch = take(loop.train_data, local)
-    loss = loop.task.loss(net(batch), batch)
+    loss = loop.loss_of(batch) if loop.loss_of is not None else loop.task.loss(net(batch), batch)
     if weight is not None:
         loss = loss * weight
     loop.optimizer.zero_grad(set_to_none=True)
@@ -379,7 +386,7 @@ def _step(loop: Loop, net: nn.Module, index: torch.Tensor) -> bool:
             norm = nn.utils.clip_grad_norm_(loop.model.parameters(), loop.config.grad_clip)
             finite = bool(torch.isfinite(norm))
         else:
-            finite = _grads_finite(loop.model)
+            finite = grads_finite(loop.model.parameters())
     if finite:
         loop.optimizer.step()
         loop.state.epoch_loss += loss_value * index.numel()
@@ -393,7 +400,8 @@ def _validate(loop: Loop, callbacks: Sequence[Callback]) -> None:
     s.epoch += 1
     improved, record = False, None
     if loop.dist.is_main:  # rank 0 alone evaluates; the others wait in the broadcast
-        val_loss, val_metrics = evaluate(loop.model, task, loop.val_data, loop.config.eval_batch_size)
+        with precision_context(loop.config.precision, loop.device):
+            val_loss, val_metrics = evaluate(loop.model, task, loop.val_data, loop.config.eval_batch_size)
         record = {
             "epoch": s.epoch,
             "step": s.step,

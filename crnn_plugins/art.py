@@ -107,6 +107,16 @@ class ARTModule(TaskModule):
     def context(self, batch: Batch) -> Tensor:
         return self.embedding(batch["tokens"][:, 0])
 
+    def context_rows(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The embedding table and the first tokens: ``context(batch)`` is ``table[index]``."""
+        return self.embedding.weight, batch["tokens"][:, 0]
+
+    def encode_projected(self, batch: Batch, projection: nn.Linear) -> Tensor:
+        """The projected table looked up: 37 rows through ``projection`` instead of B x T (``index_select``:
+        its backward is an ``index_add``, cheaper on the CPU than ``F.embedding``'s)."""
+        tokens = batch["tokens"]
+        return projection(self.embedding.weight).index_select(0, tokens.reshape(-1)).view(*tokens.shape, -1)
+
     def head(self, outputs: Tensor) -> Tensor:
         return self.out(outputs[:, -1])
 

@@ -169,11 +169,27 @@ class FastWeights(nn.Module):
             x = x.transpose(0, 1)
         if x.shape[1] == 0:
             raise ValueError("FastWeights: x has no time steps (T = 0)")
+        outputs, final = self._unroll(self.U(x), state)
+        return (outputs if self.batch_first else outputs.transpose(0, 1)), final
+
+    @property
+    def input_projection(self) -> nn.Linear:
+        """The input projection ``U`` (its output is the unroll's ``xp``), for ``forward_projected``."""
+        return self.U
+
+    def forward_projected(self, xp: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """``forward`` from inputs already projected by ``input_projection`` (``[B, T, H]``, batch first)."""
+        if not isinstance(xp, Tensor) or xp.dim() != 3 or xp.shape[-1] != self.hidden_size or xp.shape[1] == 0:
+            raise ValueError(f"FastWeights: projected inputs must be [B, T > 0, {self.hidden_size}], "
+                             f"got {tuple(xp.shape) if isinstance(xp, Tensor) else type(xp).__name__}")
+        return self._unroll(xp, state)
+
+    def _unroll(self, xp: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """The unroll from projected inputs ``xp [B, T, H]`` (batch first) and ``state`` (None: zeros)."""
         if state is None:
-            state = self.zero_state(x.shape[0], x.device, x.dtype)
+            state = self.zero_state(xp.shape[0], xp.device, xp.dtype)
         else:
-            check_state("FastWeights", state, self.state_spec(), x.shape[0])
-        xp = self.U(x)
+            check_state("FastWeights", state, self.state_spec(), xp.shape[0])
         unroll, _ = self._unroll_for(xp.device)
         outputs, A = unroll(
             xp.contiguous(),
@@ -189,8 +205,7 @@ class FastWeights(nn.Module):
             self.norm.eps,
             self.a_update,
         )
-        final = {"h": outputs[:, -1], "A": A}
-        return (outputs if self.batch_first else outputs.transpose(0, 1)), final
+        return outputs, {"h": outputs[:, -1], "A": A}
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, lam={self.lam}, eta={self.eta}, inner_steps={self.inner_steps}, "

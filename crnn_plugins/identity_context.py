@@ -11,6 +11,7 @@ class IdentityContext(ContextNetwork):
     """No layer: the init strategy's heads see the raw context features."""
 
     name = "identity"
+    rowwise = True
 
     def forward(self, features: Tensor) -> Tensor:
         return features

@@ -39,6 +39,7 @@ class LearnedInit(InitStrategy):
     name = "learned"
     Options = LearnedOptions
     uses_context = True
+    rowwise = True
 
     def __init__(self, state_spec, context_size, options: LearnedOptions) -> None:
         super().__init__(state_spec, context_size, options)
@@ -71,7 +72,7 @@ class LearnedInit(InitStrategy):
     def forward(self, batch_size: int, context: Tensor | None, *, device, dtype, sample=None) -> State:
         if context is None:
             raise ConfigError("init 'learned' was called without a context vector")
-        draw = (self.training if sample is None else sample) and self.can_sample
+        draw = self.samples(sample)
         state = {}
         for name, shape in self.state_spec.items():
             if name not in self.heads:

@@ -24,6 +24,7 @@ class LinearContext(ContextNetwork):
     """A single linear layer (optional nonlinearity): the paper's context network on ART."""
 
     name = "linear"
+    rowwise = True
     Options = LinearOptions
 
     def __init__(self, in_features: int, options: LinearOptions) -> None:

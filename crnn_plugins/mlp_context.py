@@ -27,6 +27,7 @@ class MLPContext(ContextNetwork):
     """ReLU hidden layers (one of 50 units by default): LCD's context network."""
 
     name = "mlp"
+    rowwise = True
     Options = MLPOptions
 
     def __init__(self, in_features: int, options: MLPOptions) -> None:

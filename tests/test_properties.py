@@ -147,7 +147,7 @@ OPTION_KEYS = [
     "context.hidden", "context.out_features", "task.pairs", "task.train_size", "task.val_size", "task.data_seed",
     "task.embedding_size", "task.head_hidden", "train.epochs", "train.batch_size", "train.lr", "train.seed",
     "train.grad_clip", "train.early_stop", "train.eval_batch_size", "train.on_nonfinite", "train.threads",
-    "train.device", "task.bogus", "cell", "x.y", "cell.", ".z", "=", "train.epochs.x",
+    "train.device", "train.precision", "train.adam_impl", "task.bogus", "cell", "x.y", "cell.", ".z", "=", "train.epochs.x",
 ]
 SET_PAIR = st.one_of(
     st.tuples(st.sampled_from(OPTION_KEYS), VALUE).map(lambda kv: f"{kv[0]}={kv[1]}"),
@@ -163,7 +163,8 @@ def optional(flag: str, values) -> st.SearchStrategy:
 GOOD_PAIRS = ["cell.lam=0.9", "cell.eta=0.3", "cell.inner_steps=2", "cell.activation=tanh", "cell.forget_bias=0",
               "init.noise=0.1", "init.value=0.5", "init.distribution=normal", "init.components=h", "context.hidden=4",
               "task.pairs=3", "task.data_seed=5", "train.grad_clip=1", "train.on_nonfinite=skip", "train.early_stop=true",
-              "train.eval_batch_size=7", "train.seed=2", "train.threads=1"]
+              "train.eval_batch_size=7", "train.seed=2", "train.threads=1", "train.precision=bf16-mixed",
+              "train.adam_impl=foreach", "train.adam_impl=for-loop"]
 
 
 @st.composite
