@@ -270,13 +270,18 @@ def list_(kind: str | None, show_options: bool, as_json: bool) -> None:
             if show_options:
                 for o in e["options"]:
                     scope = next(kind.scope for kind in KINDS if kind.plural == k)
-                    click.echo(f"      {scope}: {o['name']}={o['default']!r}  ({o['type']}) {o['help']}")
+                    click.echo(f"      {scope}: {o['name']}={o['default']!r}  ({_type_and_range(o)}) {o['help']}")
         if not kind:
             click.echo("")
     if train_options:
         click.echo("train (crnn run --set train.KEY=VALUE; a task's training_defaults change some defaults):")
         for o in train_options:
-            click.echo(f"      train: {o['name']}={o['default']!r}  ({o['type']}) {o['help']}")
+            click.echo(f"      train: {o['name']}={o['default']!r}  ({_type_and_range(o)}) {o['help']}")
+
+
+def _type_and_range(option: dict[str, Any]) -> str:
+    """``int, between 1 and 26`` for a row of ``options.describe``."""
+    return f"{option['type']}, {option['range']}" if "range" in option else option["type"]
 
 
 @cli.command(epilog="\b\nExamples:\n  crnn plugins\n  crnn plugins --json")

@@ -29,6 +29,24 @@ class CrnnWarning(UserWarning):
     """Something works, but not as asked (e.g. the fused kernel fell back to the reference)."""
 
 
+#: Modules whose frames a :func:`warn` skips to reach the caller's line (crnn's and PyTorch's, e.g. ``Module.__call__``).
+LIBRARY_PACKAGES = ("crnn_core", "crnn_plugins", "torch")
+
+
+def warn(message: str) -> None:
+    """Warn with :class:`CrnnWarning` at the first frame outside crnn and PyTorch: the user's call site.
+
+    A fixed ``stacklevel`` points into library code whenever the call goes through another
+    layer (``nn.Module.__call__``, ``ContextualRNN``); this counts the frames instead.
+    """
+    import sys
+
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is warn's caller, frame 1 up from here
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in LIBRARY_PACKAGES:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, CrnnWarning, stacklevel=level)
+
+
 def env_flag(name: str) -> bool:
     """Whether the boolean environment variable ``name`` is on (see the module docstring)."""
     return os.environ.get(name, "").strip().lower() not in OFF

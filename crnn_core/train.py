@@ -24,10 +24,10 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, signals
 from .distributed import DistContext, resolve_device
 from .errors import ConfigError, CrnnError
-from .options import build_options, option, require
+from .options import build_options, check_bounds, option, require
 from .task import Batch, Task
 
 
@@ -43,7 +43,7 @@ class TrainConfig:
     epochs: int = option(10, "passes over the training set")
     batch_size: int = option(128, "examples per optimisation step")
     lr: float = option(1e-3, "Adam learning rate")
-    seed: int = option(0, "seed of the model initialisation, batch order and sampling")
+    seed: int = option(0, "seed of the model initialisation, batch order and sampling", bounds=(0, MAX_SEED))
     device: str = option("cpu", "cpu or cuda")
     grad_clip: float | None = option(None, "clip the global gradient norm at this value (none: no clipping)")
     early_stop: bool = option(False, "stop once the task's early-stop target is reached (ART: 100% accuracy)")
@@ -60,7 +60,7 @@ class TrainConfig:
         cpus = os.cpu_count() or 1
         require(self.threads is None or 0 < self.threads <= cpus,
                 f"threads must be between 1 and this machine's {cpus} CPUs, got {self.threads}")
-        require(0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED} (2^32 - 1), got {self.seed}")
+        check_bounds(self)
 
 
 class Interrupted(CrnnError):
@@ -155,6 +155,7 @@ class StopOnSignal(Callback):
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "StopOnSignal":
+        signals.abort(None)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -164,7 +165,7 @@ class StopOnSignal(Callback):
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal == signum:
-            raise KeyboardInterrupt
+            raise signals.abort(signum)  # type: ignore[misc]  # exit 128 + signum (143 for SIGTERM), not 130
         if self.signal is None:
             self.signal = signum
 

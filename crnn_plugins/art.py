@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crnn_core import Batch, Task, TaskModule, hookimpl, option, require
+from crnn_core import Batch, Task, TaskModule, hookimpl, option
+from crnn_core.options import check_bounds
+from crnn_core.resources import FLOAT32, INT64, check_memory
 
 VOCAB = [chr(ord("a") + i) for i in range(26)] + [str(d) for d in range(10)] + ["?"]
 QUERY_MARK = 36
@@ -24,17 +26,21 @@ VAL_SEED_OFFSET = 1_000_003
 
 @dataclasses.dataclass
 class ARTOptions:
-    pairs: int = option(4, "letter-digit pairs per sequence (sequence length 2*pairs+3)")
-    train_size: int = option(100_000, "training sequences")
-    val_size: int = option(20_000, "validation sequences")
+    pairs: int = option(4, "letter-digit pairs per sequence (sequence length 2*pairs+3)", bounds=(1, 26))
+    train_size: int = option(100_000, "training sequences (checked against memory)", bounds=(1, None))
+    val_size: int = option(20_000, "validation sequences (checked against memory)", bounds=(1, None))
     data_seed: int = option(0, "seed of the data (train uses it, validation uses it + 1000003)")
-    embedding_size: int = option(100, "character embedding width")
-    head_hidden: int = option(100, "width of the ReLU layer of the output head")
+    embedding_size: int = option(100, "character embedding width", bounds=(1, None))
+    head_hidden: int = option(100, "width of the ReLU layer of the output head", bounds=(1, None))
 
     def __post_init__(self) -> None:
-        require(1 <= self.pairs <= 26, f"pairs must be in 1..26, got {self.pairs}")
-        for name in ("train_size", "val_size", "embedding_size", "head_hidden"):
-            require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        check_bounds(self)
+
+
+def art_bytes(size: int, pairs: int) -> int:
+    """Peak bytes of ``generate_art(size, pairs, ...)``: the int64 tokens and target, and the
+    per-example random keys and their sort order (26 letters) drawn on the way."""
+    return size * ((2 * pairs + 4) * INT64 + 26 * (FLOAT32 + INT64))
 
 
 def generate_art(size: int, pairs: int, seed: int) -> Batch:
@@ -89,6 +95,8 @@ class ARTTask(Task):
     def __init__(self, options: ARTOptions) -> None:
         super().__init__(options)
         self._data: dict[str, Batch] = {}
+        check_memory(art_bytes(options.train_size + options.val_size, options.pairs), "the ART data",
+                     "task.train_size / task.val_size")
 
     @property
     def input_size(self) -> int:
