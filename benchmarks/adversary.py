@@ -9,6 +9,7 @@ line), ``timeout`` (still running after the limit: valid but long, e.g. ``--epoc
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -53,13 +54,16 @@ def classify(code: int, stderr: str) -> str:
 
 def crnn(args: list[str], cwd: Path, timeout: float = 90) -> Outcome:
     """Run ``python -m crnn_core ARGS`` in ``cwd`` and classify it."""
+    proc = subprocess.Popen([PY, "-m", "crnn_core", *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        r = subprocess.run([PY, "-m", "crnn_core", *args], cwd=cwd, env=ENV, capture_output=True, text=True,
-                           timeout=timeout, stdin=subprocess.DEVNULL)
+        _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its children too (crnn reproduce starts crnn run processes)
+        proc.communicate()
         return Outcome(args, 124, "timeout")
-    tail = (r.stderr.strip().splitlines() or [""])[-1][:200]
-    return Outcome(args, r.returncode, classify(r.returncode, r.stderr), tail)
+    tail = (stderr.strip().splitlines() or [""])[-1][:200]
+    return Outcome(args, proc.returncode, classify(proc.returncode, stderr), tail)
 
 
 def run_all(cases: list[list[str]], cwd: Path, jobs: int = 2, timeout: float = 90) -> list[Outcome]:
