@@ -62,6 +62,12 @@ class CrnnGroup(click.Group):
             ctx.exit(signals.report(exc))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except OSError as exc:  # a path the user gave that the system refuses (name too long, a loop, ...): input
+            if env_flag("CRNN_DEBUG"):
+                traceback.print_exc()
+            where = f": {str(exc.filename)[:80]}{'...' if len(str(exc.filename)) > 80 else ''}" if exc.filename else ""
+            click.echo(f"Error: {exc.strerror or type(exc).__name__}{where}", err=True)
+            ctx.exit(2)
         except Exception as exc:  # noqa: BLE001 - a bug, not bad input: say so briefly
             if env_flag("CRNN_DEBUG"):
                 traceback.print_exc()
