@@ -39,7 +39,9 @@ class Cell(nn.Module, ABC):
     ``Options`` dataclass; they are constructed as ``Cell(input_size, options)``.
     """
 
+    #: The registry key (``crnn list``, ``--cell NAME``); ``register(cls)`` uses it.
     name: ClassVar[str]
+    #: A dataclass of ``option(...)`` fields set with ``--set cell.KEY=VALUE``; an instance is passed to the constructor.
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, input_size: int, options: object) -> None:

@@ -64,6 +64,12 @@ class CrnnGroup(click.Group):
             ctx.exit(signals.report(exc))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except OSError as exc:  # a path the user gave that the system refuses (name too long, a loop, ...): input
+            if env_flag("CRNN_DEBUG"):
+                traceback.print_exc()
+            where = f": {str(exc.filename)[:80]}{'...' if len(str(exc.filename)) > 80 else ''}" if exc.filename else ""
+            click.echo(f"Error: {exc.strerror or type(exc).__name__}{where}", err=True)
+            ctx.exit(2)
         except Exception as exc:  # noqa: BLE001 - a bug, not bad input: say so briefly
             if env_flag("CRNN_DEBUG"):
                 traceback.print_exc()
@@ -300,13 +306,18 @@ def list_(kind: str | None, show_options: bool, as_json: bool) -> None:
             if show_options:
                 for o in e["options"]:
                     scope = next(kind.scope for kind in KINDS if kind.plural == k)
-                    click.echo(f"      {scope}: {o['name']}={o['default']!r}  ({o['type']}) {o['help']}")
+                    click.echo(f"      {scope}: {o['name']}={o['default']!r}  ({_type_and_range(o)}) {o['help']}")
         if not kind:
             click.echo("")
     if train_options:
         click.echo("train (crnn run --set train.KEY=VALUE; a task's training_defaults change some defaults):")
         for o in train_options:
-            click.echo(f"      train: {o['name']}={o['default']!r}  ({o['type']}) {o['help']}")
+            click.echo(f"      train: {o['name']}={o['default']!r}  ({_type_and_range(o)}) {o['help']}")
+
+
+def _type_and_range(option: dict[str, Any]) -> str:
+    """``int, between 1 and 26`` for a row of ``options.describe``."""
+    return f"{option['type']}, {option['range']}" if "range" in option else option["type"]
 
 
 @cli.command(epilog="\b\nExamples:\n  crnn plugins\n  crnn plugins --json")

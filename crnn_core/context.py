@@ -17,7 +17,9 @@ class ContextNetwork(nn.Module, ABC):
     ``self.out_features`` (the width of its output) in ``__init__``.
     """
 
+    #: The registry key (``crnn list``, ``--context NAME``); ``register(cls)`` uses it.
     name: ClassVar[str]
+    #: A dataclass of ``option(...)`` fields set with ``--set context.KEY=VALUE``; an instance is passed to the constructor.
     Options: ClassVar[type] = NoOptions
     #: True if each output row depends on the same input row only (no batch statistics): a
     #: task's context table may then go through the network once per distinct row (TaskModel).

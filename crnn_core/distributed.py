@@ -44,10 +44,19 @@ TIMEOUT = datetime.timedelta(minutes=30)
 
 
 def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``, or a one-line error when CUDA is asked for and PyTorch sees none."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    """``torch.device(name)`` for ``cpu``, ``cuda`` or ``cuda:N``, or a one-line error (a malformed name,
+    another device type, CUDA asked for where PyTorch sees none, an index beyond the GPUs)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a device name (use cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: crnn runs on cpu or cuda, not {device.type}")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} was asked for (--device / train.device), but PyTorch sees no CUDA device here")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def launcher() -> list[str]:

@@ -29,6 +29,29 @@ class CrnnWarning(UserWarning):
     """Something works, but not as asked (e.g. the fused kernel fell back to the reference)."""
 
 
+#: Packages whose frames :func:`warn` skips to reach the caller's line (besides the warning package's own).
+LIBRARY_PACKAGES = ("crnn_core", "torch")
+
+
+def warn(message: str) -> None:
+    """Warn with :class:`CrnnWarning` at the first frame outside crnn_core, PyTorch and the package
+    that warns (a plugin's): the user's call site.
+
+    A fixed ``stacklevel`` points into library code whenever the call goes through another
+    layer (``nn.Module.__call__``, ``ContextualRNN``); this counts the frames instead.
+    """
+    import sys
+
+    def package(frame: Any) -> str:
+        return str(frame.f_globals.get("__name__", "")).split(".")[0]
+
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is warn's caller, frame 1 up from here
+    skip = {*LIBRARY_PACKAGES, package(frame)}
+    while frame is not None and package(frame) in skip:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, CrnnWarning, stacklevel=level)
+
+
 def env_flag(name: str) -> bool:
     """Whether the boolean environment variable ``name`` is on (see the module docstring)."""
     return os.environ.get(name, "").strip().lower() not in OFF

@@ -221,6 +221,7 @@ def sample_command(
             f"init '{built.spec.init}' of {run_dir} cannot sample initial states: train with "
             f"--init learned --set init.distribution=normal, or pass --mean for one deterministic rollout"
         )
+    _check_rollout_memory(model, n, steps)
     import torch
 
     torch.manual_seed(seed)
@@ -261,6 +262,22 @@ def _check_request(n: int, steps: int | None, out: Path | None) -> None:
         raise ConfigError(f"--out {out}: unsupported file type '{out.suffix}' (use {', '.join(OUT_FORMATS)})")
     if out is not None and out.suffix.lower() == ".png":
         import_pyplot_figure()
+
+
+#: Bytes per generated value: the float tensors a rollout keeps and the value written out as JSON text.
+BYTES_PER_VALUE = 64
+#: Steps assumed when --steps is not given (the task's own sequence length; LCD's is 25).
+DEFAULT_STEPS_ESTIMATE = 100
+
+
+def _check_rollout_memory(model: Any, n: int, steps: int | None) -> None:
+    """Refuse ``-n`` / ``--steps`` that cannot fit in memory, before the rollout allocates:
+    each sample carries the cell's state (a few copies) and ``steps + 1`` values."""
+    from .resources import FLOAT32, check_memory
+
+    state = sum(math.prod(shape) for shape in model.cell.state_spec().values())
+    values = (steps if steps is not None else DEFAULT_STEPS_ESTIMATE) + 1
+    check_memory(n * (4 * FLOAT32 * state + BYTES_PER_VALUE * values), f"sampling {n} sequences", "-n / --steps")
 
 
 def write_result(result: Rollout, meta: dict[str, Any], out: Path, title: str) -> None:

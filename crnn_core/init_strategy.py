@@ -20,7 +20,9 @@ class InitStrategy(nn.Module, ABC):
     the context network's output (``None`` when the strategy uses no context).
     """
 
+    #: The registry key (``crnn list``, ``--init NAME``); ``register(cls)`` uses it.
     name: ClassVar[str]
+    #: A dataclass of ``option(...)`` fields set with ``--set init.KEY=VALUE``; an instance is passed to the constructor.
     Options: ClassVar[type] = NoOptions
     #: True if ``forward`` needs a context vector (then the task must provide context).
     uses_context: ClassVar[bool] = False

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .cell import State
 from .contextual import ContextualRNN
 from .contract import check_cell_result, check_initial_state
-from .errors import ConfigError, CrnnError, show_traceback
+from .errors import CheckpointError, ConfigError, CrnnError, show_traceback
 from .init_strategy import InitStrategy
 from .kinds import KINDS
 from .options import build_options
@@ -126,6 +126,40 @@ def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Any], prefix: s
         rest = key[len(prefix):]
         if key.startswith(prefix) and rest.startswith(("cell.", "init.", "context_net.")):
             state_dict[prefix + "rnn." + rest] = state_dict.pop(key)
+
+
+def load_weights(model: nn.Module, state: Any, where: str) -> None:
+    """``model.load_state_dict(state)``, or a one-line ``CheckpointError`` saying which keys or shapes differ."""
+    try:
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        detail = weights_mismatch(model, state) or (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{where} does not fit this model: {detail}") from None
+
+
+def weights_mismatch(model: nn.Module, state: Any, show: int = 3) -> str:
+    """How a state_dict differs from ``model``'s: missing and unexpected keys and differing shapes,
+    the first ``show`` of each with a count ("" if only the values differ)."""
+    if not isinstance(state, dict):
+        return f"the weights are a {type(state).__name__}, not a dict of tensors"
+    given = dict(state)
+    _rename_legacy_keys(model, given, "")
+    expected = model.state_dict()
+
+    def some(items: list[str], what: str) -> str:
+        more = f", ... ({len(items) - show} more)" if len(items) > show else ""
+        return f"{len(items)} {what} ({', '.join(items[:show])}{more})"
+
+    def shape(value: Any) -> str:
+        return str(list(value.shape)) if isinstance(value, Tensor) else type(value).__name__
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k}: checkpoint {shape(given[k])}, model {shape(v)}" for k, v in expected.items()
+              if k in given and (not isinstance(given[k], Tensor) or given[k].shape != v.shape)]
+    parts = [some(items, what) for items, what in ((missing, "keys missing"), (unexpected, "unexpected keys"),
+                                                   (shapes, "shapes differ")) if items]
+    return "; ".join(parts)
 
 
 @dataclass

@@ -18,9 +18,42 @@ from .errors import ConfigError
 
 
 
-def option(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a help text (shown by ``crnn list``)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def option(default: Any, help: str, *, bounds: tuple[float | None, float | None] | None = None) -> Any:
+    """A dataclass field with a default and a help text (shown by ``crnn list``).
+
+    ``bounds=(low, high)`` (either may be None) is the range the code can honour, inclusive;
+    ``build_options`` refuses a value outside it with a one-line error naming the option.
+    """
+    metadata: dict[str, Any] = {"help": help}
+    if bounds is not None:
+        metadata["bounds"] = bounds
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def bounds_problem(field: dataclasses.Field, value: Any) -> str | None:
+    """Why ``value`` is outside ``field``'s declared ``bounds``, or None."""
+    low, high = field.metadata.get("bounds", (None, None))
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"must be {bounds_label(low, high)}, got {value}"
+    return None
+
+
+def check_bounds(options: Any) -> None:
+    """Raise ``ValueError`` for a field of the dataclass instance ``options`` outside its ``bounds``
+    (for ``__post_init__``, so that code constructing the options directly is checked too)."""
+    for f in dataclasses.fields(options):
+        problem = bounds_problem(f, getattr(options, f.name))
+        if problem:
+            raise ValueError(f"{f.name} {problem}")
+
+
+def bounds_label(low: float | None, high: float | None) -> str:
+    """``between 1 and 26``, ``>= 1`` or ``<= 10``."""
+    if low is not None and high is not None:
+        return f"between {low} and {high}"
+    return f">= {low}" if low is not None else f"<= {high}"
 
 
 @dataclasses.dataclass
@@ -99,6 +132,10 @@ def build_options(options_cls: type, raw: dict[str, Any], scope: str) -> Any:
         valid = ", ".join(sorted(fields)) or "none"
         raise ConfigError(f"unknown option {scope}.{unknown[0]} (valid {scope} options: {valid})")
     values = {name: _convert(value, hints[name], f"{scope}.{name}") for name, value in raw.items()}
+    for name, value in values.items():
+        problem = bounds_problem(fields[name], value)
+        if problem:
+            raise ConfigError(f"{scope}.{name} {problem}")
     try:
         return options_cls(**values)
     except (ValueError, TypeError) as exc:
@@ -123,7 +160,7 @@ def type_label(hint: Any) -> str:
 
 
 def describe(options_cls: type) -> list[dict[str, Any]]:
-    """Name, type, default and help of each option field, for listings and docs."""
+    """Name, type, default, help and (where declared) range of each option field, for listings and docs."""
     hints = typing.get_type_hints(options_cls)
     rows = []
     for f in dataclasses.fields(options_cls):
@@ -133,6 +170,7 @@ def describe(options_cls: type) -> list[dict[str, Any]]:
                 "type": type_label(hints[f.name]),
                 "default": f.default,
                 "help": f.metadata.get("help", ""),
+                **({"range": bounds_label(*f.metadata["bounds"])} if "bounds" in f.metadata else {}),
             }
         )
     return rows

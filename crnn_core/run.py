@@ -18,7 +18,7 @@ from typing import Any
 from .env import logger
 from .errors import CheckpointError, ConfigError
 from .kinds import KINDS
-from .model import Built, ModelSpec, build_model
+from .model import Built, ModelSpec, build_model, load_weights
 from .plugins import PluginSystem, get_plugins
 from .rundir import (
     append_metrics,
@@ -216,11 +216,11 @@ class RunDirWriter(Callback):
         ckpt = load_checkpoint(self.last)
         if not identity_matches(ckpt.get("config"), self.config.identity()):
             raise CheckpointError(f"{self.last} was written by a different configuration than {self.run_dir}/config.json")
+        load_weights(loop.model, ckpt.get("model"), str(self.last))
         try:
-            loop.model.load_state_dict(ckpt["model"])
             loop.optimizer.load_state_dict(ckpt["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{self.last} does not fit this model: {str(exc).splitlines()[0][:200]}") from None
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{self.last} does not fit this model's optimizer: {str(exc).splitlines()[0][:200]}") from None
         try:
             s = _checked_state(ckpt, loop.steps_per_epoch)
             _check_optimizer_state(loop.optimizer)
@@ -309,19 +309,9 @@ def load_run(run_dir: Path | str, checkpoint: str = "best", device: str = "cpu",
         config = RunConfig.load(run_dir)
         built = build_model(config.model, plugins or get_plugins())
         ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-        load_weights(built, ckpt.get("model"), f"{run_dir}/checkpoints/{checkpoint}.pt")
+        load_weights(built.model, ckpt.get("model"), f"{run_dir}/checkpoints/{checkpoint}.pt")
     built.model.to(resolve_device(device)).eval()
     return built, ckpt
-
-
-def load_weights(built: Built, state_dict: Any, where: Path | str) -> None:
-    """Load ``state_dict`` into the built model; a missing or misfitting one is a one-line error naming ``where``."""
-    try:
-        if not isinstance(state_dict, dict):
-            raise KeyError("no model weights")
-        built.model.load_state_dict(state_dict)
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{where} does not fit this run's model: {str(exc).splitlines()[0][:200]}") from None
 
 
 def _version() -> str:

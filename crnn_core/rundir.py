@@ -332,13 +332,15 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 def _interrupted_inside(exc: BaseException | None) -> KeyboardInterrupt | None:
     """The KeyboardInterrupt raised inside torch.save's writer that became ``exc``, if that is what happened."""
+    from . import signals
+
     for _ in range(10):
         if exc is None:
             return None
         if isinstance(exc, KeyboardInterrupt):
             return exc
         if "KeyboardInterrupt" in str(exc):
-            return KeyboardInterrupt()
+            return signals.pending(KeyboardInterrupt())
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -350,11 +352,39 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt, truncated or hostile files raise anything
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if text.startswith("Weights only load failed") and _asks_for_code(text):  # never loaded
+            raise CheckpointError(f"checkpoint {path} was refused: loading it could run code, since it holds "
+                                  f"Python objects beyond tensors and plain data ({_pickle_detail(text)}); "
+                                  f"crnn never loads such files (tampered, or not a crnn checkpoint)") from None
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        if text.startswith("Weights only load failed"):  # bytes that are no pickle: say what broke, not torch's advice
+            reason = _pickle_detail(text)
         raise CheckpointError(f"checkpoint {path} is corrupt or not a crnn checkpoint ({reason[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a {CHECKPOINT_FORMAT} file")
     return payload
+
+
+#: Pickle opcodes that import or call something (GLOBAL, INST, OBJ, BUILD, REDUCE, NEWOBJ, NEWOBJ_EX,
+#: STACK_GLOBAL): torch's restricted unpickler refuses them by number ("Unsupported operand 99").
+CODE_OPCODES = frozenset({ord(c) for c in "ciobR"} | {0x81, 0x92, 0x93})
+
+
+def _asks_for_code(text: str) -> bool:
+    """Whether torch's weights_only refusal is of an import or a call (a pickle that could run code),
+    rather than of bytes that are no pickle at all."""
+    if "GLOBAL" in text or "Unsupported global" in text:
+        return True
+    found = re.search(r"Unsupported operand (\d+)", text)
+    return found is not None and int(found.group(1)) in CODE_OPCODES
+
+
+def _pickle_detail(text: str) -> str:
+    """What torch's restricted unpickler refused (``GLOBAL posix.system ...``), from its multi-line message."""
+    lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+    found = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (found or lines or ["unsupported pickle content"])[0].rstrip(".")[:160]
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -24,14 +24,17 @@ from typing import Any
 
 _RUN_DIR: Path | None = None
 _RECEIVED: int | None = None  # the first signal received outside the training loop
+_ABORTED: int | None = None  # the signal received twice inside the training loop (``abort``)
 
 
 class SignalInterrupt(KeyboardInterrupt):
-    """SIGINT or SIGTERM received outside the training loop."""
+    """SIGINT or SIGTERM received outside the training loop, or (``repeated``) the same signal
+    twice inside it, which aborts at once (``train.StopOnSignal``)."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, repeated: bool = False) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
+        self.repeated = repeated
 
 
 def _raise(signum: int, frame: Any) -> None:
@@ -40,6 +43,21 @@ def _raise(signum: int, frame: Any) -> None:
         return
     _RECEIVED = int(signum)
     raise SignalInterrupt(signum)
+
+
+def abort(signum: int | None) -> SignalInterrupt | None:
+    """The same signal a second time inside the training loop: the exception that aborts at once
+    (``None``: a new training loop starts, nothing is aborting).
+
+    It is remembered: :func:`pending` finds it when torch.save turns it into a RuntimeError."""
+    global _ABORTED
+    _ABORTED = None if signum is None else int(signum)
+    return None if signum is None else SignalInterrupt(signum, repeated=True)
+
+
+def pending(default: KeyboardInterrupt) -> KeyboardInterrupt:
+    """The repeated signal that a library wrapped into another exception, or ``default``."""
+    return SignalInterrupt(_ABORTED, repeated=True) if _ABORTED is not None else default
 
 
 def check() -> None:
@@ -85,9 +103,14 @@ def report(exc: BaseException) -> int:
 
 def message(exc: BaseException) -> str:
     if not isinstance(exc, SignalInterrupt):
-        return "Interrupted."  # the same signal twice: abort at once, nothing new saved
+        return "Interrupted."  # a KeyboardInterrupt that no crnn handler raised (e.g. an embedding program's)
     name = signal.Signals(exc.signum).name
     run_dir = _RUN_DIR
+    if exc.repeated:
+        kept = ""
+        if run_dir is not None and (run_dir / "checkpoints" / "last.pt").is_file():
+            kept = f"; {run_dir / 'checkpoints' / 'last.pt'} is unchanged; continue with: crnn run --resume {run_dir}"
+        return f"Interrupted: {name} received twice: stopped at once, nothing new saved{kept}"
     if run_dir is None:
         return f"Interrupted: {name} received during start-up; nothing was written"
     from .rundir import restart_command

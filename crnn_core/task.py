@@ -65,16 +65,21 @@ class Task(ABC):
     and returned whole per split; the trainer takes batches by indexing.
     """
 
+    #: The registry key (``crnn list``, ``--task NAME``); ``register(cls)`` uses it.
     name: ClassVar[str]
+    #: A dataclass of ``option(...)`` fields set with ``--set task.KEY=VALUE``; an instance is passed to the constructor.
     Options: ClassVar[type] = NoOptions
-    #: Training defaults for this task (keys of ``TrainConfig``), e.g. ``{"epochs": 200}``.
+    #: Training defaults for this task: ``TrainConfig`` field name -> value of that field's type
+    #: (``epochs``: int, ``lr``: float, ...), e.g. ``{"epochs": 200}``; CLI flags and ``--set train.*`` override them.
     training_defaults: ClassVar[dict[str, Any]] = {}
-    #: The validation metric that selects ``best.pt``, and whether higher is better.
+    #: The validation metric that selects ``best.pt`` (a key of ``metrics()``/``extra_metrics()``, or ``loss``).
     best_metric: ClassVar[str] = "loss"
+    #: Whether a higher ``best_metric`` is better (ART's accuracy: True).
     higher_is_better: ClassVar[bool] = False
     #: Other validation metrics for which higher is better (plots and tables; default: lower is better).
     higher_is_better_metrics: ClassVar[tuple[str, ...]] = ()
-    #: (metric, value) at which ``train.early_stop`` ends training, or None.
+    #: ``(metric name, value)`` (a str and a float) at which ``train.early_stop`` ends training, or None;
+    #: the metric must be one that ``metrics`` or ``extra_metrics`` reports, or ``loss``.
     early_stop_target: ClassVar[tuple[str, float] | None] = None
     #: The context network used when ``--context`` is not given.
     default_context: ClassVar[str] = "linear"
@@ -122,11 +127,11 @@ class Task(ABC):
 
     @abstractmethod
     def loss(self, predictions: Tensor, batch: Batch) -> Tensor:
-        """The scalar training loss (mean over the batch)."""
+        """The scalar training loss: a 0-d tensor, the mean over the batch's examples (the trainer weights it by batch size)."""
 
     @abstractmethod
     def metrics(self, predictions: Tensor, batch: Batch) -> dict[str, float]:
-        """Validation metrics, each a mean over the batch's examples."""
+        """Validation metrics ``{name: float}``, each the mean over this batch's examples (the trainer averages them over batches, weighted by batch size)."""
 
     # -- optional: generation and whole-model metrics ------------------------------------------------
     #: Parameters that ``crnn sample`` passes to ``rollout`` (name -> help); empty: the task cannot generate.

@@ -24,10 +24,10 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import distributed
+from . import distributed, signals
 from .distributed import DistContext, resolve_device
 from .errors import ConfigError, CrnnError
-from .options import build_options, option, require
+from .options import build_options, check_bounds, option, require
 from .step import check_precision, forward_loss, grads_finite, make_adam, precision_context, set_adam_impl
 from .task import Batch, Task
 
@@ -47,7 +47,7 @@ class TrainConfig:
     epochs: int = option(10, "passes over the training set")
     batch_size: int = option(128, "examples per optimisation step")
     lr: float = option(1e-3, "Adam learning rate")
-    seed: int = option(0, "seed of the model initialisation, batch order and sampling")
+    seed: int = option(0, "seed of the model initialisation, batch order and sampling", bounds=(0, MAX_SEED))
     device: str = option("cpu", "cpu or cuda")
     grad_clip: float | None = option(None, "clip the global gradient norm at this value (none: no clipping)")
     early_stop: bool = option(False, "stop once the task's early-stop target is reached (ART: 100% accuracy)")
@@ -81,7 +81,7 @@ class TrainConfig:
                 f"threads must be between 1 and this machine's {cpus} CPUs, got {self.threads}")
         require(self.figure_every >= 0, f"figure_every must be 0 (no figures) or positive, got {self.figure_every}")
         self.logger_names()  # an unknown name is refused here
-        require(0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED} (2^32 - 1), got {self.seed}")
+        check_bounds(self)
         require(0 < self.lr_decay_factor <= 1, f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
         _ = self.decay_epochs  # raises ValueError for a malformed lr_decay_at
 
@@ -205,6 +205,7 @@ class StopOnSignal(Callback):
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "StopOnSignal":
+        signals.abort(None)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -214,7 +215,7 @@ class StopOnSignal(Callback):
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal == signum:
-            raise KeyboardInterrupt
+            raise signals.abort(signum)  # type: ignore[misc]  # exit 128 + signum (143 for SIGTERM), not 130
         if self.signal is None:
             self.signal = signum
 

@@ -115,13 +115,14 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_safetensors(path: Path, plugins: PluginSystem) -> tuple[Built, dict[str, Any]]:
     """The model a ``crnn export`` file holds, built from its configuration and loaded with its
     weights, and what a run's checkpoint would tell (``epoch``, ``step``, ``checkpoint``, ``metadata``)."""
-    from .run import RunConfig, load_weights
+    from .model import load_weights
+    from .run import RunConfig
 
     tensors, documents = read_safetensors(path)
     config = RunConfig.from_json(documents["crnn.config"], f"{path} (crnn.config)")
     check_components(path, config.model, documents["crnn.plugins"], plugins)
     built = build_model(config.model, plugins)
-    load_weights(built, tensors, path)
+    load_weights(built.model, tensors, str(path))
     info = documents["crnn.checkpoint"] if isinstance(documents["crnn.checkpoint"], dict) else {}
     return built, {"epoch": info.get("epoch"), "step": info.get("step"),
                    "checkpoint": info.get("checkpoint"), "metadata": documents}

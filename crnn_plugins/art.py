@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crnn_core import Batch, Task, TaskModule, hookimpl, option, require
+from crnn_core import Batch, Task, TaskModule, hookimpl, option
+from crnn_core.options import check_bounds, require
+from crnn_core.resources import FLOAT32, INT64, check_memory
 
 VOCAB = [chr(ord("a") + i) for i in range(26)] + [str(d) for d in range(10)] + ["?"]
 QUERY_MARK = 36
@@ -32,23 +34,27 @@ VAL_SEED_OFFSET = 1_000_003
 
 @dataclasses.dataclass
 class ARTOptions:
-    pairs: int = option(4, "letter-digit pairs per sequence (sequence length 2*pairs+3)")
-    train_size: int = option(100_000, "training sequences")
-    val_size: int = option(20_000, "validation sequences")
+    pairs: int = option(4, "letter-digit pairs per sequence (sequence length 2*pairs+3)", bounds=(1, 26))
+    train_size: int = option(100_000, "training sequences (checked against memory)", bounds=(1, None))
+    val_size: int = option(20_000, "validation sequences (checked against memory)", bounds=(1, None))
     data_seed: int = option(0, "seed of the data (train uses it, validation uses it + 1000003)")
-    embedding_size: int = option(100, "character embedding width")
-    head_hidden: int = option(100, "width of the ReLU layer of the output head")
-    key_letters: int = option(26, "letters that can be keys, a.. (the authors' generator: 25, never 'z')")
+    embedding_size: int = option(100, "character embedding width", bounds=(1, None))
+    head_hidden: int = option(100, "width of the ReLU layer of the output head", bounds=(1, None))
+    key_letters: int = option(26, "letters that can be keys, a.. (the authors' generator: 25, never 'z')", bounds=(1, 26))
     resample_train: bool = option(False, "draw a fresh training set every epoch from (data_seed, epoch)")
     embedding_init: Literal["normal", "zeros"] = option("normal", "embedding init: N(0, 1) (PyTorch) or zeros (the authors)")
     head_init: Literal["default", "variance_scaling"] = option(
         "default", "head init: PyTorch's Linear default or variance scaling 2.0 with zero bias (the authors)")
 
     def __post_init__(self) -> None:
-        require(1 <= self.key_letters <= 26, f"key_letters must be in 1..26, got {self.key_letters}")
-        require(1 <= self.pairs <= self.key_letters, f"pairs must be in 1..key_letters ({self.key_letters}), got {self.pairs}")
-        for name in ("train_size", "val_size", "embedding_size", "head_hidden"):
-            require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        check_bounds(self)
+        require(self.pairs <= self.key_letters, f"pairs must be in 1..key_letters ({self.key_letters}), got {self.pairs}")
+
+
+def art_bytes(size: int, pairs: int) -> int:
+    """Peak bytes of ``generate_art(size, pairs, ...)``: the int64 tokens and target, and the
+    per-example random keys and their sort order (26 letters) drawn on the way."""
+    return size * ((2 * pairs + 4) * INT64 + 26 * (FLOAT32 + INT64))
 
 
 def generate_art(size: int, pairs: int, seed: int, key_letters: int = 26) -> Batch:
@@ -134,6 +140,8 @@ class ARTTask(Task):
     def __init__(self, options: ARTOptions) -> None:
         super().__init__(options)
         self._data: dict[str, Batch] = {}
+        check_memory(art_bytes(options.train_size + options.val_size, options.pairs), "the ART data",
+                     "task.train_size / task.val_size")
 
     @property
     def input_size(self) -> int:

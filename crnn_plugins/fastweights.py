@@ -15,19 +15,27 @@ from typing import Literal
 
 import torch
 
-from crnn_core import Cell, ConfigError, hookimpl, option, require
+from crnn_core import Cell, ConfigError, hookimpl, option
+from crnn_core.options import check_bounds, require
 
 from . import fastweights_fused
 from .fastweights_layer import FastWeights
 from .fastweights_reference import A_UPDATES
 
 
+#: Most inner steps: time grows linearly with S (S = 1 in Ba et al. and the paper), so 1000 already
+#: makes an epoch 1000 times slower; beyond it one training step would outlast any run (and a
+#: signal, which is handled between steps).
+MAX_INNER_STEPS = 1000
+
+
 @dataclasses.dataclass
 class FastWeightsOptions:
-    hidden_size: int = option(50, "number of hidden units H")
-    lam: float = option(0.95, "decay rate lambda of the fast weights A")
+    hidden_size: int = option(50, "number of hidden units H (checked against memory)", bounds=(1, None))
+    lam: float = option(0.95, "decay rate lambda of the fast weights A", bounds=(0.0, 1.0))
     eta: float = option(0.5, "fast learning rate eta (A += eta h h^T)")
-    inner_steps: int = option(1, "inner LayerNorm iterations S per time step")
+    inner_steps: int = option(1, "inner LayerNorm iterations S per time step (each costs an H x H product per step)",
+                              bounds=(1, MAX_INNER_STEPS))
     activation: Literal["relu", "tanh"] = option("relu", "nonlinearity f")
     backend: Literal["auto", "fused", "reference"] = option(
         "auto", "fused C++/CUDA kernel, pure-PyTorch reference, or fused when it loads"
@@ -38,9 +46,7 @@ class FastWeightsOptions:
     ln_eps: float = option(1e-5, "epsilon of the inner LayerNorm (the authors' TensorFlow code: 1e-12)")
 
     def __post_init__(self) -> None:
-        require(self.hidden_size > 0, f"hidden_size must be positive, got {self.hidden_size}")
-        require(self.inner_steps >= 1, f"inner_steps must be >= 1, got {self.inner_steps}")
-        require(0.0 <= self.lam <= 1.0, f"lam must be in [0, 1], got {self.lam}")
+        check_bounds(self)
         require(self.ln_eps > 0, f"ln_eps must be > 0, got {self.ln_eps}")
 
 

@@ -49,6 +49,7 @@ import torch
 from crnn_core import hookimpl
 from crnn_core.distributed import resolve_device
 from crnn_core.errors import ConfigError
+from crnn_core.resources import check_memory
 
 DEFAULT_BATCH = (1, 128)
 DEFAULT_LENGTH = (11, 25)
@@ -295,6 +296,10 @@ def run_benchmark(
     if not active:
         raise ConfigError("no backend to time")
     points = list(itertools.product(batches, lengths, hiddens, inner_steps))
+    itemsize = torch.finfo(torch_dtype).bits // 8
+    for B, T, H, S in points:  # every grid point fits in memory, or nothing runs
+        check_memory(itemsize * (4 * B * H * H + B * T * H * (4 + 2 * S) + 2 * H * H),
+                     f"the bench point B={B} T={T} H={H} S={S}", "--batch / --length / --hidden / --inner-steps")
     load_before = _load_avg()
     records: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []

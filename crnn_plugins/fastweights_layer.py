@@ -16,14 +16,14 @@ through :mod:`warnings`. :func:`fastweights_unroll` is the same choice for the f
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from crnn_core.cell import State, check_state
-from crnn_core.env import CrnnWarning
+from crnn_core.env import warn
+from crnn_core.resources import FLOAT32, check_memory
 
 from . import fastweights_fused
 from .fastweights_reference import A_UPDATES, ACTIVATIONS, fastweights_reference
@@ -37,7 +37,7 @@ def select_unroll(backend: str, device: torch.device) -> tuple[Unroll, str]:
 
     ``reference``: always the reference. ``fused``: the fused op, or a RuntimeError saying
     why it cannot run. ``auto``: the fused op where it can run, else the reference with a
-    ``CrnnWarning`` (shown once per reason by Python's default warning filter).
+    ``CrnnWarning`` at the caller's line (``env.warn``; shown once per reason and call site by Python's default filter).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -48,8 +48,7 @@ def select_unroll(backend: str, device: torch.device) -> tuple[Unroll, str]:
         return fastweights_fused.fastweights_fused, f"fused ({reason})"
     if backend == "fused":
         raise RuntimeError(f"backend='fused', but the fused fast-weights kernel cannot run on {device.type}: {reason}")
-    warnings.warn(f"no fused fast-weights kernel for {device.type} ({reason}); using the reference backend",
-                  CrnnWarning, stacklevel=3)
+    warn(f"no fused fast-weights kernel for {device.type} ({reason}); using the reference backend")
     return fastweights_reference, f"reference (fused unavailable: {reason})"
 
 
@@ -122,6 +121,9 @@ class FastWeights(nn.Module):
         _check(a_update in A_UPDATES, "a_update", f"must be one of {', '.join(A_UPDATES)}, got {a_update!r}")
         _check(_is_real(ln_eps) and math.isfinite(ln_eps) and ln_eps > 0, "ln_eps",
                f"must be a finite number > 0, got {ln_eps!r}")
+        # parameters, their gradients and Adam's two moments, float32
+        check_memory(4 * FLOAT32 * (hidden_size * (hidden_size + input_size) + 3 * hidden_size), "the FastWeights weights",
+                     "hidden_size (cell.hidden_size)")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.lam, self.eta, self.inner_steps, self.activation = float(lam), float(eta), int(inner_steps), activation
         self.batch_first, self.backend, self.a_update = batch_first, backend, a_update
@@ -190,6 +192,7 @@ class FastWeights(nn.Module):
             state = self.zero_state(xp.shape[0], xp.device, xp.dtype)
         else:
             check_state("FastWeights", state, self.state_spec(), xp.shape[0])
+        _check_unroll_memory(xp, self.hidden_size, self.inner_steps)
         unroll, _ = self._unroll_for(xp.device)
         outputs, A = unroll(
             xp.contiguous(),
@@ -211,6 +214,26 @@ class FastWeights(nn.Module):
         return (f"{self.input_size}, {self.hidden_size}, lam={self.lam}, eta={self.eta}, inner_steps={self.inner_steps}, "
                 f"activation={self.activation!r}, batch_first={self.batch_first}, backend={self.backend!r}, "
                 f"a_update={self.a_update!r}, ln_eps={self.norm.eps}")
+
+
+#: Estimates below this many bytes are not checked against free memory (no /proc read per step).
+CHECK_ABOVE = 2**30
+
+
+def unroll_bytes(batch: int, steps: int, hidden: int, inner_steps: int, itemsize: int, grad: bool) -> int:
+    """Bytes one unroll needs: the state and outputs, and with ``grad`` what the backward keeps
+    (per step and inner step a few ``[B, H]`` activations, per step the reference's ``[B, H, H]`` A)."""
+    if grad:
+        return batch * steps * (6 * inner_steps * hidden + 3 * hidden * hidden) * itemsize
+    return batch * (2 * hidden * hidden + 2 * steps * hidden) * itemsize
+
+
+def _check_unroll_memory(x: Tensor, hidden: int, inner_steps: int) -> None:
+    """Refuse an unroll that cannot fit in memory (one-line ``ConfigError``) before allocating it."""
+    need = unroll_bytes(x.shape[0], x.shape[1], hidden, inner_steps, x.element_size(), torch.is_grad_enabled())
+    if need > CHECK_ABOVE and x.device.type == "cpu":
+        check_memory(need, f"a FastWeights unroll of {x.shape[0]} x {x.shape[1]} steps",
+                     "the batch size, the sequence length, hidden_size or inner_steps (cell.inner_steps)")
 
 
 def _is_int(value: object) -> bool:

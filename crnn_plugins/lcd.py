@@ -28,7 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crnn_core import Batch, ConfigError, Rollout, Task, TaskModule, hookimpl, option, require
+from crnn_core.resources import check_memory
 
+#: float64 copies of each trajectory alive at once while the data are made (curve, inputs, deltas, scaled forms).
+FLOAT64_COPIES = 6
 #: Offset between the train and validation generator seeds (same data_seed, disjoint streams).
 VAL_SEED_OFFSET = 1_000_003
 
@@ -157,6 +160,9 @@ class LCDTask(Task):
         self.state_scaler = MinMaxScaler(0.0, options.x0_max)
         self.period_scaler = MinMaxScaler(min(self.train_periods), max(self.train_periods))
         self._delta_scaler: MinMaxScaler | None = None
+        sequences = len(self.train_periods) * options.train_per_period + len(self.val_periods) * options.val_per_period
+        check_memory(sequences * (options.length + 1) * FLOAT64_COPIES * 8, "the LCD data",
+                     "task.train_per_period / task.val_per_period / task.length")
 
     # -- set-up -------------------------------------------------------------------------------------
     def prepare(self, uses_context: bool) -> None:

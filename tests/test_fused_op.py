@@ -13,6 +13,7 @@ from __future__ import annotations
 
 
 import os
+import sys
 
 import pytest
 import torch
@@ -508,3 +509,25 @@ def test_outputs_of_successive_calls_do_not_alias():
         del again
     for t, k in zip(first, kept):
         torch.testing.assert_close(t, k, rtol=0, atol=0)
+
+
+def test_the_fallback_warning_points_at_the_callers_line(monkeypatch):
+    """Through nn.Module.__call__, ContextualRNN or the functional op, the CrnnWarning names this file, not crnn's."""
+    from crnn_core import ContextualRNN, CrnnWarning
+    from crnn_core import fastweights_unroll as fastweights
+    from crnn_plugins import FastWeights
+
+    monkeypatch.setattr(ff, "load_status", lambda: (False, "no compiler (test)"))
+    layer = FastWeights(5, 8)
+    with pytest.warns(CrnnWarning, match="no compiler") as record:
+        layer(torch.randn(2, 3, 5)); line = sys._getframe().f_lineno  # noqa: E702 - the line the warning must name
+    assert (record[0].filename, record[0].lineno) == (__file__, line)
+    rnn = ContextualRNN(FastWeights(5, 8), init="zero")
+    with pytest.warns(CrnnWarning, match="no compiler") as record:
+        rnn(torch.randn(2, 3, 5))
+    assert record[0].filename == __file__
+    args = (torch.randn(2, 3, 4), torch.zeros(2, 4), torch.zeros(2, 4, 4), torch.eye(4), torch.ones(4), torch.zeros(4),
+            LAM, ETA, 1)
+    with pytest.warns(CrnnWarning, match="no compiler") as record:
+        fastweights(*args)
+    assert record[0].filename == __file__

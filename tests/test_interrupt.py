@@ -154,3 +154,31 @@ def test_stop_flag_same_signal_twice_aborts_a_different_one_does_not():
             time.sleep(0.01)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_the_same_signal_twice_in_training_exits_with_its_own_code(runner, tmp_path, monkeypatch, sig, code):
+    """SIGTERM twice inside the loop aborts with 143 (it gave 130, SIGINT's code), one line, last.pt unchanged."""
+    from crnn_plugins.art import ARTTask
+
+    out = tmp_path / "run"
+    assert invoke(runner, ["run", *ARGS, "--epochs", "1", "--out", str(out)]).exit_code == 0
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    real, calls = ARTTask.loss, {"n": 0}
+
+    def loss(self, predictions, batch):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 3:
+                os.kill(os.getpid(), sig)
+                os.kill(os.getpid(), sig)
+                time.sleep(0.05)
+        return real(self, predictions, batch)
+
+    monkeypatch.setattr(ARTTask, "loss", loss)
+    result = invoke(runner, ["run", "--resume", str(out), "--epochs", "3", "-q"])
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Interrupted: {signal.Signals(sig).name} received twice"), lines
+    assert f"continue with: crnn run --resume {out}" in lines[0]
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before

@@ -179,8 +179,9 @@ def test_a_malicious_pickle_is_refused_and_never_runs(runner, finished):
     evil.marker = str(finished / "pwned")
     torch.save({"format": "crnn-checkpoint-v1", "model": {}, "payload": evil}, finished / "checkpoints" / "last.pt")
     result = resume(runner, finished)
-    assert_one_line_error(result, "is corrupt or not a crnn checkpoint")
-    assert "Weights only load failed" in result.stderr
+    assert_one_line_error(result, "was refused: loading it could run code")
+    assert "mkdir" in result.stderr  # what the restricted unpickler refused, in the same line
+    assert "This file can still be loaded" not in result.stderr  # never an invitation to weights_only=False
     assert not (finished / "pwned").exists()
 
 
@@ -214,6 +215,12 @@ def test_a_checkpoint_from_another_config_is_refused(runner, tmp_path, finished,
         (lambda c: c.update(best=float("inf")), "'best' must be a finite number"),
         (lambda c: next(iter(c["optimizer"]["state"].values())).update(exp_avg=torch.zeros(3)),
          "optimizer state 'exp_avg' of parameter 0 has shape [3]"),
+        # a state_dict from another model names the keys and shapes that differ (first 3, with a count)
+        (lambda c: c["model"].update({"rnn.cell.extra": torch.zeros(1)}), "1 unexpected keys (rnn.cell.extra)"),
+        (lambda c: [c["model"].pop(k) for k in list(c["model"])[:5]], "5 keys missing ("),
+        (lambda c: c.update(model={k: torch.zeros(*(n + 1 for n in v.shape)) for k, v in c["model"].items()}),
+         "shapes differ ("),
+        (lambda c: c.update(model=[1, 2]), "the weights are a list, not a dict of tensors"),
     ],
 )
 def test_a_tampered_checkpoint_is_refused(runner, finished, edit, fragment):
@@ -234,7 +241,7 @@ def test_a_tampered_checkpoint_is_refused(runner, finished, edit, fragment):
         (lambda c: c["model"].update(cell="fastweight") or c, "Unknown cell 'fastweight'. Did you mean 'fastweights'?"),
         (lambda c: c["model"].update(cell_options=[[1]]) or c, "model.cell_options must be an object"),
         (lambda c: c["model"]["cell_options"].update(hidden_size="abc") or c, "cell.hidden_size: expected an integer"),
-        (lambda c: c["model"]["cell_options"].update(hidden_size=-3) or c, "hidden_size must be positive"),
+        (lambda c: c["model"]["cell_options"].update(hidden_size=-3) or c, "hidden_size must be >= 1"),
         (lambda c: c["model"]["cell_options"].update(bogus=1) or c, "unknown option cell.bogus"),
         (lambda c: c["model"]["task_options"].update(pairs=[4]) or c, "task.pairs: expected an integer"),
         (lambda c: c["model"].update(extra=1) or c, "is not a crnn run config"),

@@ -158,7 +158,7 @@ def test_malformed_files_are_refused(runner, exported, tmp_path):
         (rewritten(exported, tmp_path / "badcfg.safetensors", crnn_config="[]"), "is not a valid crnn run config"),
         (rewritten(exported, tmp_path / "v2.safetensors", crnn_format="crnn-safetensors/2"), "format 'crnn-safetensors/2'"),
         (missing, "needs the cell 'gru' from the package crnn-gru 0.3, which is not installed"),
-        (misfit, "does not fit this run's model"),
+        (misfit, "does not fit this model"),
         (tmp_path / "run-dir-missing", "is not a crnn run directory"),
     ]
     for path, fragment in cases:
