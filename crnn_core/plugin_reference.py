@@ -87,15 +87,21 @@ def methods(cls: type) -> list[tuple[str, str, str, str]]:
                          "classmethod", _first_paragraph(member.__doc__)))
         elif inspect.isfunction(member):
             kind = "required" if getattr(member, "__isabstractmethod__", False) else "optional"
-            signature = str(inspect.signature(member)).replace("(self, ", "(").replace("(self)", "()")
+            signature = _without_self(member)
             rows.append((name, signature, kind, _first_paragraph(member.__doc__)))
     return rows
 
 
 def constructor(cls: type) -> str:
     """``Cell(input_size: 'int', options: 'object')`` as the core calls it."""
-    signature = str(inspect.signature(cls.__init__)).replace("(self, ", "(").replace("(self)", "()")
-    return f"{cls.__name__}{signature}"
+    return f"{cls.__name__}{_without_self(cls.__init__)}"
+
+
+def _without_self(function: Any) -> str:
+    """``function``'s signature without its first parameter (``self``, whatever its annotation:
+    a wrapper of ``nn.Module.__init__`` may annotate it)."""
+    signature = inspect.signature(function)
+    return str(signature.replace(parameters=list(signature.parameters.values())[1:]))
 
 
 def hooks() -> list[tuple[str, str, str]]:
