@@ -18,8 +18,9 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,8 @@ from .options import parse_overrides
 from .plot import _stats, collect, default_logy, draw
 from .plugins import get_plugins
 from .rundir import is_run_dir, read_json, read_metrics, wait_until_unlocked, write_json
+from .signals import SignalInterrupt
+from .train import Interrupted
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,52 @@ class RunKilled(CrnnError):
     checkpoint, so running it again resumes it (the Ray executor retries it)."""
 
 
-def execute(run: GridRun, epochs: int, threads: int, cores: set[int] | None = None) -> dict[str, Any]:
+class GridStopped(CrnnError):
+    """The local pool is stopping (a signal, or another run failed): this run was not started."""
+
+
+@dataclass
+class Children:
+    """The ``crnn run`` processes of a local grid, so that stopping the grid reaches every one of them.
+
+    Each child runs in its own session, so a terminal's Ctrl-C reaches only ``crnn reproduce``,
+    which then signals each running child once (:meth:`stop`): the child finishes its step,
+    saves ``last.pt`` and exits, and no new run starts afterwards (:meth:`start` refuses).
+    """
+
+    running: dict[Path, subprocess.Popen[str]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped_by: int | None = None  # the signal sent to the children once the grid is stopping
+
+    def start(self, path: Path, argv: list[str], **popen: Any) -> subprocess.Popen[str]:
+        """Start the child of run ``path``, unless the grid is stopping (:class:`GridStopped`)."""
+        with self.lock:
+            if self.stopped_by is not None:
+                raise GridStopped(f"grid run {path} was not started: the grid is stopping")
+            proc = subprocess.Popen(argv, start_new_session=True, **popen)
+            self.running[path] = proc
+            return proc
+
+    def done(self, path: Path) -> None:
+        with self.lock:
+            self.running.pop(path, None)
+
+    def stop(self, signum: int) -> list[Path]:
+        """Send ``signum`` to every running child (again only when it is a second signal); return their runs."""
+        with self.lock:
+            self.stopped_by = int(signum)
+            for proc in self.running.values():
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+            return list(self.running)
+
+
+def execute(run: GridRun, epochs: int, threads: int, cores: set[int] | None = None,
+            children: Children | None = None) -> dict[str, Any]:
     """Run (or resume) one grid run: a ``crnn run`` process with ``threads`` torch threads, pinned to
-    ``cores`` when given; writes and returns its summary. The one job of every executor (the local
-    pool and a Ray task). Raises :class:`RunKilled` when the process dies of a signal."""
+    ``cores`` when given and registered in ``children`` (the local pool) when given; writes and
+    returns its summary. The one job of every executor (the local pool and a Ray task). Raises
+    :class:`RunKilled` when the process dies of a signal."""
     if not wait_until_unlocked(run.path, LOCK_WAIT_SECONDS):
         raise ConfigError(f"grid run {run.path} is still in use by another process after {LOCK_WAIT_SECONDS:.0f}s")
     if is_run_dir(run.path) and (run.path / "checkpoints" / "last.pt").is_file():
@@ -121,15 +166,21 @@ def execute(run: GridRun, epochs: int, threads: int, cores: set[int] | None = No
             os.sched_setaffinity(0, cores)
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    argv = [sys.executable, "-m", "crnn_core", *args]
+    popen: dict[str, Any] = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=prepare, env=env)
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "crnn_core", *args], capture_output=True, text=True,
-                          preexec_fn=prepare, env=env)
+    proc = children.start(run.path, argv, **popen) if children is not None else subprocess.Popen(argv, **popen)
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        if children is not None:
+            children.done(run.path)
     if proc.returncode != 0:
-        reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        reason = (stderr.strip().splitlines() or ["no output"])[-1]
         if proc.returncode < 0 or proc.returncode - 128 in KILLING_SIGNALS:
             raise RunKilled(f"grid run {run.path} was killed (exit {proc.returncode}); run the grid again to resume it: {reason}")
         raise ConfigError(f"grid run {run.path} failed (exit {proc.returncode}): {reason}")
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = json.loads(stdout.strip().splitlines()[-1])
     summary["process_seconds"] = round(time.time() - started, 1)
     write_json(run.path / "summary.json", summary)
     return summary
@@ -163,10 +214,10 @@ def report_done(run: GridRun, summary: dict[str, Any]) -> None:
 
 
 def run_grid(runs: list[GridRun], epochs: int, jobs: int, executor: str = "local", address: str | None = None,
-             threads: int = 1) -> None:
+             threads: int = 1, resume_command: str = "") -> None:
     """Run the unfinished ``runs``: ``jobs`` pinned processes here (``local``), or Ray tasks of
     ``threads`` CPUs each (``ray``: on the cluster at ``address``, else an embedded Ray of
-    ``jobs * threads`` CPUs)."""
+    ``jobs * threads`` CPUs). ``resume_command`` continues the grid (named when a signal stops it)."""
     todo = [r for r in runs if not is_finished(r, epochs)]
     if executor == "ray":
         from .ray_grid import run_on_ray
@@ -181,28 +232,72 @@ def run_grid(runs: list[GridRun], epochs: int, jobs: int, executor: str = "local
         groups.put(group)
     _announce(runs, todo, f"with {groups.qsize()} job(s)")
 
+    children = Children()
+
     def work(run: GridRun) -> None:
         cores = groups.get()
         try:
-            click.echo(f"  start {run.path.name} on cores {sorted(cores)}", err=True)
-            report_done(run, execute(run, epochs, len(cores), cores))
+            if children.stopped_by is None:
+                click.echo(f"  start {run.path.name} on cores {sorted(cores)}", err=True)
+            report_done(run, execute(run, epochs, len(cores), cores, children))
         finally:
             groups.put(cores)
 
-    with ThreadPoolExecutor(max_workers=groups.qsize()) as pool:
-        for future in [pool.submit(work, r) for r in todo]:
+    pool = ThreadPoolExecutor(max_workers=groups.qsize())
+    futures = [pool.submit(work, r) for r in todo]
+    try:
+        for future in as_completed(futures):
             future.result()
+    except BaseException as exc:  # a signal, or a failed run: no new run starts, the running ones save and stop
+        pool.shutdown(wait=False, cancel_futures=True)
+        signum = exc.signum if isinstance(exc, SignalInterrupt) else signal.SIGTERM
+        stopped = stop_children(children, futures, signum)
+        if isinstance(exc, KeyboardInterrupt):
+            unstarted = sum(f.cancelled() or isinstance(f.exception(), GridStopped) for f in futures)
+            raise Interrupted(f"{signal.Signals(signum).name} received: stopped the grid; {len(stopped)} running "
+                              f"run(s) stopped, each keeping its last checkpoint, {unstarted} not started; "
+                              f"continue with: {resume_command}", signum) from None
+        raise
+    pool.shutdown()
 
 
-#: A grid directory's settings (experiment, variant, --set overrides, early stop): what --resume continues.
+def stop_children(children: Children, futures: list[Future[None]], signum: int) -> list[Path]:
+    """Signal the running children once and wait until they have saved and exited; a second SIGINT
+    or SIGTERM meanwhile is passed on to them (it stops them at once, as in ``crnn run``)."""
+    stopped = children.stop(signum)
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, lambda s, _frame: children.stop(s))
+        except ValueError:  # not the main thread: the children still get the first signal
+            pass
+    try:
+        wait([f for f in futures if not f.cancelled()])  # a cancelled future never reports done to wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return stopped
+
+
+#: A grid directory's settings (experiment, variant, --set overrides, early stop) and its last shape
+#: (seeds, epochs, inits): what --resume continues.
 GRID_FILE = "grid.json"
+
+#: The settings that make a grid what it is: running a grid directory again with other values is refused.
+GRID_IDENTITY = ("experiment", "variant", "overrides", "early_stop")
+
+#: The grid's shape, recorded on every run: ``--resume`` uses it where --seeds, --epochs or --inits is not given.
+GRID_SHAPE = ("seeds", "epochs", "inits")
+
+DEFAULT_SEEDS = 3
 
 
 def grid_settings(out: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
     """The settings to run the grid in ``out`` with: ``settings``, or with ``resume`` the recorded ones.
 
     A grid directory records its settings on the first run; running it again with other
-    settings is refused (the runs would mix), and ``--resume`` needs a recorded grid.
+    settings (:data:`GRID_IDENTITY`) is refused (the runs would mix), and ``--resume`` needs
+    a recorded grid. The shape (:data:`GRID_SHAPE`) may change from one run to the next.
     """
     path = out / GRID_FILE
     saved = read_json(path) if path.is_file() else None
@@ -214,11 +309,13 @@ def grid_settings(out: Path, settings: dict[str, Any], resume: bool) -> dict[str
         if saved.get("experiment") != settings["experiment"]:
             raise ConfigError(f"--resume: {out} holds a grid of '{saved.get('experiment')}', not '{settings['experiment']}'")
         return saved
-    if saved is not None and saved != settings:
-        differ = ", ".join(k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k))
+    differ = ", ".join(k for k in GRID_IDENTITY if saved is not None and saved.get(k) != settings.get(k))
+    if differ:
         raise ConfigError(f"{out} holds a grid with other settings ({differ}); continue it with --resume "
                           "or choose another --out")
     return settings
+
+
 def grid_threads(overrides: tuple[str, ...]) -> int:
     """The torch threads of each run on Ray: ``--set train.threads=N`` (default 1)."""
     value = parse_overrides(overrides)["train"].get("threads", "1")
@@ -288,9 +385,9 @@ Examples:
 
 @click.command(epilog=REPRODUCE_EXAMPLES)
 @click.argument("experiment", required=False)
-@click.option("--seeds", type=int, default=3, show_default=True, help="seeds per init strategy")
-@click.option("--epochs", type=int, help="epochs per run  [default: the experiment's]")
-@click.option("--inits", help="comma-separated subset of the init strategies to run")
+@click.option("--seeds", type=int, help=f"seeds per init strategy  [default: {DEFAULT_SEEDS}, or with --resume the recorded]")
+@click.option("--epochs", type=int, help="epochs per run  [default: the experiment's, or with --resume the recorded]")
+@click.option("--inits", help="comma-separated subset of the init strategies to run  [default: all, or with --resume the recorded]")
 @click.option("--out", type=click.Path(path_type=Path), help="grid directory  [default: runs/reproduce-<experiment>]")
 @click.option("--early-stop/--no-early-stop", default=None, help="stop each run at its task's early-stop target  [default: no]")
 @click.option("--jobs", type=int, help="runs at once on this machine, each pinned to its share of the cores "
@@ -303,7 +400,7 @@ Examples:
 @click.option("--resume", is_flag=True, help="continue the grid in --out with its recorded variant, options and early stop")
 @click.option("--report-only", is_flag=True, help="only redraw figures and the table from the runs on disk")
 @click.option("--list", "list_only", is_flag=True, help="list the registered experiments as JSON and exit")
-def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, inits: str | None, out: Path | None,
+def reproduce_command(experiment: str | None, seeds: int | None, epochs: int | None, inits: str | None, out: Path | None,
                       jobs: int | None, early_stop: bool | None, executor: str, address: str | None,
                       overrides: tuple[str, ...], variant: str | None, resume: bool,
                       report_only: bool, list_only: bool) -> None:
@@ -322,7 +419,7 @@ def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, in
     if experiment not in experiments:
         raise ConfigError(f"unknown experiment '{experiment}' (choose from {', '.join(sorted(experiments))})")
     exp = experiments[experiment]
-    if seeds <= 0 or (jobs is not None and jobs <= 0) or (epochs is not None and epochs <= 0):
+    if any(value is not None and value <= 0 for value in (seeds, jobs, epochs)):
         raise ConfigError("--seeds, --jobs and --epochs must be positive")
     if address is not None and executor != "ray":
         raise ConfigError("--address names a Ray cluster: it needs --executor ray")
@@ -332,34 +429,38 @@ def reproduce_command(experiment: str | None, seeds: int, epochs: int | None, in
         from .ray_grid import import_ray
 
         import_ray()  # a missing extra stops here, before any directory is made
-    chosen = [i.strip() for i in inits.split(",")] if inits else list(exp.inits)
-    unknown = [i for i in chosen if i not in exp.inits]
-    if unknown:
-        raise ConfigError(f"--inits: '{unknown[0]}' is not an arm of {experiment} (choose from {', '.join(exp.inits)})")
     if variant is not None and variant not in exp.variants:
         raise ConfigError(f"--variant: '{variant}' is not a variant of {experiment} "
                           f"(choose from {', '.join(exp.variants) or 'none'})")
     if resume and (variant is not None or overrides or early_stop is not None):
         raise ConfigError("--resume continues the grid with its recorded --variant, --set and --early-stop; "
                           "give none of them")
-    epochs = epochs or exp.epochs
     out = out or Path("runs") / f"reproduce-{experiment}"
     requested = {"experiment": experiment, "variant": variant, "overrides": list(overrides), "early_stop": bool(early_stop)}
     if report_only:
         settings = read_json(out / GRID_FILE) if (out / GRID_FILE).is_file() else requested
     else:
         settings = grid_settings(out, requested, resume)
+    recorded = settings if resume else {}
+    seeds = seeds or recorded.get("seeds") or DEFAULT_SEEDS
+    epochs = epochs or recorded.get("epochs") or exp.epochs
+    chosen = [i.strip() for i in inits.split(",")] if inits else list(recorded.get("inits") or exp.inits)
+    unknown = [i for i in chosen if i not in exp.inits]
+    if unknown:
+        raise ConfigError(f"--inits: '{unknown[0]}' is not an arm of {experiment} (choose from {', '.join(exp.inits)})")
     if executor == "ray":
         out = out.absolute()  # Ray workers do not share this process's working directory
     out.mkdir(parents=True, exist_ok=True)
-    if not report_only and not (out / GRID_FILE).is_file():
-        write_json(out / GRID_FILE, settings)
+    if not report_only:
+        write_json(out / GRID_FILE, {**{k: settings.get(k) for k in GRID_IDENTITY},
+                                     "seeds": seeds, "epochs": epochs, "inits": chosen})
     extra = (*exp.variants.get(settings.get("variant") or "", ()), *settings.get("overrides", []))
     threads = grid_threads(extra) if executor == "ray" else 1
     runs = plan(exp, chosen, seeds, epochs, out, bool(settings.get("early_stop")), extra)
     started = time.time()
     if not report_only:
-        run_grid(runs, epochs, jobs or 1, executor, address, threads)
+        resume_command = f"crnn reproduce {experiment} --out {out} --resume"
+        run_grid(runs, epochs, jobs or 1, executor, address, threads, resume_command)
     result = report(exp, runs, chosen, out)
     result["grid_seconds"] = round(time.time() - started, 1)
     click.echo(json.dumps(result))

@@ -1,6 +1,16 @@
-"""`crnn reproduce`: a tiny ART grid runs in parallel jobs, resumes, and writes its figures and table."""
+"""`crnn reproduce`: a tiny ART grid runs in parallel jobs, resumes, and writes its figures and table;
+a signal stops the whole grid (no run starts afterwards) and --resume continues the recorded grid."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from crnn_core.rundir import wait_until_unlocked
 
 from .conftest import assert_one_line_error, invoke
 
@@ -40,3 +50,63 @@ def test_reproduce_bad_input(runner, tmp_path):
     assert_one_line_error(invoke(runner, ["reproduce", "art", "--seeds", "0", "--out", str(tmp_path)]), "must be positive")
     assert_one_line_error(invoke(runner, ["reproduce", "art", "--report-only", "--out", str(tmp_path / "empty")]),
                           "no finished epochs")
+
+
+def test_resume_continues_the_recorded_seeds_epochs_and_inits(runner, tmp_path):
+    out = tmp_path / "grid"
+    first = invoke(runner, ["reproduce", "art", "--seeds", "2", "--inits", "zero", "--epochs", "1", "--out", str(out), *TINY])
+    assert first.exit_code == 0, first.stderr
+    recorded = json.loads((out / "grid.json").read_text())
+    assert (recorded["seeds"], recorded["epochs"], recorded["inits"]) == (2, 1, ["zero"])
+    resumed = invoke(runner, ["reproduce", "art", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "2 of 2 runs already finished; 0 to go" in resumed.stderr  # not the defaults: 3 seeds x 3 inits, 200 epochs
+
+
+def start_grid(out, jobs: int) -> subprocess.Popen:
+    """A grid of 3 long runs (1000 epochs of 4 steps), in its own session like a shell's foreground job."""
+    args = ["reproduce", "art", "--seeds", "3", "--inits", "zero", "--epochs", "1000", "--jobs", str(jobs),
+            "--out", str(out), *TINY]
+    return subprocess.Popen([sys.executable, "-m", "crnn_core", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=dict(os.environ, CRNN_NO_PLUGINS="1"))
+
+
+@pytest.mark.parametrize("sig, to_group, code", [(signal.SIGTERM, False, 143), (signal.SIGINT, True, 130)],
+                         ids=["sigterm-to-the-parent", "ctrl-c-to-the-job"])
+def test_a_signal_stops_the_whole_grid(tmp_path, sig, to_group, code):
+    out = tmp_path / "grid"
+    proc = start_grid(out, jobs=1)
+    last = out / "zero_s0" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.is_file():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the first grid run saved no checkpoint in time"
+        time.sleep(0.05)
+    if to_group:
+        os.killpg(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole job: the parent passes it on once
+    else:
+        proc.send_signal(sig)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("crnn reproduce went on after the signal")
+    assert proc.returncode == code, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith(f"Interrupted: {signal.Signals(sig).name} received: stopped the grid; 1 running run(s)")
+    assert "2 not started" in lines[-1] and f"crnn reproduce art --out {out} --resume" in lines[-1]
+    assert "Traceback" not in stderr
+    assert not (out / "zero_s1").exists() and not (out / "zero_s2").exists()  # nothing started after the signal
+    assert wait_until_unlocked(out / "zero_s0", 0)  # the child has exited and released its run directory
+    command = (out / "zero_s0" / "command.txt").read_text()
+    assert "--resume" not in command  # it saved and stopped once: not aborted by a second signal
+    assert json.loads((out / "grid.json").read_text())["seeds"] == 3
+
+
+def test_a_failed_run_stops_the_grid_with_its_error(runner, tmp_path):
+    out = tmp_path / "grid"
+    result = invoke(runner, ["reproduce", "art", "--seeds", "3", "--inits", "zero", "--epochs", "1", "--out", str(out),
+                             *TINY, "--set", "cell.inner_steps=5000"])  # out of its range: each run refuses
+    assert_one_line_error(result, "grid run")
+    assert "failed (exit 2)" in result.stderr
+    assert not (out / "zero_s1").exists()  # the grid stopped at the first failure
