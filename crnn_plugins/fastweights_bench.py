@@ -41,6 +41,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import click
@@ -263,6 +264,82 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+@dataclass(frozen=True)
+class GridPoint:
+    """One shape of the benchmark grid."""
+
+    batch: int
+    length: int
+    hidden: int
+    inner_steps: int
+
+    def fields(self) -> dict[str, int]:
+        """The shape as it appears in every record and ratio of the JSON document."""
+        return {"batch": self.batch, "length": self.length, "hidden": self.hidden, "inner_steps": self.inner_steps}
+
+
+def _skipped_backends(active: list[str], mode: str, point: GridPoint, torch_dtype: torch.dtype,
+                      max_naive_bytes: float, max_compiled_length: int | None) -> dict[str, str]:
+    """The backends not timed at ``point`` in ``mode``, and why (too much memory, too long to compile)."""
+    B, T, H, S = point.batch, point.length, point.hidden, point.inner_steps
+    skipped: dict[str, str] = {}
+    naive_bytes = B * T * (S + 1) * H * H * torch.finfo(torch_dtype).bits // 8
+    if "naive" in active and mode == "forward+backward" and naive_bytes > max_naive_bytes:
+        # it would keep an H x H matrix per example, step and inner step
+        skipped["naive"] = f"would save ~{naive_bytes / 1e9:.1f} GB for the backward (> --max-naive-gb)"
+    if "compiled" in active and max_compiled_length is not None and T > max_compiled_length:
+        # dynamo unrolls the T-step loop: compile time grows with T
+        skipped["compiled"] = (f"T={T} > --max-compiled-length {max_compiled_length} (torch.compile "
+                               "unrolls the T-step loop; compile time grows with T)")
+    return skipped
+
+
+def _time_backends(timers: dict[str, "_Timer"], order: list[str], warmup: int,
+                   repeats: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each backend's warm-up and then its repeats back to back (steady state, as in a training loop),
+    in ``order``; returns the samples (ms) and the compile time (s) of ``compiled``'s first call."""
+    samples: dict[str, list[float]] = {}
+    compile_s: dict[str, float] = {}
+    for b in order:
+        timer = timers[b]
+        if b == "compiled":  # the first call compiles this shape: timed apart
+            compile_s[b] = timer.time_once() / 1e3
+        for _ in range(warmup):
+            timer.time_once()
+        samples[b] = [timer.time_once() for _ in range(repeats)]
+    return samples, compile_s
+
+
+def _backend_record(backend: str, mode: str, point: GridPoint, device: torch.device, dtype: str, samples: list[float],
+                    repeats: int, compile_s: float | None, memory: tuple[int | None, str],
+                    fused_median: float | None) -> dict[str, Any]:
+    """One timed backend at one grid point, as a record of the JSON document."""
+    median = statistics.median(samples)
+    return {
+        "backend": backend, "mode": mode, **point.fields(), "device": str(device), "dtype": dtype,
+        "median_ms": round(median, 4), "min_ms": round(min(samples), 4), "max_ms": round(max(samples), 4),
+        **spread(samples),
+        "repeats": repeats,
+        **({"compile_s": round(compile_s, 3)} if compile_s is not None else {}),
+        "peak_memory_bytes": memory[0],
+        "memory_method": memory[1],
+        "ratio_to_fused": round(median / fused_median, 3) if fused_median is not None else None,
+    }
+
+
+def _check_bench_settings(dev: torch.device, clock: str, points: list[GridPoint], torch_dtype: torch.dtype) -> None:
+    """Refuse a clock the device cannot use, and a grid point that would not fit in memory (nothing runs)."""
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (dev.type != "cpu" or torch.get_num_threads() != 1):
+        raise ConfigError("--clock cpu measures the calling thread's CPU time: it needs --device cpu and --threads 1")
+    itemsize = torch.finfo(torch_dtype).bits // 8
+    for p in points:
+        B, T, H, S = p.batch, p.length, p.hidden, p.inner_steps
+        check_memory(itemsize * (4 * B * H * H + B * T * H * (4 + 2 * S) + 2 * H * H),
+                     f"the bench point B={B} T={T} H={H} S={S}", "--batch / --length / --hidden / --inner-steps")
+
+
 def run_benchmark(
     batches: tuple[int, ...],
     lengths: tuple[int, ...],
@@ -284,87 +361,41 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Time every backend at every grid point; returns the JSON document ``crnn bench --json`` prints."""
     dev = resolve_device(device)
-    if clock not in CLOCKS:
-        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
-    if clock == "cpu" and (dev.type != "cpu" or torch.get_num_threads() != 1):
-        raise ConfigError("--clock cpu measures the calling thread's CPU time: it needs --device cpu and --threads 1")
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    points = [GridPoint(*shape) for shape in itertools.product(batches, lengths, hiddens, inner_steps)]
+    _check_bench_settings(dev, clock, points, torch_dtype)
     fns, notes = _backend_fns(dev)
     if "fused" in backends and "fused" not in fns:
         progress(f"crnn bench: no fused kernel on {dev} ({notes['fused']}); timing the fallbacks only")
     active = [b for b in backends if b in fns]
     if not active:
         raise ConfigError("no backend to time")
-    points = list(itertools.product(batches, lengths, hiddens, inner_steps))
-    itemsize = torch.finfo(torch_dtype).bits // 8
-    for B, T, H, S in points:  # every grid point fits in memory, or nothing runs
-        check_memory(itemsize * (4 * B * H * H + B * T * H * (4 + 2 * S) + 2 * H * H),
-                     f"the bench point B={B} T={T} H={H} S={S}", "--batch / --length / --hidden / --inner-steps")
     load_before = _load_avg()
     records: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
-    for n, (B, T, H, S) in enumerate(points, 1):
-        args, upstream = bench_inputs(B, T, H, dev, torch_dtype, state, seed)
+    for n, point in enumerate(points, 1):
+        args, upstream = bench_inputs(point.batch, point.length, point.hidden, dev, torch_dtype, state, seed)
         for mode in modes:
-            progress(f"[{n}/{len(points)}] B={B} T={T} H={H} S={S} {mode}")
-            here = list(active)
-            naive_bytes = B * T * (S + 1) * H * H * torch.finfo(torch_dtype).bits // 8
-            skipped: dict[str, str] = {}
-            if "naive" in here and mode == "forward+backward" and naive_bytes > max_naive_bytes:
-                here.remove("naive")  # it would keep an H x H matrix per example, step and inner step
-                skipped["naive"] = f"would save ~{naive_bytes / 1e9:.1f} GB for the backward (> --max-naive-gb)"
-                progress(f"  naive skipped: {skipped['naive']}")
-            if "compiled" in here and max_compiled_length is not None and T > max_compiled_length:
-                here.remove("compiled")  # dynamo unrolls the T-step loop: compile time grows with T
-                skipped["compiled"] = (f"T={T} > --max-compiled-length {max_compiled_length} (torch.compile "
-                                       "unrolls the T-step loop; compile time grows with T)")
-                progress(f"  compiled skipped: {skipped['compiled']}")
-            timers = {b: _Timer(fns[b], args, upstream, mode, S, dev) for b in here}
+            progress(f"[{n}/{len(points)}] B={point.batch} T={point.length} H={point.hidden} S={point.inner_steps} {mode}")
+            skipped = _skipped_backends(active, mode, point, torch_dtype, max_naive_bytes, max_compiled_length)
+            for b, why in skipped.items():
+                progress(f"  {b} skipped: {why}")
+            here = [b for b in active if b not in skipped]
+            timers = {b: _Timer(fns[b], args, upstream, mode, point.inner_steps, dev) for b in here}
             for timer in timers.values():
                 timer.clock = CLOCKS[clock]
-            # Each backend runs its warm-up and then its repeats back to back (steady state, as in a
-            # training loop); the order of the backends rotates from one grid point to the next.
-            samples: dict[str, list[float]] = {b: [] for b in here}
-            order = here[n % len(here):] + here[: n % len(here)]
-            compile_s: dict[str, float] = {}
-            for b in order:
-                timer = timers[b]
-                if b == "compiled":  # the first call compiles this shape: timed apart
-                    compile_s[b] = timer.time_once() / 1e3
-                for _ in range(warmup):
-                    timer.time_once()
-                samples[b] = [timer.time_once() for _ in range(repeats)]
+            order = here[n % len(here):] + here[: n % len(here)]  # rotates from one grid point to the next
+            samples, compile_s = _time_backends(timers, order, warmup, repeats)
             medians = {b: statistics.median(v) for b, v in samples.items()}
             for b, why in skipped.items():
-                records.append({"backend": b, "mode": mode, "batch": B, "length": T, "hidden": H, "inner_steps": S,
-                                "device": str(dev), "dtype": dtype, "median_ms": None, "skipped": why})
+                records.append({"backend": b, "mode": mode, **point.fields(), "device": str(dev), "dtype": dtype,
+                                "median_ms": None, "skipped": why})
             for b in here:
-                mem, method = timers[b].memory()
-                records.append({
-                    "backend": b,
-                    "mode": mode,
-                    "batch": B,
-                    "length": T,
-                    "hidden": H,
-                    "inner_steps": S,
-                    "device": str(dev),
-                    "dtype": dtype,
-                    "median_ms": round(medians[b], 4),
-                    "min_ms": round(min(samples[b]), 4),
-                    "max_ms": round(max(samples[b]), 4),
-                    **spread(samples[b]),
-                    "repeats": repeats,
-                    **({"compile_s": round(compile_s[b], 3)} if b in compile_s else {}),
-                    "peak_memory_bytes": mem,
-                    "memory_method": method,
-                    "ratio_to_fused": round(medians[b] / medians["fused"], 3) if "fused" in medians else None,
-                })
+                records.append(_backend_record(b, mode, point, dev, dtype, samples[b], repeats, compile_s.get(b),
+                                               timers[b].memory(), medians.get("fused")))
             if "fused" in medians:
-                ratio = {"mode": mode, "batch": B, "length": T, "hidden": H, "inner_steps": S}
-                for b in here:
-                    if b != "fused":
-                        ratio[f"{b}_over_fused"] = round(medians[b] / medians["fused"], 3)
-                ratios.append(ratio)
+                ratios.append({"mode": mode, **point.fields(),
+                               **{f"{b}_over_fused": round(medians[b] / medians["fused"], 3) for b in here if b != "fused"}})
     machine = machine_info(dev)
     machine["load_avg_1m_before"] = load_before
     machine["load_avg_1m_after"] = _load_avg()

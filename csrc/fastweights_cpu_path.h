@@ -41,16 +41,27 @@ namespace crnn {
 namespace CRNN_CPU_PATH_NS {
 namespace {
 
-// The per-call read-only inputs of the kernel (`Shared`): W (transposed for the forward)
-// gamma and beta padded to the vector width of this path, the powers of lam and the
-// decay table.
+// The per-call read-only inputs of the kernel (`Shared`), filled once from the call's
+// parameters (FwdParams or BwdParams): W (transposed for the forward), gamma and beta
+// padded to the vector width of this path, the powers of lam and the decay table.
 template <typename T>
 struct SharedBuffers {
   std::vector<T> WTp, Wp, gamma, beta, mask, lam_pow, decay;
   Shared<T> sh;
 
-  SharedBuffers(const T* w, const T* g, const T* bt, int64_t B, int64_t Tn, int64_t H, int64_t S,
-                double lam, double eta, double eps, bool forward) {
+  template <typename Params>
+  explicit SharedBuffers(const Params& io) {
+    constexpr bool forward = std::is_same_v<Params, FwdParams<T>>;
+    const T* w = io.W;
+    const T* g = io.gamma;
+    const T* bt = nullptr;
+    double eps = 0.0;  // the backward reads the saved rstd, not eps
+    if constexpr (forward) {
+      bt = io.beta;
+      eps = io.eps;
+    }
+    const int64_t B = io.B, Tn = io.T_len, H = io.H, S = io.S;
+    const double lam = io.lam, eta = io.eta;
     const int64_t Hp = padded<T>(H);
     if (forward) {
       WTp.assign(H * Hp, T(0));
@@ -97,6 +108,7 @@ struct SharedBuffers {
     sh.lam_pow = lam_pow.data();
     sh.decay = decay.data();
     sh.chunk = chunk_length(H);
+    sh.a_update = io.a_update;
   }
 };
 
@@ -132,18 +144,14 @@ void run_range(void* ctx, int64_t b0, int64_t b1) {
 
 template <typename T>
 void fwd(const FwdParams<T>& io, ParallelFor parallel) {
-  SharedBuffers<T> buf(io.W, io.gamma, io.beta, io.B, io.T_len, io.H, io.S, io.lam, io.eta, io.eps,
-                       /*forward=*/true);
-  buf.sh.a_update = io.a_update;
+  SharedBuffers<T> buf(io);
   Call<T, FwdParams<T>> call{&buf.sh, &io};
   parallel(io.B, &call, &run_range<T, FwdParams<T>>);
 }
 
 template <typename T>
 void bwd(const BwdParams<T>& io, ParallelFor parallel) {
-  SharedBuffers<T> buf(io.W, io.gamma, nullptr, io.B, io.T_len, io.H, io.S, io.lam, io.eta, 1e-5,
-                       /*forward=*/false);
-  buf.sh.a_update = io.a_update;
+  SharedBuffers<T> buf(io);
   Call<T, BwdParams<T>> call{&buf.sh, &io};
   parallel(io.B, &call, &run_range<T, BwdParams<T>>);
 }
