@@ -250,7 +250,8 @@ def run_grid(runs: list[GridRun], epochs: int, jobs: int, executor: str = "local
             future.result()
     except BaseException as exc:  # a signal, or a failed run: no new run starts, the running ones save and stop
         pool.shutdown(wait=False, cancel_futures=True)
-        signum = exc.signum if isinstance(exc, SignalInterrupt) else signal.SIGTERM
+        default = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM  # SIGTERM: save and stop
+        signum = exc.signum if isinstance(exc, SignalInterrupt) else default
         stopped = stop_children(children, futures, signum)
         if isinstance(exc, KeyboardInterrupt):
             unstarted = sum(f.cancelled() or isinstance(f.exception(), GridStopped) for f in futures)

@@ -108,18 +108,10 @@ def error_curves(records: list[list[dict[str, Any]]]) -> tuple[np.ndarray, np.nd
     return epochs, curves
 
 
-def art_error_figure(runs: list[GridRun], out: Path) -> list[str]:
-    """The validation error rate on a log scale, mean and 95% bootstrap band over seeds, per init."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ConfigError("drawing needs matplotlib, an optional extra: pip install 'crnn[plot]'") from None
+def _draw_error_bands(ax: Any, runs: list[GridRun], floor: float) -> bool:
+    """Per init, the mean validation error rate and its 95% bootstrap band on ``ax``; False if nothing to draw."""
     inits = list(dict.fromkeys(r.init for r in runs))
     by_init = _records_by_init(runs, inits)
-    val_size = _val_size(runs)
-    floor = 0.5 / val_size if val_size else 1e-6
-    fig = Figure(figsize=(7.0, 4.2), dpi=120, layout="constrained")
-    ax = fig.subplots()
     drawn = False
     for i, init in enumerate(inits):
         if not by_init[init]:
@@ -134,18 +126,106 @@ def art_error_figure(runs: list[GridRun], out: Path) -> list[str]:
         ax.plot(epochs, mean, color=color, linewidth=1.6, label=f"{init} ({curves.shape[0]} seeds)")
         ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
         drawn = True
-    if not drawn:
+    if drawn:
+        ax.set_yscale("log")
+        ax.axhline(floor, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation error rate (1 - accuracy)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="best", fontsize="small")
+    return drawn
+
+
+def _figure(size: tuple[float, float], panels: int = 1) -> tuple[Any, list[Any]]:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError("drawing needs matplotlib, an optional extra: pip install 'crnn[plot]'") from None
+    fig = Figure(figsize=size, dpi=120, layout="constrained")
+    axes = fig.subplots(1, panels, sharey=True, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def art_error_figure(runs: list[GridRun], out: Path) -> list[str]:
+    """The validation error rate on a log scale, mean and 95% bootstrap band over seeds, per init."""
+    val_size = _val_size(runs)
+    fig, (ax,) = _figure((7.0, 4.2))
+    if not _draw_error_bands(ax, runs, 0.5 / val_size if val_size else 1e-6):
         return []
-    ax.set_yscale("log")
-    ax.axhline(floor, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation error rate (1 - accuracy)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="best", fontsize="small")
     ax.set_title("ART: validation error rate (mean, 95% bootstrap band over seeds; dotted: 0 errors)", fontsize="medium")
     path = out / "art_val_error_rate.png"
     fig.savefig(path, format="png")
     return [str(path)]
+
+
+def grid_runs(grid: Path) -> list[GridRun]:
+    """The runs of a grid directory, from their ``<init>_s<seed>`` names (in seed, then init order)."""
+    runs = []
+    for path in sorted(grid.glob("*_s*")):
+        init, _, seed = path.name.rpartition("_s")
+        if path.is_dir() and seed.isdigit() and (path / "metrics.jsonl").is_file():
+            runs.append(GridRun(init, int(seed), path, []))
+    order = {init: i for i, init in enumerate(("zero", "free", "learned"))}
+    return sorted(runs, key=lambda r: (r.seed, order.get(r.init, len(order)), r.init))
+
+
+def arms_table(arms: dict[str, Path]) -> str:
+    """Markdown: one row per arm and init (fraction reaching 99% / 100%, epochs and steps to them with
+    95% bootstrap intervals), then the Mann-Whitney p-values of learned against zero and free per arm."""
+    head = ["arm", "init", "runs", "reached 99%", "epochs to 99%", "reached 100%", "epochs to 100%",
+            "steps to 100%", "best accuracy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    tests = ["| arm | threshold | learned vs zero: p | learned vs free: p |", "|---|---|---|---|"]
+    for arm, grid in arms.items():
+        runs = grid_runs(grid)
+        inits = list(dict.fromkeys(r.init for r in runs))
+        by_init = _records_by_init(runs, inits)
+        for init in inits:
+            records = by_init[init]
+            hits = {t: [h for h in (reached(r, t) for r in records) if h is not None] for t in STUDY_THRESHOLDS}
+            lines.append("| " + " | ".join([
+                arm, init, str(len(records)),
+                f"{len(hits[0.99])}/{len(records)}", format_ci([h[0] for h in hits[0.99]]),
+                f"{len(hits[1.0])}/{len(records)}", format_ci([h[0] for h in hits[1.0]]),
+                format_ci([h[1] for h in hits[1.0]], digits=6),
+                format_ci([max(x["metrics"]["accuracy"] for x in r) for r in records], digits=5)]) + " |")
+        for t in STUDY_THRESHOLDS:
+            def epochs(init: str) -> list[float]:
+                return [float(h[0]) if (h := reached(r, t)) else math.inf for r in by_init.get(init, [])]
+
+            tests.append(f"| {arm} | {t:.0%} | {_p_value(epochs('learned'), epochs('zero'))} | "
+                         f"{_p_value(epochs('learned'), epochs('free'))} |")
+    return "\n".join(lines) + "\n\nMann-Whitney U, two-sided, on the epochs to each threshold " \
+        "(never reached = slowest):\n\n" + "\n".join(tests) + "\n"
+
+
+def arms_figure(arms: dict[str, Path], path: Path) -> str:
+    """One panel per arm: the validation error rate per init (log scale, mean and 95% bootstrap band)."""
+    fig, axes = _figure((4.2 * len(arms), 4.0), panels=len(arms))
+    for ax, (arm, grid) in zip(axes, arms.items()):
+        runs = grid_runs(grid)
+        val_size = _val_size(runs)
+        _draw_error_bands(ax, runs, 0.5 / val_size if val_size else 1e-6)
+        ax.set_title(arm, fontsize="medium")
+    fig.suptitle("ART validation error rate per arm (mean, 95% bootstrap band over seeds; dotted: 0 errors)",
+                 fontsize="medium")
+    fig.savefig(path, format="png")
+    return str(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m crnn_plugins.study OUT.png ARM=GRID_DIR ...``: the four-arm table (stdout) and figure."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2 or any("=" not in a for a in args[1:]):
+        raise SystemExit("usage: python -m crnn_plugins.study OUT.png ARM=GRID_DIR [ARM=GRID_DIR ...]")
+    arms = {name: Path(grid) for name, grid in (a.split("=", 1) for a in args[1:])}
+    missing = [str(g) for g in arms.values() if not grid_runs(g)]
+    if missing:
+        raise SystemExit(f"no runs with metrics in {', '.join(missing)}")
+    print(arms_table(arms))
+    print(arms_figure(arms, Path(args[0])))
 
 
 def _val_size(runs: list[GridRun]) -> int | None:
@@ -233,3 +313,7 @@ def lcd_study_table(runs: list[GridRun], inits: list[str], metrics: tuple[str, .
               f"at x0 = {LCD_X0:g}; period error = |dominant period - requested| (cycles per t_f, "
               "least-squares periodogram)."]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

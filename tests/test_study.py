@@ -72,3 +72,37 @@ def test_lcd_table_has_intervals_and_sample_measures(runner, tmp_path):
     table = lcd_study_table(runs, ["learned"], ("squared_error", "rollout_mse"))
     row = next(line for line in table.splitlines() if line.startswith("| learned | 2 |"))
     assert row.count("[") == 5, row  # intervals on both errors and the three sample measures
+
+
+def _fake_run(path, accuracies):
+    """A run directory with only a metrics.jsonl: validation accuracy per epoch, 100 steps per epoch."""
+    path.mkdir(parents=True)
+    lines = [json.dumps({"epoch": e, "step": 100 * e, "split": "val", "loss": 1.0 - a,
+                         "metrics": {"nll": 1.0 - a, "accuracy": a}, "wall_time": float(e)})
+             for e, a in enumerate(accuracies, 1)]
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_the_arms_table_and_figure_compare_grids(tmp_path):
+    from crnn_core.stats import mann_whitney_u
+    from crnn_plugins.study import arms_figure, arms_table, grid_runs
+
+    arm = tmp_path / "arm"
+    _fake_run(arm / "zero_s0", [0.5, 0.995, 1.0])
+    _fake_run(arm / "zero_s1", [0.5, 0.9, 0.995, 1.0])
+    _fake_run(arm / "free_s0", [0.5, 0.995, 0.998])
+    _fake_run(arm / "learned_s0", [0.995, 1.0])
+    _fake_run(arm / "learned_s1", [0.5, 1.0])
+    (arm / "learned_s2").mkdir()  # started, no metrics yet: not counted
+    assert [(r.init, r.seed) for r in grid_runs(arm)] == [("zero", 0), ("free", 0), ("learned", 0), ("zero", 1),
+                                                          ("learned", 1)]
+    table = arms_table({"defaults": arm, "again": arm})
+    assert "| defaults | zero | 2 | 2/2 | 2.5 [2, 3] | 2/2 | 3.5 [3, 4] | 350 [300, 400] |" in table
+    assert "| defaults | free | 1 | 1/1 | 2 | 0/1 | — | — |" in table
+    assert "| again | learned | 2 | 2/2 | 1.5 [1, 2] | 2/2 | 2 [2, 2] | 200 [200, 200] |" in table
+    expected = mann_whitney_u([2.0, 2.0], [3.0, 4.0])  # epochs to 100%, learned vs zero
+    assert f"| defaults | 100% | {expected.p:.3g} (U={expected.u:g}, {expected.method}) |" in table
+    never = mann_whitney_u([2.0, 2.0], [float("inf")])  # free never reached 100%: it ranks last
+    assert f"{never.p:.3g} (U={never.u:g}, {never.method}) |" in table.split("| defaults | 100% |")[1].splitlines()[0]
+    path = arms_figure({"defaults": arm, "again": arm}, tmp_path / "arms.png")
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
