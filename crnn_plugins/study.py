@@ -224,8 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = [str(g) for g in arms.values() if not grid_runs(g)]
     if missing:
         raise SystemExit(f"no runs with metrics in {', '.join(missing)}")
-    print(arms_table(arms))
-    print(arms_figure(arms, Path(args[0])))
+    sys.stdout.write(arms_table(arms) + "\n" + arms_figure(arms, Path(args[0])) + "\n")
 
 
 def _val_size(runs: list[GridRun]) -> int | None:

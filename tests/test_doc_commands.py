@@ -240,6 +240,11 @@ def run_python_script(args: list[str], line: str, scratch: Path) -> None:
     assert proc.returncode == 0, f"{line}\n{proc.stderr[-3000:]}"
 
 
+def run_python_module(args: list[str], line: str, scratch: Path) -> None:
+    proc = subprocess.run([sys.executable, *args[1:]], cwd=scratch, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{line}\n{proc.stderr[-3000:]}"
+
+
 def check_install_line(args: list[str], line: str) -> None:
     """`pip install [flags] REQ` in the docs: .ci/run runs a pip install with the same flags and
     requirement (its extras a superset), so CI exercises the documented install."""
@@ -287,6 +292,8 @@ def test_documented_commands_run(doc, lines, fixture_runs, docs_plugin, runner, 
                 run_torchrun(args, part, tmp_path, runner)
             elif args[0] == "python" and args[1].startswith("benchmarks/"):
                 run_python_script(args, part, tmp_path)
+            elif args[:3] == ["python", "-m", "crnn_plugins.study"]:  # reads the grids the lines above made
+                run_python_module(args, part, tmp_path)
             elif args[:2] == ["pip", "wheel"] or (args[:2] == ["pip", "install"] and args[-1].endswith(".whl")):
                 check_wheel_line(args, part)
             elif args[:2] == ["pip", "install"]:
