@@ -74,8 +74,9 @@ def art_study_table(runs: list[GridRun], inits: list[str], metrics: tuple[str, .
         row = [init, str(len(records))]
         for t in STUDY_THRESHOLDS:
             hits = [h for h in (reached(r, t) for r in records) if h is not None]
-            row += [f"{len(hits)}/{len(records)}", format_ci([h[0] for h in hits]), format_ci([h[1] for h in hits])]
-        row += [format_ci([max(x["metrics"]["accuracy"] for x in r) for r in records]),
+            row += [f"{len(hits)}/{len(records)}", format_ci([h[0] for h in hits]),
+                    format_ci([h[1] for h in hits], digits=6)]
+        row += [format_ci([max(x["metrics"]["accuracy"] for x in r) for r in records], digits=5),
                 format_ci([r[-1]["metrics"]["nll"] for r in records]),
                 format_ci([r[-1]["epoch"] for r in records])]
         lines.append("| " + " | ".join(row) + " |")
