@@ -19,7 +19,7 @@ from crnn_core import Cell, ConfigError, hookimpl, option
 from crnn_core.options import check_bounds, require
 
 from . import fastweights_fused
-from .fastweights_layer import FastWeights
+from .fastweights_layer import BIAS_INITS, FastWeights
 from .fastweights_reference import A_UPDATES
 
 
@@ -44,6 +44,9 @@ class FastWeightsOptions:
         "previous", "vector that updates A at step t: h_{t-1} (Ba et al.) or f(p_t) before the inner loop (the authors' code)"
     )
     ln_eps: float = option(1e-5, "epsilon of the inner LayerNorm (the authors' TensorFlow code: 1e-12)")
+    bias_init: Literal[BIAS_INITS] = option(
+        "zeros", "init of the input bias b: zeros, or glorot_uniform, U(+-sqrt(3/H)) (the authors' code)"
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -63,7 +66,7 @@ class FastWeightsCell(FastWeights):
                 raise ConfigError(f"cell.backend=fused but the fused kernel cannot load: {reason}")
         super().__init__(input_size, options.hidden_size, lam=options.lam, eta=options.eta,
                          inner_steps=options.inner_steps, activation=options.activation, backend=options.backend,
-                         a_update=options.a_update, ln_eps=options.ln_eps)
+                         a_update=options.a_update, ln_eps=options.ln_eps, bias_init=options.bias_init)
         self.options = options
 
     def describe_backend(self) -> str:

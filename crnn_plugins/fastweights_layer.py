@@ -28,6 +28,11 @@ from crnn_core.resources import FLOAT32, check_memory
 from . import fastweights_fused
 from .fastweights_reference import A_UPDATES, ACTIVATIONS, fastweights_reference
 
+#: Initialisations of the input projection's bias b: zeros (crnn), or Glorot-uniform over [H], i.e.
+#: U(-sqrt(3/H), sqrt(3/H)), TensorFlow's default for a variable created without an initializer
+#: (the paper authors' code: their bias has none).
+BIAS_INITS = ("zeros", "glorot_uniform")
+
 BACKENDS = ("auto", "fused", "reference")
 Unroll = Callable[..., tuple[Tensor, Tensor]]
 
@@ -93,6 +98,9 @@ class FastWeights(nn.Module):
             the default) or ``"preliminary"`` (f(p_t), before the inner loop, as the
             paper authors' code does); see ``fastweights_reference``.
         ln_eps: the epsilon of the inner LayerNorm (1e-5; the authors' TensorFlow code used 1e-12).
+        bias_init: the input projection's bias: ``"zeros"`` (the default) or ``"glorot_uniform"``
+            (the authors' code). With all-zero inputs and state, a zero bias makes every
+            pre-activation exactly 0, where ReLU passes no gradient: see ``BIAS_INITS``.
     """
 
     def __init__(
@@ -108,6 +116,7 @@ class FastWeights(nn.Module):
         backend: str = "auto",
         a_update: str = "previous",
         ln_eps: float = 1e-5,
+        bias_init: str = "zeros",
     ) -> None:
         super().__init__()
         _check(_is_int(input_size) and input_size > 0, "input_size", f"must be a positive int, got {input_size!r}")
@@ -121,6 +130,7 @@ class FastWeights(nn.Module):
         _check(a_update in A_UPDATES, "a_update", f"must be one of {', '.join(A_UPDATES)}, got {a_update!r}")
         _check(_is_real(ln_eps) and math.isfinite(ln_eps) and ln_eps > 0, "ln_eps",
                f"must be a finite number > 0, got {ln_eps!r}")
+        _check(bias_init in BIAS_INITS, "bias_init", f"must be one of {', '.join(BIAS_INITS)}, got {bias_init!r}")
         # parameters, their gradients and Adam's two moments, float32
         check_memory(4 * FLOAT32 * (hidden_size * (hidden_size + input_size) + 3 * hidden_size), "the FastWeights weights",
                      "hidden_size (cell.hidden_size)")
@@ -134,6 +144,9 @@ class FastWeights(nn.Module):
         with torch.no_grad():
             self.U.weight.copy_(0.05 * torch.eye(H, input_size))
             self.U.bias.zero_()
+            if bias_init == "glorot_uniform":  # fan_in = fan_out = H for a vector, as TensorFlow computes it
+                bound = math.sqrt(6.0 / (2 * H))
+                self.U.bias.uniform_(-bound, bound)
         self._unrolls: dict[str, tuple[Unroll, str]] = {}  # device type -> (unroll, note), chosen on first use
 
     def state_spec(self) -> dict[str, tuple[int, ...]]:

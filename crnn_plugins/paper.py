@@ -22,8 +22,8 @@ from .study import art_error_figure, art_study_table, lcd_study_table
 
 #: The paper authors' choices (fomorians/contextual_rnn) where crnn's defaults differ, as one
 #: preset: ``crnn reproduce art --variant authors``. docs/results.md lists every difference.
-AUTHORS_ART = ("cell.a_update=preliminary", "cell.ln_eps=1e-12", "task.key_letters=25",
-               "task.embedding_init=zeros", "task.head_init=variance_scaling")
+AUTHORS_ART = ("cell.a_update=preliminary", "cell.ln_eps=1e-12", "cell.bias_init=glorot_uniform",
+               "task.key_letters=25", "task.embedding_init=zeros", "task.head_init=variance_scaling")
 #: The training recipes of the issue-12 study (docs/results.md): a step decay of the learning
 #: rate (1e-3, then 1e-4 after epoch 10 and 1e-5 after epoch 30), and a fresh training set each epoch.
 LR_DECAY = ("train.lr_decay_at=10,30", "train.lr_decay_factor=0.1")

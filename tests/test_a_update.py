@@ -10,6 +10,8 @@ the chunked path, T > max(64, 2H)).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -145,3 +147,19 @@ def test_layer_and_cell_take_the_options():
         build_options(FastWeightsOptions, {"a_update": "later"}, "cell")
     with pytest.raises(ConfigError, match="ln_eps must be > 0"):
         build_options(FastWeightsOptions, {"ln_eps": "0"}, "cell")
+
+
+@pytest.mark.parametrize("bias_init, alive", [("zeros", False), ("glorot_uniform", True)])
+def test_the_authors_zero_start_needs_their_random_bias(bias_init, alive):
+    """The authors' ART model starts with a zero embedding and (zero init) a zero state: with a zero
+    input bias every pre-activation is exactly 0, ReLU passes no gradient there and nothing ever
+    trains; their bias has TensorFlow's default Glorot-uniform init, which breaks the symmetry."""
+    torch.manual_seed(0)
+    layer = FastWeights(100, 50, a_update="preliminary", ln_eps=1e-12, bias_init=bias_init, backend="reference")
+    bound = math.sqrt(3.0 / 50)
+    assert float(layer.U.bias.abs().max()) <= bound and (float(layer.U.bias.abs().max()) > bound / 2) == alive
+    x = torch.zeros(4, 11, 100, requires_grad=True)  # the zero embedding of any sequence
+    out, _ = layer(x)
+    (out * torch.randn_like(out)).sum().backward()
+    assert bool(out.abs().sum() > 0) == alive
+    assert bool(x.grad.abs().sum() > 0) == alive and bool(layer.U.bias.grad.abs().sum() > 0) == alive
