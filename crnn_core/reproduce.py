@@ -317,6 +317,13 @@ def grid_settings(out: Path, settings: dict[str, Any], resume: bool) -> dict[str
     return settings
 
 
+def seeds_on_disk(out: Path) -> int | None:
+    """1 + the largest seed among the ``<init>_s<seed>`` run directories in ``out`` (None: none there),
+    for reporting on a grid whose ``grid.json`` predates the recorded shape."""
+    seeds = [int(p.name.rpartition("_s")[2]) for p in out.glob("*_s*") if p.name.rpartition("_s")[2].isdigit()]
+    return max(seeds) + 1 if seeds else None
+
+
 def grid_threads(overrides: tuple[str, ...]) -> int:
     """The torch threads of each run on Ray: ``--set train.threads=N`` (default 1)."""
     value = parse_overrides(overrides)["train"].get("threads", "1")
@@ -442,8 +449,8 @@ def reproduce_command(experiment: str | None, seeds: int | None, epochs: int | N
         settings = read_json(out / GRID_FILE) if (out / GRID_FILE).is_file() else requested
     else:
         settings = grid_settings(out, requested, resume)
-    recorded = settings if resume else {}
-    seeds = seeds or recorded.get("seeds") or DEFAULT_SEEDS
+    recorded = settings if (resume or report_only) else {}
+    seeds = seeds or recorded.get("seeds") or (seeds_on_disk(out) if report_only else None) or DEFAULT_SEEDS
     epochs = epochs or recorded.get("epochs") or exp.epochs
     chosen = [i.strip() for i in inits.split(",")] if inits else list(recorded.get("inits") or exp.inits)
     unknown = [i for i in chosen if i not in exp.inits]

@@ -61,6 +61,10 @@ def test_resume_continues_the_recorded_seeds_epochs_and_inits(runner, tmp_path):
     resumed = invoke(runner, ["reproduce", "art", "--out", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.stderr
     assert "2 of 2 runs already finished; 0 to go" in resumed.stderr  # not the defaults: 3 seeds x 3 inits, 200 epochs
+    (out / "grid.json").write_text(json.dumps({k: v for k, v in recorded.items() if k not in ("seeds", "epochs", "inits")}))
+    report = invoke(runner, ["reproduce", "art", "--out", str(out), "--report-only"])  # a grid.json without its shape:
+    assert report.exit_code == 0, report.stderr  # the seeds on disk are reported, not the default 3
+    assert "| zero | 2 |" in json.loads(report.stdout)["markdown"]
 
 
 def start_grid(out, jobs: int) -> subprocess.Popen:
