@@ -317,10 +317,16 @@ def grid_settings(out: Path, settings: dict[str, Any], resume: bool) -> dict[str
     return settings
 
 
+def parse_run_name(name: str) -> tuple[str, int] | None:
+    """``(init, seed)`` of a grid run directory's name ``<init>_s<seed>`` (:func:`plan`), else None."""
+    init, _, seed = name.rpartition("_s")
+    return (init, int(seed)) if init and seed.isdigit() else None
+
+
 def seeds_on_disk(out: Path) -> int | None:
     """1 + the largest seed among the ``<init>_s<seed>`` run directories in ``out`` (None: none there),
     for reporting on a grid whose ``grid.json`` predates the recorded shape."""
-    seeds = [int(p.name.rpartition("_s")[2]) for p in out.glob("*_s*") if p.name.rpartition("_s")[2].isdigit()]
+    seeds = [parsed[1] for p in out.glob("*_s*") if (parsed := parse_run_name(p.name))]
     return max(seeds) + 1 if seeds else None
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from crnn_core import ConfigError
-from crnn_core.reproduce import GridRun
+from crnn_core.reproduce import GridRun, parse_run_name
 from crnn_core.rundir import read_metrics
 from crnn_core.stats import bootstrap_ci, format_ci, mann_whitney_u
 
@@ -163,9 +163,9 @@ def grid_runs(grid: Path) -> list[GridRun]:
     """The runs of a grid directory, from their ``<init>_s<seed>`` names (in seed, then init order)."""
     runs = []
     for path in sorted(grid.glob("*_s*")):
-        init, _, seed = path.name.rpartition("_s")
-        if path.is_dir() and seed.isdigit() and (path / "metrics.jsonl").is_file():
-            runs.append(GridRun(init, int(seed), path, []))
+        parsed = parse_run_name(path.name)
+        if parsed and path.is_dir() and (path / "metrics.jsonl").is_file():
+            runs.append(GridRun(*parsed, path, []))
     order = {init: i for i, init in enumerate(("zero", "free", "learned"))}
     return sorted(runs, key=lambda r: (r.seed, order.get(r.init, len(order)), r.init))
 
