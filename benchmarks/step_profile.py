@@ -37,6 +37,7 @@ from typing import Any, Callable
 import torch
 
 from crnn_core import train
+from crnn_core.cell import is_zero_constant
 from crnn_core.model import ModelSpec, build_model
 from crnn_core.plugins import get_plugins
 from crnn_core.step import forward_loss, precision_context
@@ -146,8 +147,10 @@ def _measure(loop: train.Loop, built: Any, cfg: train.TrainConfig, old_check: bo
             xp = project(x_leaf, batch)
             timer.lap("projection")
             xp_l, h0_l, A0_l = _leaf(xp), _leaf(state["h"]), _leaf(state["A"])
-            out, A_T = unroll(xp_l.contiguous(), h0_l, A0_l, cell.W, cell.norm.weight, cell.norm.bias,
-                              cell.lam, cell.eta, cell.inner_steps, cell.activation, cell.norm.eps, cell.a_update)
+            A0_in = None if is_zero_constant(A0_l) else A0_l.contiguous()  # as FastWeights._unroll passes it
+            out, _ = unroll(xp_l.contiguous(), h0_l.contiguous(), A0_in, cell.W, cell.norm.weight, cell.norm.bias,
+                            cell.lam, cell.eta, cell.inner_steps, cell.activation, cell.norm.eps, cell.a_update,
+                            final_state=not model.project_in_task)  # TaskModel's projected path skips A_T
             timer.lap("op")
             out_l = _leaf(out)
             loss = head_loss(out_l, batch)

@@ -5,12 +5,31 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from .options import NoOptions
 
 #: A recurrent state: named tensors, each ``[B, *shape]`` (e.g. ``h`` and ``c`` for an LSTM).
 State = dict[str, Tensor]
+
+
+def constant_state(batch: int, shape: tuple[int, ...], value: float, *, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> Tensor:
+    """A ``[batch, *shape]`` state component equal to ``value`` everywhere, as a broadcast view
+    of one element (every stride 0): no memory per example, read-only. A cell that needs
+    memory calls ``.contiguous()``; one that can use the constant (see :func:`is_zero_constant`)
+    skips the work. The zero init returns its states this way."""
+    return torch.full((), value, device=device, dtype=dtype).expand(batch, *shape)
+
+
+def is_zero_constant(t: Tensor) -> bool:
+    """True for a CPU tensor that is a broadcast 0 needing no gradient (as :func:`constant_state`
+    returns it): a cell may then skip the terms it multiplies. Reads its one element, so only
+    on the CPU, where that costs no device synchronisation, and not inside ``torch.compile``
+    (a value read would break the graph; the compiled step keeps the tensor)."""
+    return (t.device.type == "cpu" and not t.requires_grad and t.numel() > 0 and all(s == 0 for s in t.stride())
+            and not torch.compiler.is_compiling() and t.as_strided((), ()).item() == 0)
 
 
 def check_state(owner: str, state: object, spec: dict[str, tuple[int, ...]], batch: int) -> None:

@@ -8,6 +8,8 @@ resolves them through the registries, checks the task's declarations
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
@@ -56,6 +58,8 @@ class TaskModel(nn.Module):
         #: ``forward_projected``) and build initial states per context row (``initial_state``).
         #: Same results up to float rounding; False: the plain composition.
         self.project_in_task = True
+        #: The cell's ``forward_projected`` takes ``final_state`` (then it is told False: only the outputs are read).
+        self._skip_final_state = _takes_keyword(getattr(self.cell, "forward_projected", None), "final_state")
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @property
@@ -81,7 +85,7 @@ class TaskModel(nn.Module):
         rows = self._context_rows(batch, sample)
         if rows is not None:
             table, index = rows
-            return {name: value.index_select(0, index) for name, value in
+            return {name: _rows(value, index) for name, value in
                     self.rnn.initial_state(table.shape[0], table, sample=sample).items()}
         features = self.task_module.context(batch) if self.init.uses_context else None
         if self.init.uses_context and features is None:
@@ -111,13 +115,35 @@ class TaskModel(nn.Module):
     def _cell_inputs(self, batch: Batch) -> tuple[Tensor, Any]:
         """The cell's inputs and the forward that takes them: the task's encoding and the cell,
         or (where both offer it, after the contract check) the task's projected encoding and
-        the cell's ``forward_projected``, which skips the cell's own input projection."""
+        the cell's ``forward_projected``, which skips the cell's own input projection; told
+        ``final_state=False`` where it takes that keyword (the head reads only the outputs)."""
         projection = getattr(self.cell, "input_projection", None)
         if self.project_in_task and self.contract_checked and projection is not None:
             projected = self.task_module.encode_projected(batch, projection)
             if projected is not None:
-                return projected, self.cell.forward_projected
+                forward = self.cell.forward_projected
+                if self._skip_final_state:
+                    forward = functools.partial(forward, final_state=False)
+                return projected, forward
         return self.task_module.encode(batch), self.cell
+
+
+def _takes_keyword(function: Any, name: str) -> bool:
+    """Whether ``function`` (None: no) has a parameter ``name``."""
+    if function is None:
+        return False
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _rows(value: Tensor, index: Tensor) -> Tensor:
+    """``value[index]`` along the batch; a component constant along it (stride 0, e.g. a
+    ``constant_state``) stays a broadcast view instead of being copied per example."""
+    if value.stride(0) == 0:
+        return value[0].expand(index.shape[0], *value.shape[1:])
+    return value.index_select(0, index)
 
 
 def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:

@@ -365,7 +365,7 @@ def device_status(device: str | torch.device) -> tuple[bool, str]:
 def fastweights_fused(
     xp: Tensor,
     h0: Tensor,
-    A0: Tensor,
+    A0: Tensor | None,
     W: Tensor,
     gamma: Tensor,
     beta: Tensor,
@@ -375,10 +375,14 @@ def fastweights_fused(
     activation: str = "relu",
     eps: float = 1e-5,
     a_update: str = "previous",
-) -> tuple[Tensor, Tensor]:
+    *,
+    final_state: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Fast-weights unroll with the fused kernel; same arguments and results as ``fastweights_reference``.
 
-    Returns ``(outputs [B, T, H], A_T [B, H, H])``. Differentiable in all tensor
+    Returns ``(outputs [B, T, H], A_T [B, H, H])``, or ``(outputs, None)`` with
+    ``final_state=False`` (A_T is not computed). ``A0=None`` means all-zero initial fast
+    weights, which the op then neither allocates nor reads. Differentiable in all tensor
     arguments. Tensors must share one dtype (float32 or float64) and device.
     """
     ok, reason = load_status()
@@ -389,7 +393,7 @@ def fastweights_fused(
             "the fused fast-weights kernel was built without CUDA; use the reference backend on GPU "
             f"({_want_cuda()[1]})"
         )
-    tensors = (xp, h0, A0, W, gamma, beta)
+    tensors = (xp, h0, xp.new_empty(0) if A0 is None else A0, W, gamma, beta)  # empty A0: zero (the op's convention)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, A_T, _, _, _ = torch.ops.crnn.fastweights_fwd(
         *(t.contiguous() for t in tensors),
@@ -400,8 +404,9 @@ def fastweights_fused(
         float(eps),
         save,
         str(a_update),
+        bool(final_state),
     )
-    return out, A_T
+    return out, (A_T if final_state else None)
 
 
 _registered = False
@@ -415,11 +420,12 @@ def _register_python_parts() -> None:
     lib = "crnn::fastweights_fwd"
 
     @torch.library.register_fake(lib)
-    def _fwd_fake(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update="previous"):
+    def _fwd_fake(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update="previous",
+                  final_state=True):
         torch._check(xp.dim() == 3, lambda: f"crnn::fastweights_fwd: xp must be [B, T, H], got {tuple(xp.shape)}")
         B, T, H = xp.shape
         out = xp.new_empty((B, T, H))
-        A_T = xp.new_empty((B, H, H))
+        A_T = xp.new_empty((B, H, H)) if final_state else xp.new_empty((0,))
         if save:
             zs = xp.new_empty((B, T, inner_steps, H))
             xhat = xp.new_empty((B, T, inner_steps, H))
@@ -437,7 +443,7 @@ def _register_python_parts() -> None:
                 out.new_empty((H,)), out.new_empty((H,)))
 
     def _setup_context(ctx, inputs, output):
-        xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update = inputs
+        xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update, *_final_state = inputs
         out, A_T, zs, xhat, rstd = output
         ctx.mark_non_differentiable(zs, xhat, rstd)
         ctx.set_materialize_grads(False)  # an unused A_T (or out) gets None, not a zero tensor
@@ -455,12 +461,12 @@ def _register_python_parts() -> None:
         need = ctx.needs_input_grad
         dxp, dh0, dA0, dW, dgamma, dbeta = torch.ops.crnn.fastweights_bwd(
             None if g_out is None else g_out.contiguous(),
-            None if g_AT is None else g_AT.contiguous(),
+            None if g_AT is None or g_AT.numel() == 0 else g_AT.contiguous(),  # empty: A_T was not computed
             h0, A0, W, gamma, out, zs, xhat, rstd,
             lam, eta, inner_steps, activation, bool(need[2]), a_update,
         )
         grads = (dxp, dh0, dA0, dW, dgamma, dbeta)
-        return tuple(g if n else None for g, n in zip(grads, need[:6])) + (None,) * 7
+        return tuple(g if n else None for g, n in zip(grads, need[:6])) + (None,) * (len(need) - 6)
 
     torch.library.register_autograd(lib, _backward, setup_context=_setup_context)
     _registered = True

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from crnn_core.cell import State, check_state
+from crnn_core.cell import State, check_state, is_zero_constant
 from crnn_core.env import warn
 from crnn_core.resources import FLOAT32, check_memory
 
@@ -34,7 +34,7 @@ from .fastweights_reference import A_UPDATES, ACTIVATIONS, fastweights_reference
 BIAS_INITS = ("zeros", "glorot_uniform")
 
 BACKENDS = ("auto", "fused", "reference")
-Unroll = Callable[..., tuple[Tensor, Tensor]]
+Unroll = Callable[..., tuple[Tensor, Tensor | None]]
 
 
 def select_unroll(backend: str, device: torch.device) -> tuple[Unroll, str]:
@@ -60,7 +60,7 @@ def select_unroll(backend: str, device: torch.device) -> tuple[Unroll, str]:
 def fastweights_unroll(
     xp: Tensor,
     h0: Tensor,
-    A0: Tensor,
+    A0: Tensor | None,
     W: Tensor,
     gamma: Tensor,
     beta: Tensor,
@@ -72,13 +72,15 @@ def fastweights_unroll(
     a_update: str = "previous",
     *,
     backend: str = "auto",
-) -> tuple[Tensor, Tensor]:
+    final_state: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """The fast-weights unroll (equations in ``fastweights_reference``) on the chosen backend.
 
-    Returns ``(outputs [B, T, H], A_T [B, H, H])``; see :func:`select_unroll` for ``backend``.
+    Returns ``(outputs [B, T, H], A_T [B, H, H])``, or ``(outputs, None)`` with
+    ``final_state=False``; ``A0=None`` is zero fast weights. See :func:`select_unroll` for ``backend``.
     """
     unroll, _ = select_unroll(backend, xp.device)
-    return unroll(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, a_update)
+    return unroll(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, a_update, final_state=final_state)
 
 
 class FastWeights(nn.Module):
@@ -169,11 +171,14 @@ class FastWeights(nn.Module):
             self._unrolls[device.type] = select_unroll(self.backend, device)
         return self._unrolls[device.type]
 
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State | None = None, *, final_state: bool = True) -> tuple[Tensor, State | None]:
         """Unroll over ``x`` (``[B, T, input_size]``, or ``[T, B, input_size]`` unless batch_first).
 
         Returns the outputs ``[B, T, H]`` (or ``[T, B, H]``) and the final state
-        ``{"h": [B, H], "A": [B, H, H]}``; ``state`` defaults to zeros.
+        ``{"h": [B, H], "A": [B, H, H]}``; ``state`` defaults to zeros (never materialised:
+        the unroll skips the A_0 terms, as it does for a ``crnn_core.cell.constant_state`` 0).
+        ``final_state=False`` returns ``(outputs, None)`` and skips computing A_T (a B x H x H
+        write), for a caller that only reads the outputs.
         """
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"FastWeights: x must be a 3-d tensor with {self.input_size} features, "
@@ -184,7 +189,7 @@ class FastWeights(nn.Module):
             x = x.transpose(0, 1)
         if x.shape[1] == 0:
             raise ValueError("FastWeights: x has no time steps (T = 0)")
-        outputs, final = self._unroll(self.U(x), state)
+        outputs, final = self._unroll(self.U(x), state, final_state)
         return (outputs if self.batch_first else outputs.transpose(0, 1)), final
 
     @property
@@ -192,25 +197,27 @@ class FastWeights(nn.Module):
         """The input projection ``U`` (its output is the unroll's ``xp``), for ``forward_projected``."""
         return self.U
 
-    def forward_projected(self, xp: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def forward_projected(self, xp: Tensor, state: State | None = None, *,
+                          final_state: bool = True) -> tuple[Tensor, State | None]:
         """``forward`` from inputs already projected by ``input_projection`` (``[B, T, H]``, batch first)."""
         if not isinstance(xp, Tensor) or xp.dim() != 3 or xp.shape[-1] != self.hidden_size or xp.shape[1] == 0:
             raise ValueError(f"FastWeights: projected inputs must be [B, T > 0, {self.hidden_size}], "
                              f"got {tuple(xp.shape) if isinstance(xp, Tensor) else type(xp).__name__}")
-        return self._unroll(xp, state)
+        return self._unroll(xp, state, final_state)
 
-    def _unroll(self, xp: Tensor, state: State | None) -> tuple[Tensor, State]:
+    def _unroll(self, xp: Tensor, state: State | None, final_state: bool) -> tuple[Tensor, State | None]:
         """The unroll from projected inputs ``xp [B, T, H]`` (batch first) and ``state`` (None: zeros)."""
         if state is None:
-            state = self.zero_state(xp.shape[0], xp.device, xp.dtype)
+            h0, A0 = xp.new_zeros(xp.shape[0], self.hidden_size), None
         else:
             check_state("FastWeights", state, self.state_spec(), xp.shape[0])
+            h0, A0 = state["h"], (None if is_zero_constant(state["A"]) else state["A"].contiguous())
         _check_unroll_memory(xp, self.hidden_size, self.inner_steps)
         unroll, _ = self._unroll_for(xp.device)
         outputs, A = unroll(
             xp.contiguous(),
-            state["h"].contiguous(),
-            state["A"].contiguous(),
+            h0.contiguous(),
+            A0,
             self.W,
             self.norm.weight,
             self.norm.bias,
@@ -220,8 +227,9 @@ class FastWeights(nn.Module):
             self.activation,
             self.norm.eps,
             self.a_update,
+            final_state=final_state,
         )
-        return outputs, {"h": outputs[:, -1], "A": A}
+        return outputs, ({"h": outputs[:, -1], "A": A} if final_state else None)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, lam={self.lam}, eta={self.eta}, inner_steps={self.inner_steps}, "

@@ -7,7 +7,9 @@ Both functions compute, for t = 1..T (xp_t = U x_t + b precomputed for all t):
     A_t   = lam * A_{t-1} + eta * k_t k_t^T
     z_{s+1} = f(LayerNorm(p_t + A_t z_s)), s = 0..S-1;  h_t = z_S
 
-and return (outputs h_1..h_T as [B, T, H], A_T as [B, H, H]). The key k_t that
+and return (outputs h_1..h_T as [B, T, H], A_T as [B, H, H]). Shared conventions of
+every backend: ``A0=None`` is A_0 = 0 (not materialised), and ``final_state=False``
+returns ``(outputs, None)`` without computing A_T. The key k_t that
 updates A is chosen by ``a_update`` (``A_UPDATES``):
 
 * ``"previous"`` (default, Ba et al. 2016, SPEC section 3): k_t = h_{t-1};
@@ -49,7 +51,7 @@ def _activation(name: str):
 def fastweights_reference(
     xp: Tensor,
     h0: Tensor,
-    A0: Tensor,
+    A0: Tensor | None,
     W: Tensor,
     gamma: Tensor,
     beta: Tensor,
@@ -59,7 +61,9 @@ def fastweights_reference(
     activation: str = "relu",
     eps: float = 1e-5,
     a_update: str = "previous",
-) -> tuple[Tensor, Tensor]:
+    *,
+    final_state: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Fast-weights unroll in "attention form"; see the module docstring for the equations."""
     f = _activation(activation)
     preliminary = check_a_update(a_update)
@@ -81,21 +85,27 @@ def fastweights_reference(
         lam_t = lam**t
         for _ in range(inner_steps):
             scores = (past * z.unsqueeze(1)).sum(-1) * decay  # [B, t]: eta lam^(t-1-tau) h_tau . z
-            Az = (scores.unsqueeze(-1) * past).sum(1) + lam_t * (A0 * z.unsqueeze(1)).sum(-1)
+            Az = (scores.unsqueeze(-1) * past).sum(1)
+            if A0 is not None:
+                Az = Az + lam_t * (A0 * z.unsqueeze(1)).sum(-1)
             z = f(F.layer_norm(p + Az, (H,), gamma, beta, eps))
         h = z
         if not preliminary:
             hs.append(h)
         outputs.append(h)
+    if not final_state:
+        return torch.stack(outputs, dim=1), None
     past = torch.stack(hs[:T], dim=1)  # k_1 .. k_T
-    A_T = (lam**T) * A0 + torch.bmm(past.transpose(1, 2) * decays, past)
+    A_T = torch.bmm(past.transpose(1, 2) * decays, past)
+    if A0 is not None:
+        A_T = (lam**T) * A0 + A_T
     return torch.stack(outputs, dim=1), A_T
 
 
 def fastweights_naive(
     xp: Tensor,
     h0: Tensor,
-    A0: Tensor,
+    A0: Tensor | None,
     W: Tensor,
     gamma: Tensor,
     beta: Tensor,
@@ -105,12 +115,14 @@ def fastweights_naive(
     activation: str = "relu",
     eps: float = 1e-5,
     a_update: str = "previous",
-) -> tuple[Tensor, Tensor]:
+    *,
+    final_state: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Fast-weights unroll that materialises A_t at every step (the common public implementation)."""
     f = _activation(activation)
     preliminary = check_a_update(a_update)
     B, T, H = xp.shape
-    h, A = h0, A0
+    h, A = h0, (xp.new_zeros(B, H, H) if A0 is None else A0)
     outputs = []
     for t in range(T):
         p = xp[:, t] + h @ W.t()
@@ -122,4 +134,4 @@ def fastweights_naive(
             z = f(F.layer_norm(p + Az, (H,), gamma, beta, eps))
         h = z
         outputs.append(h)
-    return torch.stack(outputs, dim=1), A
+    return torch.stack(outputs, dim=1), (A if final_state else None)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crnn_core import ConfigError, InitStrategy, State, hookimpl, option, require
+from crnn_core.cell import constant_state
 
 
 @dataclasses.dataclass
@@ -76,7 +77,7 @@ class LearnedInit(InitStrategy):
         state = {}
         for name, shape in self.state_spec.items():
             if name not in self.heads:
-                state[name] = torch.zeros(batch_size, *shape, device=device, dtype=dtype)
+                state[name] = constant_state(batch_size, shape, 0.0, device=device, dtype=dtype)
                 continue
             mean = self.heads[name](context).view(batch_size, *shape)
             if draw:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from crnn_core import InitStrategy, State, hookimpl, option
+from crnn_core.cell import constant_state
 
 
 @dataclasses.dataclass
@@ -22,8 +23,9 @@ class ZeroInit(InitStrategy):
     Options = ZeroOptions
 
     def forward(self, batch_size: int, context: Tensor | None, *, device, dtype, sample=None) -> State:
+        """Each component as a broadcast constant (``constant_state``: one element, no per-example memory)."""
         return {
-            name: torch.full((batch_size, *shape), self.options.value, device=device, dtype=dtype)
+            name: constant_state(batch_size, shape, self.options.value, device=device, dtype=dtype)
             for name, shape in self.state_spec.items()
         }
 

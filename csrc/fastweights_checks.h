@@ -68,6 +68,15 @@ inline void check_shape(const char* op, const char* name, const at::Tensor& t,
               dims(expected), ", got ", dims(t.sizes()));
 }
 
+// A0 is [B, H, H], or the empty [0]: all-zero initial fast weights, never materialised.
+inline bool zero_a0(const at::Tensor& A0) { return A0.dim() == 1 && A0.size(0) == 0; }
+
+inline void check_a0(const char* op, const at::Tensor& A0, int64_t B, int64_t H) {
+  TORCH_CHECK(zero_a0(A0) || A0.sizes() == at::IntArrayRef({B, H, H}), op,
+              ": A0 must have shape [B, H, H] = ", dims({B, H, H}),
+              " or be empty ([0]: zero fast weights), got ", dims(A0.sizes()));
+}
+
 // Returns the activation id; validates shapes, dtypes, devices, contiguity and scalars.
 inline int check_forward_args(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& A0,
                               const at::Tensor& W, const at::Tensor& gamma,
@@ -82,7 +91,7 @@ inline int check_forward_args(const at::Tensor& xp, const at::Tensor& h0, const 
       {"h0", &h0}, {"A0", &A0}, {"W", &W}, {"gamma", &gamma}, {"beta", &beta}};
   check_same(op, xp, "xp", ts);
   check_shape(op, "h0", h0, {B, H}, "[B, H]");
-  check_shape(op, "A0", A0, {B, H, H}, "[B, H, H]");
+  check_a0(op, A0, B, H);
   check_shape(op, "W", W, {H, H}, "[H, H]");
   check_shape(op, "gamma", gamma, {H}, "[H]");
   check_shape(op, "beta", beta, {H}, "[H]");
@@ -112,7 +121,7 @@ inline int check_backward_args(const c10::optional<at::Tensor>& grad_out,
   if (grad_AT.has_value()) ts.emplace_back("grad_AT", &*grad_AT);
   check_same(op, out, "out", ts);
   check_shape(op, "h0", h0, {B, H}, "[B, H]");
-  check_shape(op, "A0", A0, {B, H, H}, "[B, H, H]");
+  check_a0(op, A0, B, H);
   check_shape(op, "W", W, {H, H}, "[H, H]");
   check_shape(op, "gamma", gamma, {H}, "[H]");
   TORCH_CHECK(zs.numel() > 0 || B == 0, op,
@@ -138,7 +147,8 @@ inline const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
 }
 
 // FwdParams from the checked forward arguments and the allocated outputs (zs/xhat/rstd
-// empty when nothing is saved). Used by both the CPU and the CUDA glue.
+// empty when nothing is saved, AT empty when final_state is false, A0 empty for zero
+// fast weights). Used by both the CPU and the CUDA glue.
 template <typename T>
 inline FwdParams<T> make_fwd_params(const at::Tensor& xp, const at::Tensor& h0, const at::Tensor& A0,
                                     const at::Tensor& W, const at::Tensor& gamma,
@@ -161,12 +171,12 @@ inline FwdParams<T> make_fwd_params(const at::Tensor& xp, const at::Tensor& h0, 
   p.eps = eps;
   p.xp = xp.data_ptr<T>();
   p.h0 = h0.data_ptr<T>();
-  p.A0 = A0.data_ptr<T>();
+  p.A0 = ptr_or_null<T>(A0);  // nullptr: A_0 = 0
   p.W = W.data_ptr<T>();
   p.gamma = gamma.data_ptr<T>();
   p.beta = beta.data_ptr<T>();
   p.out = out.data_ptr<T>();
-  p.AT = AT.data_ptr<T>();
+  p.AT = ptr_or_null<T>(AT);  // nullptr: A_T not wanted
   p.zs = ptr_or_null<T>(zs);
   p.xhat = ptr_or_null<T>(xhat);
   p.rstd = ptr_or_null<T>(rstd);
@@ -201,7 +211,7 @@ inline BwdParams<T> make_bwd_params(const c10::optional<at::Tensor>& grad_out,
   p.gout = ptr_or_null<T>(grad_out);
   p.gAT = ptr_or_null<T>(grad_AT);
   p.h0 = h0.data_ptr<T>();
-  p.A0 = A0.data_ptr<T>();
+  p.A0 = ptr_or_null<T>(A0);  // nullptr: A_0 = 0
   p.W = W.data_ptr<T>();
   p.gamma = gamma.data_ptr<T>();
   p.out = out.data_ptr<T>();
@@ -210,27 +220,19 @@ inline BwdParams<T> make_bwd_params(const c10::optional<at::Tensor>& grad_out,
   p.rstd = rstd.data_ptr<T>();
   p.dxp = dxp.data_ptr<T>();
   p.dh0 = dh0.data_ptr<T>();
-  p.dgamma_part = dgamma_part.data_ptr<T>();
-  p.dbeta_part = dbeta_part.data_ptr<T>();
+  p.dgamma_part = ptr_or_null<T>(dgamma_part);
+  p.dbeta_part = ptr_or_null<T>(dbeta_part);
   p.dA0 = ptr_or_null<T>(dA0);
   p.dH = ptr_or_null<T>(dH);
   p.G = ptr_or_null<T>(G);
   return p;
 }
 
-// dW = sum_{b,t} dp_{b,t} h_{b,t-1}^T as one GEMM, with dp = dxp.
-// hprev_buf: an optional [B, T, H] buffer for h_0..h_{T-1}.
-inline at::Tensor weight_grad(const at::Tensor& dxp, const at::Tensor& h0, const at::Tensor& out,
-                              at::Tensor hprev_buf = at::Tensor()) {
+// dW = sum_{b,t} dp_{b,t} h_{b,t-1}^T as one GEMM, with dp = dxp (the CUDA glue; the CPU
+// kernel forms dW itself, BwdParams::dW).
+inline at::Tensor weight_grad(const at::Tensor& dxp, const at::Tensor& h0, const at::Tensor& out) {
   const int64_t B = out.size(0), T = out.size(1), H = out.size(2);
-  at::Tensor hprev;
-  if (T == 1) {
-    hprev = h0.unsqueeze(1);
-  } else if (hprev_buf.defined()) {
-    hprev = at::cat_out(hprev_buf, {h0.unsqueeze(1), out.narrow(1, 0, T - 1)}, 1);
-  } else {
-    hprev = at::cat({h0.unsqueeze(1), out.narrow(1, 0, T - 1)}, 1);
-  }
+  const at::Tensor hprev = T == 1 ? h0.unsqueeze(1) : at::cat({h0.unsqueeze(1), out.narrow(1, 0, T - 1)}, 1);
   return at::mm(dxp.reshape({B * T, H}).t(), hprev.reshape({B * T, H}));
 }
 

@@ -40,6 +40,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "fastweights_params.h"
@@ -463,6 +465,37 @@ inline void sparse_rank1_rows(T* mat, int64_t H, int64_t Hp, const T* V, int64_t
   }
 }
 
+// acc (H rows of stride Hp) += sum_{t<n} keysT[:, t] rows_t^T: row j gets sum_t keysT[j*ldk + t]
+// rows[t*Hp ..], skipping zero keys (ReLU zeros); each block of NV vectors of a row stays in
+// registers over all n terms. The backward's dW^T = sum_t h_{t-1} dp_t^T.
+template <typename T, int NV>
+inline void outer_rows_block(T* __restrict r, const T* __restrict keys, const T* __restrict rows,
+                             int64_t Hp, int64_t n, int64_t c0) {
+  constexpr int64_t W = vec_len<T>();
+  vec<T> a[NV];
+  for (int v = 0; v < NV; ++v) a[v] = vload(r + c0 + v * W);
+  for (int64_t t = 0; t < n; ++t) {
+    const T k = keys[t];
+    if (k == T(0)) continue;
+    const T* __restrict d = rows + t * Hp + c0;
+    for (int v = 0; v < NV; ++v) a[v] += vload(d + v * W) * k;
+  }
+  for (int v = 0; v < NV; ++v) vstore(r + c0 + v * W, a[v]);
+}
+
+template <typename T>
+inline void add_outer_rows(T* __restrict acc, int64_t H, int64_t Hp, const T* __restrict keysT, int64_t ldk,
+                           const T* __restrict rows, int64_t n) {
+  constexpr int64_t W = vec_len<T>();
+  for (int64_t j = 0; j < H; ++j) {
+    T* __restrict r = acc + j * Hp;
+    const T* __restrict keys = keysT + j * ldk;
+    int64_t c0 = 0;
+    for (; c0 + 4 * W <= Hp; c0 += 4 * W) outer_rows_block<T, 4>(r, keys, rows, Hp, n, c0);
+    for (; c0 < Hp; c0 += W) outer_rows_block<T, 1>(r, keys, rows, Hp, n, c0);
+  }
+}
+
 // dst[0:n] = src[0:n] for a large output written once: non-temporal (streaming) stores
 // with AVX-512, so the output does not evict the working set or cost a read-for-ownership.
 // Call stream_fence() before the data is read by another thread.
@@ -729,8 +762,8 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
     for (int64_t i = 0; i < H; ++i) histT[e][i * Tp] = hist[e][i];
     if (prelim) zero_padded(khT[e], H * Tp);
     // A_0^T, padded, unless A_0 is zero for this example.
-    A0[e] = io.A0 + b * H * H;
-    a0nz[e] = any_nonzero(A0[e], H * H);
+    A0[e] = io.A0 ? io.A0 + b * H * H : nullptr;  // nullptr: A_0 = 0 (not materialised)
+    a0nz[e] = A0[e] != nullptr && any_nonzero(A0[e], H * H);
     if (a0nz[e]) transpose_square(A0[e], H, A0T[e], a0t_ld(Hp));
   }
 
@@ -808,7 +841,8 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
       }
     }
   }
-  for (int e = 0; e < NE; ++e) final_fast_weights(sh, A0[e], a0nz[e], kh[e], io.AT + (b0 + e) * H * H, ws[e]);
+  if (io.AT)  // nullptr: the caller does not want A_T
+    for (int e = 0; e < NE; ++e) final_fast_weights(sh, A0[e], a0nz[e], kh[e], io.AT + (b0 + e) * H * H, ws[e]);
 }
 
 template <int ACT, typename T>
@@ -818,6 +852,13 @@ void forward_example(const Shared<T>& sh, const FwdParams<T>& io, int64_t b, Fwd
 
 // ---------------------------------------------------------------------------------------
 
+// The batch sums of the backward over the examples one thread ran: dW^T (H x Hp, row j =
+// sum_t h_{t-1}[j] dp_t) and the sums of dgamma and dbeta (Hp).
+template <typename T>
+struct BwdSums {
+  std::vector<T> dWT, dgamma, dbeta;
+};
+
 template <typename T>
 struct BwdScratch {
   // khist/khistT/dK: keys and their gradient for kPreliminary (else hist/histT/dH serve)
@@ -825,8 +866,18 @@ struct BwdScratch {
       val, row, dgam, dbet, mat, mat2, wbuf;
   std::vector<int32_t> idx;
   int64_t Kp = 0;
-  void init(const Shared<T>& sh) {
+  bool sums = false;  // accumulate the batch sums below (RangeSums); else only the per-example outputs
+  BwdSums<T> sum;
+  std::vector<T> DP;  // with sums: dp_1 .. dp_T of the example, padded
+  void init(const Shared<T>& sh, bool with_sums = false) {
     const int64_t Hp = sh.Hp, Tn = sh.T_len, S = sh.S, H = sh.H, Tp = sh.Tp;
+    sums = with_sums;
+    if (sums) {
+      DP.assign(Tn * Hp, T(0));
+      sum.dWT.assign(H * Hp, T(0));
+      sum.dgamma.assign(Hp, T(0));
+      sum.dbeta.assign(Hp, T(0));
+    }
     mat.assign(H * H + kSlack, T(0));
     const int64_t chunks = (Tn + sh.chunk - 1) / sh.chunk;
     if (chunks > 1) {
@@ -926,8 +977,8 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
   zero_padded(dgam, Hp);
   zero_padded(dbet, Hp);
 
-  const T* A0 = io.A0 + b * H * H;
-  const bool a0nz = any_nonzero(A0, H * H);
+  const T* A0 = io.A0 ? io.A0 + b * H * H : nullptr;  // nullptr: A_0 = 0 (not materialised)
+  const bool a0nz = A0 != nullptr && any_nonzero(A0, H * H);
   T* __restrict A0p = ws.A0p.data();
   if (a0nz)
     for (int64_t i = 0; i < H; ++i) load_padded(A0p + i * Hp, A0 + i * H, H, Hp);
@@ -1034,6 +1085,7 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
     for (int64_t i = 0; i < Hp; i += W)
       vstore(dp + i, vload(dp + i) + dact_mul<ACT, T>(vload(z0 + i), vload(dz + i)));
     store_n(io.dxp + (b * Tn + (t - 1)) * H, dp, H);
+    if (ws.sums) copy_padded(ws.DP.data() + (t - 1) * Hp, dp, Hp);  // for dW below
     // p_t = W h_{t-1} + xp_t  ->  dh_{t-1} += W^T dp
     matvec(sh.Wp, Hp, dp, H, dH + (t - 1) * Hp, Hp);
     if (nC > 1 && t - 1 == t0) {
@@ -1061,8 +1113,15 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
     }
   }
   store_n(io.dh0 + b * H, dH, H);
-  store_n(io.dgamma_part + b * H, dgam, H);
-  store_n(io.dbeta_part + b * H, dbet, H);
+  // dW^T += sum_t h_{t-1} dp_t^T (histT: h_0 .. h_T by unit, so h_{t-1} of steps 1..T are its first T)
+  if (ws.sums) add_outer_rows(ws.sum.dWT.data(), H, Hp, histT, Tp, ws.DP.data(), Tn);
+  if (io.dgamma_part) store_n(io.dgamma_part + b * H, dgam, H);
+  if (io.dbeta_part) store_n(io.dbeta_part + b * H, dbet, H);
+  if (ws.sums)
+    for (int64_t i = 0; i < Hp; i += W) {
+      vstore(ws.sum.dgamma.data() + i, vload(ws.sum.dgamma.data() + i) + vload(dgam + i));
+      vstore(ws.sum.dbeta.data() + i, vload(ws.sum.dbeta.data() + i) + vload(dbet + i));
+    }
 
   // dA_0 = lam^T gA + sum_{t,s} lam^t du_{t,s} z_{t,s}^T  (GT holds lam^t du transposed)
   if (io.dA0 && nC == 1) {
@@ -1079,6 +1138,38 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
     stream_copy(io.dA0 + b * H * H, mat, H * H);
   }
 }
+
+// The backward's batch sums (BwdParams::dW, dgamma, dbeta) from the per-thread BwdSums:
+// each range of examples [b0, b1) that a thread runs hands its sums over, and finish()
+// adds them up in order of b0, so the result does not depend on which thread ended first.
+template <typename T>
+struct RangeSums {
+  std::mutex mutex;
+  std::vector<std::pair<int64_t, BwdSums<T>>> parts;
+
+  void add(int64_t b0, BwdSums<T>&& part) {
+    const std::lock_guard<std::mutex> lock(mutex);
+    parts.emplace_back(b0, std::move(part));
+  }
+
+  void finish(const BwdParams<T>& io, int64_t Hp) {
+    const int64_t H = io.H;
+    std::sort(parts.begin(), parts.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+    BwdSums<T>& acc = parts.front().second;
+    for (size_t p = 1; p < parts.size(); ++p) {
+      const BwdSums<T>& s = parts[p].second;
+      for (int64_t k = 0; k < H * Hp; ++k) acc.dWT[k] += s.dWT[k];
+      for (int64_t i = 0; i < H; ++i) {
+        acc.dgamma[i] += s.dgamma[i];
+        acc.dbeta[i] += s.dbeta[i];
+      }
+    }
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < H; ++j) io.dW[i * H + j] = acc.dWT[j * Hp + i];
+    std::copy_n(acc.dgamma.data(), H, io.dgamma);
+    std::copy_n(acc.dbeta.data(), H, io.dbeta);
+  }
+};
 
 }  // namespace cpu
 }  // namespace crnn

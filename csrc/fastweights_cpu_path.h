@@ -117,6 +117,7 @@ template <typename T, typename Params>
 struct Call {
   const Shared<T>* sh;
   const Params* io;
+  RangeSums<T>* sums = nullptr;  // backward: where each range hands its batch sums (dW, dgamma, dbeta)
 };
 
 // The forward (Params = FwdParams<T>) or backward of the examples [b0, b1), with scratch
@@ -126,7 +127,10 @@ void run_range(void* ctx, int64_t b0, int64_t b1) {
   constexpr bool kForward = std::is_same_v<Params, FwdParams<T>>;
   const auto& c = *static_cast<const Call<T, Params>*>(ctx);
   std::conditional_t<kForward, FwdScratch<T>, BwdScratch<T>> ws;
-  ws.init(*c.sh);
+  if constexpr (kForward)
+    ws.init(*c.sh);
+  else
+    ws.init(*c.sh, c.sums != nullptr);
   for (int64_t b = b0; b < b1; ++b) {
     if constexpr (kForward) {
       if (c.io->act == kRelu)
@@ -140,6 +144,8 @@ void run_range(void* ctx, int64_t b0, int64_t b1) {
         backward_example<kTanh, T>(*c.sh, *c.io, b, ws);
     }
   }
+  if constexpr (!kForward)
+    if (c.sums) c.sums->add(b0, std::move(ws.sum));
 }
 
 template <typename T>
@@ -149,11 +155,16 @@ void fwd(const FwdParams<T>& io, ParallelFor parallel) {
   parallel(io.B, &call, &run_range<T, FwdParams<T>>);
 }
 
+// The backward; with io.dW set (the CPU glue), also the batch sums dW, dgamma and dbeta,
+// accumulated per range of examples (RangeSums) instead of by a GEMM and reductions afterwards.
 template <typename T>
 void bwd(const BwdParams<T>& io, ParallelFor parallel) {
   SharedBuffers<T> buf(io);
-  Call<T, BwdParams<T>> call{&buf.sh, &io};
+  RangeSums<T> sums;
+  const bool with_sums = io.dW != nullptr;
+  Call<T, BwdParams<T>> call{&buf.sh, &io, with_sums ? &sums : nullptr};
   parallel(io.B, &call, &run_range<T, BwdParams<T>>);
+  if (with_sums) sums.finish(io, buf.sh.Hp);
 }
 
 }  // namespace

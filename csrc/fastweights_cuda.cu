@@ -214,6 +214,7 @@ __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> 
   }
 
   // A_T = lam^T A_0 + sum_{tau<T} eta lam^(T-1-tau) h_tau h_tau^T
+  if (p.AT == nullptr) return;  // A_T not wanted (final_state=False); no barrier follows
   const T lT = s_lp[Tn];
   T* AT = p.AT + b * H * H;
   for (int64_t k = tid; k < H * H; k += nt) {

@@ -27,10 +27,16 @@ void check_cuda_limits(const char* op, int64_t B, int64_t Tn, int64_t H) {
               " (one block per example), got ", num(B));
 }
 
+// The CUDA kernels read A_0 as [B, H, H]: an empty A0 (zero fast weights) becomes zeros here.
+Tensor dense_a0(const Tensor& A0, int64_t B, int64_t H) {
+  return zero_a0(A0) ? at::zeros({B, H, H}, A0.options()) : A0;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
     const Tensor& beta, double lam, double eta, int64_t inner_steps,
-    c10::string_view activation, double eps, bool save, c10::string_view a_update) {
+    c10::string_view activation, double eps, bool save, c10::string_view a_update,
+    bool final_state) {
   const int act = check_forward_args(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps,
                                      activation, eps);
   const int au = parse_a_update(a_update);
@@ -39,15 +45,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
   check_cuda_limits("crnn::fastweights_fwd", B, Tn, H);
   const c10::cuda::CUDAGuard guard(xp.device());
   Tensor out = at::empty({B, Tn, H}, xp.options());
-  Tensor AT = at::empty({B, H, H}, xp.options());
+  Tensor AT = final_state ? at::empty({B, H, H}, xp.options()) : at::empty({0}, xp.options());
   Tensor zs = save ? at::empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
   Tensor xhat = save ? at::empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
   Tensor rstd = save ? at::empty({B, Tn, S}, xp.options()) : at::empty({0}, xp.options());
   if (B == 0) return {out, AT, zs, xhat, rstd};
   // kPreliminary: the keys k_t = f(p_t) are kept in a [B,T,H] workspace.
   Tensor keys = au == kPreliminary ? at::empty({B, Tn, H}, xp.options()) : Tensor();
+  const Tensor A0m = dense_a0(A0, B, H);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cuda", [&] {
-    const FwdParams<scalar_t> p = make_fwd_params<scalar_t>(xp, h0, A0, W, gamma, beta, lam, eta, S,
+    const FwdParams<scalar_t> p = make_fwd_params<scalar_t>(xp, h0, A0m, W, gamma, beta, lam, eta, S,
                                                             act, eps, out, AT, zs, xhat, rstd, au, keys);
     check_launch(cuda::launch_forward(p, c10::cuda::getCurrentCUDAStream().stream()),
                  "crnn::fastweights_fwd CUDA launch");
@@ -80,10 +87,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
   Tensor dH = at::empty({B, Tn + 1, H}, out.options());
   Tensor G = need_dA0 ? at::empty({B, Tn, S, H}, out.options()) : Tensor();
   Tensor dK = au == kPreliminary ? at::empty({B, Tn, H}, out.options()) : Tensor();  // d loss / d k_t
+  const Tensor A0m = dense_a0(A0, B, H);
   {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cuda", [&] {
       const BwdParams<scalar_t> p = make_bwd_params<scalar_t>(
-          grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd, lam, eta, S, act, dxp, dh0,
+          grad_out, grad_AT, h0, A0m, W, gamma, out, zs, xhat, rstd, lam, eta, S, act, dxp, dh0,
           dgamma_part, dbeta_part, Tensor(), dH, G, au, dK);
       check_launch(cuda::launch_backward(p, c10::cuda::getCurrentCUDAStream().stream()),
                    "crnn::fastweights_bwd CUDA launch");

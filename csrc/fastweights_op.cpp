@@ -171,7 +171,8 @@ void run_bwd(const CpuPath& path, const BwdParams<double>& io) { path.bwd_f64(io
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
     const Tensor& beta, double lam, double eta, int64_t inner_steps,
-    c10::string_view activation, double eps, bool save, c10::string_view a_update) {
+    c10::string_view activation, double eps, bool save, c10::string_view a_update,
+    bool final_state) {
   const int act = check_forward_args(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps,
                                      activation, eps);
   const int au = parse_a_update(a_update);
@@ -179,7 +180,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
               xp.device(), " tensors");
   const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
   Tensor out = pooled_empty({B, Tn, H}, xp.options());
-  Tensor AT = pooled_empty({B, H, H}, xp.options());
+  Tensor AT = final_state ? pooled_empty({B, H, H}, xp.options()) : at::empty({0}, xp.options());
   Tensor zs = save ? pooled_empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
   Tensor xhat = save ? pooled_empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
   Tensor rstd = save ? at::empty({B, Tn, S}, xp.options()) : at::empty({0}, xp.options());
@@ -209,8 +210,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
   Tensor dxp = pooled_empty({B, Tn, H}, out.options());
   Tensor dh0 = at::empty({B, H}, out.options());
   Tensor dA0 = need_dA0 ? pooled_empty({B, H, H}, out.options()) : at::empty({0}, out.options());
-  Tensor dgamma_part = at::empty({B, H}, out.options());
-  Tensor dbeta_part = at::empty({B, H}, out.options());
+  Tensor dW = at::empty({H, H}, out.options());
+  Tensor dgamma = at::empty({H}, out.options());
+  Tensor dbeta = at::empty({H}, out.options());
   if (B == 0) {
     return {dxp, dh0, dA0, at::zeros({H, H}, out.options()), at::zeros({H}, out.options()),
             at::zeros({H}, out.options())};
@@ -219,18 +221,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
   const CpuPath& path = *current_path().load();
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cpu", [&] {
     using T = scalar_t;
-    const BwdParams<T> io = make_bwd_params<T>(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
-                                               lam, eta, S, act, dxp, dh0, dgamma_part, dbeta_part,
-                                               dA0, Tensor(), Tensor(), au);
+    BwdParams<T> io = make_bwd_params<T>(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
+                                         lam, eta, S, act, dxp, dh0, Tensor(), Tensor(),
+                                         dA0, Tensor(), Tensor(), au);
+    io.dW = dW.data_ptr<T>();  // the kernel forms the batch sums (RangeSums)
+    io.dgamma = dgamma.data_ptr<T>();
+    io.dbeta = dbeta.data_ptr<T>();
     run_bwd(path, io);
   });
-  Tensor dW = weight_grad(dxp, h0, out, pooled_empty({B, Tn, H}, out.options()));
-  return {dxp, dh0, dA0, dW, dgamma_part.sum(0), dbeta_part.sum(0)};
+  return {dxp, dh0, dA0, dW, dgamma, dbeta};
 }
 
 using FwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
-    double, int64_t, c10::string_view, double, bool, c10::string_view);
+    double, int64_t, c10::string_view, double, bool, c10::string_view, bool);
 using BwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&, const Tensor&,
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
@@ -253,7 +257,8 @@ template <c10::DeviceType DEV>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_autocast(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
     const Tensor& beta, double lam, double eta, int64_t inner_steps,
-    c10::string_view activation, double eps, bool save, c10::string_view a_update) {
+    c10::string_view activation, double eps, bool save, c10::string_view a_update,
+    bool final_state) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(DEV));
   static const auto op = c10::Dispatcher::singleton()
@@ -261,7 +266,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_autocast(
                              .typed<FwdSig>();
   return op.call(to_f32<DEV>(xp), to_f32<DEV>(h0), to_f32<DEV>(A0), to_f32<DEV>(W),
                  to_f32<DEV>(gamma), to_f32<DEV>(beta), lam, eta, inner_steps, activation, eps,
-                 save, a_update);
+                 save, a_update, final_state);
 }
 
 template <c10::DeviceType DEV>
@@ -287,7 +292,7 @@ TORCH_LIBRARY(crnn, m) {
   m.def(
       "fastweights_fwd(Tensor xp, Tensor h0, Tensor A0, Tensor W, Tensor gamma, Tensor beta, "
       "float lam, float eta, int inner_steps, str activation, float eps, bool save, "
-      "str a_update=\"previous\") "
+      "str a_update=\"previous\", bool final_state=True) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "fastweights_bwd(Tensor? grad_out, Tensor? grad_AT, Tensor h0, Tensor A0, Tensor W, "

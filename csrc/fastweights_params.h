@@ -30,20 +30,21 @@ struct FwdParams {
   double lam, eta, eps;
   const T* xp;     // [B,T,H]  U x_t + b, precomputed
   const T* h0;     // [B,H]
-  const T* A0;     // [B,H,H]
+  const T* A0;     // [B,H,H], or nullptr: A_0 = 0 (CPU; the CUDA glue materialises zeros)
   const T* W;      // [H,H]
   const T* gamma;  // [H]
   const T* beta;   // [H]
   T* out;          // [B,T,H]
-  T* AT;           // [B,H,H]
+  T* AT;           // [B,H,H], or nullptr: A_T not wanted (final_state=False)
   T* zs;           // [B,T,S,H] or nullptr (nothing saved for a backward)
   T* xhat;         // [B,T,S,H] or nullptr
   T* rstd;         // [B,T,S]   or nullptr
   T* keys = nullptr;  // CUDA, kPreliminary: [B,T,H] workspace for k_1..k_T. Otherwise unused.
 };
 
-// Backward of one call. dW, the batch sums of dgamma/dbeta and (on CUDA) dA_0 = G^T zs
-// are finished by the glue with library GEMMs/reductions.
+// Backward of one call. On the CPU the kernel also forms the batch sums dW, dgamma and
+// dbeta (per thread, then added in a fixed order); on CUDA the glue finishes dW, the sums
+// of dgamma_part/dbeta_part and dA_0 = G^T zs with library GEMMs/reductions.
 template <typename T>
 struct BwdParams {
   int64_t B, T_len, H, S;
@@ -53,7 +54,7 @@ struct BwdParams {
   const T* gout;   // [B,T,H] or nullptr (zero)
   const T* gAT;    // [B,H,H] or nullptr (zero)
   const T* h0;     // [B,H]
-  const T* A0;     // [B,H,H]
+  const T* A0;     // [B,H,H], or nullptr: A_0 = 0 (CPU; the CUDA glue materialises zeros)
   const T* W;      // [H,H]
   const T* gamma;  // [H]
   const T* out;    // [B,T,H]
@@ -62,12 +63,15 @@ struct BwdParams {
   const T* rstd;   // [B,T,S]
   T* dxp;          // [B,T,H]
   T* dh0;          // [B,H]
-  T* dgamma_part;  // [B,H] per-example partial sums
-  T* dbeta_part;   // [B,H]
+  T* dgamma_part;  // [B,H] per-example partial sums, or nullptr (CPU: the sums below)
+  T* dbeta_part;   // [B,H] or nullptr
   T* dA0;          // CPU: [B,H,H] written by the kernel, or nullptr (not needed). CUDA: unused.
   T* dH;           // CUDA: [B,T+1,H] workspace (any contents). CPU: unused.
   T* G;            // CUDA: [B,T,S,H] lam^t du_{t,s} for dA0 = G^T zs, or nullptr. CPU: unused.
   T* dK = nullptr;    // CUDA, kPreliminary: [B,T,H] workspace, d loss / d k_t. Otherwise unused.
+  T* dW = nullptr;      // CPU: [H,H] = sum_{b,t} dp_t h_{t-1}^T, or nullptr (not formed). CUDA: unused.
+  T* dgamma = nullptr;  // CPU, with dW: [H] batch sum of dgamma. CUDA: unused.
+  T* dbeta = nullptr;   // CPU, with dW: [H]
 };
 
 }  // namespace crnn

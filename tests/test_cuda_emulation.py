@@ -107,7 +107,7 @@ def run_emulated(exe: Path, work: Path, args, gout, gAT, S: int, act: str, smem_
         return {}, [], proc
     np_dtype = np.float32 if size == 4 else np.float64
     shapes = {"out": (B, T, H), "AT": (B, H, H), "zs": (B, T, S, H), "xhat": (B, T, S, H), "rstd": (B, T, S),
-              "out_nosave": (B, T, H), "AT_nosave": (B, H, H), "dxp": (B, T, H), "dh0": (B, H),
+              "out_nosave": (B, T, H), "AT_nosave": (B, H, H), "out_noAT": (B, T, H), "dxp": (B, T, H), "dh0": (B, H),
               "dgamma_part": (B, H), "dbeta_part": (B, H), "G": (B, T, S, H)}
     res = {k: np.fromfile(work / f"{k}.bin", dtype=np_dtype).reshape(shape) for k, shape in shapes.items()}
     stats = [int(v) for v in (work / "stats.txt").read_text().split()]
@@ -182,7 +182,7 @@ def test_emulated_cuda_kernels_match_cpu_kernel(emu_exe, tmp_path, B, T, H, S, a
                                     a_update=a_update)
     assert proc.returncode == 0, proc.stderr[-2000:]
     fwd_smem, bwd_smem, max_attr, launches = stats
-    assert launches == 3
+    assert launches == 4  # forward saving, forward not saving, forward without A_T, backward
     assert (fwd_smem, bwd_smem) == planned_bytes(B, T, H, dtype, plan), "the case no longer takes its path"
     if fwd_smem > 48 * 1024:
         assert max_attr >= fwd_smem, "the launch needed the shared-memory opt-in attribute"
@@ -193,6 +193,7 @@ def test_emulated_cuda_kernels_match_cpu_kernel(emu_exe, tmp_path, B, T, H, S, a
         close(ref_fwd[k], res[k], rtol_f, f"forward {k}")
     close(ref_fwd["out"], res["out_nosave"], rtol_f, "forward out (save=False)")
     close(ref_fwd["AT"], res["AT_nosave"], rtol_f, "forward A_T (save=False)")
+    close(ref_fwd["out"], res["out_noAT"], rtol_f, "forward out (A_T not wanted, AT = nullptr)")
     got = cuda_glue_grads(res, args, gAT, S)
     for name, a, b in zip(("dxp", "dh0", "dA0", "dW", "dgamma", "dbeta"), ref_grads, got):
         close(a, b, rtol_g, f"backward {name}")

@@ -185,3 +185,34 @@ def test_learned_states_from_the_context_table_unless_sampling(distribution):
         assert calls == ([1] if distribution == "normal" else []), "a sampling init sees each example's context"
     finally:
         type(model.task_module).context = real_context
+
+
+def test_zero_init_and_the_projected_path_skip_A0_and_A_T(monkeypatch):
+    """The zero init's states are broadcast constants, which the cell passes to the op as
+    ``A0=None`` (nothing materialised or read); TaskModel, which reads only the outputs,
+    asks the cell for no final state, so the op skips A_T."""
+    from crnn_core.cell import constant_state, is_zero_constant
+
+    assert is_zero_constant(constant_state(4, (3, 3), 0.0))
+    assert not is_zero_constant(constant_state(4, (3, 3), 0.5)), "a nonzero constant is materialised"
+    assert not is_zero_constant(torch.zeros(4, 3, 3)), "a real tensor is not inspected"
+    assert not is_zero_constant(torch.zeros(()).expand(4, 3, 3).requires_grad_(True)), "a learnable one keeps its grad"
+    spec = ModelSpec(cell="fastweights", init="zero", task="art", cell_options={"backend": "fused"},
+                     task_options={"train_size": 64, "val_size": 64})
+    torch.manual_seed(0)
+    built = build_model(spec, get_plugins())
+    model, batch = built.model, built.task.dataset("train")
+    state = model.initial_state(batch, 64)
+    assert all(s == 0 for s in state["A"].stride()), "the zero init returns a broadcast view"
+    calls = []
+    real = torch.ops.crnn.fastweights_fwd
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append((args[2].shape, args[-1] if len(args) > 13 else True))
+            return real(*args)
+
+    first = model(batch)  # the contract-checking pass, through the cell's full forward (final state kept)
+    monkeypatch.setattr(torch.ops.crnn, "fastweights_fwd", Spy())
+    torch.testing.assert_close(model(batch), first, rtol=1e-5, atol=1e-6)
+    assert calls == [((0,), False)], "the projected pass: an empty A0 and final_state=False"

@@ -531,3 +531,64 @@ def test_the_fallback_warning_points_at_the_callers_line(monkeypatch):
     with pytest.warns(CrnnWarning, match="no compiler") as record:
         fastweights(*args)
     assert record[0].filename == __file__
+
+
+@pytest.mark.parametrize("unroll", [fastweights_reference, fastweights_naive, ff.fastweights_fused],
+                         ids=["reference", "naive", "fused"])
+def test_A0_none_is_zero_fast_weights_and_final_state_false_skips_A_T(unroll):
+    """Two conventions every backend shares: ``A0=None`` is A_0 = 0 (never materialised), and
+    ``final_state=False`` returns ``(outputs, None)``; outputs and gradients are unchanged."""
+    xp, h0, A0, W, gamma, beta = make_inputs(B=3, T=6, H=9, a0_scale=0.0)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (xp, h0, W, gamma, beta)]
+    out_z, A_z = unroll(leaves[0], leaves[1], A0, *leaves[2:], LAM, ETA, 2, "tanh")
+    grads_z = torch.autograd.grad(out_z.pow(2).sum(), leaves)
+    for final_state in (True, False):
+        leaves_n = [t.detach().clone().requires_grad_(True) for t in leaves]
+        out_n, A_n = unroll(leaves_n[0], leaves_n[1], None, *leaves_n[2:], LAM, ETA, 2, "tanh", final_state=final_state)
+        torch.testing.assert_close(out_n, out_z, rtol=1e-12, atol=1e-12)
+        if final_state:
+            torch.testing.assert_close(A_n, A_z, rtol=1e-12, atol=1e-12)
+        else:
+            assert A_n is None
+        for name, g_n, g_z in zip(("xp", "h0", "W", "gamma", "beta"), torch.autograd.grad(out_n.pow(2).sum(), leaves_n),
+                                  grads_z):
+            torch.testing.assert_close(g_n, g_z, rtol=1e-10, atol=1e-12, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+def test_the_op_takes_an_empty_A0_and_no_A_T():
+    """The op's own conventions behind those arguments: an empty ``A0`` and ``final_state=False``."""
+    xp, h0, A0, W, gamma, beta = make_inputs(B=2, T=4, H=5, a0_scale=0.0)
+    full = torch.ops.crnn.fastweights_fwd(xp, h0, A0, W, gamma, beta, LAM, ETA, 2, "relu", 1e-5, True)
+    empty = torch.ops.crnn.fastweights_fwd(xp, h0, xp.new_empty(0), W, gamma, beta, LAM, ETA, 2, "relu", 1e-5, True,
+                                           "previous", False)
+    assert empty[1].shape == (0,), "no A_T"
+    for a, b in zip(full[:1] + full[2:], empty[:1] + empty[2:]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    g = torch.randn_like(full[0])
+    back_full = torch.ops.crnn.fastweights_bwd(g, None, h0, A0, W, gamma, *full[:1], *full[2:], LAM, ETA, 2, "relu",
+                                               False)
+    back_empty = torch.ops.crnn.fastweights_bwd(g, None, h0, xp.new_empty(0), W, gamma, *empty[:1], *empty[2:], LAM,
+                                                ETA, 2, "relu", False)
+    for a, b in zip(back_full, back_empty):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"A0 must have shape \[B, H, H\] = \[2, 5, 5\] or be empty"):
+        torch.ops.crnn.fastweights_fwd(xp, h0, xp.new_empty(3), W, gamma, beta, LAM, ETA, 1, "relu", 1e-5, False)
+    torch.library.opcheck(torch.ops.crnn.fastweights_fwd.default,
+                          (xp, h0, xp.new_empty(0), W, gamma, beta, LAM, ETA, 2, "relu", 1e-5, True, "previous", False))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_kernels_batch_sums_match_the_reference_for_any_split(threads):
+    """dW, dgamma and dbeta are summed per range of examples in the kernel (csrc RangeSums), in a
+    fixed order: right for every split of the batch over threads, and the same on every call."""
+    args = make_inputs(B=7, T=5, H=20, dtype=torch.float32, a0_scale=0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        (_, _, g_ref), (_, _, g) = run_both(args, 1, "relu")
+        (_, _, g_again) = run_both(args, 1, "relu")[1]
+    finally:
+        torch.set_num_threads(before)
+    assert_grads_close(g_ref, g, 1e-5, f"{threads} threads")
+    for a, b in zip(g, g_again):
+        assert torch.equal(a, b), "the same call twice gives the same bits"

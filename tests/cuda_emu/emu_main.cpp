@@ -7,7 +7,8 @@
 // DIR/meta.txt: "dtype B T H S act lam eta eps has_gout has_gAT need_G [a_update]" (dtype 4
 // or 8 bytes, act 0 relu / 1 tanh, a_update 0 previous (default) / 1 preliminary). DIR/{xp,h0,A0,W,gamma,beta}.bin and, if present,
 // {gout,gAT}.bin: raw little-endian arrays. Writes DIR/{out,AT,zs,xhat,rstd}.bin (forward,
-// saving), out_nosave.bin / AT_nosave.bin (forward, saving nothing), {dxp,dh0,dgamma_part,
+// saving), out_nosave.bin / AT_nosave.bin (forward, saving nothing), out_noAT.bin (forward,
+// saving nothing, A_T not wanted: FwdParams::AT = nullptr), {dxp,dh0,dgamma_part,
 // dbeta_part}.bin and G.bin if need_G (backward, from this forward's saved tensors), and
 // stats.txt: "fwd_smem bwd_smem max_smem_attribute launches". Exit status 2 on a launch error.
 #include <cstdio>
@@ -105,6 +106,13 @@ int run(const std::string& dir, int64_t B, int64_t Tn, int64_t H, int64_t S, int
   check(crnn::cuda::launch_forward(f2, nullptr), "forward (no saving)");
   write(dir + "/out_nosave.bin", out2);
   write(dir + "/AT_nosave.bin", AT2);
+
+  std::vector<T> out3(nx);
+  crnn::FwdParams<T> f3 = f2;
+  f3.out = out3.data();
+  f3.AT = nullptr;
+  check(crnn::cuda::launch_forward(f3, nullptr), "forward (no A_T)");
+  write(dir + "/out_noAT.bin", out3);
 
   std::vector<T> dxp(nx), dh0(nh), dgp(nh), dbp(nh), dH(B * (Tn + 1) * H, T(12345)), G(need_G ? nz : 0);
   crnn::BwdParams<T> g{};
