@@ -314,38 +314,51 @@ inline void sparse_matvec(const T* M, int64_t ld, const T* x, int64_t k, T scale
 #endif
 }
 
+#if CRNN_AVX512
+// In-register transpose of a 16 x 16 float block: afterwards lane l of r[k] is what lane k
+// of r[l] was.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {
+    const __m512d a0 = _mm512_castps_pd(t[g]), a1 = _mm512_castps_pd(t[g + 1]);
+    const __m512d a2 = _mm512_castps_pd(t[g + 2]), a3 = _mm512_castps_pd(t[g + 3]);
+    r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+    r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+    r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+    r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+  }
+  for (int g = 0; g < 16; g += 8)
+    for (int k = 0; k < 4; ++k) {
+      t[g + k] = _mm512_shuffle_f32x4(r[g + k], r[g + 4 + k], 0x88);
+      t[g + 4 + k] = _mm512_shuffle_f32x4(r[g + k], r[g + 4 + k], 0xdd);
+    }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+  }
+}
+
+inline __mmask16 first_lanes(int64_t n) {  // the mask of lanes 0 .. n-1 (n <= 16)
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+#endif
+
 // dst[j][i] = src[i][j] for i < n, j < n (src unpadded n x n, dst [>= padded(n)][ld]);
 // rows/lanes of dst beyond n are zero-filled up to the next multiple of 16 (AVX-512).
 inline void transpose_square(const float* src, int64_t n, float* dst, int64_t ld) {
 #if CRNN_AVX512
   for (int64_t i0 = 0; i0 < n; i0 += 16) {
     for (int64_t j0 = 0; j0 < n; j0 += 16) {
-      const int64_t nr = std::min<int64_t>(16, n - i0), nc = std::min<int64_t>(16, n - j0);
-      const __mmask16 cm = nc >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << nc) - 1u);
-      __m512 r[16], t[16];
+      const int64_t nr = std::min<int64_t>(16, n - i0);
+      const __mmask16 cm = first_lanes(n - j0);
+      __m512 r[16];
       for (int k = 0; k < 16; ++k)
         r[k] = k < nr ? _mm512_maskz_loadu_ps(cm, src + (i0 + k) * n + j0) : _mm512_setzero_ps();
-      for (int k = 0; k < 8; ++k) {
-        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-      }
-      for (int g = 0; g < 16; g += 4) {
-        const __m512d a0 = _mm512_castps_pd(t[g]), a1 = _mm512_castps_pd(t[g + 1]);
-        const __m512d a2 = _mm512_castps_pd(t[g + 2]), a3 = _mm512_castps_pd(t[g + 3]);
-        r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-        r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-        r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-        r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-      }
-      for (int g = 0; g < 16; g += 8)
-        for (int k = 0; k < 4; ++k) {
-          t[g + k] = _mm512_shuffle_f32x4(r[g + k], r[g + 4 + k], 0x88);
-          t[g + 4 + k] = _mm512_shuffle_f32x4(r[g + k], r[g + 4 + k], 0xdd);
-        }
-      for (int k = 0; k < 8; ++k) {
-        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
-        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
-      }
+      transpose16(r);
       for (int k = 0; k < 16; ++k) _mm512_storeu_ps(dst + (j0 + k) * ld + i0, r[k]);
     }
   }
@@ -848,6 +861,198 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
 template <int ACT, typename T>
 void forward_example(const Shared<T>& sh, const FwdParams<T>& io, int64_t b, FwdScratch<T>& ws) {
   forward_examples<ACT, T, 1>(sh, io, b, &ws);
+}
+
+// ---------------------------------------------------------------------------------------
+// The forward with the batch in the vector lanes: a group of G = vec_len examples runs
+// together, example e in lane e of every vector (rows [n][G]). W h, the attention scores,
+// A_t z and the LayerNorm sums become vertical FMAs and adds over the G examples: no
+// horizontal reductions, and H independent accumulations per step instead of one short
+// dependent chain per example, which bounds the per-example kernel at the ART shape
+// (docs/benchmarks.md). ReLU zeros are not skipped (a zero in one lane is not in all).
+// It saves the same zs / xhat / rstd / out as forward_examples, so the backward is shared.
+
+// Whether forward_lanes runs a call: A_0 = 0 (nullptr), no A_T wanted, at least one whole
+// group, one chunk (T <= K), and a group's history within 1 MiB (it stays in cache).
+template <typename T>
+inline bool lanes_forward_applies(const Shared<T>& sh, const FwdParams<T>& io) {
+  const int64_t G = vec_len<T>();
+  return io.A0 == nullptr && io.AT == nullptr && io.B >= G && sh.T_len <= sh.chunk &&
+         (sh.T_len + 1) * sh.H * G * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 20);
+}
+
+// A group's state, rows of G lanes: hist h_0..h_T [T+1][H][G], the keys of kPreliminary
+// [T][H][G] (else hist), p, u, z, xh [H][G], the scores [T][G], per-lane statistics [G].
+template <typename T>
+struct LanesScratch {
+  std::vector<T> hist, khist, p, u, z, xh, sc, stat;
+  void init(const Shared<T>& sh) {
+    const int64_t G = vec_len<T>(), H = sh.H, Tn = sh.T_len;
+    hist.assign((Tn + 1) * H * G, T(0));
+    if (sh.a_update == kPreliminary) khist.assign(Tn * H * G, T(0));
+    for (auto* v : {&p, &u, &z, &xh}) v->assign(H * G, T(0));
+    sc.assign(Tn * G, T(0));
+    stat.assign(2 * G, T(0));
+  }
+};
+
+// rows[i][e] = src of example e [i] (example e at base + e * stride), i < n; lanes e >= ne are 0.
+template <typename T>
+inline void gather_lanes(T* __restrict rows, const T* __restrict base, int64_t stride, int64_t n, int64_t ne) {
+  constexpr int64_t G = vec_len<T>();
+  for (int64_t e = 0; e < G; ++e) {
+    if (e < ne) {
+      const T* __restrict src = base + e * stride;
+      for (int64_t i = 0; i < n; ++i) rows[i * G + e] = src[i];
+    } else {
+      for (int64_t i = 0; i < n; ++i) rows[i * G + e] = T(0);
+    }
+  }
+}
+
+// dst of example e [i] = rows[i][e] (example e at base + e * stride), i < n, e < ne.
+template <typename T>
+inline void scatter_lanes(T* __restrict base, int64_t stride, const T* __restrict rows, int64_t n, int64_t ne) {
+  constexpr int64_t G = vec_len<T>();
+  for (int64_t e = 0; e < ne; ++e) {
+    T* __restrict dst = base + e * stride;
+    for (int64_t i = 0; i < n; ++i) dst[i] = rows[i * G + e];
+  }
+}
+
+#if CRNN_AVX512 && CRNN_VEC_BYTES == 64
+// float with 16 lanes: the same by 16 x 16 in-register transposes (transpose16).
+inline void gather_lanes(float* __restrict rows, const float* __restrict base, int64_t stride, int64_t n, int64_t ne) {
+  for (int64_t i0 = 0; i0 < n; i0 += 16) {
+    const int64_t nr = std::min<int64_t>(16, n - i0);
+    const __mmask16 m = first_lanes(nr);
+    __m512 r[16];
+    for (int64_t e = 0; e < 16; ++e)
+      r[e] = e < ne ? _mm512_maskz_loadu_ps(m, base + e * stride + i0) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int64_t k = 0; k < nr; ++k) _mm512_storeu_ps(rows + (i0 + k) * 16, r[k]);
+  }
+}
+
+inline void scatter_lanes(float* __restrict base, int64_t stride, const float* __restrict rows, int64_t n, int64_t ne) {
+  for (int64_t i0 = 0; i0 < n; i0 += 16) {
+    const int64_t nr = std::min<int64_t>(16, n - i0);
+    const __mmask16 m = first_lanes(nr);
+    __m512 r[16];
+    for (int64_t k = 0; k < 16; ++k) r[k] = k < nr ? _mm512_loadu_ps(rows + (i0 + k) * 16) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int64_t e = 0; e < ne; ++e) _mm512_mask_storeu_ps(base + e * stride + i0, m, r[e]);
+  }
+}
+#endif
+
+// y[i] += sum_j M[i * H + j] x[j] for the rows [H][G]: four output rows at a time, so each
+// x[j] is loaded once per four FMAs.
+template <typename T>
+inline void lanes_matvec(const T* __restrict M, const T* __restrict x, T* __restrict y, int64_t H) {
+  constexpr int64_t G = vec_len<T>();
+  int64_t i = 0;
+  for (; i + 4 <= H; i += 4) {
+    vec<T> a0 = vload(y + i * G), a1 = vload(y + (i + 1) * G), a2 = vload(y + (i + 2) * G),
+           a3 = vload(y + (i + 3) * G);
+    const T* __restrict m0 = M + i * H;
+    for (int64_t j = 0; j < H; ++j) {
+      const vec<T> xj = vload(x + j * G);
+      a0 += xj * m0[j];
+      a1 += xj * m0[H + j];
+      a2 += xj * m0[2 * H + j];
+      a3 += xj * m0[3 * H + j];
+    }
+    vstore(y + i * G, a0);
+    vstore(y + (i + 1) * G, a1);
+    vstore(y + (i + 2) * G, a2);
+    vstore(y + (i + 3) * G, a3);
+  }
+  for (; i < H; ++i) {
+    vec<T> a = vload(y + i * G);
+    for (int64_t j = 0; j < H; ++j) a += vload(x + j * G) * M[i * H + j];
+    vstore(y + i * G, a);
+  }
+}
+
+// One inner step for the group: u = p + sum_{tau < t} c_tau (key_tau . z) key_tau, then
+// z = f(LayerNorm(u)); returns with xh = the normalised u and stat[G..2G) = 1/sigma per lane.
+template <int ACT, typename T>
+inline void lanes_inner_step(const Shared<T>& sh, const T* __restrict keys, int64_t t, LanesScratch<T>& ws) {
+  constexpr int64_t G = vec_len<T>();
+  const int64_t H = sh.H;
+  T* __restrict z = ws.z.data();
+  T* __restrict u = ws.u.data();
+  T* __restrict xh = ws.xh.data();
+  T* __restrict sc = ws.sc.data();
+  const T* coef = coef_row(sh, t);
+  for (int64_t tau = 0; tau < t; ++tau) {  // sc[tau] = c_tau (key_tau . z), four partial sums
+    const T* __restrict k = keys + tau * H * G;
+    vec<T> s0 = vzero<T>(), s1 = vzero<T>(), s2 = vzero<T>(), s3 = vzero<T>();
+    int64_t j = 0;
+    for (; j + 4 <= H; j += 4) {
+      s0 += vload(k + j * G) * vload(z + j * G);
+      s1 += vload(k + (j + 1) * G) * vload(z + (j + 1) * G);
+      s2 += vload(k + (j + 2) * G) * vload(z + (j + 2) * G);
+      s3 += vload(k + (j + 3) * G) * vload(z + (j + 3) * G);
+    }
+    for (; j < H; ++j) s0 += vload(k + j * G) * vload(z + j * G);
+    vstore(sc + tau * G, ((s0 + s1) + (s2 + s3)) * coef[tau]);
+  }
+  vec<T> m = vzero<T>();
+  for (int64_t i = 0; i < H; ++i) {  // u = p + sum_tau sc[tau] key_tau
+    vec<T> a = vload(ws.p.data() + i * G);
+    for (int64_t tau = 0; tau < t; ++tau) a += vload(sc + tau * G) * vload(keys + (tau * H + i) * G);
+    vstore(u + i * G, a);
+    m += a;
+  }
+  const T invH = T(1) / static_cast<T>(H);
+  m = m * invH;
+  vec<T> v = vzero<T>();
+  for (int64_t i = 0; i < H; ++i) {
+    const vec<T> d = vload(u + i * G) - m;
+    v += d * d;
+  }
+  T* __restrict r = ws.stat.data() + G;
+  for (int64_t e = 0; e < G; ++e) r[e] = T(1) / std::sqrt(v[e] * invH + sh.eps);
+  const vec<T> rv = vload(r);
+  for (int64_t i = 0; i < H; ++i) {
+    const vec<T> x = (vload(u + i * G) - m) * rv;
+    vstore(xh + i * G, x);
+    vstore(z + i * G, x * sh.gamma[i] + sh.beta[i]);
+  }
+  for (int64_t k = 0; k < H * G; ++k) z[k] = act<ACT>(z[k]);
+}
+
+// The forward of the group of examples [b0, b0 + ne), ne <= G (lanes_forward_applies holds).
+template <int ACT, typename T>
+void forward_lanes(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, int64_t ne, LanesScratch<T>& ws) {
+  constexpr int64_t G = vec_len<T>();
+  const int64_t Tn = sh.T_len, H = sh.H, S = sh.S;
+  const bool save = io.zs != nullptr;
+  const bool prelim = sh.a_update == kPreliminary;
+  T* __restrict hist = ws.hist.data();
+  T* __restrict p = ws.p.data();
+  T* __restrict z = ws.z.data();
+  const T* keys = prelim ? ws.khist.data() : hist;
+  gather_lanes(hist, io.h0 + b0 * H, H, H, ne);
+  for (int64_t t = 1; t <= Tn; ++t) {
+    gather_lanes(p, io.xp + (b0 * Tn + t - 1) * H, Tn * H, H, ne);  // p = xp_t + W h_{t-1}
+    lanes_matvec(io.W, hist + (t - 1) * H * G, p, H);
+    for (int64_t k = 0; k < H * G; ++k) z[k] = act<ACT>(p[k]);
+    if (prelim) std::copy_n(z, H * G, ws.khist.data() + (t - 1) * H * G);  // key_{t-1} = z_0 of step t
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t k0 = (b0 * Tn + t - 1) * S + s;  // example b0's (t, s) entry
+      if (save) scatter_lanes(io.zs + k0 * H, Tn * S * H, z, H, ne);
+      lanes_inner_step<ACT>(sh, keys, t, ws);
+      if (save) {
+        scatter_lanes(io.xhat + k0 * H, Tn * S * H, ws.xh.data(), H, ne);
+        scatter_lanes(io.rstd + k0, Tn * S, ws.stat.data() + G, 1, ne);
+      }
+    }
+    std::copy_n(z, H * G, hist + t * H * G);
+    scatter_lanes(io.out + (b0 * Tn + t - 1) * H, Tn * H, z, H, ne);
+  }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -148,11 +148,33 @@ void run_range(void* ctx, int64_t b0, int64_t b1) {
     if (c.sums) c.sums->add(b0, std::move(ws.sum));
 }
 
+// The forward of the groups [g0, g1) of vec_len examples each, batch in the lanes (forward_lanes).
+template <typename T>
+void run_groups(void* ctx, int64_t g0, int64_t g1) {
+  const auto& c = *static_cast<const Call<T, FwdParams<T>>*>(ctx);
+  constexpr int64_t G = vec_len<T>();
+  LanesScratch<T> ws;
+  ws.init(*c.sh);
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t b0 = g * G, ne = std::min(G, c.io->B - b0);
+    if (c.io->act == kRelu)
+      forward_lanes<kRelu, T>(*c.sh, *c.io, b0, ne, ws);
+    else
+      forward_lanes<kTanh, T>(*c.sh, *c.io, b0, ne, ws);
+  }
+}
+
+// The forward: batch in the lanes where it applies (lanes_forward_applies), else per example.
 template <typename T>
 void fwd(const FwdParams<T>& io, ParallelFor parallel) {
   SharedBuffers<T> buf(io);
   Call<T, FwdParams<T>> call{&buf.sh, &io};
-  parallel(io.B, &call, &run_range<T, FwdParams<T>>);
+  if (lanes_forward_applies(buf.sh, io)) {
+    constexpr int64_t G = vec_len<T>();
+    parallel((io.B + G - 1) / G, &call, &run_groups<T>);
+  } else {
+    parallel(io.B, &call, &run_range<T, FwdParams<T>>);
+  }
 }
 
 // The backward; with io.dW set (the CPU glue), also the batch sums dW, dgamma and dbeta,

@@ -72,6 +72,30 @@ def test_all_instruction_sets_agree(binaries, case):
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max(), err_msg=arch)
 
 
+LANES_CASES = [  # B, T, H, S, act, nonzero A0 (never, here), float64, lanes: partial groups on every path
+    (37, 11, 20, 2, 0, 0, 0, 1),
+    (19, 6, 13, 3, 1, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", LANES_CASES, ids=lambda c: "B{}-T{}-H{}-S{}-{}-{}".format(
+    *c[:4], "tanh" if c[4] else "relu", "f64" if c[6] else "f32"))
+def test_the_batch_in_lanes_forward_matches_the_per_example_forward(binaries, case):
+    """forward_lanes (A_0 = 0, no A_T: the ART training step) saves what the per-example forward
+    saves, for the shared backward: out, zs, xhat and rstd agree, on every instruction set."""
+    tol = 1e-10 if case[6] else 2e-5
+    outputs = {}
+    for arch in ARCHS:
+        got = run(binaries[arch], case)
+        per_example, lanes = np.split(got, 2)
+        assert np.isfinite(got).all() and np.abs(per_example).max() > 0
+        np.testing.assert_allclose(lanes, per_example, rtol=tol, atol=tol * np.abs(per_example).max(), err_msg=arch)
+        outputs[arch] = lanes
+    for arch in ARCHS[1:]:
+        np.testing.assert_allclose(outputs[arch], outputs["native"], rtol=tol, atol=tol * np.abs(outputs["native"]).max(),
+                                   err_msg=arch)
+
+
 # -- the dispatching build: one extension, a path per instruction set (crnn_plugins/cpu_isa.py)
 
 

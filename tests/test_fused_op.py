@@ -592,3 +592,31 @@ def test_the_kernels_batch_sums_match_the_reference_for_any_split(threads):
     assert_grads_close(g_ref, g, 1e-5, f"{threads} threads")
     for a, b in zip(g, g_again):
         assert torch.equal(a, b), "the same call twice gives the same bits"
+
+
+@pytest.mark.usefixtures("each_cpu_path")
+@pytest.mark.parametrize("B", [16, 21], ids=["whole-groups", "a-partial-group"])
+@pytest.mark.parametrize("S,act,a_update,dtype", [
+    (1, "relu", "previous", torch.float32),
+    (2, "relu", "preliminary", torch.float32),
+    (3, "tanh", "preliminary", torch.float64),
+    (2, "tanh", "previous", torch.float64),
+])
+def test_the_training_forward_with_the_batch_in_lanes_matches_the_reference(B, S, act, a_update, dtype):
+    """``A0=None, final_state=False`` with B >= one vector of examples runs the forward with the
+    batch in the vector lanes (csrc forward_lanes); its outputs, and the gradients the shared
+    backward computes from what it saved, match the reference."""
+    xp, h0, _, W, gamma, beta = make_inputs(B=B, T=11, H=20, dtype=dtype)
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4
+    results = []
+    for unroll in (fastweights_reference, ff.fastweights_fused):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (xp, h0, W, gamma, beta)]
+        out, A = unroll(leaves[0], leaves[1], None, *leaves[2:], LAM, ETA, S, act, 1e-5, a_update, final_state=False)
+        assert A is None
+        upstream = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
+        results.append((out.detach(), torch.autograd.grad((out * upstream).sum(), leaves)))
+    (o_ref, g_ref), (o, g) = results
+    torch.testing.assert_close(o, o_ref, rtol=rtol, atol=rtol)
+    for name, a, b in zip(("xp", "h0", "W", "gamma", "beta"), g_ref, g):
+        err = (a - b).abs().max().item() / (a.abs().max().item() + 1e-12)
+        assert err <= rtol, f"d{name}: relative error {err:.2e}"

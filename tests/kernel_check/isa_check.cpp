@@ -1,7 +1,9 @@
 // Standalone driver of the CPU fast-weights kernel (no PyTorch): runs forward and backward
 // on a fixed pseudo-random problem and prints every output, so tests/test_cpu_isa.py can
 // compile it for several -march targets (AVX-512, AVX2, SSE2: different code paths and
-// vector widths) and check that they agree. Usage: isa_check B T H S act(0|1) a0(0|1)
+// vector widths) and check that they agree. Usage: isa_check B T H S act(0|1) a0(0|1) f64(0|1)
+// [lanes(0|1)]. With lanes=1 (and a0=0) it prints the per-example forward's out, zs, xhat and
+// rstd, then the same from forward_lanes (the batch in the vector lanes), and stops.
 #include "../../csrc/fastweights_cpu_kernel.h"
 
 #include <cmath>
@@ -24,7 +26,7 @@ static double lcg(uint64_t& s) {  // deterministic uniform(-1, 1)
 }
 
 template <typename T, int ACT>
-void run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0) {
+int run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0, bool lanes) {
   uint64_t seed = 12345;
   auto fill = [&](std::vector<T>& v, size_t n, double scale, double offset = 0.0) {
     v.resize(n);
@@ -81,6 +83,27 @@ void run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0) {
   fws.init(sh);
   for (int64_t b = 0; b < B; ++b) forward_example<ACT, T>(sh, fio, b, fws);
   stream_fence();
+  if (lanes) {
+    std::vector<T> out2(out.size()), zs2(zs.size()), xh2(xh.size()), rs2(rs.size());
+    FwdParams<T> lio = fio;
+    lio.A0 = nullptr;
+    lio.AT = nullptr;
+    lio.out = out2.data();
+    lio.zs = zs2.data();
+    lio.xhat = xh2.data();
+    lio.rstd = rs2.data();
+    if (!lanes_forward_applies(sh, lio)) {
+      std::fprintf(stderr, "forward_lanes does not apply to this case\n");
+      return 3;
+    }
+    LanesScratch<T> lws;
+    lws.init(sh);
+    const int64_t G = vec_len<T>();
+    for (int64_t b0 = 0; b0 < B; b0 += G) forward_lanes<ACT, T>(sh, lio, b0, std::min(G, B - b0), lws);
+    for (const auto* v : {&out, &zs, &xh, &rs, &out2, &zs2, &xh2, &rs2})
+      for (T x : *v) std::printf("%.17g\n", static_cast<double>(x));
+    return 0;
+  }
   std::vector<T> dxp(B * Tn * H), dh0(B * H), dA0(B * H * H), dg(B * H), db(B * H);
   BwdParams<T> bio{};
   bio.B = B;
@@ -111,17 +134,14 @@ void run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0) {
   stream_fence();
   for (const auto* v : {&out, &AT, &dxp, &dh0, &dA0, &dg, &db})
     for (T x : *v) std::printf("%.17g\n", static_cast<double>(x));
+  return 0;
 }
 
 int main(int argc, char** argv) {
   if (argc < 8) return 2;
   const int64_t B = atoi(argv[1]), Tn = atoi(argv[2]), H = atoi(argv[3]), S = atoi(argv[4]);
   const int act = atoi(argv[5]);
-  const bool a0 = atoi(argv[6]) != 0, dbl = atoi(argv[7]) != 0;
-  if (dbl) {
-    act == 0 ? run<double, kRelu>(B, Tn, H, S, a0) : run<double, kTanh>(B, Tn, H, S, a0);
-  } else {
-    act == 0 ? run<float, kRelu>(B, Tn, H, S, a0) : run<float, kTanh>(B, Tn, H, S, a0);
-  }
-  return 0;
+  const bool a0 = atoi(argv[6]) != 0, dbl = atoi(argv[7]) != 0, lanes = argc > 8 && atoi(argv[8]) != 0;
+  if (dbl) return act == 0 ? run<double, kRelu>(B, Tn, H, S, a0, lanes) : run<double, kTanh>(B, Tn, H, S, a0, lanes);
+  return act == 0 ? run<float, kRelu>(B, Tn, H, S, a0, lanes) : run<float, kTanh>(B, Tn, H, S, a0, lanes);
 }
