@@ -478,17 +478,17 @@ inline void sparse_rank1_rows(T* mat, int64_t H, int64_t Hp, const T* V, int64_t
   }
 }
 
-// acc (H rows of stride Hp) += sum_{t<n} keysT[:, t] rows_t^T: row j gets sum_t keysT[j*ldk + t]
-// rows[t*Hp ..], skipping zero keys (ReLU zeros); each block of NV vectors of a row stays in
-// registers over all n terms. The backward's dW^T = sum_t h_{t-1} dp_t^T.
+// acc (H rows of stride Hp) += sum_{t<n} key_t rows_t^T: row j gets sum_t key_t[j] rows[t*Hp ..],
+// with key_t[j] at keys[j * sj + t * st], skipping zero keys (ReLU zeros); each block of NV
+// vectors of a row stays in registers over all n terms. The backward's dW^T = sum_t h_{t-1} dp_t^T.
 template <typename T, int NV>
-inline void outer_rows_block(T* __restrict r, const T* __restrict keys, const T* __restrict rows,
+inline void outer_rows_block(T* __restrict r, const T* __restrict keys, int64_t st, const T* __restrict rows,
                              int64_t Hp, int64_t n, int64_t c0) {
   constexpr int64_t W = vec_len<T>();
   vec<T> a[NV];
   for (int v = 0; v < NV; ++v) a[v] = vload(r + c0 + v * W);
   for (int64_t t = 0; t < n; ++t) {
-    const T k = keys[t];
+    const T k = keys[t * st];
     if (k == T(0)) continue;
     const T* __restrict d = rows + t * Hp + c0;
     for (int v = 0; v < NV; ++v) a[v] += vload(d + v * W) * k;
@@ -497,15 +497,15 @@ inline void outer_rows_block(T* __restrict r, const T* __restrict keys, const T*
 }
 
 template <typename T>
-inline void add_outer_rows(T* __restrict acc, int64_t H, int64_t Hp, const T* __restrict keysT, int64_t ldk,
-                           const T* __restrict rows, int64_t n) {
+inline void add_outer_rows(T* __restrict acc, int64_t H, int64_t Hp, const T* __restrict keys, int64_t sj,
+                           int64_t st, const T* __restrict rows, int64_t n) {
   constexpr int64_t W = vec_len<T>();
   for (int64_t j = 0; j < H; ++j) {
     T* __restrict r = acc + j * Hp;
-    const T* __restrict keys = keysT + j * ldk;
+    const T* __restrict kj = keys + j * sj;
     int64_t c0 = 0;
-    for (; c0 + 4 * W <= Hp; c0 += 4 * W) outer_rows_block<T, 4>(r, keys, rows, Hp, n, c0);
-    for (; c0 < Hp; c0 += W) outer_rows_block<T, 1>(r, keys, rows, Hp, n, c0);
+    for (; c0 + 4 * W <= Hp; c0 += 4 * W) outer_rows_block<T, 4>(r, kj, st, rows, Hp, n, c0);
+    for (; c0 < Hp; c0 += W) outer_rows_block<T, 1>(r, kj, st, rows, Hp, n, c0);
   }
 }
 
@@ -946,32 +946,55 @@ inline void scatter_lanes(float* __restrict base, int64_t stride, const float* _
 }
 #endif
 
-// y[i] += sum_j M[i * H + j] x[j] for the rows [H][G]: four output rows at a time, so each
-// x[j] is loaded once per four FMAs.
+// y[a] += sum_b M[a * ra + b * cb] x[b] for the rows [H][G] (W h: ra = H, cb = 1; W^T dp:
+// ra = 1, cb = H): four output rows at a time, so each x[b] is loaded once per four FMAs.
 template <typename T>
-inline void lanes_matvec(const T* __restrict M, const T* __restrict x, T* __restrict y, int64_t H) {
+inline void lanes_matvec(const T* __restrict M, int64_t ra, int64_t cb, const T* __restrict x, T* __restrict y,
+                         int64_t H) {
   constexpr int64_t G = vec_len<T>();
-  int64_t i = 0;
-  for (; i + 4 <= H; i += 4) {
-    vec<T> a0 = vload(y + i * G), a1 = vload(y + (i + 1) * G), a2 = vload(y + (i + 2) * G),
-           a3 = vload(y + (i + 3) * G);
-    const T* __restrict m0 = M + i * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const vec<T> xj = vload(x + j * G);
-      a0 += xj * m0[j];
-      a1 += xj * m0[H + j];
-      a2 += xj * m0[2 * H + j];
-      a3 += xj * m0[3 * H + j];
+  int64_t a = 0;
+  for (; a + 4 <= H; a += 4) {
+    vec<T> a0 = vload(y + a * G), a1 = vload(y + (a + 1) * G), a2 = vload(y + (a + 2) * G),
+           a3 = vload(y + (a + 3) * G);
+    const T* __restrict m0 = M + a * ra;
+    for (int64_t b = 0; b < H; ++b) {
+      const vec<T> xb = vload(x + b * G);
+      const T* __restrict mb = m0 + b * cb;
+      a0 += xb * mb[0];
+      a1 += xb * mb[ra];
+      a2 += xb * mb[2 * ra];
+      a3 += xb * mb[3 * ra];
     }
-    vstore(y + i * G, a0);
-    vstore(y + (i + 1) * G, a1);
-    vstore(y + (i + 2) * G, a2);
-    vstore(y + (i + 3) * G, a3);
+    vstore(y + a * G, a0);
+    vstore(y + (a + 1) * G, a1);
+    vstore(y + (a + 2) * G, a2);
+    vstore(y + (a + 3) * G, a3);
   }
-  for (; i < H; ++i) {
-    vec<T> a = vload(y + i * G);
-    for (int64_t j = 0; j < H; ++j) a += vload(x + j * G) * M[i * H + j];
-    vstore(y + i * G, a);
+  for (; a < H; ++a) {
+    vec<T> acc = vload(y + a * G);
+    for (int64_t b = 0; b < H; ++b) acc += vload(x + b * G) * M[a * ra + b * cb];
+    vstore(y + a * G, acc);
+  }
+}
+
+// out[tau] = coef[tau] (key_tau . v) for tau < t, over rows [H][G] (key_tau at keys + tau * ks):
+// four partial sums each.
+template <typename T>
+inline void lanes_scores(const T* __restrict keys, int64_t ks, const T* __restrict v, const T* coef, int64_t t,
+                         int64_t H, T* __restrict out) {
+  constexpr int64_t G = vec_len<T>();
+  for (int64_t tau = 0; tau < t; ++tau) {
+    const T* __restrict k = keys + tau * ks;
+    vec<T> s0 = vzero<T>(), s1 = vzero<T>(), s2 = vzero<T>(), s3 = vzero<T>();
+    int64_t j = 0;
+    for (; j + 4 <= H; j += 4) {
+      s0 += vload(k + j * G) * vload(v + j * G);
+      s1 += vload(k + (j + 1) * G) * vload(v + (j + 1) * G);
+      s2 += vload(k + (j + 2) * G) * vload(v + (j + 2) * G);
+      s3 += vload(k + (j + 3) * G) * vload(v + (j + 3) * G);
+    }
+    for (; j < H; ++j) s0 += vload(k + j * G) * vload(v + j * G);
+    vstore(out + tau * G, ((s0 + s1) + (s2 + s3)) * coef[tau]);
   }
 }
 
@@ -985,20 +1008,7 @@ inline void lanes_inner_step(const Shared<T>& sh, const T* __restrict keys, int6
   T* __restrict u = ws.u.data();
   T* __restrict xh = ws.xh.data();
   T* __restrict sc = ws.sc.data();
-  const T* coef = coef_row(sh, t);
-  for (int64_t tau = 0; tau < t; ++tau) {  // sc[tau] = c_tau (key_tau . z), four partial sums
-    const T* __restrict k = keys + tau * H * G;
-    vec<T> s0 = vzero<T>(), s1 = vzero<T>(), s2 = vzero<T>(), s3 = vzero<T>();
-    int64_t j = 0;
-    for (; j + 4 <= H; j += 4) {
-      s0 += vload(k + j * G) * vload(z + j * G);
-      s1 += vload(k + (j + 1) * G) * vload(z + (j + 1) * G);
-      s2 += vload(k + (j + 2) * G) * vload(z + (j + 2) * G);
-      s3 += vload(k + (j + 3) * G) * vload(z + (j + 3) * G);
-    }
-    for (; j < H; ++j) s0 += vload(k + j * G) * vload(z + j * G);
-    vstore(sc + tau * G, ((s0 + s1) + (s2 + s3)) * coef[tau]);
-  }
+  lanes_scores(keys, H * G, z, coef_row(sh, t), t, H, sc);  // sc[tau] = c_tau (key_tau . z)
   vec<T> m = vzero<T>();
   for (int64_t i = 0; i < H; ++i) {  // u = p + sum_tau sc[tau] key_tau
     vec<T> a = vload(ws.p.data() + i * G);
@@ -1038,7 +1048,7 @@ void forward_lanes(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, int6
   gather_lanes(hist, io.h0 + b0 * H, H, H, ne);
   for (int64_t t = 1; t <= Tn; ++t) {
     gather_lanes(p, io.xp + (b0 * Tn + t - 1) * H, Tn * H, H, ne);  // p = xp_t + W h_{t-1}
-    lanes_matvec(io.W, hist + (t - 1) * H * G, p, H);
+    lanes_matvec(io.W, H, 1, hist + (t - 1) * H * G, p, H);
     for (int64_t k = 0; k < H * G; ++k) z[k] = act<ACT>(p[k]);
     if (prelim) std::copy_n(z, H * G, ws.khist.data() + (t - 1) * H * G);  // key_{t-1} = z_0 of step t
     for (int64_t s = 0; s < S; ++s) {
@@ -1062,6 +1072,11 @@ void forward_lanes(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, int6
 template <typename T>
 struct BwdSums {
   std::vector<T> dWT, dgamma, dbeta;
+  void zero(int64_t H, int64_t Hp) {
+    dWT.assign(H * Hp, T(0));
+    dgamma.assign(Hp, T(0));
+    dbeta.assign(Hp, T(0));
+  }
 };
 
 template <typename T>
@@ -1079,9 +1094,7 @@ struct BwdScratch {
     sums = with_sums;
     if (sums) {
       DP.assign(Tn * Hp, T(0));
-      sum.dWT.assign(H * Hp, T(0));
-      sum.dgamma.assign(Hp, T(0));
-      sum.dbeta.assign(Hp, T(0));
+      sum.zero(H, Hp);
     }
     mat.assign(H * H + kSlack, T(0));
     const int64_t chunks = (Tn + sh.chunk - 1) / sh.chunk;
@@ -1319,7 +1332,7 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
   }
   store_n(io.dh0 + b * H, dH, H);
   // dW^T += sum_t h_{t-1} dp_t^T (histT: h_0 .. h_T by unit, so h_{t-1} of steps 1..T are its first T)
-  if (ws.sums) add_outer_rows(ws.sum.dWT.data(), H, Hp, histT, Tp, ws.DP.data(), Tn);
+  if (ws.sums) add_outer_rows(ws.sum.dWT.data(), H, Hp, histT, Tp, 1, ws.DP.data(), Tn);
   if (io.dgamma_part) store_n(io.dgamma_part + b * H, dgam, H);
   if (io.dbeta_part) store_n(io.dbeta_part + b * H, dbet, H);
   if (ws.sums)
@@ -1341,6 +1354,157 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
       for (int64_t i = 0; i < H * H; ++i) mat[i] += lT * gA[i];
     }
     stream_copy(io.dA0 + b * H * H, mat, H * H);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The backward with the batch in the vector lanes, the counterpart of forward_lanes: the
+// equations of backward_example (there) over G examples at once, for a call without A_0,
+// without a gradient of A_T and without dA_0, in one chunk (the ART training step). dW is
+// then added per example (sparse in h, add_outer_rows) from the dxp just written.
+
+template <typename T>
+inline bool lanes_backward_applies(const Shared<T>& sh, const BwdParams<T>& io) {
+  const int64_t G = vec_len<T>();
+  return io.A0 == nullptr && io.gAT == nullptr && io.dA0 == nullptr && io.B >= G && sh.T_len <= sh.chunk &&
+         (2 * sh.T_len * sh.S + 3 * sh.T_len + 2) * sh.H * G * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 21);
+}
+
+// A group's backward state, rows of G lanes (see LanesScratch), and one example's padded
+// rows h_0..h_{T-1} and dp_1..dp_T for its dW.
+template <typename T>
+struct LanesBwdScratch {
+  std::vector<T> hist, Z, X, R, dH, dK, dz, dzn, dp, g, du, a, bb, dgam, dbet, hrow, DP;
+  void init(const Shared<T>& sh) {
+    const int64_t G = vec_len<T>(), H = sh.H, Tn = sh.T_len, S = sh.S, HG = H * G;
+    hist.assign((Tn + 1) * HG, T(0));
+    Z.assign(Tn * S * HG, T(0));
+    X.assign(Tn * S * HG, T(0));
+    R.assign(Tn * S * G, T(0));
+    dH.assign((Tn + 1) * HG, T(0));
+    if (sh.a_update == kPreliminary) dK.assign(Tn * HG, T(0));
+    for (auto* v : {&dz, &dzn, &dp, &g, &du, &dgam, &dbet}) v->assign(HG, T(0));
+    a.assign(Tn * G, T(0));
+    bb.assign(Tn * G, T(0));
+    hrow.assign(Tn * sh.Hp, T(0));
+    DP.assign(Tn * sh.Hp, T(0));
+  }
+};
+
+// The backward of the group [b0, b0 + ne) (lanes_backward_applies holds); with sums, its
+// share of dW, dgamma and dbeta is added there.
+template <int ACT, typename T>
+void backward_lanes(const Shared<T>& sh, const BwdParams<T>& io, int64_t b0, int64_t ne, LanesBwdScratch<T>& ws,
+                    BwdSums<T>* sums) {
+  constexpr int64_t G = vec_len<T>();
+  const int64_t Tn = sh.T_len, H = sh.H, S = sh.S, Hp = sh.Hp, HG = H * G;
+  const T invH = T(1) / static_cast<T>(H);
+  const bool prelim = sh.a_update == kPreliminary;
+  T* hist = ws.hist.data();
+  T* Z = ws.Z.data();
+  T* X = ws.X.data();
+  T* R = ws.R.data();
+  T* dH = ws.dH.data();
+  T* dK = prelim ? ws.dK.data() : dH;  // d loss / d key_tau (key_tau = h_tau for kPrevious)
+  const T* keys = prelim ? Z : hist;   // kPreliminary: key_tau = z_0 of step tau + 1
+  const int64_t ks = prelim ? S * HG : HG;
+  T* __restrict dz = ws.dz.data();
+  T* __restrict dzn = ws.dzn.data();
+  T* __restrict dp = ws.dp.data();
+  T* __restrict g = ws.g.data();
+  T* __restrict du = ws.du.data();
+  T* __restrict a = ws.a.data();
+  T* __restrict bb = ws.bb.data();
+  T* __restrict dgam = ws.dgam.data();
+  T* __restrict dbet = ws.dbet.data();
+
+  gather_lanes(hist, io.h0 + b0 * H, H, H, ne);
+  for (int64_t t = 1; t <= Tn; ++t) gather_lanes(hist + t * HG, io.out + (b0 * Tn + t - 1) * H, Tn * H, H, ne);
+  for (int64_t k = 0; k < Tn * S; ++k) {
+    gather_lanes(Z + k * HG, io.zs + (b0 * Tn * S + k) * H, Tn * S * H, H, ne);
+    gather_lanes(X + k * HG, io.xhat + (b0 * Tn * S + k) * H, Tn * S * H, H, ne);
+  }
+  gather_lanes(R, io.rstd + b0 * Tn * S, Tn * S, Tn * S, ne);
+  std::fill_n(dH, HG, T(0));
+  for (int64_t t = 1; t <= Tn; ++t) {
+    if (io.gout)
+      gather_lanes(dH + t * HG, io.gout + (b0 * Tn + t - 1) * H, Tn * H, H, ne);
+    else
+      std::fill_n(dH + t * HG, HG, T(0));
+  }
+  if (prelim) std::fill_n(dK, Tn * HG, T(0));
+  std::fill_n(dgam, HG, T(0));
+  std::fill_n(dbet, HG, T(0));
+
+  for (int64_t t = Tn; t >= 1; --t) {
+    const T* coef = coef_row(sh, t);
+    std::copy_n(dH + t * HG, HG, dz);
+    std::fill_n(dp, HG, T(0));
+    for (int64_t s = S - 1; s >= 0; --s) {
+      const int64_t k = (t - 1) * S + s;
+      const T* __restrict zn = (s + 1 == S) ? hist + t * HG : Z + (k + 1) * HG;
+      const T* __restrict xh = X + k * HG;
+      const T* __restrict zc = Z + k * HG;
+      const vec<T> r = vload(R + k * G);
+      vec<T> m1 = vzero<T>(), m2 = vzero<T>();
+      for (int64_t i = 0; i < H; ++i) {  // LayerNorm and activation backward
+        const vec<T> d = dact_mul<ACT, T>(vload(zn + i * G), vload(dz + i * G));
+        const vec<T> x = vload(xh + i * G);
+        vstore(dgam + i * G, vload(dgam + i * G) + d * x);
+        vstore(dbet + i * G, vload(dbet + i * G) + d);
+        const vec<T> gv = d * sh.gamma[i];
+        vstore(g + i * G, gv);
+        m1 += gv;
+        m2 += gv * x;
+      }
+      m1 = m1 * invH;
+      m2 = m2 * invH;
+      for (int64_t i = 0; i < H; ++i) {
+        const vec<T> v = (vload(g + i * G) - m1 - vload(xh + i * G) * m2) * r;
+        vstore(du + i * G, v);
+        vstore(dp + i * G, vload(dp + i * G) + v);
+      }
+      lanes_scores(keys, ks, du, coef, t, H, a);   // a_tau = c_tau <key_tau, du>
+      lanes_scores(keys, ks, zc, coef, t, H, bb);  // b_tau = c_tau <key_tau, z_s>
+      for (int64_t i = 0; i < H; ++i) {  // dz_s = A_t^T du = sum_tau a_tau key_tau
+        vec<T> acc = vzero<T>();
+        for (int64_t tau = 0; tau < t; ++tau) acc += vload(a + tau * G) * vload(keys + tau * ks + i * G);
+        vstore(dzn + i * G, acc);
+      }
+      for (int64_t tau = 0; tau < t; ++tau) {  // d key_tau += a_tau z_s + b_tau du
+        T* __restrict d = dK + tau * HG;
+        const vec<T> at = vload(a + tau * G), bt = vload(bb + tau * G);
+        for (int64_t i = 0; i < H; ++i)
+          vstore(d + i * G, vload(d + i * G) + vload(zc + i * G) * at + vload(du + i * G) * bt);
+      }
+      std::copy_n(dzn, HG, dz);
+    }
+    const T* __restrict z0 = Z + (t - 1) * S * HG;
+    for (int64_t i = 0; i < H; ++i) {
+      vec<T> d = vload(dz + i * G);
+      if (prelim) d += vload(dK + (t - 1) * HG + i * G);  // key_{t-1} = z_0 of step t: its gradient is complete
+      vstore(dp + i * G, vload(dp + i * G) + dact_mul<ACT, T>(vload(z0 + i * G), d));
+    }
+    scatter_lanes(io.dxp + (b0 * Tn + t - 1) * H, Tn * H, dp, H, ne);
+    lanes_matvec(io.W, 1, H, dp, dH + (t - 1) * HG, H);  // dh_{t-1} += W^T dp
+  }
+  scatter_lanes(io.dh0 + b0 * H, H, dH, H, ne);
+  if (io.dgamma_part) scatter_lanes(io.dgamma_part + b0 * H, H, dgam, H, ne);
+  if (io.dbeta_part) scatter_lanes(io.dbeta_part + b0 * H, H, dbet, H, ne);
+  if (sums == nullptr) return;
+  for (int64_t i = 0; i < H; ++i)
+    for (int64_t e = 0; e < ne; ++e) {
+      sums->dgamma[i] += dgam[i * G + e];
+      sums->dbeta[i] += dbet[i * G + e];
+    }
+  for (int64_t e = 0; e < ne; ++e) {  // dW^T += sum_t h_{t-1} dp_t^T, example by example
+    const int64_t b = b0 + e;
+    T* __restrict hrow = ws.hrow.data();
+    T* __restrict DP = ws.DP.data();
+    load_padded(hrow, io.h0 + b * H, H, Hp);
+    for (int64_t t = 1; t < Tn; ++t) load_padded(hrow + t * Hp, io.out + (b * Tn + t - 1) * H, H, Hp);
+    for (int64_t t = 0; t < Tn; ++t) load_padded(DP + t * Hp, io.dxp + (b * Tn + t) * H, H, Hp);
+    add_outer_rows(sums->dWT.data(), H, Hp, hrow, 1, Hp, DP, Tn);
   }
 }
 

@@ -148,20 +148,32 @@ void run_range(void* ctx, int64_t b0, int64_t b1) {
     if (c.sums) c.sums->add(b0, std::move(ws.sum));
 }
 
-// The forward of the groups [g0, g1) of vec_len examples each, batch in the lanes (forward_lanes).
-template <typename T>
+// The forward (Params = FwdParams<T>) or backward of the groups [g0, g1) of vec_len
+// examples each, batch in the lanes (forward_lanes / backward_lanes).
+template <typename T, typename Params>
 void run_groups(void* ctx, int64_t g0, int64_t g1) {
-  const auto& c = *static_cast<const Call<T, FwdParams<T>>*>(ctx);
+  constexpr bool kForward = std::is_same_v<Params, FwdParams<T>>;
   constexpr int64_t G = vec_len<T>();
-  LanesScratch<T> ws;
+  const auto& c = *static_cast<const Call<T, Params>*>(ctx);
+  std::conditional_t<kForward, LanesScratch<T>, LanesBwdScratch<T>> ws;
   ws.init(*c.sh);
+  BwdSums<T> sum;
+  if (c.sums) sum.zero(c.sh->H, c.sh->Hp);
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t b0 = g * G, ne = std::min(G, c.io->B - b0);
-    if (c.io->act == kRelu)
-      forward_lanes<kRelu, T>(*c.sh, *c.io, b0, ne, ws);
-    else
-      forward_lanes<kTanh, T>(*c.sh, *c.io, b0, ne, ws);
+    if constexpr (kForward) {
+      if (c.io->act == kRelu)
+        forward_lanes<kRelu, T>(*c.sh, *c.io, b0, ne, ws);
+      else
+        forward_lanes<kTanh, T>(*c.sh, *c.io, b0, ne, ws);
+    } else {
+      if (c.io->act == kRelu)
+        backward_lanes<kRelu, T>(*c.sh, *c.io, b0, ne, ws, c.sums ? &sum : nullptr);
+      else
+        backward_lanes<kTanh, T>(*c.sh, *c.io, b0, ne, ws, c.sums ? &sum : nullptr);
+    }
   }
+  if (c.sums) c.sums->add(g0 * G, std::move(sum));
 }
 
 // The forward: batch in the lanes where it applies (lanes_forward_applies), else per example.
@@ -171,13 +183,14 @@ void fwd(const FwdParams<T>& io, ParallelFor parallel) {
   Call<T, FwdParams<T>> call{&buf.sh, &io};
   if (lanes_forward_applies(buf.sh, io)) {
     constexpr int64_t G = vec_len<T>();
-    parallel((io.B + G - 1) / G, &call, &run_groups<T>);
+    parallel((io.B + G - 1) / G, &call, &run_groups<T, FwdParams<T>>);
   } else {
     parallel(io.B, &call, &run_range<T, FwdParams<T>>);
   }
 }
 
-// The backward; with io.dW set (the CPU glue), also the batch sums dW, dgamma and dbeta,
+// The backward: batch in the lanes where it applies (lanes_backward_applies), else per
+// example; with io.dW set (the CPU glue), also the batch sums dW, dgamma and dbeta,
 // accumulated per range of examples (RangeSums) instead of by a GEMM and reductions afterwards.
 template <typename T>
 void bwd(const BwdParams<T>& io, ParallelFor parallel) {
@@ -185,7 +198,12 @@ void bwd(const BwdParams<T>& io, ParallelFor parallel) {
   RangeSums<T> sums;
   const bool with_sums = io.dW != nullptr;
   Call<T, BwdParams<T>> call{&buf.sh, &io, with_sums ? &sums : nullptr};
-  parallel(io.B, &call, &run_range<T, BwdParams<T>>);
+  if (lanes_backward_applies(buf.sh, io)) {
+    constexpr int64_t G = vec_len<T>();
+    parallel((io.B + G - 1) / G, &call, &run_groups<T, BwdParams<T>>);
+  } else {
+    parallel(io.B, &call, &run_range<T, BwdParams<T>>);
+  }
   if (with_sums) sums.finish(io, buf.sh.Hp);
 }
 
