@@ -21,7 +21,9 @@ machine). The 1-minute load average before and after the run is in ``machine``.
 Modes: ``forward`` (under ``torch.no_grad()``, i.e. inference) and ``forward+backward``
 (outputs' gradient from a fixed random upstream gradient, A_T not in the loss, as in
 training on ART). Inputs: xp ~ N(0,1), h0 ~ 0.5 N(0,1), A0 ~ 0.1 N(0,1) (a learned
-initial state; ``--state zero`` for zeros), W = 0.05 I + 0.1 N(0,1)/sqrt(H), gamma = 1,
+initial state; ``--state zero`` for zeros; ``--state art`` for h0 = 0, ``A0=None`` and
+``final_state=False`` in every backend: the op as an ART training step with the zero init
+calls it, no A_0 read and no A_T formed), W = 0.05 I + 0.1 N(0,1)/sqrt(H), gamma = 1,
 beta = 0, lam = 0.95, eta = 0.5, ReLU.
 
 Memory (``peak_memory_bytes``): on CUDA, ``torch.cuda.max_memory_allocated`` during the
@@ -92,7 +94,7 @@ def _compiled_reference() -> Callable:
 def bench_inputs(B: int, T: int, H: int, device: torch.device | str, dtype: torch.dtype, state: str = "random",
                  seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The op's inputs ``[xp, h0, A0, W, gamma, beta]`` and an upstream gradient of the outputs,
-    as the module docstring describes (``state="zero"``: h0 = 0 and A0 = 0)."""
+    as the module docstring describes (``state="zero"``: h0 = 0 and A0 = 0; ``"art"``: h0 = 0, A0 None)."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape: int) -> torch.Tensor:
@@ -101,14 +103,15 @@ def bench_inputs(B: int, T: int, H: int, device: torch.device | str, dtype: torc
     xp = r(B, T, H)
     h0 = 0.5 * r(B, H)
     A0 = 0.1 * r(B, H, H)
-    if state == "zero":
+    if state in ("zero", "art"):
         h0.zero_()
         A0.zero_()
+    A0_arg: torch.Tensor | None = None if state == "art" else A0
     W = 0.05 * torch.eye(H, dtype=dtype) + 0.1 * r(H, H) / H**0.5
     gamma = torch.ones(H, dtype=dtype)
     beta = torch.zeros(H, dtype=dtype)
     upstream = r(B, T, H)
-    return [t.to(device) for t in (xp, h0, A0, W, gamma, beta)], upstream.to(device)
+    return [None if t is None else t.to(device) for t in (xp, h0, A0_arg, W, gamma, beta)], upstream.to(device)
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int]:
@@ -118,17 +121,21 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int]:
 class _Timer:
     """Times one call of one backend in one mode; measures its memory once."""
 
-    def __init__(self, fn: Callable, args: list[torch.Tensor], upstream: torch.Tensor, mode: str, S: int,
-                 device: torch.device):
+    def __init__(self, fn: Callable, args: list[torch.Tensor | None], upstream: torch.Tensor, mode: str, S: int,
+                 device: torch.device, final_state: bool = True):
         if fn is _compiled_reference:
             fn = _compiled_reference()
-        self.fn, self.mode, self.S, self.device = fn, mode, S, device
+        self.fn, self.mode, self.S, self.device, self.final_state = fn, mode, S, device, final_state
         self.clock: Callable[[], float] = time.perf_counter
         self.upstream = upstream
         if mode == "forward":
             self.args = args
         else:
-            self.args = [a.detach().clone().requires_grad_(True) for a in args]
+            self.args = [None if a is None else a.detach().clone().requires_grad_(True) for a in args]
+        self.tensors = [a for a in self.args if a is not None]
+
+    def _run(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.fn(*self.args, LAM, ETA, self.S, "relu", final_state=self.final_state)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -137,13 +144,13 @@ class _Timer:
     def _call(self) -> None:
         if self.mode == "forward":
             with torch.no_grad():
-                self.fn(*self.args, LAM, ETA, self.S, "relu")
+                self._run()
         else:
-            out, _ = self.fn(*self.args, LAM, ETA, self.S, "relu")
+            out, _ = self._run()
             torch.autograd.backward(out, self.upstream)
 
     def time_once(self) -> float:
-        for a in self.args:
+        for a in self.tensors:
             a.grad = None
         self._sync()
         start = self.clock()
@@ -152,7 +159,7 @@ class _Timer:
         return (self.clock() - start) * 1e3
 
     def memory(self) -> tuple[int | None, str]:
-        for a in self.args:
+        for a in self.tensors:
             a.grad = None
         if self.device.type == "cuda":
             self._sync()
@@ -161,7 +168,7 @@ class _Timer:
             self._call()
             self._sync()
             return torch.cuda.max_memory_allocated(self.device) - before, "cuda_max_memory_allocated"
-        inputs = {_storage_key(a) for a in self.args}
+        inputs = {_storage_key(a) for a in self.tensors}
         saved: dict[tuple[int, int], int] = {}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -172,12 +179,13 @@ class _Timer:
 
         if self.mode == "forward":
             with torch.no_grad():
-                out, A = self.fn(*self.args, LAM, ETA, self.S, "relu")
-            return out.nbytes + A.nbytes, "cpu_outputs"
+                out, A = self._run()
+            return out.nbytes + (0 if A is None else A.nbytes), "cpu_outputs"
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out, A = self.fn(*self.args, LAM, ETA, self.S, "relu")
+            out, A = self._run()
         for t in (out, A):
-            saved.setdefault(_storage_key(t), t.untyped_storage().nbytes())
+            if t is not None:
+                saved.setdefault(_storage_key(t), t.untyped_storage().nbytes())
         torch.autograd.backward(out, self.upstream)
         return sum(saved.values()), "cpu_saved_for_backward_plus_outputs"
 
@@ -381,7 +389,8 @@ def run_benchmark(
             for b, why in skipped.items():
                 progress(f"  {b} skipped: {why}")
             here = [b for b in active if b not in skipped]
-            timers = {b: _Timer(fns[b], args, upstream, mode, point.inner_steps, dev) for b in here}
+            timers = {b: _Timer(fns[b], args, upstream, mode, point.inner_steps, dev, final_state=state != "art")
+                      for b in here}
             for timer in timers.values():
                 timer.clock = CLOCKS[clock]
             order = here[n % len(here):] + here[: n % len(here)]  # rotates from one grid point to the next
@@ -513,8 +522,9 @@ Examples:
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
 @click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1), help="timed calls per backend")
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="untimed calls first")
-@click.option("--state", default="random", show_default=True, type=click.Choice(["random", "zero"]),
-              help="initial h0/A0: random (a learned initial state) or zero")
+@click.option("--state", default="random", show_default=True, type=click.Choice(["random", "zero", "art"]),
+              help="initial h0/A0: random (a learned initial state), zero, or art (h0 = 0, A0=None and no A_T: "
+                   "the op as the zero-init ART training step calls it)")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads (default: torch's)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-naive-gb", default=2.0, show_default=True, type=click.FloatRange(min=0),

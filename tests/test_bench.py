@@ -180,3 +180,35 @@ def test_kernels_command_explains_a_missing_kernel(runner, monkeypatch):
     result = invoke(runner, ["kernels"])
     assert "NOT available (disabled by CRNN_NO_FUSED=1)" in result.stdout
     assert "backend=auto -> reference" in result.stdout
+
+
+def test_state_art_times_the_training_call_in_every_backend(monkeypatch):
+    """``--state art``: h0 = 0, ``A0=None`` and ``final_state=False`` for every backend (the zero-init
+    ART step's call), so the fused op's batch-in-lanes path is what is timed, and less is saved."""
+    seen = []
+    real = bench._backend_fns
+
+    def spying_fns(dev):
+        fns, notes = real(dev)
+        wrapped = {}
+        for name, fn in fns.items():
+            if fn is bench._compiled_reference:
+                wrapped[name] = fn
+                continue
+
+            def spy(*args, _fn=fn, _name=name, **kwargs):
+                seen.append((_name, args[2] is None, kwargs.get("final_state")))
+                return _fn(*args, **kwargs)
+            wrapped[name] = spy
+        return wrapped, notes
+
+    monkeypatch.setattr(bench, "_backend_fns", spying_fns)
+    backends = ("reference", "naive") + (("fused",) if ff.load_status()[0] else ())
+    doc = bench.run_benchmark((20,), (5,), (8,), (1,), repeats=1, warmup=0, backends=backends, state="art",
+                              modes=("forward+backward",))
+    assert {(name, a0_none, fs) for name, a0_none, fs in seen} == {(b, True, False) for b in backends}
+    assert doc["settings"]["state"] == "art"
+    random = bench.run_benchmark((20,), (5,), (8,), (1,), repeats=1, warmup=0, backends=("reference",),
+                                 modes=("forward+backward",))
+    art_saved = next(r["peak_memory_bytes"] for r in doc["records"] if r["backend"] == "reference")
+    assert art_saved < random["records"][0]["peak_memory_bytes"], "no A_0 and no A_T: less kept"
