@@ -882,17 +882,17 @@ inline bool lanes_forward_applies(const Shared<T>& sh, const FwdParams<T>& io) {
 }
 
 // A group's state, rows of G lanes: hist h_0..h_T [T+1][H][G], the keys of kPreliminary
-// [T][H][G] (else hist), p, u, z, xh [H][G], the scores [T][G], per-lane statistics [G].
+// [T][H][G] (else hist), p, u, z, xh [H][G], the scores [T][G], the inner step's 1/sigma per lane [G].
 template <typename T>
 struct LanesScratch {
-  std::vector<T> hist, khist, p, u, z, xh, sc, stat;
+  std::vector<T> hist, khist, p, u, z, xh, sc, rstd;
   void init(const Shared<T>& sh) {
     const int64_t G = vec_len<T>(), H = sh.H, Tn = sh.T_len;
     hist.assign((Tn + 1) * H * G, T(0));
     if (sh.a_update == kPreliminary) khist.assign(Tn * H * G, T(0));
     for (auto* v : {&p, &u, &z, &xh}) v->assign(H * G, T(0));
     sc.assign(Tn * G, T(0));
-    stat.assign(2 * G, T(0));
+    rstd.assign(G, T(0));
   }
 };
 
@@ -999,7 +999,7 @@ inline void lanes_scores(const T* __restrict keys, int64_t ks, const T* __restri
 }
 
 // One inner step for the group: u = p + sum_{tau < t} c_tau (key_tau . z) key_tau, then
-// z = f(LayerNorm(u)); returns with xh = the normalised u and stat[G..2G) = 1/sigma per lane.
+// z = f(LayerNorm(u)); returns with xh = the normalised u and rstd = 1/sigma per lane.
 template <int ACT, typename T>
 inline void lanes_inner_step(const Shared<T>& sh, const T* __restrict keys, int64_t t, LanesScratch<T>& ws) {
   constexpr int64_t G = vec_len<T>();
@@ -1023,7 +1023,7 @@ inline void lanes_inner_step(const Shared<T>& sh, const T* __restrict keys, int6
     const vec<T> d = vload(u + i * G) - m;
     v += d * d;
   }
-  T* __restrict r = ws.stat.data() + G;
+  T* __restrict r = ws.rstd.data();
   for (int64_t e = 0; e < G; ++e) r[e] = T(1) / std::sqrt(v[e] * invH + sh.eps);
   const vec<T> rv = vload(r);
   for (int64_t i = 0; i < H; ++i) {
@@ -1057,7 +1057,7 @@ void forward_lanes(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, int6
       lanes_inner_step<ACT>(sh, keys, t, ws);
       if (save) {
         scatter_lanes(io.xhat + k0 * H, Tn * S * H, ws.xh.data(), H, ne);
-        scatter_lanes(io.rstd + k0, Tn * S, ws.stat.data() + G, 1, ne);
+        scatter_lanes(io.rstd + k0, Tn * S, ws.rstd.data(), 1, ne);
       }
     }
     std::copy_n(z, H * G, hist + t * H * G);
