@@ -869,30 +869,42 @@ void forward_example(const Shared<T>& sh, const FwdParams<T>& io, int64_t b, Fwd
 // A_t z and the LayerNorm sums become vertical FMAs and adds over the G examples: no
 // horizontal reductions, and H independent accumulations per step instead of one short
 // dependent chain per example, which bounds the per-example kernel at the ART shape
-// (docs/benchmarks.md). ReLU zeros are not skipped (a zero in one lane is not in all).
+// (docs/benchmarks.md). A per-example A_0 goes into the lanes too (lam^t A_0 z by vertical
+// FMAs over [H][H][G]). ReLU zeros are not skipped (a zero in one lane is not in all).
 // It saves the same zs / xhat / rstd / out as forward_examples, so the backward is shared.
 
-// Whether forward_lanes runs a call: A_0 = 0 (nullptr), no A_T wanted, at least one whole
-// group, one chunk (T <= K), and a group's history within 1 MiB (it stays in cache).
+// Whether a group's A_0 in lanes, [H][H][G], fits the 1 MiB the kernels keep in cache
+// (float and double: H <= 128).
+template <typename T>
+inline bool lanes_a0_fits(int64_t H) {
+  return H * H * vec_len<T>() * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 20);
+}
+
+// Whether forward_lanes runs a call: no A_T wanted, A_0 = 0 (nullptr) or per example with
+// lanes_a0_fits, at least one whole group, one chunk (T <= K), and a group's history within
+// 1 MiB (it stays in cache).
 template <typename T>
 inline bool lanes_forward_applies(const Shared<T>& sh, const FwdParams<T>& io) {
   const int64_t G = vec_len<T>();
-  return io.A0 == nullptr && io.AT == nullptr && io.B >= G && sh.T_len <= sh.chunk &&
+  return (io.A0 == nullptr || lanes_a0_fits<T>(sh.H)) && io.AT == nullptr && io.B >= G && sh.T_len <= sh.chunk &&
          (sh.T_len + 1) * sh.H * G * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 20);
 }
 
 // A group's state, rows of G lanes: hist h_0..h_T [T+1][H][G], the keys of kPreliminary
-// [T][H][G] (else hist), p, u, z, xh [H][G], the scores [T][G], the inner step's 1/sigma per lane [G].
+// [T][H][G] (else hist), p, u, z, xh, zt [H][G], the scores [T][G], the inner step's 1/sigma
+// per lane [G], and with an A_0 the group's A_0 [H][H][G] (row i, column j at (i H + j) G).
 template <typename T>
 struct LanesScratch {
-  std::vector<T> hist, khist, p, u, z, xh, sc, rstd;
-  void init(const Shared<T>& sh) {
+  std::vector<T> hist, khist, p, u, z, xh, zt, sc, rstd, A0;
+  bool a0nz = false;  // this group's A_0 has a nonzero entry (else A0 is not read)
+  void init(const Shared<T>& sh, const FwdParams<T>& io) {
     const int64_t G = vec_len<T>(), H = sh.H, Tn = sh.T_len;
     hist.assign((Tn + 1) * H * G, T(0));
     if (sh.a_update == kPreliminary) khist.assign(Tn * H * G, T(0));
-    for (auto* v : {&p, &u, &z, &xh}) v->assign(H * G, T(0));
+    for (auto* v : {&p, &u, &z, &xh, &zt}) v->assign(H * G, T(0));
     sc.assign(Tn * G, T(0));
     rstd.assign(G, T(0));
+    if (io.A0) A0.assign(H * H * G, T(0));
   }
 };
 
@@ -946,24 +958,31 @@ inline void scatter_lanes(float* __restrict base, int64_t stride, const float* _
 }
 #endif
 
-// y[a] += sum_b M[a * ra + b * cb] x[b] for the rows [H][G] (W h: ra = H, cb = 1; W^T dp:
-// ra = 1, cb = H): four output rows at a time, so each x[b] is loaded once per four FMAs.
-template <typename T>
+// y[a] += sum_b M_ab x[b] for the rows [H][G]: one matrix for every lane, M_ab = M[a ra + b cb]
+// (W h: ra = H, cb = 1; W^T dp: ra = 1, cb = H), or with kPerLane a matrix per lane, M_ab =
+// the G lanes at M + (a ra + b cb) G (A_0 z, A_0^T du). Four output rows at a time, so each
+// x[b] is loaded once per four FMAs.
+template <typename T, bool kPerLane = false>
 inline void lanes_matvec(const T* __restrict M, int64_t ra, int64_t cb, const T* __restrict x, T* __restrict y,
                          int64_t H) {
-  constexpr int64_t G = vec_len<T>();
+  constexpr int64_t G = vec_len<T>(), s = kPerLane ? G : 1;
+  const auto entry = [](const T* p) {
+    if constexpr (kPerLane)
+      return vload(p);
+    else
+      return *p;
+  };
   int64_t a = 0;
   for (; a + 4 <= H; a += 4) {
     vec<T> a0 = vload(y + a * G), a1 = vload(y + (a + 1) * G), a2 = vload(y + (a + 2) * G),
            a3 = vload(y + (a + 3) * G);
-    const T* __restrict m0 = M + a * ra;
     for (int64_t b = 0; b < H; ++b) {
       const vec<T> xb = vload(x + b * G);
-      const T* __restrict mb = m0 + b * cb;
-      a0 += xb * mb[0];
-      a1 += xb * mb[ra];
-      a2 += xb * mb[2 * ra];
-      a3 += xb * mb[3 * ra];
+      const T* __restrict mb = M + (a * ra + b * cb) * s;
+      a0 += xb * entry(mb);
+      a1 += xb * entry(mb + ra * s);
+      a2 += xb * entry(mb + 2 * ra * s);
+      a3 += xb * entry(mb + 3 * ra * s);
     }
     vstore(y + a * G, a0);
     vstore(y + (a + 1) * G, a1);
@@ -972,9 +991,21 @@ inline void lanes_matvec(const T* __restrict M, int64_t ra, int64_t cb, const T*
   }
   for (; a < H; ++a) {
     vec<T> acc = vload(y + a * G);
-    for (int64_t b = 0; b < H; ++b) acc += vload(x + b * G) * M[a * ra + b * cb];
+    for (int64_t b = 0; b < H; ++b) acc += vload(x + b * G) * entry(M + (a * ra + b * cb) * s);
     vstore(y + a * G, acc);
   }
+}
+
+// A_0 of the examples [b0, b0 + ne) into lanes (see LanesScratch); returns whether any entry
+// is nonzero.
+template <typename T>
+inline bool gather_a0_lanes(T* __restrict A0L, const T* __restrict A0, int64_t b0, int64_t ne, int64_t H) {
+  constexpr int64_t G = vec_len<T>();
+  bool nonzero = false;
+  for (int64_t e = 0; e < ne && !nonzero; ++e) nonzero = any_nonzero(A0 + (b0 + e) * H * H, H * H);
+  if (!nonzero) return false;
+  for (int64_t i = 0; i < H; ++i) gather_lanes(A0L + i * H * G, A0 + b0 * H * H + i * H, H * H, H, ne);
+  return true;
 }
 
 // out[tau] = coef[tau] (key_tau . v) for tau < t, over rows [H][G] (key_tau at keys + tau * ks):
@@ -1009,9 +1040,18 @@ inline void lanes_inner_step(const Shared<T>& sh, const T* __restrict keys, int6
   T* __restrict xh = ws.xh.data();
   T* __restrict sc = ws.sc.data();
   lanes_scores(keys, H * G, z, coef_row(sh, t), t, H, sc);  // sc[tau] = c_tau (key_tau . z)
+  const T* base = ws.p.data();
+  if (ws.a0nz && sh.lam_pow[t] != T(0)) {  // u = p + lam^t A_0 z (+ the sum below)
+    const T lt = sh.lam_pow[t];
+    T* __restrict zt = ws.zt.data();
+    for (int64_t k = 0; k < H * G; ++k) zt[k] = z[k] * lt;
+    std::copy_n(ws.p.data(), H * G, u);
+    lanes_matvec<T, true>(ws.A0.data(), H, 1, zt, u, H);
+    base = u;
+  }
   vec<T> m = vzero<T>();
   for (int64_t i = 0; i < H; ++i) {  // u = p + sum_tau sc[tau] key_tau
-    vec<T> a = vload(ws.p.data() + i * G);
+    vec<T> a = vload(base + i * G);
     for (int64_t tau = 0; tau < t; ++tau) a += vload(sc + tau * G) * vload(keys + (tau * H + i) * G);
     vstore(u + i * G, a);
     m += a;
@@ -1045,6 +1085,7 @@ void forward_lanes(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, int6
   T* __restrict p = ws.p.data();
   T* __restrict z = ws.z.data();
   const T* keys = prelim ? ws.khist.data() : hist;
+  ws.a0nz = io.A0 != nullptr && gather_a0_lanes(ws.A0.data(), io.A0, b0, ne, H);
   gather_lanes(hist, io.h0 + b0 * H, H, H, ne);
   for (int64_t t = 1; t <= Tn; ++t) {
     gather_lanes(p, io.xp + (b0 * Tn + t - 1) * H, Tn * H, H, ne);  // p = xp_t + W h_{t-1}
@@ -1359,23 +1400,28 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
 
 // ---------------------------------------------------------------------------------------
 // The backward with the batch in the vector lanes, the counterpart of forward_lanes: the
-// equations of backward_example (there) over G examples at once, for a call without A_0,
-// without a gradient of A_T and without dA_0, in one chunk (the ART training step). dW is
-// then added per example (sparse in h, add_outer_rows) from the dxp just written.
+// equations of backward_example (there) over G examples at once, for a call without a
+// gradient of A_T, in one chunk (the ART training step, with any initial state). dW is then
+// added per example (sparse in h, add_outer_rows) from the dxp just written; dA_0 =
+// sum_{t,s} lam^t du_{t,s} z_{t,s}^T is formed per lane at the end from the saved lam^t du.
 
 template <typename T>
 inline bool lanes_backward_applies(const Shared<T>& sh, const BwdParams<T>& io) {
   const int64_t G = vec_len<T>();
-  return io.A0 == nullptr && io.gAT == nullptr && io.dA0 == nullptr && io.B >= G && sh.T_len <= sh.chunk &&
-         (2 * sh.T_len * sh.S + 3 * sh.T_len + 2) * sh.H * G * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 21);
+  const int64_t rows = 2 * sh.T_len * sh.S + 3 * sh.T_len + 2 + (io.dA0 ? sh.T_len * sh.S : 0);
+  return ((io.A0 == nullptr && io.dA0 == nullptr) || lanes_a0_fits<T>(sh.H)) && io.gAT == nullptr &&
+         io.B >= G && sh.T_len <= sh.chunk &&
+         rows * sh.H * G * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 21);
 }
 
-// A group's backward state, rows of G lanes (see LanesScratch), and one example's padded
-// rows h_0..h_{T-1} and dp_1..dp_T for its dW.
+// A group's backward state, rows of G lanes (see LanesScratch): with dA_0, Gs holds lam^t du
+// of every inner step [T S][H][G]; with an A_0, A0 as in LanesScratch; and one example's
+// padded rows h_0..h_{T-1} and dp_1..dp_T for its dW.
 template <typename T>
 struct LanesBwdScratch {
-  std::vector<T> hist, Z, X, R, dH, dK, dz, dzn, dp, g, du, a, bb, dgam, dbet, hrow, DP;
-  void init(const Shared<T>& sh) {
+  std::vector<T> hist, Z, X, R, dH, dK, dz, dzn, dp, g, du, gdu, a, bb, dgam, dbet, hrow, DP, Gs, A0;
+  bool a0nz = false;  // this group's A_0 has a nonzero entry (else A0 is not read)
+  void init(const Shared<T>& sh, const BwdParams<T>& io) {
     const int64_t G = vec_len<T>(), H = sh.H, Tn = sh.T_len, S = sh.S, HG = H * G;
     hist.assign((Tn + 1) * HG, T(0));
     Z.assign(Tn * S * HG, T(0));
@@ -1383,13 +1429,48 @@ struct LanesBwdScratch {
     R.assign(Tn * S * G, T(0));
     dH.assign((Tn + 1) * HG, T(0));
     if (sh.a_update == kPreliminary) dK.assign(Tn * HG, T(0));
-    for (auto* v : {&dz, &dzn, &dp, &g, &du, &dgam, &dbet}) v->assign(HG, T(0));
+    for (auto* v : {&dz, &dzn, &dp, &g, &du, &gdu, &dgam, &dbet}) v->assign(HG, T(0));
     a.assign(Tn * G, T(0));
     bb.assign(Tn * G, T(0));
     hrow.assign(Tn * sh.Hp, T(0));
     DP.assign(Tn * sh.Hp, T(0));
+    if (io.dA0) Gs.assign(Tn * S * HG, T(0));
+    if (io.A0) A0.assign(H * HG, T(0));
   }
 };
+
+// dA_0 of the group [b0, b0 + ne): row i is sum_k Gs_k[i] Z_k (k over the T S inner steps),
+// formed in row, four columns at a time, then written out per example.
+template <typename T>
+inline void lanes_write_dA0(const T* __restrict Gs, const T* __restrict Z, int64_t nk, int64_t H, T* __restrict row,
+                            T* __restrict dA0, int64_t b0, int64_t ne) {
+  constexpr int64_t G = vec_len<T>();
+  const int64_t HG = H * G;
+  for (int64_t i = 0; i < H; ++i) {
+    int64_t j = 0;
+    for (; j + 4 <= H; j += 4) {
+      vec<T> s0 = vzero<T>(), s1 = vzero<T>(), s2 = vzero<T>(), s3 = vzero<T>();
+      for (int64_t k = 0; k < nk; ++k) {
+        const vec<T> gi = vload(Gs + k * HG + i * G);
+        const T* __restrict zk = Z + k * HG + j * G;
+        s0 += gi * vload(zk);
+        s1 += gi * vload(zk + G);
+        s2 += gi * vload(zk + 2 * G);
+        s3 += gi * vload(zk + 3 * G);
+      }
+      vstore(row + j * G, s0);
+      vstore(row + (j + 1) * G, s1);
+      vstore(row + (j + 2) * G, s2);
+      vstore(row + (j + 3) * G, s3);
+    }
+    for (; j < H; ++j) {
+      vec<T> s0 = vzero<T>();
+      for (int64_t k = 0; k < nk; ++k) s0 += vload(Gs + k * HG + i * G) * vload(Z + k * HG + j * G);
+      vstore(row + j * G, s0);
+    }
+    scatter_lanes(dA0 + b0 * H * H + i * H, H * H, row, H, ne);
+  }
+}
 
 // The backward of the group [b0, b0 + ne) (lanes_backward_applies holds); with sums, its
 // share of dW, dgamma and dbeta is added there.
@@ -1418,6 +1499,7 @@ void backward_lanes(const Shared<T>& sh, const BwdParams<T>& io, int64_t b0, int
   T* __restrict dgam = ws.dgam.data();
   T* __restrict dbet = ws.dbet.data();
 
+  ws.a0nz = io.A0 != nullptr && gather_a0_lanes(ws.A0.data(), io.A0, b0, ne, H);
   gather_lanes(hist, io.h0 + b0 * H, H, H, ne);
   for (int64_t t = 1; t <= Tn; ++t) gather_lanes(hist + t * HG, io.out + (b0 * Tn + t - 1) * H, Tn * H, H, ne);
   for (int64_t k = 0; k < Tn * S; ++k) {
@@ -1471,6 +1553,12 @@ void backward_lanes(const Shared<T>& sh, const BwdParams<T>& io, int64_t b0, int
         for (int64_t tau = 0; tau < t; ++tau) acc += vload(a + tau * G) * vload(keys + tau * ks + i * G);
         vstore(dzn + i * G, acc);
       }
+      if (io.dA0 || ws.a0nz) {  // dz_s += lam^t A_0^T du; dA_0 += lam^t du z_s^T (at the end)
+        const T lt = sh.lam_pow[t];
+        T* __restrict gdu = io.dA0 ? ws.Gs.data() + k * HG : ws.gdu.data();
+        for (int64_t q = 0; q < HG; ++q) gdu[q] = du[q] * lt;
+        if (ws.a0nz) lanes_matvec<T, true>(ws.A0.data(), 1, H, gdu, dzn, H);
+      }
       for (int64_t tau = 0; tau < t; ++tau) {  // d key_tau += a_tau z_s + b_tau du
         T* __restrict d = dK + tau * HG;
         const vec<T> at = vload(a + tau * G), bt = vload(bb + tau * G);
@@ -1489,6 +1577,7 @@ void backward_lanes(const Shared<T>& sh, const BwdParams<T>& io, int64_t b0, int
     lanes_matvec(io.W, 1, H, dp, dH + (t - 1) * HG, H);  // dh_{t-1} += W^T dp
   }
   scatter_lanes(io.dh0 + b0 * H, H, dH, H, ne);
+  if (io.dA0) lanes_write_dA0(ws.Gs.data(), Z, Tn * S, H, ws.gdu.data(), io.dA0, b0, ne);
   if (io.dgamma_part) scatter_lanes(io.dgamma_part + b0 * H, H, dgam, H, ne);
   if (io.dbeta_part) scatter_lanes(io.dbeta_part + b0 * H, H, dbet, H, ne);
   if (sums == nullptr) return;

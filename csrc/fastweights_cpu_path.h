@@ -156,7 +156,7 @@ void run_groups(void* ctx, int64_t g0, int64_t g1) {
   constexpr int64_t G = vec_len<T>();
   const auto& c = *static_cast<const Call<T, Params>*>(ctx);
   std::conditional_t<kForward, LanesScratch<T>, LanesBwdScratch<T>> ws;
-  ws.init(*c.sh);
+  ws.init(*c.sh, *c.io);
   BwdSums<T> sum;
   if (c.sums) sum.zero(c.sh->H, c.sh->Hp);
   for (int64_t g = g0; g < g1; ++g) {

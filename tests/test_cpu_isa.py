@@ -72,16 +72,18 @@ def test_all_instruction_sets_agree(binaries, case):
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max(), err_msg=arch)
 
 
-LANES_CASES = [  # B, T, H, S, act, nonzero A0 (never, here), float64, lanes: partial groups on every path
+LANES_CASES = [  # B, T, H, S, act, nonzero A0, float64, lanes: partial groups on every path
     (37, 11, 20, 2, 0, 0, 0, 1),
     (19, 6, 13, 3, 1, 0, 1, 1),
+    (37, 11, 20, 1, 0, 1, 0, 1),
+    (19, 6, 13, 2, 1, 1, 1, 1),
 ]
 
 
-@pytest.mark.parametrize("case", LANES_CASES, ids=lambda c: "B{}-T{}-H{}-S{}-{}-{}".format(
-    *c[:4], "tanh" if c[4] else "relu", "f64" if c[6] else "f32"))
+@pytest.mark.parametrize("case", LANES_CASES, ids=lambda c: "B{}-T{}-H{}-S{}-{}-{}-{}".format(
+    *c[:4], "tanh" if c[4] else "relu", "A0" if c[5] else "noA0", "f64" if c[6] else "f32"))
 def test_the_batch_in_lanes_forward_matches_the_per_example_forward(binaries, case):
-    """forward_lanes (A_0 = 0, no A_T: the ART training step) saves what the per-example forward
+    """forward_lanes (A_0 = 0 or per example, no A_T: the ART training step) saves what the per-example forward
     saves, for the shared backward: out, zs, xhat and rstd agree, on every instruction set."""
     tol = 1e-10 if case[6] else 2e-5
     outputs = {}

@@ -602,21 +602,26 @@ def test_the_kernels_batch_sums_match_the_reference_for_any_split(threads):
     (3, "tanh", "preliminary", torch.float64),
     (2, "tanh", "previous", torch.float64),
 ])
-def test_the_training_step_with_the_batch_in_lanes_matches_the_reference(B, S, act, a_update, dtype):
-    """``A0=None, final_state=False`` with B >= one vector of examples runs the forward and the
-    backward with the batch in the vector lanes (csrc forward_lanes / backward_lanes, on every
-    CPU path: 4, 8 or 16 examples per vector); outputs and gradients match the reference."""
-    xp, h0, _, W, gamma, beta = make_inputs(B=B, T=11, H=20, dtype=dtype)
+@pytest.mark.parametrize("with_A0", [False, True], ids=["A0-none", "A0-per-example"])
+def test_the_training_step_with_the_batch_in_lanes_matches_the_reference(B, S, act, a_update, dtype, with_A0):
+    """``final_state=False`` with B >= one vector of examples, and ``A0=None`` or a per-example
+    ``A0`` (the free and learned inits) with its gradient, runs the forward and the backward
+    with the batch in the vector lanes (csrc forward_lanes / backward_lanes, on every CPU path:
+    4, 8 or 16 examples per vector); outputs and gradients match the reference."""
+    xp, h0, A0, W, gamma, beta = make_inputs(B=B, T=11, H=20, dtype=dtype)
     rtol = 1e-10 if dtype == torch.float64 else 1e-4
+    names = ("xp", "h0", "A0", "W", "gamma", "beta") if with_A0 else ("xp", "h0", "W", "gamma", "beta")
     results = []
     for unroll in (fastweights_reference, ff.fastweights_fused):
-        leaves = [t.detach().clone().requires_grad_(True) for t in (xp, h0, W, gamma, beta)]
-        out, A = unroll(leaves[0], leaves[1], None, *leaves[2:], LAM, ETA, S, act, 1e-5, a_update, final_state=False)
+        leaves = [t.detach().clone().requires_grad_(True) for t in ((xp, h0, A0) if with_A0 else (xp, h0))]
+        params = [t.detach().clone().requires_grad_(True) for t in (W, gamma, beta)]
+        out, A = unroll(*leaves, *([] if with_A0 else [None]), *params, LAM, ETA, S, act, 1e-5, a_update,
+                        final_state=False)
         assert A is None
         upstream = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
-        results.append((out.detach(), torch.autograd.grad((out * upstream).sum(), leaves)))
+        results.append((out.detach(), torch.autograd.grad((out * upstream).sum(), leaves + params)))
     (o_ref, g_ref), (o, g) = results
     torch.testing.assert_close(o, o_ref, rtol=rtol, atol=rtol)
-    for name, a, b in zip(("xp", "h0", "W", "gamma", "beta"), g_ref, g):
+    for name, a, b in zip(names, g_ref, g):
         err = (a - b).abs().max().item() / (a.abs().max().item() + 1e-12)
         assert err <= rtol, f"d{name}: relative error {err:.2e}"

@@ -2,8 +2,9 @@
 // on a fixed pseudo-random problem and prints every output, so tests/test_cpu_isa.py can
 // compile it for several -march targets (AVX-512, AVX2, SSE2: different code paths and
 // vector widths) and check that they agree. Usage: isa_check B T H S act(0|1) a0(0|1) f64(0|1)
-// [lanes(0|1)]. With lanes=1 (and a0=0) it prints the per-example forward's out, zs, xhat and
-// rstd, then the same from forward_lanes (the batch in the vector lanes), and stops.
+// [lanes(0|1)]. With lanes=1 it prints the per-example forward's out, zs, xhat and rstd,
+// then the same from forward_lanes (the batch in the vector lanes; with a0=1 the A_0 too),
+// and stops.
 #include "../../csrc/fastweights_cpu_kernel.h"
 
 #include <cmath>
@@ -86,7 +87,7 @@ int run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0, bool lanes) {
   if (lanes) {
     std::vector<T> out2(out.size()), zs2(zs.size()), xh2(xh.size()), rs2(rs.size());
     FwdParams<T> lio = fio;
-    lio.A0 = nullptr;
+    lio.A0 = a0 ? A0.data() : nullptr;
     lio.AT = nullptr;
     lio.out = out2.data();
     lio.zs = zs2.data();
@@ -97,7 +98,7 @@ int run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0, bool lanes) {
       return 3;
     }
     LanesScratch<T> lws;
-    lws.init(sh);
+    lws.init(sh, lio);
     const int64_t G = vec_len<T>();
     for (int64_t b0 = 0; b0 < B; b0 += G) forward_lanes<ACT, T>(sh, lio, b0, std::min(G, B - b0), lws);
     for (const auto* v : {&out, &zs, &xh, &rs, &out2, &zs2, &xh2, &rs2})
