@@ -32,6 +32,22 @@ def is_zero_constant(t: Tensor) -> bool:
             and not torch.compiler.is_compiling() and t.as_strided((), ()).item() == 0)
 
 
+def broadcast_source(t: Tensor) -> Tensor | None:
+    """The ``[*shape]`` tensor of which ``t [B, *shape]`` is an exact broadcast view
+    (``source.expand(B, *shape)``: stride 0 along the batch, the source's strides and storage
+    otherwise), else None. A cell may then compute with the source once instead of per
+    example; gradients reach it as through the broadcast (summed over the batch). The free
+    init's tiled variables and ``constant_state`` look like this. Not inside ``torch.compile``
+    (views' sources are not traced)."""
+    source = t._base
+    if (source is None or t.dim() < 1 or t.stride(0) != 0 or torch.compiler.is_compiling()
+            or tuple(source.shape) != tuple(t.shape[1:]) or source.stride() != t.stride()[1:]
+            or source.storage_offset() != t.storage_offset() or source.requires_grad != t.requires_grad
+            or source.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()):
+        return None
+    return source
+
+
 def check_state(owner: str, state: object, spec: dict[str, tuple[int, ...]], batch: int) -> None:
     """A state passed in by a user: a dict with exactly ``spec``'s keys, each ``[batch, *spec[key]]``.
 

@@ -382,8 +382,11 @@ def fastweights_fused(
 
     Returns ``(outputs [B, T, H], A_T [B, H, H])``, or ``(outputs, None)`` with
     ``final_state=False`` (A_T is not computed). ``A0=None`` means all-zero initial fast
-    weights, which the op then neither allocates nor reads. Differentiable in all tensor
-    arguments. Tensors must share one dtype (float32 or float64) and device.
+    weights, which the op then neither allocates nor reads; besides ``[B, H, H]``, ``A0`` may
+    be one ``[H, H]`` matrix shared by the whole batch (a tiled learned ``A_0``): the kernel
+    reads it once instead of a copy per example, and its gradient is the batch sum.
+    Differentiable in all tensor arguments. Tensors must share one dtype (float32 or float64)
+    and device.
     """
     ok, reason = load_status()
     if not ok:
@@ -438,7 +441,7 @@ def _register_python_parts() -> None:
     def _bwd_fake(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd, lam, eta, inner_steps,
                   activation, need_dA0, a_update="previous"):
         B, T, H = out.shape
-        dA0 = out.new_empty((B, H, H)) if need_dA0 else out.new_empty((0,))
+        dA0 = out.new_empty((H, H) if A0.dim() == 2 else (B, H, H)) if need_dA0 else out.new_empty((0,))
         return (out.new_empty((B, T, H)), out.new_empty((B, H)), dA0, out.new_empty((H, H)),
                 out.new_empty((H,)), out.new_empty((H,)))
 

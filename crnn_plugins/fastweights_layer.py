@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from crnn_core.cell import State, check_state, is_zero_constant
+from crnn_core.cell import State, broadcast_source, check_state, is_zero_constant
 from crnn_core.env import warn
 from crnn_core.resources import FLOAT32, check_memory
 
@@ -77,9 +77,13 @@ def fastweights_unroll(
     """The fast-weights unroll (equations in ``fastweights_reference``) on the chosen backend.
 
     Returns ``(outputs [B, T, H], A_T [B, H, H])``, or ``(outputs, None)`` with
-    ``final_state=False``; ``A0=None`` is zero fast weights. See :func:`select_unroll` for ``backend``.
+    ``final_state=False``; ``A0=None`` is zero fast weights, and an ``[H, H]`` ``A0`` is one
+    matrix for the whole batch (the fused op reads it once; its gradient is the batch sum).
+    See :func:`select_unroll` for ``backend``.
     """
     unroll, _ = select_unroll(backend, xp.device)
+    if A0 is not None and A0.dim() == 2 and unroll is not fastweights_fused.fastweights_fused:
+        A0 = A0.expand(xp.shape[0], *A0.shape)  # the reference takes it tiled
     return unroll(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, a_update, final_state=final_state)
 
 
@@ -211,9 +215,12 @@ class FastWeights(nn.Module):
             h0, A0 = xp.new_zeros(xp.shape[0], self.hidden_size), None
         else:
             check_state("FastWeights", state, self.state_spec(), xp.shape[0])
-            h0, A0 = state["h"], (None if is_zero_constant(state["A"]) else state["A"].contiguous())
+            h0, A0 = state["h"], (None if is_zero_constant(state["A"]) else state["A"])
         _check_unroll_memory(xp, self.hidden_size, self.inner_steps)
         unroll, _ = self._unroll_for(xp.device)
+        if A0 is not None:  # the fused op reads an A_0 tiled over the batch once ([H, H])
+            shared = broadcast_source(A0) if unroll is fastweights_fused.fastweights_fused else None
+            A0 = A0.contiguous() if shared is None else shared
         outputs, A = unroll(
             xp.contiguous(),
             h0.contiguous(),

@@ -40,10 +40,10 @@ class FreeInit(InitStrategy):
         draw = self.training if sample is None else sample
         state = {}
         for name, value in self.values.items():
-            tiled = value.to(dtype).expand(batch_size, *value.shape)
+            tiled = value.to(dtype).expand(batch_size, *value.shape)  # a view: no copy per example
             if draw and self.options.noise > 0:
                 tiled = tiled + self.options.noise * torch.randn_like(tiled)
-            state[name] = tiled.contiguous()
+            state[name] = tiled
         return state
 
 

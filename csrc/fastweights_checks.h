@@ -68,13 +68,15 @@ inline void check_shape(const char* op, const char* name, const at::Tensor& t,
               dims(expected), ", got ", dims(t.sizes()));
 }
 
-// A0 is [B, H, H], or the empty [0]: all-zero initial fast weights, never materialised.
+// A0 is [B, H, H] (per example), [H, H] (one A_0 shared by the batch: its gradient is the
+// batch sum), or the empty [0]: all-zero initial fast weights, never materialised.
 inline bool zero_a0(const at::Tensor& A0) { return A0.dim() == 1 && A0.size(0) == 0; }
+inline bool shared_a0(const at::Tensor& A0) { return A0.dim() == 2; }
 
 inline void check_a0(const char* op, const at::Tensor& A0, int64_t B, int64_t H) {
-  TORCH_CHECK(zero_a0(A0) || A0.sizes() == at::IntArrayRef({B, H, H}), op,
-              ": A0 must have shape [B, H, H] = ", dims({B, H, H}),
-              " or be empty ([0]: zero fast weights), got ", dims(A0.sizes()));
+  TORCH_CHECK(zero_a0(A0) || A0.sizes() == at::IntArrayRef({B, H, H}) || A0.sizes() == at::IntArrayRef({H, H}), op,
+              ": A0 must have shape [B, H, H] = ", dims({B, H, H}), ", [H, H] = ", dims({H, H}),
+              " (shared by the batch) or be empty ([0]: zero fast weights), got ", dims(A0.sizes()));
 }
 
 // Returns the activation id; validates shapes, dtypes, devices, contiguity and scalars.
@@ -172,6 +174,7 @@ inline FwdParams<T> make_fwd_params(const at::Tensor& xp, const at::Tensor& h0, 
   p.xp = xp.data_ptr<T>();
   p.h0 = h0.data_ptr<T>();
   p.A0 = ptr_or_null<T>(A0);  // nullptr: A_0 = 0
+  p.A0_shared = shared_a0(A0);
   p.W = W.data_ptr<T>();
   p.gamma = gamma.data_ptr<T>();
   p.beta = beta.data_ptr<T>();
@@ -212,6 +215,7 @@ inline BwdParams<T> make_bwd_params(const c10::optional<at::Tensor>& grad_out,
   p.gAT = ptr_or_null<T>(grad_AT);
   p.h0 = h0.data_ptr<T>();
   p.A0 = ptr_or_null<T>(A0);  // nullptr: A_0 = 0
+  p.A0_shared = shared_a0(A0);
   p.W = W.data_ptr<T>();
   p.gamma = gamma.data_ptr<T>();
   p.out = out.data_ptr<T>();

@@ -652,6 +652,13 @@ inline const T* coef_row(const Shared<T>& sh, int64_t t) {
   return sh.decay + (sh.T_len - t);
 }
 
+// Example b's A_0: nullptr for A_0 = 0 (not materialised), the one shared A_0, or its own.
+template <typename Params>
+inline auto example_a0(const Params& io, int64_t b) -> decltype(io.A0) {
+  if (io.A0 == nullptr) return nullptr;
+  return io.A0_shared ? io.A0 : io.A0 + b * io.H * io.H;
+}
+
 // Row stride of the transposed A_0 (whole 16-lane blocks for the AVX-512 transpose).
 inline int64_t a0t_ld(int64_t Hp) { return (Hp + 15) / 16 * 16; }
 
@@ -775,7 +782,7 @@ void forward_examples(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, F
     for (int64_t i = 0; i < H; ++i) histT[e][i * Tp] = hist[e][i];
     if (prelim) zero_padded(khT[e], H * Tp);
     // A_0^T, padded, unless A_0 is zero for this example.
-    A0[e] = io.A0 ? io.A0 + b * H * H : nullptr;  // nullptr: A_0 = 0 (not materialised)
+    A0[e] = example_a0(io, b);
     a0nz[e] = A0[e] != nullptr && any_nonzero(A0[e], H * H);
     if (a0nz[e]) transpose_square(A0[e], H, A0T[e], a0t_ld(Hp));
   }
@@ -880,23 +887,26 @@ inline bool lanes_a0_fits(int64_t H) {
   return H * H * vec_len<T>() * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 20);
 }
 
-// Whether forward_lanes runs a call: no A_T wanted, A_0 = 0 (nullptr) or per example with
-// lanes_a0_fits, at least one whole group, one chunk (T <= K), and a group's history within
-// 1 MiB (it stays in cache).
+// Whether forward_lanes runs a call: no A_T wanted, A_0 = 0 (nullptr), shared, or per
+// example with lanes_a0_fits, at least one whole group, one chunk (T <= K), and a group's
+// history within 1 MiB (it stays in cache).
 template <typename T>
 inline bool lanes_forward_applies(const Shared<T>& sh, const FwdParams<T>& io) {
   const int64_t G = vec_len<T>();
-  return (io.A0 == nullptr || lanes_a0_fits<T>(sh.H)) && io.AT == nullptr && io.B >= G && sh.T_len <= sh.chunk &&
+  return (io.A0 == nullptr || io.A0_shared || lanes_a0_fits<T>(sh.H)) && io.AT == nullptr && io.B >= G &&
+         sh.T_len <= sh.chunk &&
          (sh.T_len + 1) * sh.H * G * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 20);
 }
 
 // A group's state, rows of G lanes: hist h_0..h_T [T+1][H][G], the keys of kPreliminary
 // [T][H][G] (else hist), p, u, z, xh, zt [H][G], the scores [T][G], the inner step's 1/sigma
-// per lane [G], and with an A_0 the group's A_0 [H][H][G] (row i, column j at (i H + j) G).
+// per lane [G], and with a per-example A_0 the group's A_0 [H][H][G] (row i, column j at
+// (i H + j) G); a shared A_0 is read where it is (a0_one).
 template <typename T>
 struct LanesScratch {
   std::vector<T> hist, khist, p, u, z, xh, zt, sc, rstd, A0;
-  bool a0nz = false;  // this group's A_0 has a nonzero entry (else A0 is not read)
+  bool a0nz = false;          // this group's A_0 has a nonzero entry (else A_0 is not read)
+  const T* a0_one = nullptr;  // the shared A_0 [H][H], or nullptr (per example in A0, or none)
   void init(const Shared<T>& sh, const FwdParams<T>& io) {
     const int64_t G = vec_len<T>(), H = sh.H, Tn = sh.T_len;
     hist.assign((Tn + 1) * H * G, T(0));
@@ -904,7 +914,7 @@ struct LanesScratch {
     for (auto* v : {&p, &u, &z, &xh, &zt}) v->assign(H * G, T(0));
     sc.assign(Tn * G, T(0));
     rstd.assign(G, T(0));
-    if (io.A0) A0.assign(H * H * G, T(0));
+    if (io.A0 && !io.A0_shared) A0.assign(H * H * G, T(0));
   }
 };
 
@@ -1046,7 +1056,10 @@ inline void lanes_inner_step(const Shared<T>& sh, const T* __restrict keys, int6
     T* __restrict zt = ws.zt.data();
     for (int64_t k = 0; k < H * G; ++k) zt[k] = z[k] * lt;
     std::copy_n(ws.p.data(), H * G, u);
-    lanes_matvec<T, true>(ws.A0.data(), H, 1, zt, u, H);
+    if (ws.a0_one)
+      lanes_matvec(ws.a0_one, H, 1, zt, u, H);
+    else
+      lanes_matvec<T, true>(ws.A0.data(), H, 1, zt, u, H);
     base = u;
   }
   vec<T> m = vzero<T>();
@@ -1085,7 +1098,8 @@ void forward_lanes(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, int6
   T* __restrict p = ws.p.data();
   T* __restrict z = ws.z.data();
   const T* keys = prelim ? ws.khist.data() : hist;
-  ws.a0nz = io.A0 != nullptr && gather_a0_lanes(ws.A0.data(), io.A0, b0, ne, H);
+  ws.a0_one = io.A0_shared ? io.A0 : nullptr;
+  ws.a0nz = io.A0 != nullptr && (io.A0_shared ? any_nonzero(io.A0, H * H) : gather_a0_lanes(ws.A0.data(), io.A0, b0, ne, H));
   gather_lanes(hist, io.h0 + b0 * H, H, H, ne);
   for (int64_t t = 1; t <= Tn; ++t) {
     gather_lanes(p, io.xp + (b0 * Tn + t - 1) * H, Tn * H, H, ne);  // p = xp_t + W h_{t-1}
@@ -1109,16 +1123,38 @@ void forward_lanes(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, int6
 // ---------------------------------------------------------------------------------------
 
 // The batch sums of the backward over the examples one thread ran: dW^T (H x Hp, row j =
-// sum_t h_{t-1}[j] dp_t) and the sums of dgamma and dbeta (Hp).
+// sum_t h_{t-1}[j] dp_t), the sums of dgamma and dbeta (Hp), and with a shared A_0 whose
+// gradient is wanted, dA_0 (H x H).
+// dA0L holds the batch-in-lanes backward's per-lane sums of dA_0 (H x H x G) until the
+// thread's range is done.
 template <typename T>
 struct BwdSums {
-  std::vector<T> dWT, dgamma, dbeta;
-  void zero(int64_t H, int64_t Hp) {
+  std::vector<T> dWT, dgamma, dbeta, dA0, dA0L;
+  void zero(int64_t H, int64_t Hp, bool with_dA0, bool lanes = false) {
     dWT.assign(H * Hp, T(0));
     dgamma.assign(Hp, T(0));
     dbeta.assign(Hp, T(0));
+    if (with_dA0) dA0.assign(H * H, T(0));
+    if (with_dA0 && lanes) dA0L.assign(H * H * vec_len<T>(), T(0));
   }
 };
+
+// Whether the backward sums dA_0 over the batch (a shared A_0 whose gradient is wanted).
+template <typename T>
+inline bool sums_dA0(const BwdParams<T>& io) {
+  return io.A0_shared && io.dA0 != nullptr;
+}
+
+// Example b's dA_0 (mat, H x H): into the thread's batch sum for a shared A_0, else out.
+template <typename T>
+inline void emit_dA0(const BwdParams<T>& io, int64_t b, const T* mat, BwdSums<T>& sum) {
+  const int64_t H = io.H;
+  if (io.A0_shared) {
+    for (int64_t k = 0; k < H * H; ++k) sum.dA0[k] += mat[k];
+  } else {
+    stream_copy(io.dA0 + b * H * H, mat, H * H);
+  }
+}
 
 template <typename T>
 struct BwdScratch {
@@ -1130,12 +1166,12 @@ struct BwdScratch {
   bool sums = false;  // accumulate the batch sums below (RangeSums); else only the per-example outputs
   BwdSums<T> sum;
   std::vector<T> DP;  // with sums: dp_1 .. dp_T of the example, padded
-  void init(const Shared<T>& sh, bool with_sums = false) {
+  void init(const Shared<T>& sh, bool with_sums = false, bool with_dA0_sum = false) {
     const int64_t Hp = sh.Hp, Tn = sh.T_len, S = sh.S, H = sh.H, Tp = sh.Tp;
     sums = with_sums;
     if (sums) {
       DP.assign(Tn * Hp, T(0));
-      sum.zero(H, Hp);
+      sum.zero(H, Hp, with_dA0_sum);
     }
     mat.assign(H * H + kSlack, T(0));
     const int64_t chunks = (Tn + sh.chunk - 1) / sh.chunk;
@@ -1236,7 +1272,7 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
   zero_padded(dgam, Hp);
   zero_padded(dbet, Hp);
 
-  const T* A0 = io.A0 ? io.A0 + b * H * H : nullptr;  // nullptr: A_0 = 0 (not materialised)
+  const T* A0 = example_a0(io, b);
   const bool a0nz = A0 != nullptr && any_nonzero(A0, H * H);
   T* __restrict A0p = ws.A0p.data();
   if (a0nz)
@@ -1387,14 +1423,14 @@ void backward_example(const Shared<T>& sh, const BwdParams<T>& io, int64_t b, Bw
     T* __restrict mat = ws.mat.data();
     rank_rows(Z, Hp, GT, Kp, static_cast<const T*>(nullptr), Tn * S, ganz ? gA : nullptr, sh.lam_pow[Tn], H,
               Hp, ws.wbuf.data(), mat);
-    stream_copy(io.dA0 + b * H * H, mat, H * H);
+    emit_dA0(io, b, mat, ws.sum);
   } else if (io.dA0) {  // chunks: dA_0 = D of the first chunk + lam^T gA
     T* __restrict mat = ws.mat.data();  // chunk 0's D (c % 2 == 0)
     if (ganz) {
       const T lT = sh.lam_pow[Tn];
       for (int64_t i = 0; i < H * H; ++i) mat[i] += lT * gA[i];
     }
-    stream_copy(io.dA0 + b * H * H, mat, H * H);
+    emit_dA0(io, b, mat, ws.sum);
   }
 }
 
@@ -1409,7 +1445,7 @@ template <typename T>
 inline bool lanes_backward_applies(const Shared<T>& sh, const BwdParams<T>& io) {
   const int64_t G = vec_len<T>();
   const int64_t rows = 2 * sh.T_len * sh.S + 3 * sh.T_len + 2 + (io.dA0 ? sh.T_len * sh.S : 0);
-  return ((io.A0 == nullptr && io.dA0 == nullptr) || lanes_a0_fits<T>(sh.H)) && io.gAT == nullptr &&
+  return ((io.A0 == nullptr && io.dA0 == nullptr) || io.A0_shared || lanes_a0_fits<T>(sh.H)) && io.gAT == nullptr &&
          io.B >= G && sh.T_len <= sh.chunk &&
          rows * sh.H * G * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 21);
 }
@@ -1435,21 +1471,30 @@ struct LanesBwdScratch {
     hrow.assign(Tn * sh.Hp, T(0));
     DP.assign(Tn * sh.Hp, T(0));
     if (io.dA0) Gs.assign(Tn * S * HG, T(0));
-    if (io.A0) A0.assign(H * HG, T(0));
+    if (io.A0 && !io.A0_shared) A0.assign(H * HG, T(0));
   }
 };
 
-// dA_0 of the group [b0, b0 + ne): row i is sum_k Gs_k[i] Z_k (k over the T S inner steps),
-// formed in row, four columns at a time, then written out per example.
+// dA_0 of the group [b0, b0 + ne): entry (i, j) is sum_k Gs_k[i] Z_k[j] (k over the T S inner
+// steps) per lane, four columns at a time. Per example: formed in row and written out. For a
+// shared A_0 (acc, [H][H][G]): added to the thread's per-lane sums, whose lanes
+// finish_dA0_lanes adds up once per thread (lanes beyond ne hold zeros: Gs is 0 there).
 template <typename T>
 inline void lanes_write_dA0(const T* __restrict Gs, const T* __restrict Z, int64_t nk, int64_t H, T* __restrict row,
-                            T* __restrict dA0, int64_t b0, int64_t ne) {
+                            T* __restrict dA0, int64_t b0, int64_t ne, T* __restrict acc) {
   constexpr int64_t G = vec_len<T>();
   const int64_t HG = H * G;
   for (int64_t i = 0; i < H; ++i) {
+    T* __restrict dst = acc ? acc + i * HG : row;  // row i, [H][G]
     int64_t j = 0;
     for (; j + 4 <= H; j += 4) {
       vec<T> s0 = vzero<T>(), s1 = vzero<T>(), s2 = vzero<T>(), s3 = vzero<T>();
+      if (acc) {
+        s0 = vload(dst + j * G);
+        s1 = vload(dst + (j + 1) * G);
+        s2 = vload(dst + (j + 2) * G);
+        s3 = vload(dst + (j + 3) * G);
+      }
       for (int64_t k = 0; k < nk; ++k) {
         const vec<T> gi = vload(Gs + k * HG + i * G);
         const T* __restrict zk = Z + k * HG + j * G;
@@ -1458,17 +1503,28 @@ inline void lanes_write_dA0(const T* __restrict Gs, const T* __restrict Z, int64
         s2 += gi * vload(zk + 2 * G);
         s3 += gi * vload(zk + 3 * G);
       }
-      vstore(row + j * G, s0);
-      vstore(row + (j + 1) * G, s1);
-      vstore(row + (j + 2) * G, s2);
-      vstore(row + (j + 3) * G, s3);
+      vstore(dst + j * G, s0);
+      vstore(dst + (j + 1) * G, s1);
+      vstore(dst + (j + 2) * G, s2);
+      vstore(dst + (j + 3) * G, s3);
     }
     for (; j < H; ++j) {
-      vec<T> s0 = vzero<T>();
+      vec<T> s0 = acc ? vload(dst + j * G) : vzero<T>();
       for (int64_t k = 0; k < nk; ++k) s0 += vload(Gs + k * HG + i * G) * vload(Z + k * HG + j * G);
-      vstore(row + j * G, s0);
+      vstore(dst + j * G, s0);
     }
-    scatter_lanes(dA0 + b0 * H * H + i * H, H * H, row, H, ne);
+    if (!acc) scatter_lanes(dA0 + b0 * H * H + i * H, H * H, row, H, ne);
+  }
+}
+
+// The thread's shared-A_0 gradient: sum.dA0 = the lanes of sum.dA0L added up.
+template <typename T>
+inline void finish_dA0_lanes(BwdSums<T>& sum, int64_t H) {
+  constexpr int64_t G = vec_len<T>();
+  for (int64_t k = 0; k < H * H; ++k) {
+    T acc = T(0);
+    for (int64_t e = 0; e < G; ++e) acc += sum.dA0L[k * G + e];
+    sum.dA0[k] = acc;
   }
 }
 
@@ -1499,7 +1555,7 @@ void backward_lanes(const Shared<T>& sh, const BwdParams<T>& io, int64_t b0, int
   T* __restrict dgam = ws.dgam.data();
   T* __restrict dbet = ws.dbet.data();
 
-  ws.a0nz = io.A0 != nullptr && gather_a0_lanes(ws.A0.data(), io.A0, b0, ne, H);
+  ws.a0nz = io.A0 != nullptr && (io.A0_shared ? any_nonzero(io.A0, H * H) : gather_a0_lanes(ws.A0.data(), io.A0, b0, ne, H));
   gather_lanes(hist, io.h0 + b0 * H, H, H, ne);
   for (int64_t t = 1; t <= Tn; ++t) gather_lanes(hist + t * HG, io.out + (b0 * Tn + t - 1) * H, Tn * H, H, ne);
   for (int64_t k = 0; k < Tn * S; ++k) {
@@ -1557,7 +1613,10 @@ void backward_lanes(const Shared<T>& sh, const BwdParams<T>& io, int64_t b0, int
         const T lt = sh.lam_pow[t];
         T* __restrict gdu = io.dA0 ? ws.Gs.data() + k * HG : ws.gdu.data();
         for (int64_t q = 0; q < HG; ++q) gdu[q] = du[q] * lt;
-        if (ws.a0nz) lanes_matvec<T, true>(ws.A0.data(), 1, H, gdu, dzn, H);
+        if (ws.a0nz && io.A0_shared)
+          lanes_matvec(io.A0, 1, H, gdu, dzn, H);
+        else if (ws.a0nz)
+          lanes_matvec<T, true>(ws.A0.data(), 1, H, gdu, dzn, H);
       }
       for (int64_t tau = 0; tau < t; ++tau) {  // d key_tau += a_tau z_s + b_tau du
         T* __restrict d = dK + tau * HG;
@@ -1577,7 +1636,9 @@ void backward_lanes(const Shared<T>& sh, const BwdParams<T>& io, int64_t b0, int
     lanes_matvec(io.W, 1, H, dp, dH + (t - 1) * HG, H);  // dh_{t-1} += W^T dp
   }
   scatter_lanes(io.dh0 + b0 * H, H, dH, H, ne);
-  if (io.dA0) lanes_write_dA0(ws.Gs.data(), Z, Tn * S, H, ws.gdu.data(), io.dA0, b0, ne);
+  if (io.dA0)
+    lanes_write_dA0(ws.Gs.data(), Z, Tn * S, H, ws.gdu.data(), io.dA0, b0, ne,
+                    io.A0_shared ? sums->dA0L.data() : static_cast<T*>(nullptr));
   if (io.dgamma_part) scatter_lanes(io.dgamma_part + b0 * H, H, dgam, H, ne);
   if (io.dbeta_part) scatter_lanes(io.dbeta_part + b0 * H, H, dbet, H, ne);
   if (sums == nullptr) return;
@@ -1621,11 +1682,13 @@ struct RangeSums {
         acc.dgamma[i] += s.dgamma[i];
         acc.dbeta[i] += s.dbeta[i];
       }
+      for (size_t k = 0; k < acc.dA0.size(); ++k) acc.dA0[k] += s.dA0[k];
     }
     for (int64_t i = 0; i < H; ++i)
       for (int64_t j = 0; j < H; ++j) io.dW[i * H + j] = acc.dWT[j * Hp + i];
     std::copy_n(acc.dgamma.data(), H, io.dgamma);
     std::copy_n(acc.dbeta.data(), H, io.dbeta);
+    if (sums_dA0(io)) std::copy_n(acc.dA0.data(), H * H, io.dA0);
   }
 };
 

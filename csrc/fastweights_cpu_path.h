@@ -130,7 +130,7 @@ void run_range(void* ctx, int64_t b0, int64_t b1) {
   if constexpr (kForward)
     ws.init(*c.sh);
   else
-    ws.init(*c.sh, c.sums != nullptr);
+    ws.init(*c.sh, c.sums != nullptr, sums_dA0(*c.io));
   for (int64_t b = b0; b < b1; ++b) {
     if constexpr (kForward) {
       if (c.io->act == kRelu)
@@ -158,7 +158,8 @@ void run_groups(void* ctx, int64_t g0, int64_t g1) {
   std::conditional_t<kForward, LanesScratch<T>, LanesBwdScratch<T>> ws;
   ws.init(*c.sh, *c.io);
   BwdSums<T> sum;
-  if (c.sums) sum.zero(c.sh->H, c.sh->Hp);
+  if constexpr (!kForward)
+    if (c.sums) sum.zero(c.sh->H, c.sh->Hp, sums_dA0(*c.io), true);
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t b0 = g * G, ne = std::min(G, c.io->B - b0);
     if constexpr (kForward) {
@@ -173,6 +174,8 @@ void run_groups(void* ctx, int64_t g0, int64_t g1) {
         backward_lanes<kTanh, T>(*c.sh, *c.io, b0, ne, ws, c.sums ? &sum : nullptr);
     }
   }
+  if constexpr (!kForward)
+    if (c.sums && !sum.dA0L.empty()) finish_dA0_lanes(sum, c.sh->H);
   if (c.sums) c.sums->add(g0 * G, std::move(sum));
 }
 

@@ -27,8 +27,10 @@ void check_cuda_limits(const char* op, int64_t B, int64_t Tn, int64_t H) {
               " (one block per example), got ", num(B));
 }
 
-// The CUDA kernels read A_0 as [B, H, H]: an empty A0 (zero fast weights) becomes zeros here.
+// The CUDA kernels read A_0 as [B, H, H]: an empty A0 (zero fast weights) becomes zeros here,
+// and a shared [H, H] one is tiled (its gradient is summed over the batch below).
 Tensor dense_a0(const Tensor& A0, int64_t B, int64_t H) {
+  if (shared_a0(A0)) return A0.expand({B, H, H}).contiguous();
   return zero_a0(A0) ? at::zeros({B, H, H}, A0.options()) : A0;
 }
 
@@ -76,7 +78,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
   const c10::cuda::CUDAGuard guard(out.device());
   if (B == 0) {
     return {at::empty({0, Tn, H}, out.options()), at::empty({0, H}, out.options()),
-            need_dA0 ? at::empty({0, H, H}, out.options()) : at::empty({0}, out.options()),
+            !need_dA0 ? at::empty({0}, out.options())
+            : shared_a0(A0) ? at::zeros({H, H}, out.options()) : at::empty({0, H, H}, out.options()),
             at::zeros({H, H}, out.options()), at::zeros({H}, out.options()),
             at::zeros({H}, out.options())};
   }
@@ -102,6 +105,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
     // dA_0 = lam^T gA + sum_{t,s} (lam^t du_{t,s}) z_{t,s}^T = lam^T gA + G^T Z per example
     dA0 = at::bmm(G.view({B, Tn * S, H}).transpose(1, 2), zs.view({B, Tn * S, H}));
     if (grad_AT.has_value()) dA0.add_(*grad_AT, std::pow(lam, static_cast<double>(Tn)));
+    if (shared_a0(A0)) dA0 = dA0.sum(0);
   }
   Tensor dW = weight_grad(dxp, h0, out);
   return {dxp, dh0, dA0, dW, dgamma_part.sum(0), dbeta_part.sum(0)};

@@ -209,7 +209,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
   const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
   Tensor dxp = pooled_empty({B, Tn, H}, out.options());
   Tensor dh0 = at::empty({B, H}, out.options());
-  Tensor dA0 = need_dA0 ? pooled_empty({B, H, H}, out.options()) : at::empty({0}, out.options());
+  Tensor dA0 = !need_dA0        ? at::empty({0}, out.options())
+               : shared_a0(A0) ? at::zeros({H, H}, out.options())  // the batch sum (also for B = 0)
+                               : pooled_empty({B, H, H}, out.options());
   Tensor dW = at::empty({H, H}, out.options());
   Tensor dgamma = at::empty({H}, out.options());
   Tensor dbeta = at::empty({H}, out.options());

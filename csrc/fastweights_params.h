@@ -30,7 +30,9 @@ struct FwdParams {
   double lam, eta, eps;
   const T* xp;     // [B,T,H]  U x_t + b, precomputed
   const T* h0;     // [B,H]
-  const T* A0;     // [B,H,H], or nullptr: A_0 = 0 (CPU; the CUDA glue materialises zeros)
+  const T* A0;     // [B,H,H], or [H,H] with A0_shared, or nullptr: A_0 = 0 (CPU; the CUDA glue
+                   // materialises zeros and tiles a shared A_0)
+  bool A0_shared = false;  // CPU: A0 is one [H,H] for every example (the free init's tiled A_0)
   const T* W;      // [H,H]
   const T* gamma;  // [H]
   const T* beta;   // [H]
@@ -54,7 +56,8 @@ struct BwdParams {
   const T* gout;   // [B,T,H] or nullptr (zero)
   const T* gAT;    // [B,H,H] or nullptr (zero)
   const T* h0;     // [B,H]
-  const T* A0;     // [B,H,H], or nullptr: A_0 = 0 (CPU; the CUDA glue materialises zeros)
+  const T* A0;     // [B,H,H], or [H,H] with A0_shared, or nullptr (as FwdParams)
+  bool A0_shared = false;  // CPU: A0 is one [H,H]; then dA0 is [H,H], the batch sum (needs dW set)
   const T* W;      // [H,H]
   const T* gamma;  // [H]
   const T* out;    // [B,T,H]
@@ -65,7 +68,7 @@ struct BwdParams {
   T* dh0;          // [B,H]
   T* dgamma_part;  // [B,H] per-example partial sums, or nullptr (CPU: the sums below)
   T* dbeta_part;   // [B,H] or nullptr
-  T* dA0;          // CPU: [B,H,H] written by the kernel, or nullptr (not needed). CUDA: unused.
+  T* dA0;          // CPU: [B,H,H] (or [H,H] with A0_shared) written by the kernel, or nullptr (not needed). CUDA: unused.
   T* dH;           // CUDA: [B,T+1,H] workspace (any contents). CPU: unused.
   T* G;            // CUDA: [B,T,S,H] lam^t du_{t,s} for dA0 = G^T zs, or nullptr. CPU: unused.
   T* dK = nullptr;    // CUDA, kPreliminary: [B,T,H] workspace, d loss / d k_t. Otherwise unused.

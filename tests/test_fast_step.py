@@ -216,3 +216,51 @@ def test_zero_init_and_the_projected_path_skip_A0_and_A_T(monkeypatch):
     monkeypatch.setattr(torch.ops.crnn, "fastweights_fwd", Spy())
     torch.testing.assert_close(model(batch), first, rtol=1e-5, atol=1e-6)
     assert calls == [((0,), False)], "the projected pass: an empty A0 and final_state=False"
+
+
+def test_broadcast_source_finds_the_matrix_an_A0_tiles():
+    """``broadcast_source`` returns the ``[*shape]`` tensor of which a state is an exact
+    broadcast view, and None for anything else (a copy, a partial view, a transposed view)."""
+    from crnn_core.cell import broadcast_source
+
+    P = torch.randn(3, 3, requires_grad=True)
+    assert broadcast_source(P.expand(4, 3, 3)) is P
+    assert broadcast_source(P.expand(4, 3, 3).contiguous()) is None, "a materialised copy"
+    assert broadcast_source(torch.randn(4, 3, 3)) is None
+    assert broadcast_source(P[:, :2].unsqueeze(0).expand(4, 3, 2)) is None, "a view of part of its source"
+    assert broadcast_source(P.t().expand(4, 3, 3)) is None, "a transposed view"
+    detached = broadcast_source(P.detach().expand(4, 3, 3))
+    assert detached is not None and not detached.requires_grad, "a detached view's source needs no grad either"
+
+
+def test_the_free_init_passes_its_A0_once_to_the_fused_op(monkeypatch):
+    """The free init tiles its variables over the batch as views; the cell hands the fused op
+    the one ``[H, H]`` A_0 (no copy per example), and the gradients equal the reference
+    backend's on the same model."""
+    spec = ModelSpec(cell="fastweights", init="free", task="art", cell_options={"backend": "fused"},
+                     init_options={"init_std": 0.1}, task_options={"train_size": 64, "val_size": 64})
+    torch.manual_seed(0)
+    built = build_model(spec, get_plugins())
+    model, batch = built.model, built.task.dataset("train")
+    model(batch)  # the contract-checking pass
+    calls = []
+    real = torch.ops.crnn.fastweights_fwd
+
+    def spy(*args):
+        calls.append(tuple(args[2].shape))
+        return real(*args)
+
+    grads = {}
+    for backend in ("fused", "reference"):
+        model.cell.backend = backend
+        model.cell._unrolls.clear()
+        model.zero_grad()
+        with monkeypatch.context() as m:
+            m.setattr(torch.ops.crnn, "fastweights_fwd", spy)
+            built.task.loss(model(batch), batch).backward()
+        grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    H = model.cell.hidden_size
+    assert calls == [(H, H)], "the fused op got the free init's A0 as one [H, H] matrix"
+    assert grads["fused"].keys() == grads["reference"].keys()
+    for name, g in grads["reference"].items():
+        torch.testing.assert_close(grads["fused"][name], g, rtol=1e-4, atol=1e-5, msg=name)

@@ -571,10 +571,14 @@ def test_the_op_takes_an_empty_A0_and_no_A_T():
                                                 ETA, 2, "relu", False)
     for a, b in zip(back_full, back_empty):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    with pytest.raises(RuntimeError, match=r"A0 must have shape \[B, H, H\] = \[2, 5, 5\] or be empty"):
+    with pytest.raises(RuntimeError, match=r"A0 must have shape \[B, H, H\] = \[2, 5, 5\], \[H, H\] = \[5, 5\] "
+                                           r"\(shared by the batch\) or be empty"):
         torch.ops.crnn.fastweights_fwd(xp, h0, xp.new_empty(3), W, gamma, beta, LAM, ETA, 1, "relu", 1e-5, False)
     torch.library.opcheck(torch.ops.crnn.fastweights_fwd.default,
                           (xp, h0, xp.new_empty(0), W, gamma, beta, LAM, ETA, 2, "relu", 1e-5, True, "previous", False))
+    shared = A0[0].clone().requires_grad_(True)  # one [H, H] A0 for the batch: its gradient is [H, H]
+    torch.library.opcheck(torch.ops.crnn.fastweights_fwd.default,
+                          (xp, h0, shared, W, gamma, beta, LAM, ETA, 2, "relu", 1e-5, True, "previous", True))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -602,20 +606,25 @@ def test_the_kernels_batch_sums_match_the_reference_for_any_split(threads):
     (3, "tanh", "preliminary", torch.float64),
     (2, "tanh", "previous", torch.float64),
 ])
-@pytest.mark.parametrize("with_A0", [False, True], ids=["A0-none", "A0-per-example"])
-def test_the_training_step_with_the_batch_in_lanes_matches_the_reference(B, S, act, a_update, dtype, with_A0):
-    """``final_state=False`` with B >= one vector of examples, and ``A0=None`` or a per-example
-    ``A0`` (the free and learned inits) with its gradient, runs the forward and the backward
-    with the batch in the vector lanes (csrc forward_lanes / backward_lanes, on every CPU path:
-    4, 8 or 16 examples per vector); outputs and gradients match the reference."""
+@pytest.mark.parametrize("a0", ["none", "per-example", "shared"])
+def test_the_training_step_with_the_batch_in_lanes_matches_the_reference(B, S, act, a_update, dtype, a0):
+    """``final_state=False`` with B >= one vector of examples, and ``A0=None``, a per-example
+    ``A0`` (the learned init) or one ``[H, H]`` ``A0`` shared by the batch (the free init) with
+    its gradient, runs the forward and the backward with the batch in the vector lanes (csrc
+    forward_lanes / backward_lanes, on every CPU path: 4, 8 or 16 examples per vector); outputs
+    and gradients match the reference (given the shared ``A0`` tiled over the batch)."""
     xp, h0, A0, W, gamma, beta = make_inputs(B=B, T=11, H=20, dtype=dtype)
+    A0 = A0[0] if a0 == "shared" else A0
     rtol = 1e-10 if dtype == torch.float64 else 1e-4
-    names = ("xp", "h0", "A0", "W", "gamma", "beta") if with_A0 else ("xp", "h0", "W", "gamma", "beta")
+    names = ("xp", "h0", "W", "gamma", "beta") if a0 == "none" else ("xp", "h0", "A0", "W", "gamma", "beta")
     results = []
     for unroll in (fastweights_reference, ff.fastweights_fused):
-        leaves = [t.detach().clone().requires_grad_(True) for t in ((xp, h0, A0) if with_A0 else (xp, h0))]
+        leaves = [t.detach().clone().requires_grad_(True) for t in ((xp, h0) if a0 == "none" else (xp, h0, A0))]
         params = [t.detach().clone().requires_grad_(True) for t in (W, gamma, beta)]
-        out, A = unroll(*leaves, *([] if with_A0 else [None]), *params, LAM, ETA, S, act, 1e-5, a_update,
+        A0_arg = None if a0 == "none" else leaves[2]
+        if a0 == "shared" and unroll is fastweights_reference:
+            A0_arg = A0_arg.expand(B, *A0.shape)
+        out, A = unroll(leaves[0], leaves[1], A0_arg, *params, LAM, ETA, S, act, 1e-5, a_update,
                         final_state=False)
         assert A is None
         upstream = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
@@ -625,3 +634,62 @@ def test_the_training_step_with_the_batch_in_lanes_matches_the_reference(B, S, a
     for name, a, b in zip(names, g_ref, g):
         err = (a - b).abs().max().item() / (a.abs().max().item() + 1e-12)
         assert err <= rtol, f"d{name}: relative error {err:.2e}"
+
+
+@pytest.mark.usefixtures("each_cpu_path")
+@pytest.mark.parametrize("B", [3, 21], ids=["per-example", "lanes-and-a-partial-group"])
+@pytest.mark.parametrize("final_state", [True, False])
+def test_a_shared_A0_matches_it_tiled_over_the_batch(B, final_state):
+    """An ``[H, H]`` ``A0`` is one matrix for every example: outputs, ``A_T`` and every gradient
+    (``dA0`` the batch sum, ``A_T`` in the loss when returned) equal the reference given the
+    matrix tiled to ``[B, H, H]``, on the per-example and the batch-in-lanes paths."""
+    check_shared_A0(B, final_state, "cpu")
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("final_state", [True, False])
+def test_cuda_shared_A0_matches_it_tiled_over_the_batch(final_state):
+    """The CUDA glue tiles an ``[H, H]`` ``A0`` for the kernels and sums its gradient."""
+    if not ff.device_status("cuda")[0]:
+        pytest.skip(ff.device_status("cuda")[1])
+    check_shared_A0(21, final_state, "cuda")
+
+
+def check_shared_A0(B, final_state, device):
+    """The fused op with one ``[H, H]`` ``A0`` against the reference with it tiled (float64)."""
+    xp, h0, A0, W, gamma, beta = make_inputs(B=B, T=6, H=13, device=device)
+    shared = A0[0]
+    results = []
+    for unroll in (fastweights_reference, ff.fastweights_fused):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (xp, h0, shared, W, gamma, beta)]
+        A0_arg = leaves[2].expand(B, 13, 13) if unroll is fastweights_reference else leaves[2]
+        out, A = unroll(leaves[0], leaves[1], A0_arg, *leaves[3:], LAM, ETA, 2, "tanh", final_state=final_state)
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum()
+        if final_state:
+            loss = loss + (A * A).sum()
+        results.append(([out.detach()] + ([A.detach()] if final_state else []), torch.autograd.grad(loss, leaves)))
+    (o_ref, g_ref), (o, g) = results
+    for a, b in zip(o_ref, o):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    assert g[2].shape == shared.shape
+    for name, a, b in zip(("xp", "h0", "A0", "W", "gamma", "beta"), g_ref, g):
+        err = (a - b).abs().max().item() / (a.abs().max().item() + 1e-12)
+        assert err <= 1e-10, f"d{name}: relative error {err:.2e}"
+
+
+def test_fastweights_unroll_takes_a_shared_A0_on_every_backend():
+    """The public ``fastweights_unroll`` takes an ``[H, H]`` ``A0`` on the reference backend too
+    (tiled there), with the same outputs and the same ``[H, H]`` gradient as the fused op."""
+    from crnn_core import fastweights_unroll
+
+    xp, h0, A0, W, gamma, beta = make_inputs(B=4, T=5, H=7)
+    results = {}
+    for backend in ("reference", "fused"):
+        shared = A0[0].clone().requires_grad_(True)
+        out, A = fastweights_unroll(xp, h0, shared, W, gamma, beta, LAM, ETA, 1, backend=backend)
+        (grad,) = torch.autograd.grad(out.sum() + A.sum(), [shared])
+        results[backend] = (out.detach(), A.detach(), grad)
+    assert results["fused"][2].shape == (7, 7)
+    for a, b in zip(results["reference"], results["fused"]):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
