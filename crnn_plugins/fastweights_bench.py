@@ -23,8 +23,11 @@ Modes: ``forward`` (under ``torch.no_grad()``, i.e. inference) and ``forward+bac
 training on ART). Inputs: xp ~ N(0,1), h0 ~ 0.5 N(0,1), A0 ~ 0.1 N(0,1) (a learned
 initial state; ``--state zero`` for zeros; ``--state art`` for h0 = 0, ``A0=None`` and
 ``final_state=False`` in every backend: the op as an ART training step with the zero init
-calls it, no A_0 read and no A_T formed), W = 0.05 I + 0.1 N(0,1)/sqrt(H), gamma = 1,
-beta = 0, lam = 0.95, eta = 0.5, ReLU.
+calls it, no A_0 read and no A_T formed; ``--state art-learned``: the random h0 and A0,
+``final_state=False``, as the learned init's step calls it; ``--state art-free``: one
+random ``[H, H]`` A0 for the batch, ``final_state=False``, as the free init's step calls
+the fused op, the other backends getting it tiled), W = 0.05 I + 0.1 N(0,1)/sqrt(H),
+gamma = 1, beta = 0, lam = 0.95, eta = 0.5, ReLU.
 
 Memory (``peak_memory_bytes``): on CUDA, ``torch.cuda.max_memory_allocated`` during the
 call minus what was allocated before it. On CPU, where PyTorch has no allocator
@@ -91,10 +94,20 @@ def _compiled_reference() -> Callable:
     return torch.compile(fastweights_reference, dynamic=False)
 
 
+#: ``--state`` values: the initial state the op is timed with (module docstring).
+STATES = ("random", "zero", "art", "art-learned", "art-free")
+
+
+def wants_final_state(state: str) -> bool:
+    """Whether the timed calls form A_T: not for the ``art*`` states (a training step's call)."""
+    return not state.startswith("art")
+
+
 def bench_inputs(B: int, T: int, H: int, device: torch.device | str, dtype: torch.dtype, state: str = "random",
                  seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The op's inputs ``[xp, h0, A0, W, gamma, beta]`` and an upstream gradient of the outputs,
-    as the module docstring describes (``state="zero"``: h0 = 0 and A0 = 0; ``"art"``: h0 = 0, A0 None)."""
+    as the module docstring describes (``state="zero"``: h0 = 0 and A0 = 0; ``"art"``: h0 = 0, A0 None;
+    ``"art-free"``: A0 one ``[H, H]`` matrix)."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape: int) -> torch.Tensor:
@@ -106,7 +119,7 @@ def bench_inputs(B: int, T: int, H: int, device: torch.device | str, dtype: torc
     if state in ("zero", "art"):
         h0.zero_()
         A0.zero_()
-    A0_arg: torch.Tensor | None = None if state == "art" else A0
+    A0_arg: torch.Tensor | None = {"art": None, "art-free": A0[0]}.get(state, A0)
     W = 0.05 * torch.eye(H, dtype=dtype) + 0.1 * r(H, H) / H**0.5
     gamma = torch.ones(H, dtype=dtype)
     beta = torch.zeros(H, dtype=dtype)
@@ -123,9 +136,12 @@ class _Timer:
 
     def __init__(self, fn: Callable, args: list[torch.Tensor | None], upstream: torch.Tensor, mode: str, S: int,
                  device: torch.device, final_state: bool = True):
+        from . import fastweights_fused
+
         if fn is _compiled_reference:
             fn = _compiled_reference()
         self.fn, self.mode, self.S, self.device, self.final_state = fn, mode, S, device, final_state
+        self.tiles_a0 = fn is not fastweights_fused.fastweights_fused  # the other backends take A0 [B, H, H]
         self.clock: Callable[[], float] = time.perf_counter
         self.upstream = upstream
         if mode == "forward":
@@ -135,7 +151,10 @@ class _Timer:
         self.tensors = [a for a in self.args if a is not None]
 
     def _run(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.fn(*self.args, LAM, ETA, self.S, "relu", final_state=self.final_state)
+        xp, h0, A0, *rest = self.args
+        if A0 is not None and A0.dim() == 2 and self.tiles_a0:
+            A0 = A0.expand(xp.shape[0], *A0.shape)  # one A_0 for the batch: only the fused op takes it as is
+        return self.fn(xp, h0, A0, *rest, LAM, ETA, self.S, "relu", final_state=self.final_state)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -389,7 +408,7 @@ def run_benchmark(
             for b, why in skipped.items():
                 progress(f"  {b} skipped: {why}")
             here = [b for b in active if b not in skipped]
-            timers = {b: _Timer(fns[b], args, upstream, mode, point.inner_steps, dev, final_state=state != "art")
+            timers = {b: _Timer(fns[b], args, upstream, mode, point.inner_steps, dev, final_state=wants_final_state(state))
                       for b in here}
             for timer in timers.values():
                 timer.clock = CLOCKS[clock]
@@ -522,9 +541,10 @@ Examples:
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
 @click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1), help="timed calls per backend")
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="untimed calls first")
-@click.option("--state", default="random", show_default=True, type=click.Choice(["random", "zero", "art"]),
+@click.option("--state", default="random", show_default=True, type=click.Choice(STATES),
               help="initial h0/A0: random (a learned initial state), zero, or art (h0 = 0, A0=None and no A_T: "
-                   "the op as the zero-init ART training step calls it)")
+                   "the op as the zero-init ART training step calls it), art-learned (random h0/A0, no A_T: the "
+                   "learned init's step), art-free (one [H, H] A0 for the batch, no A_T: the free init's step)")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads (default: torch's)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-naive-gb", default=2.0, show_default=True, type=click.FloatRange(min=0),

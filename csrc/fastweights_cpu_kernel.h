@@ -1018,6 +1018,14 @@ inline bool gather_a0_lanes(T* __restrict A0L, const T* __restrict A0, int64_t b
   return true;
 }
 
+// The group's A_0 before a forward or backward: a per-example one into A0L (gather_a0_lanes);
+// returns whether it has a nonzero entry (a shared one is read where it is).
+template <typename Params, typename T>
+inline bool lanes_a0(const Params& io, T* A0L, int64_t b0, int64_t ne) {
+  if (io.A0 == nullptr) return false;
+  return io.A0_shared ? any_nonzero(io.A0, io.H * io.H) : gather_a0_lanes(A0L, io.A0, b0, ne, io.H);
+}
+
 // out[tau] = coef[tau] (key_tau . v) for tau < t, over rows [H][G] (key_tau at keys + tau * ks):
 // four partial sums each.
 template <typename T>
@@ -1099,7 +1107,7 @@ void forward_lanes(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, int6
   T* __restrict z = ws.z.data();
   const T* keys = prelim ? ws.khist.data() : hist;
   ws.a0_one = io.A0_shared ? io.A0 : nullptr;
-  ws.a0nz = io.A0 != nullptr && (io.A0_shared ? any_nonzero(io.A0, H * H) : gather_a0_lanes(ws.A0.data(), io.A0, b0, ne, H));
+  ws.a0nz = lanes_a0(io, ws.A0.data(), b0, ne);
   gather_lanes(hist, io.h0 + b0 * H, H, H, ne);
   for (int64_t t = 1; t <= Tn; ++t) {
     gather_lanes(p, io.xp + (b0 * Tn + t - 1) * H, Tn * H, H, ne);  // p = xp_t + W h_{t-1}
@@ -1445,7 +1453,8 @@ template <typename T>
 inline bool lanes_backward_applies(const Shared<T>& sh, const BwdParams<T>& io) {
   const int64_t G = vec_len<T>();
   const int64_t rows = 2 * sh.T_len * sh.S + 3 * sh.T_len + 2 + (io.dA0 ? sh.T_len * sh.S : 0);
-  return ((io.A0 == nullptr && io.dA0 == nullptr) || io.A0_shared || lanes_a0_fits<T>(sh.H)) && io.gAT == nullptr &&
+  const bool a0_per_lane = (io.A0 && !io.A0_shared) || sums_dA0(io);  // an [H][H][G] buffer: A_0, or dA_0's sums
+  return (!a0_per_lane || lanes_a0_fits<T>(sh.H)) && io.gAT == nullptr &&
          io.B >= G && sh.T_len <= sh.chunk &&
          rows * sh.H * G * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 21);
 }
@@ -1555,7 +1564,7 @@ void backward_lanes(const Shared<T>& sh, const BwdParams<T>& io, int64_t b0, int
   T* __restrict dgam = ws.dgam.data();
   T* __restrict dbet = ws.dbet.data();
 
-  ws.a0nz = io.A0 != nullptr && (io.A0_shared ? any_nonzero(io.A0, H * H) : gather_a0_lanes(ws.A0.data(), io.A0, b0, ne, H));
+  ws.a0nz = lanes_a0(io, ws.A0.data(), b0, ne);
   gather_lanes(hist, io.h0 + b0 * H, H, H, ne);
   for (int64_t t = 1; t <= Tn; ++t) gather_lanes(hist + t * HG, io.out + (b0 * Tn + t - 1) * H, Tn * H, H, ne);
   for (int64_t k = 0; k < Tn * S; ++k) {
@@ -1684,10 +1693,11 @@ struct RangeSums {
       }
       for (size_t k = 0; k < acc.dA0.size(); ++k) acc.dA0[k] += s.dA0[k];
     }
-    for (int64_t i = 0; i < H; ++i)
-      for (int64_t j = 0; j < H; ++j) io.dW[i * H + j] = acc.dWT[j * Hp + i];
-    std::copy_n(acc.dgamma.data(), H, io.dgamma);
-    std::copy_n(acc.dbeta.data(), H, io.dbeta);
+    if (io.dW)
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < H; ++j) io.dW[i * H + j] = acc.dWT[j * Hp + i];
+    if (io.dgamma) std::copy_n(acc.dgamma.data(), H, io.dgamma);
+    if (io.dbeta) std::copy_n(acc.dbeta.data(), H, io.dbeta);
     if (sums_dA0(io)) std::copy_n(acc.dA0.data(), H * H, io.dA0);
   }
 };

@@ -199,7 +199,7 @@ template <typename T>
 void bwd(const BwdParams<T>& io, ParallelFor parallel) {
   SharedBuffers<T> buf(io);
   RangeSums<T> sums;
-  const bool with_sums = io.dW != nullptr;
+  const bool with_sums = io.dW != nullptr || sums_dA0(io);  // a shared A_0's gradient is a batch sum too
   Call<T, BwdParams<T>> call{&buf.sh, &io, with_sums ? &sums : nullptr};
   if (lanes_backward_applies(buf.sh, io)) {
     constexpr int64_t G = vec_len<T>();

@@ -57,7 +57,7 @@ struct BwdParams {
   const T* gAT;    // [B,H,H] or nullptr (zero)
   const T* h0;     // [B,H]
   const T* A0;     // [B,H,H], or [H,H] with A0_shared, or nullptr (as FwdParams)
-  bool A0_shared = false;  // CPU: A0 is one [H,H]; then dA0 is [H,H], the batch sum (needs dW set)
+  bool A0_shared = false;  // CPU: A0 is one [H,H]; then dA0 is [H,H], the batch sum
   const T* W;      // [H,H]
   const T* gamma;  // [H]
   const T* out;    // [B,T,H]

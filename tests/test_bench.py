@@ -212,3 +212,21 @@ def test_state_art_times_the_training_call_in_every_backend(monkeypatch):
                                  modes=("forward+backward",))
     art_saved = next(r["peak_memory_bytes"] for r in doc["records"] if r["backend"] == "reference")
     assert art_saved < random["records"][0]["peak_memory_bytes"], "no A_0 and no A_T: less kept"
+
+
+@pytest.mark.skipif(not ff.load_status()[0], reason="the fused kernel is not built")
+def test_states_art_learned_and_art_free_time_the_training_calls_with_an_A0():
+    """``--state art-learned`` gives every backend a per-example A0 and ``art-free`` the fused op
+    one ``[H, H]`` A0 (the others it tiled), both without A_T, and the backends agree on them."""
+    for state, a0_shape in (("art-learned", (6, 8, 8)), ("art-free", (8, 8))):
+        args, _ = bench.bench_inputs(6, 5, 8, "cpu", torch.float64, state)
+        assert args[2].shape == a0_shape and not bench.wants_final_state(state)
+        outs = {}
+        reference = bench._backend_fns(torch.device("cpu"))[0]["reference"]
+        for name, fn in (("fused", ff.fastweights_fused), ("reference", reference)):
+            timer = bench._Timer(fn, args, torch.ones(6, 5, 8, dtype=torch.float64), "forward", 1, torch.device("cpu"),
+                                 final_state=False)
+            outs[name], A_T = timer._run()
+            assert A_T is None
+        torch.testing.assert_close(outs["fused"], outs["reference"], rtol=1e-10, atol=1e-10)
+    assert bench.wants_final_state("random") and not bench.wants_final_state("art")
