@@ -37,12 +37,14 @@ def broadcast_source(t: Tensor) -> Tensor | None:
     (``source.expand(B, *shape)``: stride 0 along the batch, the source's strides and storage
     otherwise), else None. A cell may then compute with the source once instead of per
     example; gradients reach it as through the broadcast (summed over the batch). The free
-    init's tiled variables and ``constant_state`` look like this. Not inside ``torch.compile``
-    (views' sources are not traced)."""
+    init's tiled variables look like this. None where autograd does not connect the view to
+    a source that wants a gradient (a view made under ``torch.no_grad``), and inside
+    ``torch.compile`` (views' sources are not traced)."""
     source = t._base
     if (source is None or t.dim() < 1 or t.stride(0) != 0 or torch.compiler.is_compiling()
             or tuple(source.shape) != tuple(t.shape[1:]) or source.stride() != t.stride()[1:]
             or source.storage_offset() != t.storage_offset() or source.requires_grad != t.requires_grad
+            or (source.requires_grad and t.grad_fn is None)
             or source.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()):
         return None
     return source

@@ -220,7 +220,8 @@ def test_zero_init_and_the_projected_path_skip_A0_and_A_T(monkeypatch):
 
 def test_broadcast_source_finds_the_matrix_an_A0_tiles():
     """``broadcast_source`` returns the ``[*shape]`` tensor of which a state is an exact
-    broadcast view, and None for anything else (a copy, a partial view, a transposed view)."""
+    broadcast view, and None for anything else (a copy, a partial view, a transposed view, a
+    view made under ``no_grad`` that autograd does not connect to its source)."""
     from crnn_core.cell import broadcast_source
 
     P = torch.randn(3, 3, requires_grad=True)
@@ -231,6 +232,9 @@ def test_broadcast_source_finds_the_matrix_an_A0_tiles():
     assert broadcast_source(P.t().expand(4, 3, 3)) is None, "a transposed view"
     detached = broadcast_source(P.detach().expand(4, 3, 3))
     assert detached is not None and not detached.requires_grad, "a detached view's source needs no grad either"
+    with torch.no_grad():
+        cut = P.expand(4, 3, 3)  # reports requires_grad, but autograd does not lead from it to P
+    assert broadcast_source(cut) is None, "a view made under no_grad must not pass P's gradient on"
 
 
 def test_the_free_init_passes_its_A0_once_to_the_fused_op(monkeypatch):
