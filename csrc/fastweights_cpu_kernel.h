@@ -901,12 +901,11 @@ inline bool lanes_forward_applies(const Shared<T>& sh, const FwdParams<T>& io) {
 // A group's state, rows of G lanes: hist h_0..h_T [T+1][H][G], the keys of kPreliminary
 // [T][H][G] (else hist), p, u, z, xh, zt [H][G], the scores [T][G], the inner step's 1/sigma
 // per lane [G], and with a per-example A_0 the group's A_0 [H][H][G] (row i, column j at
-// (i H + j) G); a shared A_0 is read where it is (a0_one).
+// (i H + j) G); a shared A_0 is read where it is (io.A0).
 template <typename T>
 struct LanesScratch {
   std::vector<T> hist, khist, p, u, z, xh, zt, sc, rstd, A0;
   bool a0nz = false;          // this group's A_0 has a nonzero entry (else A_0 is not read)
-  const T* a0_one = nullptr;  // the shared A_0 [H][H], or nullptr (per example in A0, or none)
   void init(const Shared<T>& sh, const FwdParams<T>& io) {
     const int64_t G = vec_len<T>(), H = sh.H, Tn = sh.T_len;
     hist.assign((Tn + 1) * H * G, T(0));
@@ -1026,6 +1025,17 @@ inline bool lanes_a0(const Params& io, T* A0L, int64_t b0, int64_t ne) {
   return io.A0_shared ? any_nonzero(io.A0, io.H * io.H) : gather_a0_lanes(A0L, io.A0, b0, ne, io.H);
 }
 
+// y += A_0 x (transposed: A_0^T x) for the group, rows [H][G]: the shared A_0 as one matrix
+// for every lane, else the per-example ones gathered in A0L.
+template <typename Params, typename T>
+inline void lanes_a0_matvec(const Params& io, const T* A0L, bool transposed, const T* x, T* y) {
+  const int64_t H = io.H, ra = transposed ? 1 : H, cb = transposed ? H : 1;
+  if (io.A0_shared)
+    lanes_matvec(io.A0, ra, cb, x, y, H);
+  else
+    lanes_matvec<T, true>(A0L, ra, cb, x, y, H);
+}
+
 // out[tau] = coef[tau] (key_tau . v) for tau < t, over rows [H][G] (key_tau at keys + tau * ks):
 // four partial sums each.
 template <typename T>
@@ -1050,7 +1060,8 @@ inline void lanes_scores(const T* __restrict keys, int64_t ks, const T* __restri
 // One inner step for the group: u = p + sum_{tau < t} c_tau (key_tau . z) key_tau, then
 // z = f(LayerNorm(u)); returns with xh = the normalised u and rstd = 1/sigma per lane.
 template <int ACT, typename T>
-inline void lanes_inner_step(const Shared<T>& sh, const T* __restrict keys, int64_t t, LanesScratch<T>& ws) {
+inline void lanes_inner_step(const Shared<T>& sh, const FwdParams<T>& io, const T* __restrict keys, int64_t t,
+                             LanesScratch<T>& ws) {
   constexpr int64_t G = vec_len<T>();
   const int64_t H = sh.H;
   T* __restrict z = ws.z.data();
@@ -1064,10 +1075,7 @@ inline void lanes_inner_step(const Shared<T>& sh, const T* __restrict keys, int6
     T* __restrict zt = ws.zt.data();
     for (int64_t k = 0; k < H * G; ++k) zt[k] = z[k] * lt;
     std::copy_n(ws.p.data(), H * G, u);
-    if (ws.a0_one)
-      lanes_matvec(ws.a0_one, H, 1, zt, u, H);
-    else
-      lanes_matvec<T, true>(ws.A0.data(), H, 1, zt, u, H);
+    lanes_a0_matvec(io, ws.A0.data(), false, zt, u);
     base = u;
   }
   vec<T> m = vzero<T>();
@@ -1106,7 +1114,6 @@ void forward_lanes(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, int6
   T* __restrict p = ws.p.data();
   T* __restrict z = ws.z.data();
   const T* keys = prelim ? ws.khist.data() : hist;
-  ws.a0_one = io.A0_shared ? io.A0 : nullptr;
   ws.a0nz = lanes_a0(io, ws.A0.data(), b0, ne);
   gather_lanes(hist, io.h0 + b0 * H, H, H, ne);
   for (int64_t t = 1; t <= Tn; ++t) {
@@ -1117,7 +1124,7 @@ void forward_lanes(const Shared<T>& sh, const FwdParams<T>& io, int64_t b0, int6
     for (int64_t s = 0; s < S; ++s) {
       const int64_t k0 = (b0 * Tn + t - 1) * S + s;  // example b0's (t, s) entry
       if (save) scatter_lanes(io.zs + k0 * H, Tn * S * H, z, H, ne);
-      lanes_inner_step<ACT>(sh, keys, t, ws);
+      lanes_inner_step<ACT>(sh, io, keys, t, ws);
       if (save) {
         scatter_lanes(io.xhat + k0 * H, Tn * S * H, ws.xh.data(), H, ne);
         scatter_lanes(io.rstd + k0, Tn * S, ws.rstd.data(), 1, ne);
@@ -1622,10 +1629,7 @@ void backward_lanes(const Shared<T>& sh, const BwdParams<T>& io, int64_t b0, int
         const T lt = sh.lam_pow[t];
         T* __restrict gdu = io.dA0 ? ws.Gs.data() + k * HG : ws.gdu.data();
         for (int64_t q = 0; q < HG; ++q) gdu[q] = du[q] * lt;
-        if (ws.a0nz && io.A0_shared)
-          lanes_matvec(io.A0, 1, H, gdu, dzn, H);
-        else if (ws.a0nz)
-          lanes_matvec<T, true>(ws.A0.data(), 1, H, gdu, dzn, H);
+        if (ws.a0nz) lanes_a0_matvec(io, ws.A0.data(), true, gdu, dzn);
       }
       for (int64_t tau = 0; tau < t; ++tau) {  // d key_tau += a_tau z_s + b_tau du
         T* __restrict d = dK + tau * HG;
