@@ -39,6 +39,7 @@ outputs only. ``memory_method`` in each record says which.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -136,12 +137,12 @@ class _Timer:
 
     def __init__(self, fn: Callable, args: list[torch.Tensor | None], upstream: torch.Tensor, mode: str, S: int,
                  device: torch.device, final_state: bool = True):
-        from . import fastweights_fused
+        from .fastweights_layer import a0_for
 
         if fn is _compiled_reference:
             fn = _compiled_reference()
         self.fn, self.mode, self.S, self.device, self.final_state = fn, mode, S, device, final_state
-        self.tiles_a0 = fn is not fastweights_fused.fastweights_fused  # the other backends take A0 [B, H, H]
+        self.a0_for = functools.partial(a0_for, fn)  # A0 as this backend takes it ([H, H] tiled but for fused)
         self.clock: Callable[[], float] = time.perf_counter
         self.upstream = upstream
         if mode == "forward":
@@ -152,9 +153,8 @@ class _Timer:
 
     def _run(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         xp, h0, A0, *rest = self.args
-        if A0 is not None and A0.dim() == 2 and self.tiles_a0:
-            A0 = A0.expand(xp.shape[0], *A0.shape)  # one A_0 for the batch: only the fused op takes it as is
-        return self.fn(xp, h0, A0, *rest, LAM, ETA, self.S, "relu", final_state=self.final_state)
+        return self.fn(xp, h0, self.a0_for(A0, xp.shape[0]), *rest, LAM, ETA, self.S, "relu",
+                       final_state=self.final_state)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -57,6 +57,14 @@ def select_unroll(backend: str, device: torch.device) -> tuple[Unroll, str]:
     return fastweights_reference, f"reference (fused unavailable: {reason})"
 
 
+def a0_for(unroll: Unroll, A0: Tensor | None, batch: int) -> Tensor | None:
+    """``A0`` as ``unroll`` takes it: the fused op takes one ``[H, H]`` matrix for the batch as
+    it is; every other backend takes ``[B, H, H]``, so an ``[H, H]`` one is tiled (a view)."""
+    if A0 is not None and A0.dim() == 2 and unroll is not fastweights_fused.fastweights_fused:
+        return A0.expand(batch, *A0.shape)
+    return A0
+
+
 def fastweights_unroll(
     xp: Tensor,
     h0: Tensor,
@@ -82,9 +90,7 @@ def fastweights_unroll(
     See :func:`select_unroll` for ``backend``.
     """
     unroll, _ = select_unroll(backend, xp.device)
-    if A0 is not None and A0.dim() == 2 and unroll is not fastweights_fused.fastweights_fused:
-        A0 = A0.expand(xp.shape[0], *A0.shape)  # the reference takes it tiled
-    return unroll(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, a_update, final_state=final_state)
+    return unroll(xp, h0, a0_for(unroll, A0, xp.shape[0]), W, gamma, beta, lam, eta, inner_steps, activation, eps, a_update, final_state=final_state)
 
 
 class FastWeights(nn.Module):
