@@ -96,16 +96,27 @@ def grads_finite(params: Iterable[nn.Parameter]) -> bool:
     """Whether every gradient is finite: one foreach check per (device, dtype) and one synchronisation.
 
     Uses the check of ``torch.amp.GradScaler`` with a scale of 1.0: the gradients keep their
-    values exactly (x * 1.0 == x) and ``found`` turns 1 on a NaN/inf.
+    values exactly (x * 1.0 == x) and ``found`` turns 1 on a NaN/inf. The common case (dense
+    gradients of one device and dtype) takes one list and one call, no grouping.
     """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    first = grads[0]
+    if all(not g.is_sparse and g.device == first.device and g.dtype == first.dtype for g in grads):
+        return _finite_on(first.device, [g.detach() for g in grads])
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for p in params:
-        if p.grad is not None and p.grad.is_sparse:  # not a foreach case: checked on its own
-            if not torch.isfinite(p.grad.coalesce().values()).all():
+    for g in grads:
+        if g.is_sparse:  # not a foreach case: checked on its own
+            if not torch.isfinite(g.coalesce().values()).all():
                 return False
-        elif p.grad is not None:
-            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad.detach())
-    found = {device: torch.zeros(1, device=device) for device, _ in groups}
-    for (device, _), grads in groups.items():
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found[device], torch.ones(1, device=device))
-    return not any(bool(f.item()) for f in found.values())
+        else:
+            groups.setdefault((g.device, g.dtype), []).append(g.detach())
+    return all(_finite_on(device, group) for (device, _), group in groups.items())
+
+
+def _finite_on(device: torch.device, grads: list[Tensor]) -> bool:
+    """Whether the dense gradients ``grads`` (all on ``device``) are finite: one foreach check."""
+    found = torch.zeros(1, device=device)
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, device=device))
+    return not bool(found.item())

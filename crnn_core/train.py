@@ -234,8 +234,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def take(data: Batch, index: torch.Tensor) -> Batch:
-    """The examples ``index`` of every tensor in ``data``."""
-    return {key: value[index] for key, value in data.items()}
+    """The examples ``index`` (a 1-D integer tensor) of every tensor in ``data`` (``index_select``:
+    the same rows as ``value[index]``, without advanced indexing's set-up)."""
+    return {key: value.index_select(0, index) for key, value in data.items()}
 
 
 @torch.no_grad()
@@ -387,7 +388,7 @@ def _step(loop: Loop, net: nn.Module, index: torch.Tensor) -> bool:
             norm = nn.utils.clip_grad_norm_(loop.model.parameters(), loop.config.grad_clip)
             finite = bool(torch.isfinite(norm))
         else:
-            finite = grads_finite(loop.model.parameters())
+            finite = grads_finite(p for group in loop.optimizer.param_groups for p in group["params"])
     if finite:
         loop.optimizer.step()
         loop.state.epoch_loss += loss_value * index.numel()

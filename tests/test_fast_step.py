@@ -121,6 +121,20 @@ def test_grads_finite_one_check_for_all():
     assert grads_finite([torch.nn.Parameter(torch.zeros(1))]), "no gradient at all counts as finite"
 
 
+def test_grads_finite_one_dtype_and_sparse_gradients():
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    assert grads_finite(p for p in (a, b)), "the one-dtype path takes any iterable"
+    b.grad[1] = float("inf")
+    assert not grads_finite([a, b]), "the one-dtype path sees an inf in the last gradient"
+    s = torch.nn.Parameter(torch.zeros(4))
+    s.grad = torch.sparse_coo_tensor([[1]], [2.0], (4,), check_invariants=True)
+    b.grad[1] = 0.0
+    assert grads_finite([a, s, b])
+    s.grad = torch.sparse_coo_tensor([[1]], [float("nan")], (4,), check_invariants=True)
+    assert not grads_finite([a, s, b]), "a sparse gradient is checked on its own"
+
+
 def test_precision_option_is_in_the_identity_the_speed_options_are_not():
     spec = ModelSpec(cell="fastweights", init="zero", task="art")
     base = RunConfig(spec, TrainConfig()).to_json()
