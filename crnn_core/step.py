@@ -96,17 +96,10 @@ def grads_finite(params: Iterable[nn.Parameter]) -> bool:
     """Whether every gradient is finite: one foreach check per (device, dtype) and one synchronisation.
 
     Uses the check of ``torch.amp.GradScaler`` with a scale of 1.0: the gradients keep their
-    values exactly (x * 1.0 == x) and ``found`` turns 1 on a NaN/inf. The common case (dense
-    gradients of one device and dtype) takes one list and one call, no grouping.
+    values exactly (x * 1.0 == x) and ``found`` turns 1 on a NaN/inf.
     """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return True
-    first = grads[0]
-    if all(not g.is_sparse and g.device == first.device and g.dtype == first.dtype for g in grads):
-        return _finite_on(first.device, [g.detach() for g in grads])
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for g in grads:
+    for g in (p.grad for p in params if p.grad is not None):
         if g.is_sparse:  # not a foreach case: checked on its own
             if not torch.isfinite(g.coalesce().values()).all():
                 return False
