@@ -6,7 +6,7 @@ alternating the backends, in fresh processes, and reports the training wall time
 first epoch and of the last (``wall_time`` of metrics.jsonl: the optimisation steps, without
 the validation pass) and the whole command's time. With ``train.compile=true`` the first
 epoch includes the compilation and the last (``--epochs 2``) is the steady state. Examples
-(the numbers in docs/benchmarks.md):
+(the numbers in docs/performance.md):
 
     python benchmarks/art_epoch.py --init zero --init learned --repeats 2
     python benchmarks/art_epoch.py --init zero --init learned --repeats 3 --epochs 2 -- --set train.compile=true

@@ -1,4 +1,4 @@
-"""Grids on Ray: ``crnn reproduce ... --executor ray [--address ADDR]`` (docs/ray.md).
+"""Grids on Ray: ``crnn reproduce ... --executor ray [--address ADDR]`` (docs/scaling.md).
 
 Each grid run is a Ray task asking for ``train.threads`` CPUs; it calls the same
 :func:`crnn_core.reproduce.execute` as the local pool (a ``crnn run`` process, resumed from
@@ -40,7 +40,7 @@ def grid_task(run: GridRun, epochs: int, threads: int) -> dict[str, Any]:
     """One grid run inside a Ray worker, on any node of the cluster; returns its summary."""
     if not run.path.parent.is_dir():
         raise ConfigError(f"--out {run.path.parent} is not visible on Ray node {socket.gethostname()}: a grid on a "
-                          "cluster needs --out on storage that every node mounts at the same path (docs/ray.md)")
+                          "cluster needs --out on storage that every node mounts at the same path (docs/scaling.md)")
     return execute(run, epochs, threads)
 
 

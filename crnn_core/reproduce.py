@@ -407,7 +407,7 @@ Examples:
 @click.option("--jobs", type=int, help="runs at once on this machine, each pinned to its share of the cores "
               "(embedded Ray: jobs x train.threads CPUs)  [default: 1]")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: a process pool here; ray: one Ray task per run (pip install 'crnn[ray]', docs/ray.md)")
+              help="local: a process pool here; ray: one Ray task per run (pip install 'crnn[ray]', docs/scaling.md)")
 @click.option("--address", help="with --executor ray: the Ray cluster to use (e.g. head:6379 or auto)  [default: an embedded Ray]")
 @click.option("--set", "overrides", multiple=True, metavar="SCOPE.KEY=VALUE", help="extra option for every run (e.g. cell.backend=fused)")
 @click.option("--variant", help="a named preset of options for every run (see --list), e.g. authors")

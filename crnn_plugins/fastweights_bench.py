@@ -505,7 +505,7 @@ def format_table(doc: dict[str, Any]) -> str:
                      f"H={g['hidden']} S={g['inner_steps']}): time ~ T^{g['time_exponent']}"
                      + (f", memory ~ T^{g['memory_exponent']}" if "memory_exponent" in g else ""))
     methods = sorted({r["memory_method"] for r in doc["records"] if "memory_method" in r})
-    lines.append("MB: " + ", ".join(methods) + " (see docs/benchmarks.md)")
+    lines.append("MB: " + ", ".join(methods) + " (see docs/kernels.md, Benchmarking)")
     if doc.get("warnings"):
         lines.append(f"WARNING: {len(doc['warnings'])} timings vary by more than "
                      f"{100 * doc['settings'].get('spread_warn', SPREAD_WARN):.0f}% (IQR/median) between repeats; "

@@ -1,4 +1,5 @@
-"""Every command in the docs runs: the shell blocks of README.md and docs/*.md, and the CLI spans in their prose.
+"""Every command in the docs runs: the shell blocks of README.md, docs/*.md and the measurement logs under
+benchmarks/results/, and the CLI spans in their prose; every relative link and anchor resolves.
 
 Each line of a ```bash block is executed, in order, in a scratch directory:
 
@@ -40,7 +41,9 @@ from .conftest import free_port, invoke, torchrun_env
 from .test_docs import bash_blocks, docs_plugin_module
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: The user docs, and the measurement logs beside the raw results (their commands run too).
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "benchmarks" / "results").glob("**/*.md"))]
 VERBATIM_ELSEWHERE = {("docs/cli.md", 0)}  # (file, bash block index) run as-is by test_docs.test_cli_tour
 
 #: Appended to a ``crnn run``/``reproduce`` of each task: the documented command at test size.
@@ -343,3 +346,51 @@ def test_inline_cli_spans_name_real_commands_and_options():
             if option not in known:
                 problems.append(f"{doc}: `{span}`: crnn {name} has no option {option}")
     assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- links
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings (code blocks skipped, repeats numbered)."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    for line in re.sub(r"```.*?```", "", text, flags=re.S).splitlines():
+        heading = re.match(r"#{1,6} +(.*?) *#*$", line)
+        if not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading[1].lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def relative_links(text: str) -> list[str]:
+    """The targets of the relative Markdown links and images of a text (code blocks and spans skipped)."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [target for target in re.findall(r"\]\(([^)\s]+)\)", text)
+            if not re.match(r"[a-z]+:", target)]
+
+
+def test_relative_links_and_anchors_resolve():
+    """[text](docs/kernels.md#cpu-instruction-sets-...) in any doc: the file exists and has that heading."""
+    problems = []
+    checked = 0
+    for path in DOC_FILES:
+        for target in relative_links(path.read_text()):
+            file_part, _, anchor = target.partition("#")
+            resolved = (path.parent / file_part).resolve() if file_part else path
+            checked += 1
+            if not resolved.exists():
+                problems.append(f"{relative(path)}: {target}: no such file")
+            elif anchor and resolved.suffix == ".md" and anchor not in heading_anchors(resolved.read_text()):
+                problems.append(f"{relative(path)}: {target}: no heading with this anchor")
+    assert checked >= 50
+    assert not problems, "\n".join(problems)
+
+
+def test_heading_anchors_follow_github():
+    text = "# A `crnn run` page\n## Config files: `crnn run --config`\n```bash\n# not a heading\n```\n## Config files: `crnn run --config`\n"
+    assert heading_anchors(text) == {"a-crnn-run-page", "config-files-crnn-run---config", "config-files-crnn-run---config-1"}

@@ -1,6 +1,6 @@
 """The grid medians of compiled/fused over every `crnn bench` table in this folder.
 
-    python benchmarks/results/issue14_grid_compiled_2026-11-27/medians.py
+    python benchmarks/results/grid_compiled_2026-11-27/medians.py
 """
 import pathlib
 import statistics

@@ -1,7 +1,7 @@
 """The two functions alone, old and new, on the zero-init ART model's gradients and an ART batch index
 (one thread, medians of 7 blocks of 2000 calls):
 
-    python benchmarks/results/issue14_step_overhead_2026-11-27/micro.py
+    python benchmarks/results/step_overhead_2026-11-27/micro.py
 """
 import statistics
 import time

@@ -1,8 +1,8 @@
 """A/B in one process: train._step with the new ``take`` (index_select) and ``grads_finite`` (one list,
 one call) against the old ones swapped in, one thread, interleaved blocks of 150 steps.
 
-    python benchmarks/results/issue14_step_overhead_2026-11-27/ab_step.py zero 8
-    python benchmarks/results/issue14_step_overhead_2026-11-27/ab_step.py learned 6
+    python benchmarks/results/step_overhead_2026-11-27/ab_step.py zero 8
+    python benchmarks/results/step_overhead_2026-11-27/ab_step.py learned 6
 """
 import sys, time, torch, statistics
 from crnn_core import train, step as S

@@ -4,7 +4,7 @@ Usage: python ab.py ROUNDS. VARIANTS names two `crnn` executables: this branch (
 install, dispatching build) and a venv with a wheel of main before issue 13 (built with
 -march=native), which reuses the first venv's packages through a .pth file. Each round runs
 both, in alternating order, with --clock cpu and then --clock wall; the ratio is taken
-per round (docs/benchmarks.md, "CPU dispatch").
+per round (NOTES.md here).
 """
 import json, os, statistics, subprocess, sys
 VARIANTS = {"dispatch": "/work/wt-wheel/.venv/bin/crnn", "native": "/tmp/wb/venvB/bin/crnn"}
