@@ -32,6 +32,7 @@ struct CallConstants {
   const T* decay;    // [T + vec_len + kSlack] eta lam^(T-1-j) for j < T, else 0
   int64_t chunk;     // K: the fast-weight matrix is materialised every K steps (chunk_length)
   int a_update = kPrevious;  // AUpdate: which key updates A (see the top of this file)
+  bool w_finite = true;      // W has no NaN or inf: W h may skip the zeros of h
 };
 
 // Chunk length K of the "chunked attention form": steps t0+1 .. t0+K (t0 a multiple of K)

@@ -118,6 +118,9 @@ void forward_example(const CallConstants<T>& consts, const FwdParams<T>& params,
   const T* A0 = example_a0(params, b);
   const bool a0nz = A0 != nullptr && any_nonzero(A0, H * H);
   if (a0nz) transpose_square(A0, H, A0T, a0t_ld(Hp));
+  // Whether the keys and A_0 are finite so far: only then may the products with z skip the
+  // zeros of z (0 * inf is NaN). A NaN or inf from x shows in p first.
+  bool finite = all_finite(hist, Hp) && (A0 == nullptr || all_finite(A0, H * H));
 
   const int64_t K = consts.chunk;
   for (int64_t t = 1; t <= Tn; ++t) {
@@ -128,8 +131,9 @@ void forward_example(const CallConstants<T>& consts, const FwdParams<T>& params,
     const T lt = consts.lam_pow[t - t0];
     // p = xp_t + W h_{t-1};  z_0 = f(p)
     load_padded(p, params.xp + (b * Tn + (t - 1)) * H, H, Hp);
-    sparse_matvec(consts.WTp, Hp, hist + (t - 1) * Hp, H, T(1), p, Hp, idx, val);
+    sparse_matvec(consts.WTp, Hp, hist + (t - 1) * Hp, H, T(1), p, Hp, idx, val, consts.w_finite);
     for (int64_t i = 0; i < Hp; ++i) z[i] = act<ACT>(p[i]);
+    finite = finite && all_finite(p, Hp);
     if (prelim) {  // k_t = z_0 joins the window before the inner loop: key_{t-1}
       copy_padded(kh + (t - 1) * Hp, z, Hp);
       for (int64_t i = 0; i < H; ++i) khT[i * Tp + (t - 1)] = z[i];
@@ -141,7 +145,7 @@ void forward_example(const CallConstants<T>& consts, const FwdParams<T>& params,
       zero_padded(sc, tv);
       copy_padded(u, p, Hp);
 #if CRNN_AVX512
-      const int64_t nz = compact(z, H, T(1), idx, val);
+      const int64_t nz = entries(z, H, T(1), idx, val, finite);
       matvec_idx(khT + t0, Tp, idx, val, nz, sc, tv);
 #else
       matvec(khT + t0, Tp, z, H, sc, tv);
@@ -153,7 +157,7 @@ void forward_example(const CallConstants<T>& consts, const FwdParams<T>& params,
         for (int64_t jj = 0; jj < nz; ++jj) val[jj] *= lt;
         matvec_idx(A0T, a0t_ld(Hp), idx, val, nz, u, Hp);
 #else
-        sparse_matvec(A0T, a0t_ld(Hp), z, H, lt, u, Hp, idx, val);
+        sparse_matvec(A0T, a0t_ld(Hp), z, H, lt, u, Hp, idx, val, finite);
 #endif
       }
       const T r = layernorm_act<ACT>(consts, u, xh, z);
@@ -239,6 +243,16 @@ struct BwdScratch {
   }
 };
 
+// out (H rows of stride Hp, zero padding) = M + M^T for an H x H matrix M.
+template <typename T>
+inline void add_transpose(const T* __restrict M, int64_t H, int64_t Hp, T* __restrict out) {
+  for (int64_t i = 0; i < H; ++i) {
+    T* r = out + i * Hp;
+    for (int64_t j = 0; j < H; ++j) r[j] = M[i * H + j] + M[j * H + i];
+    for (int64_t j = H; j < Hp; ++j) r[j] = T(0);
+  }
+}
+
 template <int ACT, typename T>
 void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params, int64_t b, BwdScratch<T>& scratch) {
   const int64_t Tn = consts.T_len, H = consts.H, Hp = consts.Hp, S = consts.S, Tp = consts.Tp, Kp = scratch.Kp;
@@ -308,17 +322,15 @@ void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params
 
   // Gradient flowing into A_T: dh_tau += eta lam^(T-1-tau) (gA + gA^T) h_tau.
   const T* gA = params.gAT ? params.gAT + b * H * H : nullptr;
-  const bool ganz = gA != nullptr && any_nonzero(gA, H * H);
+  // (A zero gA is skipped unless a key has a NaN or inf, which 0 * inf turns into NaN.)
+  const bool ganz = gA != nullptr && (any_nonzero(gA, H * H) || !all_finite(kh, Tn * Hp));
   if (ganz) {
     T* __restrict grad_sym = scratch.grad_sym.data();
-    for (int64_t i = 0; i < H; ++i) {
-      T* r = grad_sym + i * Hp;
-      for (int64_t j = 0; j < H; ++j) r[j] = gA[i * H + j] + gA[j * H + i];
-      for (int64_t j = H; j < Hp; ++j) r[j] = T(0);
-    }
+    add_transpose(gA, H, Hp, grad_sym);
     const T* coefT = coef_row(consts, Tn);
+    const bool sym_finite = all_finite(grad_sym, H * Hp);
     for (int64_t tau = 0; tau < Tn; ++tau)
-      sparse_matvec(grad_sym, Hp, kh + tau * Hp, H, coefT[tau], dK + tau * Hp, Hp, idx, val);
+      sparse_matvec(grad_sym, Hp, kh + tau * Hp, H, coefT[tau], dK + tau * Hp, Hp, idx, val, sym_finite);
   }
 
   // Chunks (see chunk_length): A_t0 for every chunk start t0 = c K, c >= 1, rebuilt from
@@ -423,14 +435,11 @@ void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params
         // A_t0 = lam^K A_{t0-K} + sum_{t0-K <= tau < t0} c_tau h_tau h_tau^T:
         // dh_tau += c_tau (D + D^T) h_tau.
         T* __restrict grad_sym = scratch.grad_sym.data();
-        for (int64_t i = 0; i < H; ++i) {
-          T* r = grad_sym + i * Hp;
-          for (int64_t j = 0; j < H; ++j) r[j] = D[i * H + j] + D[j * H + i];
-          for (int64_t j = H; j < Hp; ++j) r[j] = T(0);
-        }
+        add_transpose(D, H, Hp, grad_sym);
         const T* cf = coef_row(consts, t0);
+        const bool sym_finite = all_finite(grad_sym, H * Hp);
         for (int64_t tau = t0 - K; tau < t0; ++tau)
-          sparse_matvec(grad_sym, Hp, kh + tau * Hp, H, cf[tau], dK + tau * Hp, Hp, idx, val);
+          sparse_matvec(grad_sym, Hp, kh + tau * Hp, H, cf[tau], dK + tau * Hp, Hp, idx, val, sym_finite);
       }
       Dnext = D;
     }

@@ -107,6 +107,7 @@ struct CallConstantBuffers {
     consts.decay = decay.data();
     consts.chunk = chunk_length(H);
     consts.a_update = params.a_update;
+    consts.w_finite = all_finite(w, H * H);
   }
 };
 

@@ -61,9 +61,27 @@ inline int64_t padded(int64_t n) {
 // Extra elements every index/value scratch list needs beyond its logical length.
 constexpr int64_t kSlack = 16;
 
+// Whether every one of x[0:n] is finite (no NaN, no inf): the exponent bits not all set.
+// The zero-skipping shortcuts are exact only where the other factor is finite (0 * inf and
+// 0 * NaN are NaN), so they run only where this holds.
+template <typename T>
+inline bool all_finite(const T* __restrict x, int64_t n) {
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  constexpr U kExp = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  U bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U bits;
+    std::memcpy(&bits, x + i, sizeof(U));
+    bad |= static_cast<U>((bits & kExp) == kExp);
+  }
+  return bad == 0;
+}
+
+// f(x). ReLU keeps a NaN (NaN < 0 is false), as torch.relu does; vectorised it is a compare
+// and a masked move, no branch.
 template <int ACT, typename T>
 inline T act(T x) {
-  if (ACT == kRelu) return x > T(0) ? x : T(0);
+  if (ACT == kRelu) return x < T(0) ? T(0) : x;
   return std::tanh(x);
 }
 
@@ -153,10 +171,13 @@ inline void store_tail(double* p, vec<double> v, int64_t n) {
 }
 
 // f'(x) * g through y = f(x), on vectors.
+// ReLU: 0 where y <= 0, else g (g itself for y = NaN), selected by a bit mask as torch's
+// threshold_backward does, so a NaN or inf in g does not leak through y <= 0 (0 * NaN).
 template <int ACT, typename T>
 inline vec<T> dact_mul(vec<T> y, vec<T> g) {
   if (ACT == kTanh) return g * (vzero<T>() + T(1) - y * y);
-  return g * -__builtin_convertvector(y > vzero<T>(), vec<T>);  // (y > 0) is -1 / 0 per lane
+  using Mask = decltype(y <= y);  // integer lanes of the same width, -1 / 0 per lane
+  return reinterpret_cast<vec<T>>(reinterpret_cast<Mask>(g) & ~(y <= vzero<T>()));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -267,22 +288,38 @@ inline int64_t compact(const T* __restrict x, int64_t k, T scale, int32_t* __res
 #endif
 
 // y[0:n] += scale * sum_j x[j] M[j, 0:n] for a vector x with many zeros (ReLU outputs):
-// with AVX-512 only the nonzero rows are visited, otherwise all k rows.
+// with AVX-512 and skip_zeros (the caller knows M is finite) only the nonzero rows are
+// visited, otherwise all k rows.
 template <typename T>
 inline void sparse_matvec(const T* M, int64_t ld, const T* x, int64_t k, T scale, T* y, int64_t n,
-                          int32_t* idx, T* val) {
+                          int32_t* idx, T* val, bool skip_zeros) {
 #if CRNN_AVX512
-  const int64_t nnz = compact(x, k, scale, idx, val);
-  matvec_idx(M, ld, idx, val, nnz, y, n);
-#else
+  if (skip_zeros) {
+    const int64_t nnz = compact(x, k, scale, idx, val);
+    matvec_idx(M, ld, idx, val, nnz, y, n);
+    return;
+  }
+#endif
   (void)idx;
+  (void)skip_zeros;
   if (scale == T(1)) {
     matvec(M, ld, x, k, y, n);
   } else {
     for (int64_t j = 0; j < k; ++j) val[j] = scale * x[j];
     matvec(M, ld, val, k, y, n);
   }
-#endif
+}
+
+// The entries of x[0:k] (times `scale`) as (idx, val) lists: the nonzero ones (compact) with
+// skip_zeros, else all k. Returns their count.
+template <typename T>
+inline int64_t entries(const T* x, int64_t k, T scale, int32_t* idx, T* val, bool skip_zeros) {
+  if (skip_zeros) return compact(x, k, scale, idx, val);
+  for (int64_t j = 0; j < k; ++j) {
+    idx[j] = static_cast<int32_t>(j);
+    val[j] = x[j] * scale;
+  }
+  return k;
 }
 
 #if CRNN_AVX512
@@ -415,7 +452,8 @@ inline void rank_rows(const T* R, int64_t ldr, const T* wT, int64_t ldw, const T
 
 // mat[i][0:Hp] += sum_{k<K} (c_k v_k[i]) v_k[0:Hp] over the rows i where v_k[i] != 0:
 // sparse rank-1 updates of a padded, cache-resident H x Hp accumulator (used for A_T,
-// whose factors h_tau are mostly zero under ReLU).
+// whose factors h_tau are mostly zero under ReLU). A v_k with a NaN or inf is applied in
+// full (0 * inf is NaN), as is a zero c_k then.
 template <typename T, int NV>
 inline void sparse_rank1_block(T* __restrict mat, int64_t ldm, const T* __restrict v, const int32_t* __restrict idx,
                                const T* __restrict val, int64_t nnz, int64_t c0) {
@@ -436,9 +474,10 @@ inline void sparse_rank1_rows(T* mat, int64_t H, int64_t Hp, const T* V, int64_t
   constexpr int64_t W = vec_len<T>();
   if (ldm == 0) ldm = Hp;
   for (int64_t k = 0; k < K; ++k) {
-    if (coef[k] == T(0)) continue;
     const T* v = V + k * ldv;
-    const int64_t nnz = compact(v, H, coef[k], idx, val);
+    const bool finite = all_finite(v, H);
+    if (coef[k] == T(0) && finite) continue;
+    const int64_t nnz = entries(v, H, coef[k], idx, val, finite);
     int64_t c0 = 0;
     for (; c0 + 4 * W <= Hp; c0 += 4 * W) sparse_rank1_block<T, 4>(mat, ldm, v, idx, val, nnz, c0);
     if (c0 + 2 * W <= Hp) {
@@ -450,9 +489,10 @@ inline void sparse_rank1_rows(T* mat, int64_t H, int64_t Hp, const T* V, int64_t
 }
 
 // acc (H rows of stride Hp) += sum_{t<n} key_t rows_t^T: row j gets sum_t key_t[j] rows[t*Hp ..],
-// with key_t[j] at keys[j * sj + t * st], skipping zero keys (ReLU zeros); each block of NV
-// vectors of a row stays in registers over all n terms. The backward's dW^T = sum_t h_{t-1} dp_t^T.
-template <typename T, int NV>
+// with key_t[j] at keys[j * sj + t * st], skipping zero keys (ReLU zeros) unless a row has a
+// NaN or inf; each block of NV vectors of a row stays in registers over all n terms. The
+// backward's dW^T = sum_t h_{t-1} dp_t^T.
+template <typename T, int NV, bool kSkipZeros>
 inline void outer_rows_block(T* __restrict r, const T* __restrict keys, int64_t st, const T* __restrict rows,
                              int64_t Hp, int64_t n, int64_t c0) {
   constexpr int64_t W = vec_len<T>();
@@ -460,7 +500,7 @@ inline void outer_rows_block(T* __restrict r, const T* __restrict keys, int64_t 
   for (int v = 0; v < NV; ++v) a[v] = vload(r + c0 + v * W);
   for (int64_t t = 0; t < n; ++t) {
     const T k = keys[t * st];
-    if (k == T(0)) continue;
+    if (kSkipZeros && k == T(0)) continue;
     const T* __restrict d = rows + t * Hp + c0;
     for (int v = 0; v < NV; ++v) a[v] += vload(d + v * W) * k;
   }
@@ -471,12 +511,18 @@ template <typename T>
 inline void add_outer_rows(T* __restrict acc, int64_t H, int64_t Hp, const T* __restrict keys, int64_t sj,
                            int64_t st, const T* __restrict rows, int64_t n) {
   constexpr int64_t W = vec_len<T>();
+  const bool skip_zeros = all_finite(rows, n * Hp);
   for (int64_t j = 0; j < H; ++j) {
     T* __restrict r = acc + j * Hp;
     const T* __restrict kj = keys + j * sj;
     int64_t c0 = 0;
-    for (; c0 + 4 * W <= Hp; c0 += 4 * W) outer_rows_block<T, 4>(r, kj, st, rows, Hp, n, c0);
-    for (; c0 < Hp; c0 += W) outer_rows_block<T, 1>(r, kj, st, rows, Hp, n, c0);
+    if (skip_zeros) {
+      for (; c0 + 4 * W <= Hp; c0 += 4 * W) outer_rows_block<T, 4, true>(r, kj, st, rows, Hp, n, c0);
+      for (; c0 < Hp; c0 += W) outer_rows_block<T, 1, true>(r, kj, st, rows, Hp, n, c0);
+    } else {
+      for (; c0 + 4 * W <= Hp; c0 += 4 * W) outer_rows_block<T, 4, false>(r, kj, st, rows, Hp, n, c0);
+      for (; c0 < Hp; c0 += W) outer_rows_block<T, 1, false>(r, kj, st, rows, Hp, n, c0);
+    }
   }
 }
 
