@@ -24,6 +24,7 @@ from pathlib import Path
 
 __all__ = [
     "CAPABILITY_ENV",
+    "KERNEL_HEADERS",
     "PATH_HEADERS",
     "PATH_SOURCES",
     "X86_PATHS",
@@ -35,8 +36,12 @@ __all__ = [
 CAPABILITY_ENV = "CRNN_CPU_CAPABILITY"
 """Environment variable that forces a lower compiled path (like ATen's ATEN_CPU_CAPABILITY)."""
 
-PATH_HEADERS = ("fastweights_cpu_dispatch.h", "fastweights_cpu_path.h")
-"""Headers of the per-ISA files besides the kernel's own (fastweights_cpu_kernel.h, fastweights_params.h)."""
+KERNEL_HEADERS = ("fastweights_cpu_kernel.h", "fastweights_cpu_simd.h", "fastweights_cpu_call.h",
+                  "fastweights_cpu_example.h", "fastweights_cpu_lanes.h")
+"""The CPU kernel's headers: fastweights_cpu_kernel.h and the four parts it includes."""
+
+PATH_HEADERS = ("fastweights_cpu_dispatch.h", "fastweights_cpu_path.h", *KERNEL_HEADERS)
+"""Headers every per-ISA file includes besides fastweights_params.h: the dispatch table, the path body and the kernel."""
 
 
 @dataclass(frozen=True)

@@ -39,16 +39,19 @@ namespace crnn {
 namespace cuda {
 namespace {
 
+// ReLU keeps a NaN (NaN < 0 is false), as torch.relu does.
 template <int ACT, typename T>
 __device__ __forceinline__ T act(T x) {
-  if (ACT == kRelu) return x > T(0) ? x : T(0);
+  if (ACT == kRelu) return x < T(0) ? T(0) : x;
   return tanh(x);
 }
 
+// f'(x) * g through y = f(x). ReLU: 0 where y <= 0 (even for a NaN or inf g), else g, as
+// torch's threshold_backward.
 template <int ACT, typename T>
-__device__ __forceinline__ T dact(T y) {  // f'(x) through y = f(x)
-  if (ACT == kRelu) return y > T(0) ? T(1) : T(0);
-  return T(1) - y * y;
+__device__ __forceinline__ T dact_mul(T y, T g) {
+  if (ACT == kRelu) return y <= T(0) ? T(0) : g;
+  return g * (T(1) - y * y);
 }
 
 template <typename T>
@@ -324,7 +327,7 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
         zc = p.zs[k * H + tid];
       }
       const T r = p.rstd[k];
-      const T d = dz * dact<ACT>(zn);
+      const T d = dact_mul<ACT>(zn, dz);
       dgam += d * xh;
       dbet += d;
       const T g = gamma * d;
@@ -374,7 +377,7 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
     const T z0 = active ? p.zs[base * H + tid] : T(0);
     // for kPreliminary z_0 is also the key k_t = key_{t-1}; its gradient is complete here
     if (prelim && active) dz += dK[(t - 1) * H + tid];
-    dp += dz * dact<ACT>(z0);
+    dp += dact_mul<ACT>(z0, dz);
     if (active) {
       p.dxp[(b * Tn + t - 1) * H + tid] = dp;
       s_dp[tid] = dp;

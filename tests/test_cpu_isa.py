@@ -116,6 +116,18 @@ def test_planned_paths_cover_the_x86_64_levels():
     assert [(p.name, p.march) for p in other] == [("baseline", None)] and defines == []
 
 
+
+def test_every_kernel_header_is_listed_for_the_build():
+    """The JIT build hashes, and the staleness check compares, the headers in HEADERS: a header
+    of csrc/ missing there would let a changed kernel load an old build."""
+    from crnn_plugins import fastweights_fused as ff
+
+    csrc = SRC.parents[2] / "csrc"
+    on_disk = {p.name for p in csrc.glob("*.h")}
+    assert on_disk == set(ff.HEADERS)
+    for name in ff.HEADERS:  # each kernel part says what it holds
+        assert (csrc / name).read_text().startswith("//"), name
+
 def _loaded_extension() -> Path:
     from crnn_plugins import fastweights_fused as ff
 
@@ -141,8 +153,8 @@ def test_wide_registers_only_in_their_own_paths():
     for line in listing.splitlines():
         if line.endswith(">:"):
             function = line
-        elif "ymm" in line or "zmm" in line:
-            wide.setdefault(function, set()).add("zmm" if "zmm" in line else "ymm")
+        elif "%ymm" in line or "%zmm" in line:  # registers only, not names such as "symmetric"
+            wide.setdefault(function, set()).add("zmm" if "%zmm" in line else "ymm")
     assert any("cpu_avx512" in f for f in wide), "the avx512 path uses no 512-bit registers"
     assert any("cpu_avx2" in f for f in wide), "the avx2 path uses no 256-bit registers"
     # GCC's IPA clones of library functions ("[clone .isra.0]", ".constprop.0") are local symbols, one per

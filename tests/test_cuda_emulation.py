@@ -249,3 +249,29 @@ def test_tsan_catches_a_deleted_barrier(tmp_path):
     args, gout, gAT = tsan_case()
     _, _, proc = run_emulated(exe, tmp_path / "run", args, gout, gAT, 2, "tanh", env_extra=TSAN_ENV)
     assert "WARNING: ThreadSanitizer: data race" in proc.stderr, proc.stderr[-3000:]
+
+
+# --- NaN and inf: the same non-finite pattern as the reference (tests/test_fused_nonfinite.py) ---
+
+
+@pytest.mark.parametrize("a_update", ["previous", "preliminary"])
+@pytest.mark.parametrize("S", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_emulated_cuda_kernels_propagate_nan_and_inf_as_the_reference(emu_exe, tmp_path, dtype, S, a_update):
+    from .test_fused_nonfinite import poisoned, poisons, reference_patterns, upstream
+
+    B, T = 4, 5
+    for n, (label, name, index) in enumerate(poisons(B, T)):
+        for bad in (float("nan"), float("inf")):
+            inputs = poisoned(B, T, dtype, name, index, bad)
+            gout, gAT = upstream(B, T, dtype)
+            want = reference_patterns(inputs, gout, gAT, S, a_update)
+            args = list(inputs.values())
+            res, _, proc = run_emulated(emu_exe, tmp_path / f"{n}-{bad}", args, gout, gAT, S, "relu",
+                                        a_update=a_update)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            got = dict(zip(("dxp", "dh0", "dA0", "dW", "dgamma", "dbeta"), cuda_glue_grads(res, args, gAT, S)))
+            got.update(out=torch.from_numpy(res["out"]), A_T=torch.from_numpy(res["AT"]))
+            for key, (nan, inf) in want.items():
+                assert torch.equal(torch.isnan(got[key]), nan) and torch.equal(torch.isinf(got[key]), inf), \
+                    f"{label} = {bad}: the non-finite pattern of {key} differs from the reference"

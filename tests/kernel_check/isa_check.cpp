@@ -5,6 +5,7 @@
 // [lanes(0|1)]. With lanes=1 it prints the per-example forward's out, zs, xhat and rstd,
 // then the same from forward_lanes (the batch in the vector lanes; with a0=1 the A_0 too),
 // and stops.
+#define CRNN_CPU_PATH_NS cpu_check  // the kernel's namespace (see fastweights_cpu_path.h)
 #include "../../csrc/fastweights_cpu_kernel.h"
 
 #include <cmath>
@@ -13,7 +14,7 @@
 #include <vector>
 
 using namespace crnn;
-using namespace crnn::cpu;
+using namespace crnn::cpu_check;
 
 template <typename T>
 struct Problem {
@@ -57,7 +58,7 @@ int run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0, bool lanes) {
   }
   for (int64_t k = 0; k <= Tn; ++k) lp[k] = static_cast<T>(std::pow(lam, static_cast<double>(k)));
   for (int64_t j = 0; j < Tn; ++j) decay[j] = static_cast<T>(eta * std::pow(lam, static_cast<double>(Tn - 1 - j)));
-  Shared<T> sh{B, Tn, H, Hp, S, Tp, static_cast<T>(lam), static_cast<T>(eta), static_cast<T>(eps),
+  CallConstants<T> consts{B, Tn, H, Hp, S, Tp, static_cast<T>(lam), static_cast<T>(eta), static_cast<T>(eps),
                WTp.data(), Wp.data(), g.data(), bt.data(), mask.data(), lp.data(), decay.data(), chunk_length(H)};
   std::vector<T> out(B * Tn * H), AT(B * H * H), zs(B * Tn * S * H), xh(B * Tn * S * H), rs(B * Tn * S);
   FwdParams<T> fio{};
@@ -81,8 +82,8 @@ int run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0, bool lanes) {
   fio.xhat = xh.data();
   fio.rstd = rs.data();
   FwdScratch<T> fws;
-  fws.init(sh);
-  for (int64_t b = 0; b < B; ++b) forward_example<ACT, T>(sh, fio, b, fws);
+  fws.init(consts);
+  for (int64_t b = 0; b < B; ++b) forward_example<ACT, T>(consts, fio, b, fws);
   stream_fence();
   if (lanes) {
     std::vector<T> out2(out.size()), zs2(zs.size()), xh2(xh.size()), rs2(rs.size());
@@ -93,14 +94,14 @@ int run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0, bool lanes) {
     lio.zs = zs2.data();
     lio.xhat = xh2.data();
     lio.rstd = rs2.data();
-    if (!lanes_forward_applies(sh, lio)) {
+    if (!lanes_forward_applies(consts, lio)) {
       std::fprintf(stderr, "forward_lanes does not apply to this case\n");
       return 3;
     }
     LanesScratch<T> lws;
-    lws.init(sh, lio);
+    lws.init(consts, lio);
     const int64_t G = vec_len<T>();
-    for (int64_t b0 = 0; b0 < B; b0 += G) forward_lanes<ACT, T>(sh, lio, b0, std::min(G, B - b0), lws);
+    for (int64_t b0 = 0; b0 < B; b0 += G) forward_lanes<ACT, T>(consts, lio, b0, std::min(G, B - b0), lws);
     for (const auto* v : {&out, &zs, &xh, &rs, &out2, &zs2, &xh2, &rs2})
       for (T x : *v) std::printf("%.17g\n", static_cast<double>(x));
     return 0;
@@ -130,8 +131,8 @@ int run(int64_t B, int64_t Tn, int64_t H, int64_t S, bool a0, bool lanes) {
   bio.dbeta_part = db.data();
   bio.dA0 = dA0.data();
   BwdScratch<T> bws;
-  bws.init(sh);
-  for (int64_t b = 0; b < B; ++b) backward_example<ACT, T>(sh, bio, b, bws);
+  bws.init(consts);
+  for (int64_t b = 0; b < B; ++b) backward_example<ACT, T>(consts, bio, b, bws);
   stream_fence();
   for (const auto* v : {&out, &AT, &dxp, &dh0, &dA0, &dg, &db})
     for (T x : *v) std::printf("%.17g\n", static_cast<double>(x));
