@@ -385,8 +385,13 @@ def fastweights_fused(
     weights, which the op then neither allocates nor reads; besides ``[B, H, H]``, ``A0`` may
     be one ``[H, H]`` matrix shared by the whole batch (a tiled learned ``A_0``): the kernel
     reads it once instead of a copy per example, and its gradient is the batch sum.
-    Differentiable in all tensor arguments. Tensors must share one dtype (float32 or float64)
-    and device.
+    Differentiable in all tensor arguments, twice too: with ``create_graph=True`` the
+    backward recomputes the unroll with the reference and differentiates it with autograd
+    (``_backward_by_reference``), so that its gradients have a graph of their own. Tensors
+    share one device and a dtype: float32 or float64, or bfloat16 / float16, which run in
+    float32 (the tensors are converted at the op's boundary, the outputs converted back, and
+    the gradients come back in the inputs' dtypes); under ``torch.autocast`` the op's own
+    autocast rule casts the inputs to float32 and returns float32.
     """
     ok, reason = load_status()
     if not ok:
@@ -397,6 +402,9 @@ def fastweights_fused(
             f"({_want_cuda()[1]})"
         )
     tensors = (xp, h0, xp.new_empty(0) if A0 is None else A0, W, gamma, beta)  # empty A0: zero (the op's convention)
+    result_dtype = _low_precision(tensors, xp)
+    if result_dtype is not None:
+        tensors = tuple(t.float() if t.dtype in LOW_PRECISION else t for t in tensors)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, A_T, _, _, _ = torch.ops.crnn.fastweights_fwd(
         *(t.contiguous() for t in tensors),
@@ -409,7 +417,21 @@ def fastweights_fused(
         str(a_update),
         bool(final_state),
     )
+    if result_dtype is not None:
+        out, A_T = out.to(result_dtype), A_T.to(result_dtype)
     return out, (A_T if final_state else None)
+
+
+#: Dtypes the kernel has no code for; ``fastweights_fused`` runs them in float32.
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _low_precision(tensors: tuple[Tensor, ...], xp: Tensor) -> torch.dtype | None:
+    """The dtype to give the outputs back in if some tensor is bfloat16 / float16 and the op
+    must convert them itself (not under autocast, whose rule for the op casts them already), else None."""
+    if not any(t.dtype in LOW_PRECISION for t in tensors) or torch.is_autocast_enabled(xp.device.type):
+        return None
+    return xp.dtype if xp.dtype in LOW_PRECISION else torch.float32
 
 
 _registered = False
@@ -450,18 +472,23 @@ def _register_python_parts() -> None:
         out, A_T, zs, xhat, rstd = output
         ctx.mark_non_differentiable(zs, xhat, rstd)
         ctx.set_materialize_grads(False)  # an unused A_T (or out) gets None, not a zero tensor
-        ctx.save_for_backward(h0, A0, W, gamma, out, zs, xhat, rstd)
-        ctx.fw_args = (lam, eta, inner_steps, activation, save, a_update)
+        ctx.save_for_backward(xp, h0, A0, W, gamma, beta, out, zs, xhat, rstd)
+        ctx.fw_args = (lam, eta, inner_steps, activation, eps, save, a_update)
 
     def _backward(ctx, g_out, g_AT, _g_zs, _g_xhat, _g_rstd):
-        h0, A0, W, gamma, out, zs, xhat, rstd = ctx.saved_tensors
-        lam, eta, inner_steps, activation, save, a_update = ctx.fw_args
+        xp, h0, A0, W, gamma, beta, out, zs, xhat, rstd = ctx.saved_tensors
+        lam, eta, inner_steps, activation, eps, save, a_update = ctx.fw_args
         if not save:
             raise RuntimeError(
                 "crnn::fastweights_fwd was called with save=False (no grad needed at the time), "
                 "so it cannot be differentiated; call it with save=True"
             )
         need = ctx.needs_input_grad
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (xp, h0, A0, W, gamma, beta, g_out, g_AT)):
+            grads = _backward_by_reference((xp, h0, A0, W, gamma, beta), need[:6], g_out, g_AT,
+                                           (lam, eta, inner_steps, activation, eps, a_update))
+            return grads + (None,) * (len(need) - 6)
         dxp, dh0, dA0, dW, dgamma, dbeta = torch.ops.crnn.fastweights_bwd(
             None if g_out is None else g_out.contiguous(),
             None if g_AT is None or g_AT.numel() == 0 else g_AT.contiguous(),  # empty: A_T was not computed
@@ -473,3 +500,29 @@ def _register_python_parts() -> None:
 
     torch.library.register_autograd(lib, _backward, setup_context=_setup_context)
     _registered = True
+
+
+def _backward_by_reference(
+    inputs: tuple[Tensor, ...], need: tuple[bool, ...], g_out: Tensor | None, g_AT: Tensor | None, args: tuple
+) -> tuple[Tensor | None, ...]:
+    """The op's backward as a differentiable function, for ``create_graph=True``.
+
+    The kernel's backward is not itself differentiable, so here the unroll is recomputed
+    with ``fastweights_reference`` from the op's saved inputs (which keep their own graph)
+    and differentiated with autograd: the same gradients (up to rounding), with a graph a
+    second backward (a Hessian-vector product, a gradient penalty) can go through.
+    """
+    from .fastweights_reference import fastweights_reference
+
+    xp, h0, A0, W, gamma, beta = inputs
+    lam, eta, inner_steps, activation, eps, a_update = args
+    A0_ref = None if A0.numel() == 0 else (A0.expand(xp.shape[0], *A0.shape) if A0.dim() == 2 else A0)
+    with torch.enable_grad():
+        out, A_T = fastweights_reference(xp, h0, A0_ref, W, gamma, beta, lam, eta, inner_steps, activation, eps,
+                                         a_update, final_state=g_AT is not None and g_AT.numel() > 0)
+    pairs = [(o, g) for o, g in ((out, g_out), (A_T, g_AT)) if g is not None and o is not None]
+    wanted = [t for t, n in zip(inputs, need) if n]
+    found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
+                                     allow_unused=True) if pairs and wanted else [None] * len(wanted))
+    grads = [next(found) if n else None for n in need]
+    return tuple(torch.zeros_like(t) if n and g is None else g for t, n, g in zip(inputs, need, grads))
