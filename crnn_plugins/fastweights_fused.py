@@ -12,6 +12,11 @@
 3. neither: ``load_status()`` returns ``(False, reason)`` and nothing raises here;
    ``backend="auto"`` (``fastweights_layer``) then runs the reference with one warning.
 
+Importing this module registers the ops (``torch.ops.crnn.*``, ready for ``torch.compile``
+and ``torch.export``) when the prebuilt extension or a cached JIT build is there; a JIT
+build that has yet to be compiled waits for the first use (``load_status()``), so that an
+import never compiles for a minute.
+
 Environment variables:
 
 ``CRNN_NO_FUSED=1``      never load the fused kernel (as if it could not be built)
@@ -48,6 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from crnn_core import torch_ops
 from crnn_core.env import env_flag, logger
 from crnn_plugins import cpu_isa
 
@@ -117,7 +123,7 @@ def _cpu_arch() -> str | None:
     return os.environ.get("CRNN_CPU_ARCH") or None
 
 
-def _jit_build(src: Path) -> tuple[Any, str]:
+def _jit_build(src: Path, allow_build: bool = True) -> tuple[Any, str]:
     from torch.utils import cpp_extension
 
     with_cuda, _ = _want_cuda()
@@ -145,6 +151,8 @@ def _jit_build(src: Path) -> tuple[Any, str]:
                 marker.unlink(missing_ok=True)
         if env_flag("CRNN_NO_JIT"):
             raise _NoJit("the JIT build is disabled (CRNN_NO_JIT=1) and nothing is cached")
+        if not allow_build:
+            raise _BuildDeferred(str(build_dir))
         cpp_extension.verify_ninja_availability()
         started = time.monotonic()
         logger.info(f"crnn: compiling the fused fast-weights kernel into {build_dir} (about a minute, once)...")
@@ -169,6 +177,10 @@ def _jit_build(src: Path) -> tuple[Any, str]:
 
 class _NoJit(RuntimeError):
     pass
+
+
+class _BuildDeferred(RuntimeError):
+    """A JIT build is needed and was not allowed (at import): left to the first use."""
 
 
 def _ext_suffix() -> str:
@@ -225,7 +237,9 @@ def _prebuilt_is_stale(src: Path | None) -> bool:
     return any((src / f).stat().st_mtime > built for f in files if (src / f).exists())
 
 
-def _load() -> dict[str, Any]:
+def _load(allow_build: bool = True) -> dict[str, Any] | None:
+    """Load (or build) the extension and register its Python parts; None if a build was needed
+    and not allowed."""
     if env_flag("CRNN_NO_FUSED"):
         return {"ok": False, "reason": "disabled by CRNN_NO_FUSED=1"}
     if "CRNN_NO_POOL" in os.environ:  # read by the C++ op, which takes only "0"/"" as off: give it env_flag's reading
@@ -249,7 +263,9 @@ def _load() -> dict[str, Any]:
             notes.append("kernel sources (csrc/) not found for a JIT build")
             return {"ok": False, "reason": "; ".join(notes)}
         try:
-            module, how = _jit_build(src)
+            module, how = _jit_build(src, allow_build)
+        except _BuildDeferred:
+            return None
         except _NoJit as exc:
             notes.append(str(exc))
             return {"ok": False, "reason": "; ".join(notes)}
@@ -316,6 +332,16 @@ def _get_state() -> dict[str, Any]:
     return _state
 
 
+def _load_at_import() -> None:
+    """Register the ops now if that needs no compiling (see the module docstring)."""
+    global _state
+    torch_ops.uninstall()  # torch.ops.crnn is PyTorch's own from here on
+    with _lock:
+        if _state is None:
+            _state = _load(allow_build=False)
+
+
+@torch.compiler.assume_constant_result
 def load_status() -> tuple[bool, str]:
     """``(True, how it was loaded)`` if the fused ops are usable, else ``(False, why not)``. Never raises."""
     state = _get_state()
@@ -526,3 +552,6 @@ def _backward_by_reference(
                                      allow_unused=True) if pairs and wanted else [None] * len(wanted))
     grads = [next(found) if n else None for n in need]
     return tuple(torch.zeros_like(t) if n and g is None else g for t, n, g in zip(inputs, need, grads))
+
+
+_load_at_import()
