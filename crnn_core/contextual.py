@@ -146,7 +146,8 @@ class ContextualRNN(nn.Module):
         """The initial state for ``batch_size`` examples (``context [B, C]`` where the strategy uses it).
 
         ``sample``: draw from the strategy's distribution (True), take its mean (False), or
-        sample while training only (None), as in ``InitStrategy.forward``.
+        sample while training only (None), as in ``InitStrategy.forward``; True is a ValueError
+        for a strategy with no distribution (``can_sample`` False).
         """
         if sample is not None and not isinstance(sample, bool):
             raise TypeError(f"ContextualRNN: sample must be True, False or None, got {sample!r}")

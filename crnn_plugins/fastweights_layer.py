@@ -8,8 +8,10 @@
 The state is a dict: ``h [B, H]`` (the last output) and the fast-weight matrix
 ``A [B, H, H]``. The unroll runs on the fused C++/CUDA op (``fastweights_fused``) where
 it is available for the input's device and on the pure-PyTorch reference otherwise
-(``backend="auto"``); the kernel is loaded (or built, once) on the first forward pass,
-never in the constructor, and a fallback is reported once as a ``crnn_core.env.CrnnWarning``
+(``backend="auto"``). Importing this module registers the op when the kernel is prebuilt
+or cached (``fastweights_fused``); a kernel that must be compiled is built, once, on the first
+forward pass, never in the constructor. The backend is chosen on the first forward on each
+device type, and a fallback is reported once as a ``crnn_core.env.CrnnWarning``
 through :mod:`warnings`. :func:`fastweights_unroll` is the same choice for the functional op.
 """
 

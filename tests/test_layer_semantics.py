@@ -127,8 +127,8 @@ def test_layer_gradient_penalty_trains_like_the_reference():
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code).strip()], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
 
 
 @pytest.mark.usefixtures("fused_kernel")
@@ -146,7 +146,11 @@ def test_importing_the_layer_registers_the_ops():
 
 
 @pytest.mark.usefixtures("fused_kernel")
-def test_exported_program_loads_in_a_fresh_process_after_import_crnn_core(tmp_path):
+@pytest.mark.parametrize("imports", [
+    'import crnn_core\nassert "torch" not in sys.modules, "import crnn_core imported torch"\nimport torch',
+    "import torch\nimport crnn_core",
+], ids=["crnn_core-first", "torch-first"])
+def test_exported_program_loads_in_a_fresh_process_after_import_crnn_core(tmp_path, imports):
     torch.manual_seed(0)
     layer = FastWeights(3, 4, backend="fused").eval()
     x = torch.randn(2, 5, 3)
@@ -155,18 +159,15 @@ def test_exported_program_loads_in_a_fresh_process_after_import_crnn_core(tmp_pa
     torch.export.save(program, tmp_path / "fw.pt2")
     out, state = layer(x)
     torch.save({"x": x, "out": out.detach(), "A": state["A"].detach()}, tmp_path / "expected.pt")
-    result = run_python(f"""
-        import sys
-        import crnn_core
-        assert "torch" not in sys.modules, "import crnn_core imported torch"
-        import torch
+    result = run_python("import sys\n" + imports + textwrap.dedent(f"""
+        assert "crnn_plugins.fastweights_layer" not in sys.modules
         program = torch.export.load({str(tmp_path / 'fw.pt2')!r})
         expected = torch.load({str(tmp_path / 'expected.pt')!r})
         out, state = program.module()(expected["x"])
         torch.testing.assert_close(out, expected["out"])
         torch.testing.assert_close(state["A"], expected["A"])
         print("loaded and ran")
-    """)
+    """))
     assert result.returncode == 0 and "loaded and ran" in result.stdout, result.stderr[-2000:]
 
 
