@@ -341,11 +341,17 @@ def _load_at_import() -> None:
             _state = _load(allow_build=False)
 
 
-@torch.compiler.assume_constant_result
 def load_status() -> tuple[bool, str]:
     """``(True, how it was loaded)`` if the fused ops are usable, else ``(False, why not)``. Never raises."""
     state = _get_state()
     return bool(state["ok"]), str(state["reason"])
+
+
+# torch.compile runs load_status eagerly and takes its result as a constant, so that a first
+# use under compile (a JIT build left to it) does not trace the loader's lock. This is the
+# mark torch.compiler.assume_constant_result sets; set here without it, which would import
+# torch._dynamo (seconds) into every process that imports the layer.
+load_status._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def build_info() -> dict[str, Any]:

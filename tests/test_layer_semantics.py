@@ -188,6 +188,19 @@ def test_compile_fullgraph_first_call_forward_and_backward_match_eager(compiler)
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.usefixtures("fused_kernel")
+def test_compile_fullgraph_when_the_kernel_loads_on_first_use(monkeypatch):
+    """A kernel not loaded at import (a JIT build left to the first use) loads inside the first
+    compiled call without breaking the graph: torch.compile takes load_status() as a constant."""
+    torch._dynamo.reset()  # no compiled code from another test: this call traces the layer
+    monkeypatch.setattr(ff, "_state", None)
+    layer = FastWeights(3, 4, backend="fused")
+    x = torch.randn(2, 3, 3)
+    out, _ = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
+    assert ff._state is not None and ff._state["ok"]
+    torch.testing.assert_close(out, layer(x)[0])
+
+
 # ---------------------------------------------------------------------------------------
 # Low precision
 
