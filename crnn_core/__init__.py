@@ -14,6 +14,8 @@ One import for users and plugin authors:
 The names are imported on first use (PEP 562), so that ``import crnn_core`` itself is
 light: the command line installs its signal handlers before PyTorch is imported
 (``crnn_core/entry.py``). Type checkers see them through the ``TYPE_CHECKING`` imports.
+Importing it makes ``torch.ops.crnn.*`` resolvable once torch is imported (``torch_ops``:
+a saved ``torch.export`` program loads in a fresh process after ``import crnn_core``).
 See docs/python-api.md for worked examples and docs/plugins.md for the plugin contract.
 """
 
@@ -87,3 +89,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = sorted(_EXPORTS) + sorted(_layer_entry_points())
+
+from .torch_ops import install as _install_torch_ops  # noqa: E402 - torch.ops.crnn.* resolvable (torch_ops.py)
+
+_install_torch_ops()

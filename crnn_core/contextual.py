@@ -146,10 +146,14 @@ class ContextualRNN(nn.Module):
         """The initial state for ``batch_size`` examples (``context [B, C]`` where the strategy uses it).
 
         ``sample``: draw from the strategy's distribution (True), take its mean (False), or
-        sample while training only (None), as in ``InitStrategy.forward``.
+        sample while training only (None), as in ``InitStrategy.forward``; True is a ValueError
+        for a strategy with no distribution (``can_sample`` False).
         """
         if sample is not None and not isinstance(sample, bool):
             raise TypeError(f"ContextualRNN: sample must be True, False or None, got {sample!r}")
+        if sample and not self.init.can_sample:
+            raise ValueError(f"ContextualRNN: sample=True, but init '{self.init.name}' has no distribution to sample "
+                             "from (e.g. init='learned' with init_options={'distribution': 'normal'})")
         if self.init.uses_context:
             if context is None:
                 raise ValueError(f"ContextualRNN: init '{self.init.name}' needs context=... in forward")
@@ -169,6 +173,8 @@ class ContextualRNN(nn.Module):
         """Unroll over ``x [B, T, features]`` from ``state`` or, by default, the initial state.
 
         Returns the outputs ``[B, T, hidden_size]`` and the final state (a dict of tensors).
+        ``context`` and ``sample`` choose the initial state, so they cannot be combined with
+        ``state`` (a ValueError): to continue from a state, pass the state alone.
         """
         if not isinstance(x, Tensor) or x.dim() != 3:
             raise ValueError(f"ContextualRNN: x must be a 3-d tensor [B, T, features], "
@@ -176,6 +182,10 @@ class ContextualRNN(nn.Module):
         if state is None:
             state = self.initial_state(x.shape[0], context, sample=sample)
         else:
+            for name, value in (("context", context), ("sample", sample)):
+                if value is not None:
+                    raise ValueError(f"ContextualRNN: {name}= chooses the initial state, so it cannot be combined "
+                                     "with state= (the unroll continues from state); pass one of them")
             check_state("ContextualRNN", state, self.cell.state_spec(), x.shape[0])
         return self.cell(x, state)
 

@@ -5,7 +5,7 @@ from the ``--set cell.*`` options, registered as a virtual subclass of ``crnn_co
 (the layer already has the cell's contract: ``hidden_size``, ``state_spec()``,
 ``forward(inputs, state)``), so its parameters keep their names (``U``, ``W``, ``norm``).
 The CLI wants an unusable ``backend=fused`` refused before training, so the adapter
-checks that when it is built; the layer itself loads the kernel on first use.
+checks that when it is built; the layer itself chooses its backend on first use.
 """
 
 from __future__ import annotations

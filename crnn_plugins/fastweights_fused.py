@@ -12,6 +12,11 @@
 3. neither: ``load_status()`` returns ``(False, reason)`` and nothing raises here;
    ``backend="auto"`` (``fastweights_layer``) then runs the reference with one warning.
 
+Importing this module registers the ops (``torch.ops.crnn.*``, ready for ``torch.compile``
+and ``torch.export``) when the prebuilt extension or a cached JIT build is there; a JIT
+build that has yet to be compiled waits for the first use (``load_status()``), so that an
+import never compiles for a minute.
+
 Environment variables:
 
 ``CRNN_NO_FUSED=1``      never load the fused kernel (as if it could not be built)
@@ -48,6 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from crnn_core import torch_ops
 from crnn_core.env import env_flag, logger
 from crnn_plugins import cpu_isa
 
@@ -116,7 +122,7 @@ def _cpu_arch() -> str | None:
     return os.environ.get("CRNN_CPU_ARCH") or None
 
 
-def _jit_build(src: Path) -> tuple[Any, str]:
+def _jit_build(src: Path, allow_build: bool = True) -> tuple[Any, str]:
     from torch.utils import cpp_extension
 
     with_cuda, _ = _want_cuda()
@@ -144,6 +150,8 @@ def _jit_build(src: Path) -> tuple[Any, str]:
                 marker.unlink(missing_ok=True)
         if env_flag("CRNN_NO_JIT"):
             raise _NoJit("the JIT build is disabled (CRNN_NO_JIT=1) and nothing is cached")
+        if not allow_build:
+            raise _BuildDeferred(str(build_dir))
         cpp_extension.verify_ninja_availability()
         started = time.monotonic()
         logger.info(f"crnn: compiling the fused fast-weights kernel into {build_dir} (about a minute, once)...")
@@ -168,6 +176,10 @@ def _jit_build(src: Path) -> tuple[Any, str]:
 
 class _NoJit(RuntimeError):
     pass
+
+
+class _BuildDeferred(RuntimeError):
+    """A JIT build is needed and was not allowed (at import): left to the first use."""
 
 
 def _ext_suffix() -> str:
@@ -224,7 +236,9 @@ def _prebuilt_is_stale(src: Path | None) -> bool:
     return any((src / f).stat().st_mtime > built for f in files if (src / f).exists())
 
 
-def _load() -> dict[str, Any]:
+def _load(allow_build: bool = True) -> dict[str, Any] | None:
+    """Load (or build) the extension and register its Python parts; None if a build was needed
+    and not allowed."""
     if env_flag("CRNN_NO_FUSED"):
         return {"ok": False, "reason": "disabled by CRNN_NO_FUSED=1"}
     if "CRNN_NO_POOL" in os.environ:  # read by the C++ op, which takes only "0"/"" as off: give it env_flag's reading
@@ -248,7 +262,9 @@ def _load() -> dict[str, Any]:
             notes.append("kernel sources (csrc/) not found for a JIT build")
             return {"ok": False, "reason": "; ".join(notes)}
         try:
-            module, how = _jit_build(src)
+            module, how = _jit_build(src, allow_build)
+        except _BuildDeferred:
+            return None
         except _NoJit as exc:
             notes.append(str(exc))
             return {"ok": False, "reason": "; ".join(notes)}
@@ -315,10 +331,26 @@ def _get_state() -> dict[str, Any]:
     return _state
 
 
+def _load_at_import() -> None:
+    """Register the ops now if that needs no compiling (see the module docstring)."""
+    global _state
+    torch_ops.uninstall()  # torch.ops.crnn is PyTorch's own from here on
+    with _lock:
+        if _state is None:
+            _state = _load(allow_build=False)
+
+
 def load_status() -> tuple[bool, str]:
     """``(True, how it was loaded)`` if the fused ops are usable, else ``(False, why not)``. Never raises."""
     state = _get_state()
     return bool(state["ok"]), str(state["reason"])
+
+
+# torch.compile runs load_status eagerly and takes its result as a constant, so that a first
+# use under compile (a JIT build left to it) does not trace the loader's lock. This is the
+# mark torch.compiler.assume_constant_result sets; set here without it, which would import
+# torch._dynamo (seconds) into every process that imports the layer.
+load_status._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def build_info() -> dict[str, Any]:
@@ -384,8 +416,13 @@ def fastweights_fused(
     weights, which the op then neither allocates nor reads; besides ``[B, H, H]``, ``A0`` may
     be one ``[H, H]`` matrix shared by the whole batch (a tiled learned ``A_0``): the kernel
     reads it once instead of a copy per example, and its gradient is the batch sum.
-    Differentiable in all tensor arguments. Tensors must share one dtype (float32 or float64)
-    and device.
+    Differentiable in all tensor arguments, twice too: with ``create_graph=True`` the
+    backward recomputes the unroll with the reference and differentiates it with autograd
+    (``_backward_by_reference``), so that its gradients have a graph of their own. Tensors
+    share one device and a dtype: float32 or float64, or bfloat16 / float16, which run in
+    float32 (the tensors are converted at the op's boundary, the outputs converted back, and
+    the gradients come back in the inputs' dtypes); under ``torch.autocast`` the op's own
+    autocast rule casts the inputs to float32 and returns float32.
     """
     ok, reason = load_status()
     if not ok:
@@ -396,6 +433,9 @@ def fastweights_fused(
             f"({_want_cuda()[1]})"
         )
     tensors = (xp, h0, xp.new_empty(0) if A0 is None else A0, W, gamma, beta)  # empty A0: zero (the op's convention)
+    result_dtype = _low_precision(tensors, xp)
+    if result_dtype is not None:
+        tensors = tuple(t.float() if t.dtype in LOW_PRECISION else t for t in tensors)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, A_T, _, _, _ = torch.ops.crnn.fastweights_fwd(
         *(t.contiguous() for t in tensors),
@@ -408,7 +448,21 @@ def fastweights_fused(
         str(a_update),
         bool(final_state),
     )
+    if result_dtype is not None:
+        out, A_T = out.to(result_dtype), A_T.to(result_dtype)
     return out, (A_T if final_state else None)
+
+
+#: Dtypes the kernel has no code for; ``fastweights_fused`` runs them in float32.
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _low_precision(tensors: tuple[Tensor, ...], xp: Tensor) -> torch.dtype | None:
+    """The dtype to give the outputs back in if some tensor is bfloat16 / float16 and the op
+    must convert them itself (not under autocast, whose rule for the op casts them already), else None."""
+    if not any(t.dtype in LOW_PRECISION for t in tensors) or torch.is_autocast_enabled(xp.device.type):
+        return None
+    return xp.dtype if xp.dtype in LOW_PRECISION else torch.float32
 
 
 _registered = False
@@ -449,18 +503,23 @@ def _register_python_parts() -> None:
         out, A_T, zs, xhat, rstd = output
         ctx.mark_non_differentiable(zs, xhat, rstd)
         ctx.set_materialize_grads(False)  # an unused A_T (or out) gets None, not a zero tensor
-        ctx.save_for_backward(h0, A0, W, gamma, out, zs, xhat, rstd)
-        ctx.fw_args = (lam, eta, inner_steps, activation, save, a_update)
+        ctx.save_for_backward(xp, h0, A0, W, gamma, beta, out, zs, xhat, rstd)
+        ctx.fw_args = (lam, eta, inner_steps, activation, eps, save, a_update)
 
     def _backward(ctx, g_out, g_AT, _g_zs, _g_xhat, _g_rstd):
-        h0, A0, W, gamma, out, zs, xhat, rstd = ctx.saved_tensors
-        lam, eta, inner_steps, activation, save, a_update = ctx.fw_args
+        xp, h0, A0, W, gamma, beta, out, zs, xhat, rstd = ctx.saved_tensors
+        lam, eta, inner_steps, activation, eps, save, a_update = ctx.fw_args
         if not save:
             raise RuntimeError(
                 "crnn::fastweights_fwd was called with save=False (no grad needed at the time), "
                 "so it cannot be differentiated; call it with save=True"
             )
         need = ctx.needs_input_grad
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (xp, h0, A0, W, gamma, beta, g_out, g_AT)):
+            grads = _backward_by_reference((xp, h0, A0, W, gamma, beta), need[:6], g_out, g_AT,
+                                           (lam, eta, inner_steps, activation, eps, a_update))
+            return grads + (None,) * (len(need) - 6)
         dxp, dh0, dA0, dW, dgamma, dbeta = torch.ops.crnn.fastweights_bwd(
             None if g_out is None else g_out.contiguous(),
             None if g_AT is None or g_AT.numel() == 0 else g_AT.contiguous(),  # empty: A_T was not computed
@@ -472,3 +531,32 @@ def _register_python_parts() -> None:
 
     torch.library.register_autograd(lib, _backward, setup_context=_setup_context)
     _registered = True
+
+
+def _backward_by_reference(
+    inputs: tuple[Tensor, ...], need: tuple[bool, ...], g_out: Tensor | None, g_AT: Tensor | None, args: tuple
+) -> tuple[Tensor | None, ...]:
+    """The op's backward as a differentiable function, for ``create_graph=True``.
+
+    The kernel's backward is not itself differentiable, so here the unroll is recomputed
+    with ``fastweights_reference`` from the op's saved inputs (which keep their own graph)
+    and differentiated with autograd: the same gradients (up to rounding), with a graph a
+    second backward (a Hessian-vector product, a gradient penalty) can go through.
+    """
+    from .fastweights_reference import fastweights_reference
+
+    xp, h0, A0, W, gamma, beta = inputs
+    lam, eta, inner_steps, activation, eps, a_update = args
+    A0_ref = None if A0.numel() == 0 else (A0.expand(xp.shape[0], *A0.shape) if A0.dim() == 2 else A0)
+    with torch.enable_grad():
+        out, A_T = fastweights_reference(xp, h0, A0_ref, W, gamma, beta, lam, eta, inner_steps, activation, eps,
+                                         a_update, final_state=g_AT is not None and g_AT.numel() > 0)
+    pairs = [(o, g) for o, g in ((out, g_out), (A_T, g_AT)) if g is not None and o is not None]
+    wanted = [t for t, n in zip(inputs, need) if n]
+    found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
+                                     allow_unused=True) if pairs and wanted else [None] * len(wanted))
+    grads = [next(found) if n else None for n in need]
+    return tuple(torch.zeros_like(t) if n and g is None else g for t, n, g in zip(inputs, need, grads))
+
+
+_load_at_import()

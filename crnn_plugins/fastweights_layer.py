@@ -8,8 +8,10 @@
 The state is a dict: ``h [B, H]`` (the last output) and the fast-weight matrix
 ``A [B, H, H]``. The unroll runs on the fused C++/CUDA op (``fastweights_fused``) where
 it is available for the input's device and on the pure-PyTorch reference otherwise
-(``backend="auto"``); the kernel is loaded (or built, once) on the first forward pass,
-never in the constructor, and a fallback is reported once as a ``crnn_core.env.CrnnWarning``
+(``backend="auto"``). Importing this module registers the op when the kernel is prebuilt
+or cached (``fastweights_fused``); a kernel that must be compiled is built, once, on the first
+forward pass, never in the constructor. The backend is chosen on the first forward on each
+device type, and a fallback is reported once as a ``crnn_core.env.CrnnWarning``
 through :mod:`warnings`. :func:`fastweights_unroll` is the same choice for the functional op.
 """
 
@@ -93,6 +95,35 @@ def fastweights_unroll(
     return unroll(xp, h0, a0_for(unroll, A0, xp.shape[0]), W, gamma, beta, lam, eta, inner_steps, activation, eps, a_update, final_state=final_state)
 
 
+#: The hyperparameters that may be set after construction: name -> (test, what a valid value is, conversion).
+HYPERPARAMETERS: dict[str, tuple[Callable[[object], bool], str, Callable[[object], object]]] = {
+    "lam": (lambda v: _is_real(v) and 0.0 <= v <= 1.0, "must be in [0, 1]", float),
+    "eta": (lambda v: _is_real(v) and math.isfinite(v) and v >= 0, "must be a finite number >= 0", float),
+    "inner_steps": (lambda v: _is_int(v) and v >= 1, "must be an int >= 1", int),
+    "activation": (lambda v: v in ACTIVATIONS, f"must be one of {', '.join(ACTIVATIONS)}", str),
+    "backend": (lambda v: v in BACKENDS, f"must be one of {', '.join(BACKENDS)}", str),
+    "a_update": (lambda v: v in A_UPDATES, f"must be one of {', '.join(A_UPDATES)}", str),
+}
+
+
+def _hyperparameter(name: str) -> property:
+    """A validated attribute: set in the constructor or later, it is checked the same way
+    (a one-line ValueError naming it) and read by the next forward; setting ``backend``
+    drops the cached per-device choice, so the next forward chooses again."""
+    valid, requirement, convert = HYPERPARAMETERS[name]
+
+    def get(self: "FastWeights") -> object:
+        return self.__dict__["_" + name]
+
+    def set_(self: "FastWeights", value: object) -> None:
+        _check(valid(value), name, f"{requirement}, got {value!r}")
+        self.__dict__["_" + name] = convert(value)
+        if name == "backend":
+            self._unrolls.clear()
+
+    return property(get, set_, doc=f"``{name}`` (validated when set; see the class docstring).")
+
+
 class FastWeights(nn.Module):
     """Fast-weights RNN layer: h and a decaying Hebbian matrix A, with an inner LayerNorm loop.
 
@@ -113,6 +144,10 @@ class FastWeights(nn.Module):
         bias_init: the input projection's bias: ``"zeros"`` (the default) or ``"glorot_uniform"``
             (the authors' code). With all-zero inputs and state, a zero bias makes every
             pre-activation exactly 0, where ReLU passes no gradient: see ``BIAS_INITS``.
+
+    ``lam``, ``eta``, ``inner_steps``, ``activation``, ``backend`` and ``a_update`` may also be
+    set after construction (``layer.backend = "reference"``): a value is checked as the
+    constructor checks it and the next forward uses it (a new ``backend`` is chosen again).
     """
 
     def __init__(
@@ -133,22 +168,17 @@ class FastWeights(nn.Module):
         super().__init__()
         _check(_is_int(input_size) and input_size > 0, "input_size", f"must be a positive int, got {input_size!r}")
         _check(_is_int(hidden_size) and hidden_size > 0, "hidden_size", f"must be a positive int, got {hidden_size!r}")
-        _check(_is_real(lam) and 0.0 <= lam <= 1.0, "lam", f"must be in [0, 1], got {lam!r}")
-        _check(_is_real(eta) and math.isfinite(eta) and eta >= 0, "eta", f"must be a finite number >= 0, got {eta!r}")
-        _check(_is_int(inner_steps) and inner_steps >= 1, "inner_steps", f"must be an int >= 1, got {inner_steps!r}")
+        self._unrolls: dict[str, tuple[Unroll, str]] = {}  # device type -> (unroll, note), chosen on first use
+        self.lam, self.eta, self.inner_steps = lam, eta, inner_steps  # validated by the properties' setters
         _check(isinstance(batch_first, bool), "batch_first", f"must be True or False, got {batch_first!r}")
-        _check(activation in ACTIVATIONS, "activation", f"must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-        _check(backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        _check(a_update in A_UPDATES, "a_update", f"must be one of {', '.join(A_UPDATES)}, got {a_update!r}")
+        self.activation, self.backend, self.a_update = activation, backend, a_update
         _check(_is_real(ln_eps) and math.isfinite(ln_eps) and ln_eps > 0, "ln_eps",
                f"must be a finite number > 0, got {ln_eps!r}")
         _check(bias_init in BIAS_INITS, "bias_init", f"must be one of {', '.join(BIAS_INITS)}, got {bias_init!r}")
         # parameters, their gradients and Adam's two moments, float32
         check_memory(4 * FLOAT32 * (hidden_size * (hidden_size + input_size) + 3 * hidden_size), "the FastWeights weights",
                      "hidden_size (cell.hidden_size)")
-        self.input_size, self.hidden_size = input_size, hidden_size
-        self.lam, self.eta, self.inner_steps, self.activation = float(lam), float(eta), int(inner_steps), activation
-        self.batch_first, self.backend, self.a_update = batch_first, backend, a_update
+        self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
         H = hidden_size
         self.U = nn.Linear(input_size, H)
         self.W = nn.Parameter(0.05 * torch.eye(H))
@@ -159,7 +189,20 @@ class FastWeights(nn.Module):
             if bias_init == "glorot_uniform":  # fan_in = fan_out = H for a vector, as TensorFlow computes it
                 bound = math.sqrt(6.0 / (2 * H))
                 self.U.bias.uniform_(-bound, bound)
-        self._unrolls: dict[str, tuple[Unroll, str]] = {}  # device type -> (unroll, note), chosen on first use
+
+    lam = _hyperparameter("lam")
+    eta = _hyperparameter("eta")
+    inner_steps = _hyperparameter("inner_steps")
+    activation = _hyperparameter("activation")
+    backend = _hyperparameter("backend")
+    a_update = _hyperparameter("a_update")
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also a layer pickled when the hyperparameters were plain attributes."""
+        for name in HYPERPARAMETERS:
+            if name in state:
+                state["_" + name] = state.pop(name)
+        super().__setstate__(state)
 
     def state_spec(self) -> dict[str, tuple[int, ...]]:
         """Per-example shapes of the state components: ``{"h": (H,), "A": (H, H)}``."""

@@ -286,7 +286,8 @@ def lcd_sample_measures(run_dir: Path, periods: tuple[float, ...] = LCD_PERIODS,
     spread, err, ref_err = [], [], []
     torch.manual_seed(0)
     for period in periods:
-        result = built.task.rollout(built.model, {"period": period, "x0": LCD_X0}, n)
+        result = built.task.rollout(built.model, {"period": period, "x0": LCD_X0}, n,
+                                    sample=built.model.init.can_sample)  # the mean n times for an init with no distribution
         samples = result.samples[..., 0].double().numpy()
         spread.append(float(samples.std(axis=0).mean()))
         err += np.abs(dominant_periods(samples, tf) - period).tolist()
