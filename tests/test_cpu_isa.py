@@ -102,7 +102,7 @@ def test_the_batch_in_lanes_forward_matches_the_per_example_forward(binaries, ca
 
 
 def test_planned_paths_cover_the_x86_64_levels():
-    from crnn_plugins import cpu_isa
+    from crnn_plugins.fast_weights import cpu_isa
 
     paths, defines = cpu_isa.planned_paths(None, "x86_64")
     assert [(p.name, p.march) for p in paths] == [("baseline", "x86-64"), ("avx2", "x86-64-v3"),
@@ -117,7 +117,7 @@ def test_planned_paths_cover_the_x86_64_levels():
 
 
 def _loaded_extension() -> Path:
-    from crnn_plugins import fastweights_fused as ff
+    from crnn_plugins.fast_weights import fused as ff
 
     ok, reason = ff.load_status()
     if not ok:
@@ -174,7 +174,7 @@ def test_capability_variable_forces_a_lower_path_and_ignores_others_with_a_warni
 
 
 def test_select_cpu_path_refuses_unknown_paths():
-    from crnn_plugins import fastweights_fused as ff
+    from crnn_plugins.fast_weights import fused as ff
 
     _loaded_extension()
     with pytest.raises(ValueError, match="no CPU path 'sse9' was compiled"):
