@@ -6,7 +6,8 @@ from typing import Literal, Optional
 import pytest
 
 from crnn_core import ConfigError, option, require
-from crnn_core.interfaces.options import build_options, describe, parse_overrides
+from crnn_core.interfaces.kinds import parse_overrides
+from crnn_core.interfaces.options import build_options, describe
 
 
 @dataclasses.dataclass

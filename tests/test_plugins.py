@@ -14,7 +14,7 @@ import pytest
 from crnn_core import Cell, InitStrategy, PluginError, hookimpl
 from crnn_core.plugin_manager import hookspecs
 from crnn_core.plugin_manager import manager as plugins_module
-from crnn_core.plugin_manager.manager import PluginSystem, builtin_entry_points
+from crnn_core.plugin_manager.manager import COMMANDS_GROUP, PluginSystem, builtin_entry_points
 from crnn_plugins.cells.lstm import LSTMCell
 
 from .conftest import invoke
@@ -46,10 +46,14 @@ class Plugin:
 def test_builtins_are_registered_through_hooks(fresh_plugins):
     """The built-ins are this distribution's `crnn` entry points, loaded like a third party's."""
     declared = {ep.name for ep in builtin_entry_points()}
+    commands = {ep.name for ep in builtin_entry_points(COMMANDS_GROUP)}
     assert {"crnn_plugins.lstm", "crnn_plugins.fastweights", "crnn_plugins.art", "crnn_plugins.paper"} <= declared
+    assert {"crnn_plugins.paper", "crnn_plugins.fastweights_bench"} == commands
+    # a component lookup loads the component plugins only; the experiments load the command plugins
+    assert {info.name for info in fresh_plugins.info.values() if info.builtin} == declared - commands
+    assert set(fresh_plugins.experiments) == {"art", "lcd"}
     assert {info.name for info in fresh_plugins.info.values() if info.builtin} == declared
     assert all(info.package == "crnn" and info.ok for info in fresh_plugins.info.values() if info.builtin)
-    assert set(fresh_plugins.experiments) == {"art", "lcd"}
     assert "fastweights" in fresh_plugins.registry("cells")
     assert {"zero", "free", "learned"} <= set(fresh_plugins.registry("inits").names())
     assert {"identity", "linear", "mlp"} <= set(fresh_plugins.registry("contexts").names())

@@ -14,11 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
-
-import click
 
 OFF = ("", "0", "false", "no", "off")
 
@@ -40,8 +39,6 @@ def warn(message: str) -> None:
     A fixed ``stacklevel`` points into library code whenever the call goes through another
     layer (``nn.Module.__call__``, ``ContextualRNN``); this counts the frames instead.
     """
-    import sys
-
     def package(frame: Any) -> str:
         return str(frame.f_globals.get("__name__", "")).split(".")[0]
 
@@ -52,29 +49,45 @@ def warn(message: str) -> None:
     warnings.warn(message, CrnnWarning, stacklevel=level)
 
 
+def package_version(dist: str) -> str:
+    """The installed version of distribution ``dist``, or ``"unknown"``."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def env_flag(name: str) -> bool:
     """Whether the boolean environment variable ``name`` is on (see the module docstring)."""
     return os.environ.get(name, "").strip().lower() not in OFF
 
 
-class _ClickHandler(logging.Handler):
-    """Writes records to the current stderr (click's test runner swaps it per invocation)."""
+def _to_stderr(line: str) -> None:
+    """One line on the current ``sys.stderr`` (looked up per call: click's test runner swaps it per invocation)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+class _StderrHandler(logging.Handler):
+    """Writes records to the current stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
+        _to_stderr(self.format(record))
 
 
 @contextlib.contextmanager
 def cli_reporting() -> Iterator[None]:
     """While the CLI runs: ``crnn`` INFO logs and crnn's warnings as plain ``crnn: ...`` lines on stderr."""
-    handler = _ClickHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     old_level, old_propagate = logger.level, logger.propagate
     old_show = warnings.showwarning
 
     def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         if issubclass(category, CrnnWarning):
-            click.echo(f"crnn: warning: {message}", err=True)
+            _to_stderr(f"crnn: warning: {message}")
         else:
             old_show(message, category, filename, lineno, file, line)
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 _RUN_DIR: Path | None = None
+_RESTART: Callable[[Path], str | None] | None = None  # the command that restarts _RUN_DIR's run, if any
 _RECEIVED: int | None = None  # the first signal received outside the training loop
 _ABORTED: int | None = None  # the signal received twice inside the training loop (``abort``)
 
@@ -87,11 +88,12 @@ def install() -> None:
             pass
 
 
-def note_run_dir(path: Path | None) -> None:
+def note_run_dir(path: Path | None, restart: Callable[[Path], str | None] | None = None) -> None:
     """The run directory this process writes (set when it is locked, kept after the lock is released
-    so that the message printed while the command unwinds can name it), for the interruption message."""
-    global _RUN_DIR
-    _RUN_DIR = path
+    so that the message printed while the command unwinds can name it), for the interruption message;
+    ``restart(path)`` gives the command that starts its run again when it has no checkpoint (or None)."""
+    global _RUN_DIR, _RESTART
+    _RUN_DIR, _RESTART = path, restart
 
 
 def report(exc: BaseException) -> int:
@@ -113,12 +115,10 @@ def message(exc: BaseException) -> str:
         return f"Interrupted: {name} received twice: stopped at once, nothing new saved{kept}"
     if run_dir is None:
         return f"Interrupted: {name} received during start-up; nothing was written"
-    from ..runs.rundir import restart_command
-
     last = run_dir / "checkpoints" / "last.pt"
     if last.is_file():
         return f"Interrupted: {name} received outside training; {last} is unchanged; continue with: crnn run --resume {run_dir}"
-    command = restart_command(run_dir)
+    command = _RESTART(run_dir) if _RESTART is not None else None
     if command:
         return f"Interrupted: {name} received before the first checkpoint of {run_dir}; start it again with: {command}"
     return f"Interrupted: {name} received; nothing was saved in {run_dir}"

@@ -17,6 +17,11 @@ def _import_cli() -> ModuleType:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--version"]:  # answered before PyTorch and the plugins are imported
+        from ..base.env import package_version
+
+        print(f"crnn, version {package_version('crnn')}")
+        return
     from ..base import signals
 
     signals.install()

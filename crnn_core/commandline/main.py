@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,12 @@ from ..base import signals
 from .configfile import FileLayer, dumps, file_layer, read_config_file, resolved_document
 from ..base.env import cli_reporting, env_flag
 from ..base.errors import ConfigError, CrnnError
-from ..interfaces.kinds import KINDS, SCOPES
+from ..interfaces.kinds import KINDS, SCOPES, parse_overrides
 from ..layers.model import Built, ModelSpec, build_model
-from ..interfaces.options import describe, parse_overrides
+from ..interfaces.options import describe
 from ..plugin_manager.manager import PluginSystem, get_plugins
 from ..runs.run import RunConfig, RunDirWriter, component_provenance
-from ..runs.rundir import default_run_dir, is_run_dir, standard_json
+from ..runs.rundir import default_run_dir, is_run_dir, release_locks, standard_json
 from ..training.loggers import loggers_for, require_loggers
 from ..training.train import LOGGERS, Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
 
@@ -44,17 +46,22 @@ class CrnnGroup(click.Group):
         with cli_reporting():
             return super().main(args, *a, **kw)
 
+    #: True while the plugins load in the background for ``crnn --help`` (their commands are left out).
+    plugins_pending = False
+
     def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
         """A command, including those plugins add (``register_commands``, attached on first use)."""
-        if cmd_name not in self.commands:
+        if cmd_name not in self.commands and not self.plugins_pending:
             get_plugins().add_commands(self)
         return super().get_command(ctx, cmd_name)  # type: ignore[arg-type]
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        get_plugins().add_commands(self)
+        if not self.plugins_pending:
+            get_plugins().add_commands(self)
         return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
+        ctx.call_on_close(release_locks)  # a command's run-directory locks end with it (tests invoke many in one process)
         try:
             return super().invoke(ctx)
         except CrnnError as exc:  # exit codes: docs/reliability.md
@@ -325,7 +332,7 @@ def _type_and_range(option: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
 def plugins(as_json: bool) -> None:
     """Installed plugins: package, version, hooks, and failures."""
-    system = get_plugins()
+    system = get_plugins().load_command_plugins()
     rows = [info.as_dict() for info in system.info.values()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -343,7 +350,7 @@ def _add_core_commands() -> None:
     from .sample import sample_command
     from ..experiments.plot import plot_command
     from ..experiments.reproduce import reproduce_command
-    from ..runs.weights import export_command
+    from .export import export_command
 
     cli.add_command(sample_command, "sample")
     cli.add_command(export_command, "export")
@@ -359,15 +366,63 @@ def _attach_extra_commands() -> None:
     get_plugins().add_commands(cli)
 
 
+#: How long ``crnn --help`` waits for the plugins before it answers without their commands.
+HELP_PLUGIN_WAIT_SECONDS = 1.0
+
+
+def _attach_extra_commands_for_help() -> bool:
+    """Load the plugins in a background thread and attach their commands if that takes at most
+    :data:`HELP_PLUGIN_WAIT_SECONDS`; else leave them out and say so. True when they were attached."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            get_plugins().load_command_plugins()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=load, name="crnn-plugins", daemon=True).start()
+    if done.wait(HELP_PLUGIN_WAIT_SECONDS):
+        if failure:
+            raise failure[0]
+        _attach_extra_commands()
+        return True
+    cli.plugins_pending = True
+    click.echo(f"crnn: plugins are still loading after {HELP_PLUGIN_WAIT_SECONDS:g}s; the commands they add are not "
+               "listed here (crnn plugins lists them once loaded)", err=True)
+    return False
+
+
+def _asks_for_help(args: list[str]) -> bool:
+    return not args or args[0] in ("-h", "--help")
+
+
 def main() -> None:
     """Console-script entry point."""
     signals.install()  # exit 130/143 with one line, from here on
+    attached = True
     try:
         with cli_reporting():  # a plugin that fails to load is reported as it loads
-            _attach_extra_commands()
+            if _asks_for_help(sys.argv[1:]):
+                attached = _attach_extra_commands_for_help()
+            else:
+                _attach_extra_commands()
     except CrnnError as exc:  # e.g. CRNN_PLUGINS_STRICT with a broken plugin
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt as exc:  # Ctrl-C while a slow plugin imports
         sys.exit(signals.report(exc))
-    cli(prog_name="crnn")
+    if attached:
+        cli(prog_name="crnn")
+        return
+    try:  # a plugin import still runs in a thread: exit without waiting for it or finalising under it
+        cli(prog_name="crnn")
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

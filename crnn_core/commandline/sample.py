@@ -21,9 +21,10 @@ import click
 
 from ..base.errors import ConfigError
 from ..plugin_manager.manager import get_plugins
-from ..runs.run import load_run
+from ..runs.loading import load_run
 from ..runs.rundir import atomic_write_bytes
-from ..interfaces.task import Rollout, Task
+from ..interfaces.task import Rollout, can_rollout
+from ..training.figures import import_pyplot_figure, rollout_figure
 
 OUT_FORMATS = (".json", ".csv", ".png")
 
@@ -62,11 +63,6 @@ class SampleCommand(click.Command):
             for name, texts in sorted(helps.items())
             if name.isidentifier() and name not in taken and f"--{name.replace('_', '-')}" not in taken
         ]
-
-
-def can_rollout(task: Task) -> bool:
-    """True if the task implements ``Task.rollout`` (generation)."""
-    return type(task).rollout is not Task.rollout
 
 
 def parse_params(pairs: tuple[str, ...], shorthands: dict[str, float | None]) -> dict[str, float]:
@@ -123,44 +119,12 @@ def write_csv(result: Rollout, path: Path) -> None:
     atomic_write_bytes(path, lambda f: f.write(buffer.getvalue().encode()))
 
 
-def import_pyplot_figure() -> Any:
-    """matplotlib's ``Figure`` (Agg, no global backend change), or a one-line error naming the extra."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ConfigError(
-            "writing a PNG needs matplotlib, an optional extra: pip install 'crnn[plot]' (or write .json / .csv)"
-        ) from None
-    return Figure
-
-
 def write_png(result: Rollout, path: Path, title: str) -> None:
     """:func:`rollout_figure` as a PNG file."""
     fig = rollout_figure(result, title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
-
-
-def rollout_figure(result: Rollout, title: str) -> Any:
-    """The samples as thin lines and the true curve as a thick dashed one, one panel per feature (Figure 6)."""
-    Figure = import_pyplot_figure()
-    features = len(result.names)
-    fig = Figure(figsize=(6.4, 3.6 * features), dpi=120, layout="constrained")
-    axes = fig.subplots(features, 1, squeeze=False)[:, 0]
-    t = list(range(result.samples.shape[1]))
-    for d, (ax, name) in enumerate(zip(axes, result.names)):
-        for i in range(result.samples.shape[0]):
-            ax.plot(t, result.samples[i, :, d].tolist(), color="tab:blue", alpha=0.55, linewidth=1.0,
-                    label="samples" if i == 0 else None)
-        if result.reference is not None:
-            ax.plot(t, result.reference[:, d].tolist(), color="black", linestyle="--", linewidth=2.0, label="true")
-        ax.set_xlabel("t")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
-    axes[0].set_title(title, fontsize="medium")
-    return fig
 
 
 SAMPLE_EXAMPLES = """

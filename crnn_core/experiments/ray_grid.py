@@ -1,7 +1,7 @@
 """Grids on Ray: ``crnn reproduce ... --executor ray [--address ADDR]`` (docs/ray.md).
 
 Each grid run is a Ray task asking for ``train.threads`` CPUs; it calls the same
-:func:`crnn_core.reproduce.execute` as the local pool (a ``crnn run`` process, resumed from
+:func:`crnn_core.experiments.local.execute` as the local pool (a ``crnn run`` process, resumed from
 its ``last.pt`` when the run directory has one), so the runs, their files and the report
 are the local executor's. Without ``--address`` an embedded Ray starts for the grid (no
 dashboard, warnings only) and stops after it; with one, the tasks go to that cluster,
@@ -21,7 +21,7 @@ import socket
 from typing import Any, Callable
 
 from ..base.errors import ConfigError, CrnnError
-from .reproduce import GridRun, RunKilled, execute
+from .local import GridRun, RunKilled, execute
 
 #: Retries of a grid run whose worker died or whose process was killed (a failing run is not retried).
 RETRIES = 3

@@ -9,10 +9,12 @@ are joined.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 from .cell import Cell
 from .context import ContextNetwork
+from ..base.errors import ConfigError
 from .init_strategy import InitStrategy
 from .task import Task
 
@@ -46,3 +48,17 @@ def kind_of(name: str) -> Kind:
         if name in (kind.scope, kind.plural):
             return kind
     raise KeyError(name)
+
+
+def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, dict[str, str]]:
+    """Split ``["cell.inner_steps=2", ...]`` into ``{"cell": {"inner_steps": "2"}}`` (scopes: :data:`SCOPES`)."""
+    out: dict[str, dict[str, str]] = {scope: {} for scope in SCOPES}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        scope, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set expects scope.key=value (e.g. cell.inner_steps=2), got '{pair}'")
+        if scope not in out:
+            raise ConfigError(f"--set '{pair}': unknown scope '{scope}' (choose from {', '.join(SCOPES)})")
+        out[scope][name.strip()] = value.strip()
+    return out

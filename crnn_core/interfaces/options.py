@@ -61,22 +61,6 @@ class NoOptions:
     """For components without options."""
 
 
-def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, dict[str, str]]:
-    """Split ``["cell.inner_steps=2", ...]`` into ``{"cell": {"inner_steps": "2"}}`` (scopes: ``kinds.SCOPES``)."""
-    from .kinds import SCOPES  # here, not at the top: kinds imports the interfaces, which import this module
-
-    out: dict[str, dict[str, str]] = {scope: {} for scope in SCOPES}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        scope, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name:
-            raise ConfigError(f"--set expects scope.key=value (e.g. cell.inner_steps=2), got '{pair}'")
-        if scope not in out:
-            raise ConfigError(f"--set '{pair}': unknown scope '{scope}' (choose from {', '.join(SCOPES)})")
-        out[scope][name.strip()] = value.strip()
-    return out
-
-
 def _convert(raw: Any, typ: Any, where: str) -> Any:
     """Convert a raw value (a string from the CLI, or a JSON value) to ``typ``."""
     origin = typing.get_origin(typ)

@@ -155,3 +155,8 @@ class Task(ABC):
         eval mode without gradients; must not draw from the global RNG. Default: none.
         """
         return {}
+
+
+def can_rollout(task: Task) -> bool:
+    """True if the task implements ``Task.rollout`` (generation)."""
+    return type(task).rollout is not Task.rollout

@@ -40,7 +40,7 @@ for _kind in KINDS:
 
 @hookspec
 def register_experiments(register: Register) -> None:
-    """Register experiment grids for ``crnn reproduce``: ``register(crnn_core.reproduce.Experiment(...))``."""
+    """Register experiment grids for ``crnn reproduce``: ``register(crnn_core.interfaces.experiment.Experiment(...))``."""
 
 
 @hookspec

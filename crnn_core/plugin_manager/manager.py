@@ -24,7 +24,6 @@ import difflib
 import importlib.metadata
 import inspect
 import os
-import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,22 +31,29 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from ..base.env import env_flag, logger
+from ..base.env import env_flag, logger, package_version
 from ..base.errors import PluginError, show_traceback
+from ..interfaces.experiment import Experiment
 from ..interfaces.kinds import KINDS
 from .registry import Registry
 
 #: The distribution whose ``crnn`` entry points are the built-ins (and their provider name).
 BUILTIN_PROVIDER = "crnn"
 
+#: Entry-point group of plugins that only add commands or experiments: loaded when the command
+#: line lists or runs commands, or an experiment is looked up, never for a component lookup.
+COMMANDS_GROUP = f"{hookspecs.PROJECT}.commands"
 
-def builtin_entry_points() -> list[importlib.metadata.EntryPoint]:
-    """The ``crnn`` entry points of this distribution: the built-in plugins, in declaration order."""
+
+def builtin_entry_points(group: str | None = None) -> list[importlib.metadata.EntryPoint]:
+    """The entry points of this distribution in ``group`` (default: the component group ``crnn``
+    and then :data:`COMMANDS_GROUP`): the built-in plugins, in declaration order."""
+    groups = (group,) if group else (hookspecs.PROJECT, COMMANDS_GROUP)
     try:
         dist = importlib.metadata.distribution(BUILTIN_PROVIDER)
     except importlib.metadata.PackageNotFoundError:
         return []
-    return [ep for ep in dist.entry_points if ep.group == hookspecs.PROJECT]
+    return [ep for g in groups for ep in dist.entry_points if ep.group == g]
 
 
 def _info_of(ep: importlib.metadata.EntryPoint, builtin: bool) -> "PluginInfo":
@@ -95,21 +101,45 @@ class PluginSystem:
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self.registries: dict[str, Registry] = {k.plural: Registry(k.noun, k.base, k.plural) for k in KINDS}
-        self.experiments: dict[str, Any] = {}  # name -> crnn_core.reproduce.Experiment
+        self._experiments: dict[str, Experiment] = {}
         self._filled = False
+        self._third_party = load_entry_points and not env_flag("CRNN_NO_PLUGINS")
+        self._commands_loaded = False
         self._commands_added: set[int] = set()
         self._registered: dict[str, list[tuple[Registry | None, str, Any]]] = {}  # plugin -> what it registered
         self.command_providers: dict[str, str] = {}  # command name -> plugin package that added it
-        builtins = builtin_entry_points()
-        for ep in builtins:
-            self._load(ep, _info_of(ep, builtin=True))
-        if load_entry_points and not env_flag("CRNN_NO_PLUGINS"):
-            self._load_entry_points(exclude={(ep.name, ep.value) for ep in builtins})
+        self._load_group(hookspecs.PROJECT)
 
     # -- loading -----------------------------------------------------------------
-    def _load_entry_points(self, exclude: set[tuple[str, str]]) -> None:
+    def _load_group(self, group: str) -> None:
+        """The built-ins of entry-point ``group``, then (unless switched off) the third-party plugins in it."""
+        builtins = builtin_entry_points(group)
+        for ep in builtins:
+            self._load(ep, _info_of(ep, builtin=True))
+        if self._third_party:
+            self._load_entry_points(exclude={(ep.name, ep.value) for ep in builtins}, group=group)
+
+    def load_command_plugins(self) -> "PluginSystem":
+        """Load the plugins of :data:`COMMANDS_GROUP` (once), filling their experiments if the registries are filled."""
+        if not self._commands_loaded:
+            self._commands_loaded = True
+            before = set(self.info)
+            self._load_group(COMMANDS_GROUP)
+            if self._filled:
+                for name in [name for name in self.info if name not in before]:
+                    self._fill_from(name)
+        return self
+
+    @property
+    def experiments(self) -> dict[str, Experiment]:
+        """The registered experiment grids by name (loading the command plugins first)."""
+        self.load_command_plugins()
+        self.fill()
+        return self._experiments
+
+    def _load_entry_points(self, exclude: set[tuple[str, str]], group: str = hookspecs.PROJECT) -> None:
         by_name: dict[str, list[tuple[Any, PluginInfo]]] = {}
-        for ep in sorted(importlib.metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
+        for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
             if (ep.name, ep.value) in exclude:  # the built-ins, loaded already
                 continue
             info = _info_of(ep, builtin=False)
@@ -178,7 +208,7 @@ class PluginSystem:
             if other is info:
                 for registry, name, obj in self._registered.pop(key, []):
                     if registry is None:
-                        self.experiments.pop(name, None)
+                        self._experiments.pop(name, None)
                     else:
                         registry.unregister(name, obj)
 
@@ -218,14 +248,12 @@ class PluginSystem:
                 return
 
     def _register_experiment(self, experiment: Any, provider: str) -> None:
-        from ..experiments.reproduce import Experiment
-
         if not isinstance(experiment, Experiment):
             raise PluginError(f"plugin '{provider}' registered {experiment!r} as an experiment, "
-                              "but it is not a crnn_core.reproduce.Experiment")
-        if experiment.name in self.experiments:
+                              "but it is not a crnn_core.interfaces.experiment.Experiment")
+        if experiment.name in self._experiments:
             raise PluginError(f"duplicate experiment '{experiment.name}'")
-        self.experiments[experiment.name] = experiment
+        self._experiments[experiment.name] = experiment
 
     def add_commands(self, cli: Any) -> None:
         """Call every ``register_commands`` hook once for ``cli``, isolating failures.
@@ -236,6 +264,7 @@ class PluginSystem:
         """
         if id(cli) in self._commands_added:
             return
+        self.load_command_plugins()
         self._commands_added.add(id(cli))
         for name, info in list(self.info.items()):
             impl = _impl_of(self.pm, "register_commands", name) if info.ok else None
@@ -272,7 +301,7 @@ class PluginSystem:
             if module == info.module or module.startswith(info.module + "."):
                 return {"package": info.package, "version": info.version, "module": module}
         top = module.split(".")[0]
-        return {"package": top, "version": _version(top), "module": module}
+        return {"package": top, "version": package_version(top), "module": module}
 
 
 def _restore_commands(cli: Any, before: dict[str, Any]) -> None:
@@ -366,13 +395,6 @@ def _hookcallers(pm: pluggy.PluginManager, plugin: object) -> list[Any]:
     return list(callers)
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 _SYSTEM: PluginSystem | None = None
 
 
@@ -388,5 +410,3 @@ def reset_plugins(system: PluginSystem | None = None) -> None:
     """Replace (or drop) the process-wide plugin system; for tests."""
     global _SYSTEM
     _SYSTEM = system
-
-

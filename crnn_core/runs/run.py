@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..base.env import logger
+from ..base.env import logger, package_version
 from ..base.errors import CheckpointError, ConfigError
 from ..interfaces.kinds import KINDS
-from ..layers.model import Built, ModelSpec, build_model, load_weights
+from ..layers.model import Built, ModelSpec, load_weights
 from ..plugin_manager.manager import PluginSystem, get_plugins
 from .rundir import (
     append_metrics,
@@ -48,7 +48,7 @@ class RunConfig:
 
     model: ModelSpec
     train: TrainConfig
-    crnn_version: str = field(default_factory=lambda: _version())
+    crnn_version: str = field(default_factory=lambda: package_version("crnn"))
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def to_json(self) -> dict[str, Any]:
@@ -286,40 +286,3 @@ def component_provenance(built: Built, plugins: PluginSystem) -> dict[str, dict[
     that provide it (a run's ``plugins.json``; the metadata of an exported safetensors file)."""
     return {kind: {"name": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}",
                    **plugins.provider_of(cls)} for kind, cls in built.classes.items()}
-
-
-def load_run(run_dir: Path | str, checkpoint: str = "best", device: str = "cpu",
-             plugins: PluginSystem | None = None) -> tuple[Built, dict[str, Any]]:
-    """Rebuild a finished (or stopped) run's task and model from ``config.json`` and
-    ``checkpoints/<checkpoint>.pt``, in eval mode on ``device``; or, when ``run_dir`` is a file
-    that ``crnn export`` wrote, from that safetensors file (nothing is unpickled; ``checkpoint``
-    is the one the file was exported from).
-
-    Returns the built task and model (``built.task``, ``built.model``, ``built.spec``) and the
-    checkpoint (for its ``epoch`` and ``step``; for a safetensors file, those from its metadata).
-    """
-    from ..training.distributed import resolve_device
-
-    run_dir = Path(run_dir)
-    if run_dir.is_file():
-        from .weights import load_safetensors
-
-        built, ckpt = load_safetensors(run_dir, plugins or get_plugins())
-    else:
-        config = RunConfig.load(run_dir)
-        built = build_model(config.model, plugins or get_plugins())
-        ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-        load_weights(built.model, ckpt.get("model"), f"{run_dir}/checkpoints/{checkpoint}.pt")
-    built.model.to(resolve_device(device)).eval()
-    return built, ckpt
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("crnn")
-    except PackageNotFoundError:
-        return "unknown"
-
-

@@ -177,16 +177,15 @@ def lock_run_dir(path: Path) -> RunLock:
         ) from None
     lock = RunLock(path, fd)
     _HELD[_key(path)] = lock
-    try:  # inside a click command, release when the command ends (the OS does it at exit anyway)
-        import click
-
-        ctx = click.get_current_context(silent=True)
-        if ctx is not None:
-            ctx.call_on_close(lock.release)
-    except ImportError:  # pragma: no cover - click is a dependency
-        pass
-    signals.note_run_dir(path)
+    signals.note_run_dir(path, restart_command)
     return lock
+
+
+def release_locks() -> None:
+    """Release every run-directory lock this process holds (the command line does when a command ends;
+    the OS does it when the process exits)."""
+    for lock in list(_HELD.values()):
+        lock.release()
 
 
 def wait_until_unlocked(path: Path, timeout: float) -> bool:

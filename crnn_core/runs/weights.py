@@ -1,4 +1,4 @@
-"""Sharing weights as safetensors: ``crnn export`` and loading a model from the file, no pickle.
+"""Sharing weights as safetensors: the file format, reading a file and building its model (no pickle).
 
 Training checkpoints (``checkpoints/*.pt``) keep torch's format: they also hold the optimizer
 and RNG state that ``--resume`` needs. An export holds only the model's tensors (its
@@ -23,14 +23,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import click
-
 from ..base.env import logger
 from ..base.errors import CheckpointError, ConfigError
 from ..interfaces.kinds import kind_of
-from ..layers.model import Built, build_model
-from ..plugin_manager.manager import PluginSystem, get_plugins
-from .rundir import atomic_write_bytes, standard_json
+from ..layers.model import Built, build_model, load_weights
+from ..plugin_manager.manager import PluginSystem
+from .run import RunConfig
 
 #: The value of ``crnn.format`` in the files this version writes and reads.
 FORMAT = "crnn-safetensors/1"
@@ -48,39 +46,6 @@ def _safetensors_torch() -> ModuleType:
         raise ConfigError("safetensors files need safetensors, an optional extra: "
                           "pip install 'crnn[safetensors]'") from None
     return safetensors.torch
-
-
-def export_safetensors(run_dir: Path | str, out: Path | str, checkpoint: str = "best",
-                       plugins: PluginSystem | None = None) -> dict[str, Any]:
-    """Write the weights of ``run_dir``'s ``checkpoint`` (best or last) to ``out`` as safetensors,
-    with the resolved configuration and plugin versions as metadata (atomically).
-
-    Returns the metadata, each JSON string decoded.
-    """
-    from .run import RunConfig, component_provenance, load_run
-
-    st = _safetensors_torch()
-    plugins = plugins or get_plugins()
-    run_dir, out = Path(run_dir), Path(out)
-    if run_dir.is_file():
-        raise ConfigError(f"{run_dir} is a file: crnn export takes a run directory")
-    if out.suffix != SUFFIX:  # never overwrite a config.json or a checkpoint by a slip of the arguments
-        raise ConfigError(f"{out}: the output file's name must end in {SUFFIX}")
-    built, ckpt = load_run(run_dir, checkpoint, "cpu", plugins)
-    documents = {
-        "crnn.config": RunConfig.load(run_dir).to_json(),
-        "crnn.plugins": component_provenance(built, plugins),
-        "crnn.checkpoint": {"checkpoint": checkpoint, "epoch": ckpt.get("epoch"), "step": ckpt.get("step")},
-    }
-    metadata = {"crnn.format": FORMAT, **{key: json.dumps(value, sort_keys=True) for key, value in documents.items()}}
-    # clones: safetensors refuses tensors that share memory, and a state_dict may hold views
-    tensors = {name: value.detach().clone().contiguous() for name, value in built.model.state_dict().items()}
-    data = st.save(tensors, metadata=metadata)
-    try:
-        atomic_write_bytes(out, lambda f: f.write(data))
-    except OSError as exc:
-        raise CheckpointError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return {"crnn.format": FORMAT, **documents}
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -115,9 +80,6 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_safetensors(path: Path, plugins: PluginSystem) -> tuple[Built, dict[str, Any]]:
     """The model a ``crnn export`` file holds, built from its configuration and loaded with its
     weights, and what a run's checkpoint would tell (``epoch``, ``step``, ``checkpoint``, ``metadata``)."""
-    from ..layers.model import load_weights
-    from .run import RunConfig
-
     tensors, documents = read_safetensors(path)
     config = RunConfig.from_json(documents["crnn.config"], f"{path} (crnn.config)")
     check_components(path, config.model, documents["crnn.plugins"], plugins)
@@ -147,28 +109,3 @@ def check_components(path: Path, spec: Any, provenance: Any, plugins: PluginSyst
         now = plugins.provider_of(plugins.registry(kind.plural).get(name).cls)
         if now.get("package") == package and now.get("version") != version:
             logger.warning(f"crnn: {path} was exported with {package} {version}; {now.get('version')} is installed")
-
-
-EXPORT_EXAMPLES = """
-\b
-Examples:
-  crnn export runs/lcd-learned lcd-learned.safetensors
-  crnn export runs/art-learned art.safetensors --checkpoint last
-  crnn sample lcd-learned.safetensors --period 2.0 --x0 3.0 -n 5
-"""
-
-
-@click.command(epilog=EXPORT_EXAMPLES)
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="which checkpoint's weights")
-def export_command(run_dir: Path, out: Path, checkpoint: str) -> None:
-    """Write a run's model weights to OUT as safetensors, with its configuration and plugin
-    versions as metadata; `crnn sample OUT` and `load_run(OUT)` load it without unpickling.
-
-    Prints a JSON summary on stdout.
-    """
-    documents = export_safetensors(run_dir, out, checkpoint)
-    click.echo(json.dumps(standard_json({"out": str(out), "run_dir": str(run_dir), **documents["crnn.checkpoint"],
-                                         "bytes": out.stat().st_size, "plugins": documents["crnn.plugins"]})))

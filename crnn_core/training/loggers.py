@@ -87,7 +87,7 @@ class TensorBoardLogger(Callback):
             return
         self.close()
         if self.figure_every:
-            from ..commandline.sample import can_rollout
+            from ..interfaces.task import can_rollout
 
             if can_rollout(loop.task):
                 self._check_matplotlib()
@@ -151,7 +151,8 @@ class TensorBoardLogger(Callback):
 
     def _write_samples(self, loop: Loop, step: int) -> None:
         """Samples of the task's generation for the first validation examples' parameters (RNG untouched)."""
-        from ..commandline.sample import can_rollout, rollout_figure
+        from ..interfaces.task import can_rollout
+        from .figures import rollout_figure
 
         task, model = loop.task, loop.model
         names = list(task.rollout_params)

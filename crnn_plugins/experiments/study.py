@@ -279,7 +279,7 @@ def lcd_sample_measures(run_dir: Path, periods: tuple[float, ...] = LCD_PERIODS,
     """Spread and period error of ``n`` samples per period from a run's best checkpoint (see the module docstring)."""
     import torch
 
-    from crnn_core.runs.run import load_run
+    from crnn_core.runs.loading import load_run
 
     built, _ = load_run(run_dir)
     tf = float(built.task.options.tf)
