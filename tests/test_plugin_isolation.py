@@ -179,6 +179,21 @@ def test_a_hanging_plugin_import_is_named_and_a_signal_ends_it_in_one_line(slow_
     assert stdout == ""
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"]])
+def test_help_and_version_do_not_wait_for_a_hanging_plugin_import(slow_site, tmp_path, args):
+    env = {**slow_site, "CRNN_TEST_IMPORTING": str(tmp_path / "importing")}
+    done = subprocess.run([sys.executable, "-m", "crnn_core", *args], capture_output=True, text=True, env=env,
+                          timeout=120)  # the import never ends: waiting for it would time out
+    assert done.returncode == 0, done.stderr
+    if args == ["--version"]:
+        assert done.stdout.startswith("crnn, version ")
+        assert not (tmp_path / "importing").exists()  # no plugin was even imported
+    else:
+        assert "Commands:" in done.stdout and "reproduce" in done.stdout  # the core's commands are all listed
+        assert "crnn: plugins are still loading after 1s; the commands they add are not listed" in done.stderr
+        assert (tmp_path / "importing").exists()
+
+
 # -- 10. the contract is checked -----------------------------------------------------------------------
 class ShortCell(LSTMCell):
     """Outputs one step short: [B, T-1, H]."""
