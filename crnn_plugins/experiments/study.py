@@ -215,12 +215,12 @@ def arms_figure(arms: dict[str, Path], path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m crnn_plugins.study OUT.png ARM=GRID_DIR ...``: the four-arm table (stdout) and figure."""
+    """``python -m crnn_plugins.experiments.study OUT.png ARM=GRID_DIR ...``: the four-arm table (stdout) and figure."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2 or any("=" not in a for a in args[1:]):
-        raise SystemExit("usage: python -m crnn_plugins.study OUT.png ARM=GRID_DIR [ARM=GRID_DIR ...]")
+        raise SystemExit("usage: python -m crnn_plugins.experiments.study OUT.png ARM=GRID_DIR [ARM=GRID_DIR ...]")
     arms = {name: Path(grid) for name, grid in (a.split("=", 1) for a in args[1:])}
     missing = [str(g) for g in arms.values() if not grid_runs(g)]
     if missing:
