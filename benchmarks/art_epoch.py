@@ -62,7 +62,7 @@ def profile(args: argparse.Namespace, inits: list[str]) -> None:
 
     import torch
 
-    from crnn_core.options import parse_overrides
+    from crnn_core.interfaces.kinds import parse_overrides
     from step_profile import profile_step, table
 
     pairs = [args.extra[i + 1] for i, a in enumerate(args.extra) if a == "--set" and i + 1 < len(args.extra)]

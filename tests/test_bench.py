@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from crnn_plugins import fastweights_bench as bench
-from crnn_plugins import fastweights_fused as ff
+from crnn_plugins.commands import fastweights_bench as bench
+from crnn_plugins.fast_weights import fused as ff
 
 from .conftest import assert_one_line_error, invoke
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crnn_core.configfile import json_key_lines, toml_key_lines
+from crnn_core.commandline.configfile import json_key_lines, toml_key_lines
 
 from .conftest import TINY_ART, assert_one_line_error, invoke, metrics_without_wall_time
 from .test_doc_commands import SHRINK, config_task

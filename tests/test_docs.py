@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crnn_core.model import ModelSpec, build_model
+from crnn_core.layers.model import ModelSpec, build_model
 
 from .conftest import TINY_ART, invoke
 

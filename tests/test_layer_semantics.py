@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from crnn_core import ContextualRNN
-from crnn_plugins import fastweights_fused as ff
-from crnn_plugins.fastweights_layer import HYPERPARAMETERS, FastWeights
-from crnn_plugins.fastweights_reference import fastweights_reference
+from crnn_plugins.fast_weights import fused as ff
+from crnn_plugins.fast_weights.layer import HYPERPARAMETERS, FastWeights
+from crnn_plugins.fast_weights.reference import fastweights_reference
 
 REPO = Path(__file__).resolve().parents[1]
 LAM, ETA = 0.9, 0.5
@@ -135,8 +135,8 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_importing_the_layer_registers_the_ops():
     result = run_python("""
         import torch
-        import crnn_plugins.fastweights_layer
-        from crnn_plugins import fastweights_fused as ff
+        import crnn_plugins.fast_weights.layer
+        from crnn_plugins.fast_weights import fused as ff
         assert ff._state is not None and ff._state["ok"], ff._state
         assert torch._C._dispatch_has_kernel_for_dispatch_key("crnn::fastweights_fwd", "CPU")
         assert type(torch.ops.crnn) is torch._ops._OpNamespace, type(torch.ops.crnn)
@@ -160,7 +160,7 @@ def test_exported_program_loads_in_a_fresh_process_after_import_crnn_core(tmp_pa
     out, state = layer(x)
     torch.save({"x": x, "out": out.detach(), "A": state["A"].detach()}, tmp_path / "expected.pt")
     result = run_python("import sys\n" + imports + textwrap.dedent(f"""
-        assert "crnn_plugins.fastweights_layer" not in sys.modules
+        assert "crnn_plugins.fast_weights.layer" not in sys.modules
         program = torch.export.load({str(tmp_path / 'fw.pt2')!r})
         expected = torch.load({str(tmp_path / 'expected.pt')!r})
         out, state = program.module()(expected["x"])

@@ -6,7 +6,8 @@ from typing import Literal, Optional
 import pytest
 
 from crnn_core import ConfigError, option, require
-from crnn_core.options import build_options, describe, parse_overrides
+from crnn_core.interfaces.kinds import parse_overrides
+from crnn_core.interfaces.options import build_options, describe
 
 
 @dataclasses.dataclass
@@ -75,7 +76,7 @@ def test_describe_names_the_allowed_values_and_optional_types():
 def test_list_options_shows_every_scope_of_set(runner):
     """README says `crnn list --options` shows every option: the train scope too, Literal types as their values."""
     from tests.conftest import invoke
-    from crnn_core.kinds import SCOPES
+    from crnn_core.interfaces.kinds import SCOPES
 
     result = invoke(runner, ["list", "--options"])
     assert result.exit_code == 0, result.output

@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from crnn_core import ConfigError, option
-from crnn_core import resources
-from crnn_core.options import build_options, check_bounds, describe
+from crnn_core.base import resources
+from crnn_core.interfaces.options import build_options, check_bounds, describe
 
 from .conftest import TINY_ART, assert_one_line_error, invoke
 

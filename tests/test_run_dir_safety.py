@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from crnn_core import rundir
-from crnn_core.rundir import load_checkpoint
-from crnn_plugins.art import ARTTask
+from crnn_core.runs import rundir
+from crnn_core.runs.rundir import load_checkpoint
+from crnn_plugins.tasks.art import ARTTask
 
 from .conftest import assert_one_line_error, invoke, metrics_without_wall_time
 
@@ -102,7 +102,7 @@ def test_a_kill_between_last_pt_and_best_pt_is_repaired_on_resume(runner, tmp_pa
     assert run(runner, reference, "--epochs", "4").exit_code == 0
     best_epoch = load_checkpoint(reference / "checkpoints" / "best.pt")["epoch"]
 
-    import crnn_core.run as train_module  # the run-directory writer saves and appends
+    import crnn_core.runs.run as train_module  # the run-directory writer saves and appends
 
     real_save = train_module.save_checkpoint
     out = tmp_path / "run"
@@ -178,7 +178,7 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_with_its_own_command
     out = tmp_path / "run"
     real = ARTTask.dataset
 
-    from crnn_core.signals import SignalInterrupt
+    from crnn_core.base.signals import SignalInterrupt
 
     def interrupted(self, split):  # the signal arrives while the data is generated
         raise SignalInterrupt(sig)
@@ -254,7 +254,7 @@ def test_a_run_directory_that_became_read_only_keeps_its_checkpoint(runner, tmp_
 
 def _on_append(monkeypatch, at_epoch: int, action) -> None:
     """Run ``action`` just before the trainer appends epoch ``at_epoch``'s metrics record."""
-    import crnn_core.run as train_module  # the run-directory writer saves and appends
+    import crnn_core.runs.run as train_module  # the run-directory writer saves and appends
 
     real = train_module.append_metrics
 
@@ -333,14 +333,15 @@ def test_device_cuda_without_cuda_writes_nothing(runner, tmp_path):
 
 # -- 3. from the first instruction: the handlers come before PyTorch is imported ------------------------
 def test_the_signal_handlers_are_installed_before_pytorch_is_imported():
-    code = ("import sys, signal, crnn_core, crnn_core.entry, crnn_core.signals as s; s.install(); "
+    code = ("import sys, signal, crnn_core, crnn_core.commandline.entry, crnn_core.base.signals as s; s.install(); "
             "print('torch' in sys.modules, signal.getsignal(signal.SIGTERM) is s._raise)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "True"], result.stderr
 
 
 def test_an_interruption_while_pytorch_imports_is_one_line(monkeypatch, capsys):
-    from crnn_core import entry, signals
+    from crnn_core.base import signals
+    from crnn_core.commandline import entry
 
     def interrupted():
         raise signals.SignalInterrupt(signal.SIGTERM)
@@ -356,7 +357,7 @@ def test_an_interruption_while_pytorch_imports_is_one_line(monkeypatch, capsys):
 
 def test_a_swallowed_start_up_signal_still_stops_the_run_before_it_writes(runner, tmp_path, monkeypatch):
     """A library's bare `except:` may swallow the SignalInterrupt; the run still stops before its first byte."""
-    from crnn_core import signals
+    from crnn_core.base import signals
 
     monkeypatch.setattr(signals, "_RECEIVED", int(signal.SIGTERM))  # received, its exception swallowed
     out = tmp_path / "run"
@@ -368,7 +369,7 @@ def test_a_swallowed_start_up_signal_still_stops_the_run_before_it_writes(runner
 
 def test_a_signal_after_the_command_ended_does_not_change_its_exit_status():
     """Python restores the default handlers while it shuts down; crnn ignores signals once the command is over."""
-    code = ("import os, signal, sys; from crnn_core import signals; signals.install(); signals.finish(); "
+    code = ("import os, signal, sys; from crnn_core.base import signals; signals.install(); signals.finish(); "
             "os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT); sys.exit(0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stderr) == (0, "")

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from crnn_core import ConfigError, Task
-from crnn_plugins.art import ARTTask
+from crnn_plugins.tasks.art import ARTTask
 
 from .conftest import TINY_ART, assert_one_line_error, invoke
 from .test_lcd import TINY_LCD, formula

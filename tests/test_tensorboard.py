@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crnn_core.loggers import TENSORBOARD_DIR, TensorBoardLogger, flat_hparams
+from crnn_core.training.loggers import TENSORBOARD_DIR, TensorBoardLogger, flat_hparams
 
 from .conftest import assert_one_line_error, invoke, keep_thread_count, metrics_without_wall_time
 
