@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from .layers.model import Built, ModelSpec, TaskModel, build_model
     from .interfaces.options import NoOptions, option, require
     from .plugin_manager.manager import PluginSystem, get_plugins
-    from .runs.loading import export_safetensors, load_run
-    from .runs.run import RunConfig, RunDirWriter
+    from .rundirs.loading import export_safetensors, load_run
+    from .rundirs.run import RunConfig, RunDirWriter
     from .interfaces.task import Batch, Rollout, Task, TaskModule
     from .training.train import Callback, Interrupted, Loop, NonFinite, StopOnSignal, TrainConfig, TrainState, evaluate, fit
 
@@ -59,11 +59,11 @@ _EXPORTS = {
     "Built": "layers.model", "ModelSpec": "layers.model", "TaskModel": "layers.model", "build_model": "layers.model",
     "NoOptions": "interfaces.options", "option": "interfaces.options", "require": "interfaces.options",
     "PluginSystem": "plugin_manager.manager", "get_plugins": "plugin_manager.manager",
-    "RunConfig": "runs.run", "RunDirWriter": "runs.run", "load_run": "runs.loading",
+    "RunConfig": "rundirs.run", "RunDirWriter": "rundirs.run", "load_run": "rundirs.loading",
     "Batch": "interfaces.task", "Rollout": "interfaces.task", "Task": "interfaces.task", "TaskModule": "interfaces.task",
     "Callback": "training.train", "Interrupted": "training.train", "Loop": "training.train", "NonFinite": "training.train",
     "StopOnSignal": "training.train", "TrainConfig": "training.train", "TrainState": "training.train", "evaluate": "training.train", "fit": "training.train",
-    "export_safetensors": "runs.loading",
+    "export_safetensors": "rundirs.loading",
 }
 
 #: Entry-point group of the layers re-exported here (``from crnn_core import FastWeights``).

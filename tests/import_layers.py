@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("crnn_core.plugin_manager",),
     ("crnn_core.layers",),
     ("crnn_core.training",),
-    ("crnn_core.runs",),
+    ("crnn_core.rundirs",),
     ("crnn_core.experiments",),
     ("crnn_core.commandline",),
     ("crnn_core", "crnn_core.__main__"),  # the facade and ``python -m crnn_core``

@@ -28,7 +28,7 @@ import torch
 from crnn_core import ConfigError
 from crnn_core.layers.model import ModelSpec, build_model
 from crnn_core.plugin_manager.manager import get_plugins
-from crnn_core.runs.run import RunConfig, checkpoint_identity, identity_matches
+from crnn_core.rundirs.run import RunConfig, checkpoint_identity, identity_matches
 from crnn_core.training.step import grads_finite
 from crnn_core.training.train import Callback, TrainConfig, fit
 

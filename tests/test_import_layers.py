@@ -63,15 +63,15 @@ def test_checker_finds_a_planted_circle_and_independence_breach(copy_of_tree: Pa
 def test_type_checking_imports_do_not_count(tmp_path: Path):
     package = tmp_path / "crnn_core"
     (package / "base").mkdir(parents=True)
-    (package / "runs").mkdir()
-    for path in (package / "__init__.py", package / "base" / "__init__.py", package / "runs" / "__init__.py"):
+    (package / "rundirs").mkdir()
+    for path in (package / "__init__.py", package / "base" / "__init__.py", package / "rundirs" / "__init__.py"):
         path.write_text("")
-    (package / "runs" / "rundir.py").write_text("X = 1\n")
+    (package / "rundirs" / "rundir.py").write_text("X = 1\n")
     (package / "base" / "low.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..runs.rundir import X\n")
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..rundirs.rundir import X\n")
     assert layers.import_graph(tmp_path, ("crnn_core",))["crnn_core.base.low"] == set()
-    (package / "base" / "low.py").write_text("try:\n    from ..runs.rundir import X\nexcept ImportError:\n    pass\n")
-    assert layers.import_graph(tmp_path, ("crnn_core",))["crnn_core.base.low"] == {"crnn_core.runs.rundir"}
+    (package / "base" / "low.py").write_text("try:\n    from ..rundirs.rundir import X\nexcept ImportError:\n    pass\n")
+    assert layers.import_graph(tmp_path, ("crnn_core",))["crnn_core.base.low"] == {"crnn_core.rundirs.rundir"}
 
 
 def test_cycles_on_a_synthetic_graph():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crnn_core.runs.rundir import load_checkpoint
+from crnn_core.rundirs.rundir import load_checkpoint
 from crnn_core.training.train import StopOnSignal
 
 from .conftest import assert_one_line_error, invoke, keep_thread_count, metrics_without_wall_time

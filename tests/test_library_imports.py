@@ -63,7 +63,7 @@ def test_crnn_version_imports_neither_torch_nor_a_plugin():
 
 
 @pytest.mark.parametrize("old, new", [
-    ("crnn_core.rundir", "crnn_core.runs.rundir"),
+    ("crnn_core.rundir", "crnn_core.rundirs.rundir"),
     ("crnn_core.plugins", "crnn_core.plugin_manager.manager"),
     ("crnn_core.cli", "crnn_core.commandline.main"),
     ("crnn_plugins.art", "crnn_plugins.tasks.art"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from crnn_core.runs.rundir import _lock_holder
+from crnn_core.rundirs.rundir import _lock_holder
 
 from .conftest import assert_one_line_error, invoke, metrics_without_wall_time
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from crnn_core import CheckpointError, hookimpl
-from crnn_core.runs.rundir import load_checkpoint, read_metrics, truncate_metrics
+from crnn_core.rundirs.rundir import load_checkpoint, read_metrics, truncate_metrics
 from crnn_plugins.tasks.art import ARTTask
 
 from .conftest import TINY_ART, assert_one_line_error, crnn_process, env_with_site, invoke

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from crnn_core.runs import rundir
-from crnn_core.runs.rundir import load_checkpoint
+from crnn_core.rundirs import rundir
+from crnn_core.rundirs.rundir import load_checkpoint
 from crnn_plugins.tasks.art import ARTTask
 
 from .conftest import assert_one_line_error, invoke, metrics_without_wall_time
@@ -102,7 +102,7 @@ def test_a_kill_between_last_pt_and_best_pt_is_repaired_on_resume(runner, tmp_pa
     assert run(runner, reference, "--epochs", "4").exit_code == 0
     best_epoch = load_checkpoint(reference / "checkpoints" / "best.pt")["epoch"]
 
-    import crnn_core.runs.run as train_module  # the run-directory writer saves and appends
+    import crnn_core.rundirs.run as train_module  # the run-directory writer saves and appends
 
     real_save = train_module.save_checkpoint
     out = tmp_path / "run"
@@ -254,7 +254,7 @@ def test_a_run_directory_that_became_read_only_keeps_its_checkpoint(runner, tmp_
 
 def _on_append(monkeypatch, at_epoch: int, action) -> None:
     """Run ``action`` just before the trainer appends epoch ``at_epoch``'s metrics record."""
-    import crnn_core.runs.run as train_module  # the run-directory writer saves and appends
+    import crnn_core.rundirs.run as train_module  # the run-directory writer saves and appends
 
     real = train_module.append_metrics
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from crnn_core import load_run
-from crnn_core.runs.weights import FORMAT, read_safetensors
+from crnn_core.rundirs.weights import FORMAT, read_safetensors
 
 from .conftest import assert_one_line_error, invoke
 

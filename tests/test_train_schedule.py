@@ -110,7 +110,7 @@ def test_the_schedule_is_part_of_the_checkpoint_identity(runner, tmp_path):
 def test_a_run_from_before_the_new_options_still_resumes(runner, tmp_path):
     """config.json and last.pt without the options added later (at their defaults): --resume works;
     a non-default value of such an option in config.json is still refused."""
-    from crnn_core.runs.rundir import load_checkpoint
+    from crnn_core.rundirs.rundir import load_checkpoint
 
     out = tmp_path / "old"
     run(runner, out, "--epochs", "1")

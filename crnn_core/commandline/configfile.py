@@ -266,7 +266,7 @@ def file_layer(config: ConfigFile, plugins: PluginSystem, flag_names: dict[str, 
     init that uses no context also drops the file's context network.
     """
     from ..layers.model import ModelSpec
-    from ..runs.run import _fit_threads  # a recorded run's threads, lowered to this machine's CPUs as on --resume
+    from ..rundirs.run import _fit_threads  # a recorded run's threads, lowered to this machine's CPUs as on --resume
     from ..training.train import TrainConfig
 
     data = config.data

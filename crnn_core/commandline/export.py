@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..runs.loading import export_safetensors
-from ..runs.rundir import standard_json
+from ..rundirs.loading import export_safetensors
+from ..rundirs.rundir import standard_json
 
 EXPORT_EXAMPLES = """
 \b

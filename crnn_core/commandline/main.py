@@ -27,8 +27,8 @@ from ..interfaces.kinds import KINDS, SCOPES, parse_overrides
 from ..layers.model import Built, ModelSpec, build_model
 from ..interfaces.options import describe
 from ..plugin_manager.manager import PluginSystem, get_plugins
-from ..runs.run import RunConfig, RunDirWriter, component_provenance
-from ..runs.rundir import default_run_dir, is_run_dir, release_locks, standard_json
+from ..rundirs.run import RunConfig, RunDirWriter, component_provenance
+from ..rundirs.rundir import default_run_dir, is_run_dir, release_locks, standard_json
 from ..training.loggers import loggers_for, require_loggers
 from ..training.train import LOGGERS, Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
 

@@ -21,8 +21,8 @@ import click
 
 from ..base.errors import ConfigError
 from ..plugin_manager.manager import get_plugins
-from ..runs.loading import load_run
-from ..runs.rundir import atomic_write_bytes
+from ..rundirs.loading import load_run
+from ..rundirs.rundir import atomic_write_bytes
 from ..interfaces.task import Rollout, can_rollout
 from ..training.figures import import_pyplot_figure, rollout_figure
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..base.errors import ConfigError, CrnnError
-from ..runs.rundir import is_run_dir, wait_until_unlocked, write_json
+from ..rundirs.rundir import is_run_dir, wait_until_unlocked, write_json
 
 
 @dataclass

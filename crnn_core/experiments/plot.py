@@ -18,8 +18,8 @@ import click
 
 from ..base.errors import ConfigError
 from ..interfaces.kinds import KINDS
-from ..runs.run import RESUMABLE_CHANGES, RunConfig
-from ..runs.rundir import atomic_write_bytes, is_run_dir, read_metrics
+from ..rundirs.run import RESUMABLE_CHANGES, RunConfig
+from ..rundirs.rundir import atomic_write_bytes, is_run_dir, read_metrics
 
 #: TrainConfig fields that do not define a configuration for grouping: the seed, and those a resume may change.
 NOT_CONFIG = ("seed", *RESUMABLE_CHANGES)

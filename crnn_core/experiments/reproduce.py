@@ -28,7 +28,7 @@ from ..interfaces.experiment import Experiment
 from .local import Children, GridRun, GridStopped, core_groups, execute
 from .plot import _stats, collect, default_logy, draw
 from ..plugin_manager.manager import get_plugins
-from ..runs.rundir import is_run_dir, read_json, read_metrics, write_json
+from ..rundirs.rundir import is_run_dir, read_json, read_metrics, write_json
 from ..base.signals import SignalInterrupt
 from ..training.train import Interrupted
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from crnn_core import ConfigError, hookimpl
 from crnn_core.experiments.reproduce import Experiment, GridRun
-from crnn_core.runs.rundir import is_run_dir
+from crnn_core.rundirs.rundir import is_run_dir
 
 from .study import art_error_figure, art_study_table, lcd_study_table
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from crnn_core import ConfigError
 from crnn_core.experiments.reproduce import GridRun, parse_run_name
-from crnn_core.runs.rundir import read_metrics
+from crnn_core.rundirs.rundir import read_metrics
 from crnn_core.experiments.stats import bootstrap_ci, format_ci, mann_whitney_u
 
 STUDY_THRESHOLDS = (0.99, 1.0)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _val_size(runs: list[GridRun]) -> int | None:
-    from crnn_core.runs.run import RunConfig
+    from crnn_core.rundirs.run import RunConfig
 
     for r in runs:
         try:
@@ -279,7 +279,7 @@ def lcd_sample_measures(run_dir: Path, periods: tuple[float, ...] = LCD_PERIODS,
     """Spread and period error of ``n`` samples per period from a run's best checkpoint (see the module docstring)."""
     import torch
 
-    from crnn_core.runs.loading import load_run
+    from crnn_core.rundirs.loading import load_run
 
     built, _ = load_run(run_dir)
     tf = float(built.task.options.tf)
@@ -298,7 +298,7 @@ def lcd_sample_measures(run_dir: Path, periods: tuple[float, ...] = LCD_PERIODS,
 
 def lcd_study_table(runs: list[GridRun], inits: list[str], metrics: tuple[str, ...]) -> str:
     """Markdown: per init, final errors with 95% bootstrap intervals and the sample measures."""
-    from crnn_core.runs.rundir import is_run_dir
+    from crnn_core.rundirs.rundir import is_run_dir
 
     head = ["init", "seeds", *[f"final {m}" for m in metrics], "sample spread", "period error", "true-curve period error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
