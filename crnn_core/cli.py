@@ -24,8 +24,8 @@ from .kinds import KINDS, SCOPES
 from .model import Built, ModelSpec, build_model
 from .options import describe, parse_overrides
 from .plugins import PluginSystem, get_plugins
-from .run import RunConfig, RunDirWriter, component_provenance
-from .rundir import default_run_dir, is_run_dir, standard_json
+from .run import RunConfig, RunDirWriter, check_resume_identity, component_provenance, run_environment
+from .rundir import default_run_dir, dumps_json, is_run_dir
 from .loggers import loggers_for, require_loggers
 from .train import LOGGERS, Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
 
@@ -177,6 +177,8 @@ def run(
 
     dist = distributed.setup(config.train.device)  # joins the process group under torchrun, else a no-op
     torch.manual_seed(config.train.seed)  # the model's initial weights depend on the seed only (a resume loads them)
+    if resume is not None:
+        check_resume_identity(resume, config, plugins)  # before the model it describes is allocated
     built = build_model(config.model, plugins)
     if resume is None:  # a new run records every option as resolved; a resumed one keeps what its checkpoint matches
         config.model = built.spec
@@ -197,7 +199,7 @@ def run(
         raise
     distributed.teardown()
     if dist.is_main:
-        click.echo(json.dumps(standard_json({"run_dir": str(writer.run_dir), **summary}), allow_nan=False))
+        click.echo(dumps_json({"run_dir": str(writer.run_dir), **summary}))
 
 
 #: Components of a run that neither a flag nor a config file names.
@@ -231,7 +233,8 @@ def _open_run_dir(config: RunConfig, built: Built, plugins: PluginSystem, out: P
         return RunDirWriter.reopen(resume, config, _command_line(), relaunch=relaunch)
     spec = config.model
     run_dir = out or default_run_dir(Path("runs"), spec.cell, spec.init, spec.task, config.train.seed)
-    files = {"plugins.json": component_provenance(built, plugins), "command.txt": _command_line() + "\n"}
+    files = {"plugins.json": component_provenance(built, plugins), "env.json": run_environment(built),
+             "command.txt": _command_line() + "\n"}
     return RunDirWriter.create(run_dir, config, force, files, relaunch=relaunch)
 
 

@@ -13,11 +13,13 @@ import inspect
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .cell import State
 from .contextual import ContextualRNN
 from .contract import check_cell_result, check_initial_state
+from .env import logger
 from .errors import CheckpointError, ConfigError, CrnnError, show_traceback
 from .init_strategy import InitStrategy
 from .kinds import KINDS
@@ -186,6 +188,47 @@ def weights_mismatch(model: nn.Module, state: Any, show: int = 3) -> str:
     parts = [some(items, what) for items, what in ((missing, "keys missing"), (unexpected, "unexpected keys"),
                                                    (shapes, "shapes differ")) if items]
     return "; ".join(parts)
+
+
+def check_weights_fit(spec: Any, plugins: PluginSystem, state: Any, where: str) -> None:
+    """Refuse (one-line ``CheckpointError``) weights whose shapes do not fit the model ``spec``
+    describes, before that model is allocated: the model is built on PyTorch's ``meta`` device
+    (shapes only, no memory) and compared with ``state`` (name -> tensor, or name -> shape).
+
+    A config that asks for a huge model next to small weights (an edited or forged file) is
+    refused here instead of after gigabytes were allocated. Errors of the meta build itself
+    (a component that cannot be built without memory) are left to the real build.
+    """
+    if not isinstance(state, dict):
+        return
+    shapes = {name: torch.empty(value if isinstance(value, (tuple, list)) else tuple(value.shape), device="meta")
+              for name, value in state.items() if isinstance(value, (tuple, list, Tensor))}
+    try:
+        with torch.device("meta"):
+            model = build_model(spec, plugins).model
+    except Exception:  # noqa: BLE001 - the real build reports its own errors
+        return
+    detail = weights_mismatch(model, shapes)
+    if detail:
+        raise CheckpointError(f"{where} does not fit this model: {detail}")
+
+
+def check_state_dtypes(state: Any, where: str) -> None:
+    """Weights stored as integers or booleans are refused (one line naming the first); floats
+    of another precision are loaded as the model's (float32) with one warning. ``state`` maps
+    names to tensors or to their dtypes."""
+    if not isinstance(state, dict):
+        return
+    dtypes = {name: value.dtype if isinstance(value, Tensor) else value for name, value in state.items()
+              if isinstance(value, (Tensor, torch.dtype))}
+    foreign = {name: dtype for name, dtype in dtypes.items() if dtype != torch.float32}
+    wrong = [(name, dtype) for name, dtype in foreign.items() if not dtype.is_floating_point]
+    if wrong:
+        raise CheckpointError(f"{where}: tensor {wrong[0][0]} is stored as {wrong[0][1]}, not a floating-point "
+                              f"type; crnn's weights are float32")
+    if foreign:
+        name, dtype = next(iter(foreign.items()))
+        logger.warning(f"crnn: {where}: {len(foreign)} tensor(s) stored as {dtype} (e.g. {name}) are loaded as float32")
 
 
 @dataclass

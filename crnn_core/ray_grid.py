@@ -20,6 +20,7 @@ import logging
 import socket
 from typing import Any, Callable
 
+from .env import install_command
 from .errors import ConfigError, CrnnError
 from .reproduce import GridRun, RunKilled, execute
 
@@ -32,7 +33,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError("--executor ray needs the ray package, an optional extra: pip install 'crnn[ray]'") from None
+        raise ConfigError(f"--executor ray needs the ray package, an optional extra: {install_command('ray')}") from None
     return ray
 
 

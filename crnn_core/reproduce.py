@@ -31,7 +31,7 @@ from .errors import ConfigError, CrnnError
 from .options import parse_overrides
 from .plot import _stats, collect, default_logy, draw
 from .plugins import get_plugins
-from .rundir import is_run_dir, read_json, read_metrics, wait_until_unlocked, write_json
+from .rundir import dumps_json, is_run_dir, read_json, read_metrics, wait_until_unlocked, write_json
 from .signals import SignalInterrupt
 from .train import Interrupted
 
@@ -477,4 +477,4 @@ def reproduce_command(experiment: str | None, seeds: int | None, epochs: int | N
         run_grid(runs, epochs, jobs or 1, executor, address, threads, resume_command)
     result = report(exp, runs, chosen, out)
     result["grid_seconds"] = round(time.time() - started, 1)
-    click.echo(json.dumps(result))
+    click.echo(dumps_json(result))
