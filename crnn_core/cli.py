@@ -21,7 +21,7 @@ from .configfile import FileLayer, dumps, file_layer, read_config_file, resolved
 from .env import cli_reporting, env_flag
 from .errors import ConfigError, CrnnError
 from .kinds import KINDS, SCOPES
-from .model import Built, ModelSpec, build_model
+from .model import Built, ModelSpec, build_model, check_sizes
 from .options import describe, parse_overrides
 from .plugins import PluginSystem, get_plugins
 from .run import RunConfig, RunDirWriter, check_resume_identity, component_provenance, run_environment
@@ -176,9 +176,10 @@ def run(
     import torch
 
     dist = distributed.setup(config.train.device)  # joins the process group under torchrun, else a no-op
-    torch.manual_seed(config.train.seed)  # the model's initial weights depend on the seed only (a resume loads them)
     if resume is not None:
         check_resume_identity(resume, config, plugins)  # before the model it describes is allocated
+    check_sizes(config.model, plugins)  # every component's size, before the first is allocated
+    torch.manual_seed(config.train.seed)  # the model's initial weights depend on the seed only (a resume loads them)
     built = build_model(config.model, plugins)
     if resume is None:  # a new run records every option as resolved; a resumed one keeps what its checkpoint matches
         config.model = built.spec

@@ -190,24 +190,36 @@ def weights_mismatch(model: nn.Module, state: Any, show: int = 3) -> str:
     return "; ".join(parts)
 
 
+def check_sizes(spec: Any, plugins: PluginSystem) -> nn.Module | None:
+    """Build the model ``spec`` describes on PyTorch's ``meta`` device (shapes only, no memory),
+    so that every component's own size checks run before any component is allocated (built
+    for real, the first components would be allocated before a later one refused its size).
+    Returns that shape-only model, or None where a component cannot be built without memory
+    (its own code failed: left to the real build). Refusals propagate as the real build's would."""
+    try:
+        with torch.device("meta"):
+            return build_model(spec, plugins).model
+    except CrnnError as exc:  # a size that cannot fit, an unknown name, an invalid option
+        if getattr(exc, "plugin_failure", False):
+            return None
+        raise
+    except Exception:  # noqa: BLE001 - the real build reports its own errors
+        return None
+
+
 def check_weights_fit(spec: Any, plugins: PluginSystem, state: Any, where: str) -> None:
     """Refuse (one-line ``CheckpointError``) weights whose shapes do not fit the model ``spec``
-    describes, before that model is allocated: the model is built on PyTorch's ``meta`` device
-    (shapes only, no memory) and compared with ``state`` (name -> tensor, or name -> shape).
+    describes, before that model is allocated: the shape-only model of :func:`check_sizes` is
+    compared with ``state`` (name -> tensor, or name -> shape).
 
     A config that asks for a huge model next to small weights (an edited or forged file) is
-    refused here instead of after gigabytes were allocated. Errors of the meta build itself
-    (a component that cannot be built without memory) are left to the real build.
+    refused here instead of after gigabytes were allocated.
     """
-    if not isinstance(state, dict):
+    model = check_sizes(spec, plugins)
+    if model is None or not isinstance(state, dict):
         return
     shapes = {name: torch.empty(value if isinstance(value, (tuple, list)) else tuple(value.shape), device="meta")
               for name, value in state.items() if isinstance(value, (tuple, list, Tensor))}
-    try:
-        with torch.device("meta"):
-            model = build_model(spec, plugins).model
-    except Exception:  # noqa: BLE001 - the real build reports its own errors
-        return
     detail = weights_mismatch(model, shapes)
     if detail:
         raise CheckpointError(f"{where} does not fit this model: {detail}")
@@ -250,9 +262,10 @@ def _construct(kind: str, name: str, cls: type, *args: Any) -> Any:
     except Exception as exc:  # noqa: BLE001 - third-party constructors may raise anything
         show_traceback(exc)  # CRNN_DEBUG=1: the plugin's own traceback, then the one-line error
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(
-            f"{kind} '{name}' ({cls.__module__}.{cls.__qualname__}) failed to build: {type(exc).__name__}: {first}"
-        ) from None
+        error = ConfigError(
+            f"{kind} '{name}' ({cls.__module__}.{cls.__qualname__}) failed to build: {type(exc).__name__}: {first}")
+        error.plugin_failure = True  # type: ignore[attr-defined] - the component's own code raised
+        raise error from None
 
 
 def build_model(spec: ModelSpec, plugins: PluginSystem) -> Built:

@@ -18,7 +18,7 @@ from typing import Any
 from .env import logger
 from .errors import CheckpointError, ConfigError
 from .kinds import KINDS
-from .model import Built, ModelSpec, build_model, check_state_dtypes, check_weights_fit, load_weights
+from .model import Built, ModelSpec, build_model, check_sizes, check_state_dtypes, check_weights_fit, load_weights
 from .plugins import PluginSystem, get_plugins
 from .rundir import (
     append_metrics,
@@ -242,8 +242,6 @@ def check_resume_identity(run_dir: Path, config: RunConfig, plugins: PluginSyste
     resume would refuse it anyway, after allocating that model. A config that names an unknown
     component or an invalid option is refused for that (a build on the ``meta`` device, which
     allocates nothing, finds it). Other faults of the checkpoint are left to the resume."""
-    import torch
-
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         return
@@ -252,8 +250,7 @@ def check_resume_identity(run_dir: Path, config: RunConfig, plugins: PluginSyste
     except CheckpointError:
         return
     if not identity_matches(ckpt.get("config"), config.identity()):
-        with torch.device("meta"):
-            build_model(config.model, plugins)  # the config's own error first, where it has one
+        check_sizes(config.model, plugins)  # the config's own error first, where it has one
         raise CheckpointError(f"{last} was written by a different configuration than {run_dir}/config.json")
 
 
