@@ -219,6 +219,7 @@ class RunDirWriter(Callback):
         ckpt = load_checkpoint(self.last)
         if not identity_matches(ckpt.get("config"), self.config.identity()):
             raise CheckpointError(f"{self.last} was written by a different configuration than {self.run_dir}/config.json")
+        check_state_dtypes(ckpt.get("model"), str(self.last))
         load_weights(loop.model, ckpt.get("model"), str(self.last))
         try:
             loop.optimizer.load_state_dict(ckpt["optimizer"])
@@ -290,6 +291,10 @@ def _check_counters(ckpt: dict[str, Any], where: str) -> None:
         problem = _count_problem(name, ckpt.get(name)) if ckpt.get(name) is not None else None
         if problem:
             raise CheckpointError(f"{where} has a missing or invalid field: {problem}")
+    epoch, step = ckpt.get("epoch"), ckpt.get("step")
+    if epoch is not None and step is not None and epoch > step:  # every epoch has at least one step
+        raise CheckpointError(f"{where} has a missing or invalid field: epoch {str(epoch)[:40]} is impossible "
+                              f"after {step} steps")
 
 
 def _count_problem(name: str, value: Any) -> str | None:

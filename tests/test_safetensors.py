@@ -249,6 +249,8 @@ def test_weights_of_another_dtype_are_refused_or_warned_about(runner, lcd_run, e
         ckpt["model"] = {k: v.to(dtype) for k, v in ckpt["model"].items()}
         torch.save(ckpt, run / "checkpoints" / "best.pt")
         assert_one_line_error(invoke(runner, ["sample", str(run), *SAMPLE]), fragment)
+        (run / "checkpoints" / "last.pt").write_bytes((run / "checkpoints" / "best.pt").read_bytes())
+        assert_one_line_error(invoke(runner, ["run", "--resume", str(run), "--epochs", "3", "-q"]), fragment)
     path = tmp_path / "f64.safetensors"
     save_file({k: v.double() for k, v in tensors.items()}, str(path), metadata=meta)
     result = invoke(runner, ["sample", str(path), *SAMPLE])
