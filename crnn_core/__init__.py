@@ -66,8 +66,7 @@ _EXPORTS = {
     "export_safetensors": "rundirs.loading",
 }
 
-#: Entry-point group of the layers re-exported here (``from crnn_core import FastWeights``).
-LAYERS_GROUP = "crnn.layers"
+from .base.torch_ops import LAYERS_GROUP  # noqa: E402 - the entry-point group of the re-exported layers
 
 
 def _layer_entry_points() -> dict[str, importlib.metadata.EntryPoint]:

@@ -9,6 +9,8 @@ from crnn_core import ConfigError, option, require
 from crnn_core.interfaces.kinds import parse_overrides
 from crnn_core.interfaces.options import build_options, describe
 
+from .conftest import assert_one_line_error, invoke
+
 
 @dataclasses.dataclass
 class Opts:
@@ -84,3 +86,12 @@ def test_list_options_shows_every_scope_of_set(runner):
     assert shown == set(SCOPES), shown  # cell, init, context, task and train
     assert "train: grad_clip=None  (float or None)" in result.stdout
     assert "activation='relu'  (one of 'relu', 'tanh')" in result.stdout
+
+
+def test_a_misspelt_option_key_gets_a_did_you_mean(runner):
+    """`--set cell.hiden_size=...` listed the valid keys but suggested none; config files the same."""
+    result = invoke(runner, ["run", "--cell", "lstm", "--set", "cell.hiden_size=8", "--print-config"])
+    assert_one_line_error(result, "unknown option cell.hiden_size; did you mean cell.hidden_size? (valid cell options: ")
+    assert_one_line_error(invoke(runner, ["run", "--set", "train.epoch=3", "--print-config"]),
+                          "unknown option train.epoch; did you mean train.epochs?")
+    assert "did you mean" not in invoke(runner, ["run", "--set", "cell.zzz=1", "--print-config"]).stderr

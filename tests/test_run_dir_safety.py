@@ -373,3 +373,83 @@ def test_a_signal_after_the_command_ended_does_not_change_its_exit_status():
             "os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT); sys.exit(0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+# -- the first-checkpoint window: a kill at each write point ------------------------------------------
+#: A `crnn run` that dies (``os._exit``, as by kill -9) at one write point of one epoch's end:
+#: ``metrics`` after the metrics.jsonl record was appended, ``last-write`` halfway through
+#: last.pt's temporary file, ``last-rename`` just before that file is renamed to last.pt,
+#: ``best-write`` as best.pt's write starts, ``best-rename`` before best.pt's rename.
+FAULT_DRIVER = """
+import os, sys
+from crnn_core import run, rundir
+point, epoch = sys.argv[1], int(sys.argv[2])
+writes = {"last.pt": 0, "best.pt": 0}
+real_append, real_atomic, real_replace = run.append_metrics, rundir.atomic_write_bytes, os.replace
+
+def append_metrics(path, record):
+    real_append(path, record)
+    if point == "metrics" and record["epoch"] == epoch:
+        os._exit(137)
+
+def atomic_write_bytes(path, write):
+    name = os.path.basename(path)
+    if name in writes:
+        writes[name] += 1
+    due = writes.get(name) == epoch
+    if due and point == f"{name[:4]}-write" and name == "best.pt":
+        os._exit(137)
+    if due and point == "last-write":
+        def half(f):
+            import io
+            buffer = io.BytesIO()
+            write(buffer)
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.flush()
+            os._exit(137)
+        return real_atomic(path, half)
+    return real_atomic(path, write)
+
+def replace(src, dst, *args, **kwargs):
+    name = os.path.basename(dst)
+    if writes.get(name) == epoch and point == f"{name[:4]}-rename":
+        os._exit(137)
+    return real_replace(src, dst, *args, **kwargs)
+
+run.append_metrics, rundir.atomic_write_bytes, os.replace = append_metrics, atomic_write_bytes, replace
+from crnn_core.commandline.main import main
+sys.argv = ["crnn", *sys.argv[3:]]
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    from click.testing import CliRunner
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert invoke(CliRunner(), ["run", *ARGS, "--epochs", "3", "--out", str(out)]).exit_code == 0
+    return out
+
+
+@pytest.mark.parametrize("point, epoch", [("metrics", 1), ("last-write", 1), ("last-rename", 1),
+                                          ("best-write", 1), ("best-rename", 1), ("metrics", 2)])
+def test_a_kill_at_each_write_point_is_recovered_by_resume(runner, tmp_path, uninterrupted, point, epoch):
+    """Killed at any write of an epoch's end, the first epoch's included (metrics written, no
+    checkpoint yet: --resume refused it, the run's own command too), the run is finished by
+    `crnn run --resume DIR`, with the uninterrupted run's metrics and best.pt weights."""
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", FAULT_DRIVER, point, str(epoch), "run", *ARGS, "--epochs", "3",
+                             "--out", str(out)], capture_output=True, text=True, env=env(), timeout=600)
+    assert killed.returncode == 137, killed.stderr
+    records = [r["epoch"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert records == list(range(1, epoch + 1))  # each epoch's record is written before its checkpoints
+    resumed = resume(runner, out)
+    assert resumed.exit_code == 0, resumed.stderr
+    restarted = epoch == 1 and point in ("metrics", "last-write", "last-rename")
+    assert ("the run starts again from its first step" in resumed.stderr) == restarted
+    assert metrics_without_wall_time(out / "metrics.jsonl") == metrics_without_wall_time(uninterrupted / "metrics.jsonl")
+    best, reference = (load_checkpoint(p / "checkpoints" / "best.pt") for p in (out, uninterrupted))
+    assert best["epoch"] == reference["epoch"] and best["best"] == reference["best"]
+    assert all(torch.equal(best["model"][k], v) for k, v in reference["model"].items())
+    assert not list((out / "checkpoints").glob(".*.tmp"))

@@ -24,6 +24,22 @@ OFF = ("", "0", "false", "no", "off")
 logger = logging.getLogger("crnn")
 
 
+def install_command(extra: str) -> str:
+    """The pip command that installs crnn's optional ``extra``: its requirements, as the installed
+    crnn's metadata lists them (``pip install 'crnn[extra]'`` would look crnn up on the package
+    index, which does not have a clone's install), e.g. ``pip install 'tensorboard>=2.10'``."""
+    try:
+        from importlib.metadata import requires
+
+        marker = f'extra == "{extra}"'
+        wanted = [r.split(";")[0].strip() for r in requires("crnn") or [] if marker in r.replace("'", '"')]
+    except Exception:  # noqa: BLE001 - not installed, or unreadable metadata: name the extra
+        wanted = []
+    if not wanted:
+        return f"pip install 'crnn[{extra}]'"
+    return "pip install " + " ".join(f"'{w}'" for w in wanted) + f" (crnn's [{extra}] extra)"
+
+
 class CrnnWarning(UserWarning):
     """Something works, but not as asked (e.g. the fused kernel fell back to the reference)."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import sys
 import traceback
 
@@ -39,3 +41,11 @@ def show_traceback(exc: BaseException) -> None:
     """With ``CRNN_DEBUG=1``, print ``exc``'s full traceback on stderr (a plugin's own error, before it is shortened)."""
     if debug():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice most like ``name`` (a misspelling's "did you mean"), or None if none is close."""
+    import difflib
+
+    found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None

@@ -20,6 +20,10 @@ import sys
 from types import ModuleType
 from typing import Any
 
+#: Entry-point group of the layers ``crnn_core`` re-exports (``from crnn_core import FastWeights``);
+#: importing them registers their ops.
+LAYERS_GROUP = "crnn.layers"
+
 #: The namespace of the ops under ``torch.ops``.
 NAMESPACE = "crnn"
 
@@ -44,8 +48,6 @@ def uninstall() -> None:
 def _load_layers() -> None:
     """Import every layer declared under the ``crnn.layers`` entry points (registering their ops)."""
     from importlib.metadata import entry_points
-
-    from . import LAYERS_GROUP
 
     for ep in entry_points(group=LAYERS_GROUP):
         ep.load()

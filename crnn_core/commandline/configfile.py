@@ -26,10 +26,12 @@ from pathlib import Path
 from types import ModuleType, UnionType
 from typing import Any, Literal, Union
 
-from ..base.errors import ConfigError, CrnnError
+from ..base.env import install_command
+from ..base.errors import ConfigError, CrnnError, closest
 from ..interfaces.kinds import KINDS, Kind
 from ..interfaces.options import build_options, type_label
 from ..plugin_manager.manager import PluginSystem
+from ..rundirs.rundir import MAX_INT_DIGITS, parse_json
 
 #: Config file formats, by file suffix.
 FORMATS = {".toml": "toml", ".json": "json"}
@@ -75,7 +77,7 @@ def _tomllib() -> ModuleType:
             import tomli as tomllib  # type: ignore[no-redef]
         except ModuleNotFoundError:
             raise ConfigError("reading TOML config files needs Python >= 3.11 or tomli, an optional extra: "
-                              "pip install 'crnn[toml]' (or give the config as .json)") from None
+                              f"{install_command('toml')}, or give the config as .json") from None
     return tomllib
 
 
@@ -94,6 +96,8 @@ def read_config_file(path: Path) -> ConfigFile:
         tomllib = _tomllib()
         try:
             data = tomllib.loads(text)
+        except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+            raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
         except tomllib.TOMLDecodeError as exc:
             found = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
             line = int(found[1]) if found else None
@@ -103,17 +107,33 @@ def read_config_file(path: Path) -> ConfigFile:
         lines = toml_key_lines(text)
     else:
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except json.JSONDecodeError as exc:
             raise _syntax_error(path, "JSON", exc.lineno, str(exc.colno), exc.msg,
                                 json_key_lines(text[:exc.pos])) from None
         except RecursionError:
             raise ConfigError(f"{path}: invalid JSON: nested too deeply") from None
+        except ValueError as exc:  # a key given twice, an integer of thousands of digits
+            at = _value_error_position(text, str(exc))
+            line = text.count("\n", 0, at) + 1 if at is not None else None
+            raise _syntax_error(path, "JSON", line, None, str(exc),
+                                json_key_lines(text[:at]) if at is not None else {}) from None
         lines = json_key_lines(text)
     config = ConfigFile(path, fmt, data, lines)
     if not isinstance(data, dict):
         raise config.error((), f"a config file is an object with the tables 'model' and 'train', got {type(data).__name__}")
     return config
+
+
+def _value_error_position(text: str, message: str) -> int | None:
+    """Where in ``text`` the value ``parse_json`` refused is: just after the second ``"key":`` of a
+    duplicate key, or at the first over-long integer (None if not found)."""
+    duplicate = re.match(r"duplicate key '(.*)'$", message)
+    if duplicate:
+        found = list(re.finditer(re.escape(json.dumps(duplicate[1])) + r"\s*:", text))
+        return found[1].end() if len(found) > 1 else None
+    found = re.search(r"-?\d{%d,}" % (MAX_INT_DIGITS + 1), text)
+    return found.start() if found else None
 
 
 def _syntax_error(path: Path, fmt: str, line: int | None, column: str | None, message: str,
@@ -173,7 +193,7 @@ def json_key_lines(text: str) -> dict[Key, int]:
                     last_key = json.loads(text[i:end + 1])
                 except ValueError:
                     last_key = text[i + 1:end]
-                lines.setdefault((*path, str(last_key)), line)
+                lines[(*path, str(last_key))] = line  # a key given twice: its last line (the refused one)
             line += text.count("\n", i, end)
             i = end
         elif char in "{[":
@@ -234,7 +254,9 @@ def _check_keys(config: ConfigFile, key: Key, table: dict[str, Any], valid: typi
     valid = list(valid)
     for name in table:
         if name not in valid:
-            raise config.error((*key, name), f"unknown key (valid {what}: {', '.join(valid) or 'none'})")
+            close = closest(name, valid)
+            hint = f"did you mean '{close}'? " if close else ""
+            raise config.error((*key, name), f"unknown key ({hint}valid {what}: {', '.join(valid) or 'none'})")
 
 
 def checked_options(config: ConfigFile, key: Key, table: dict[str, Any], options_cls: type, scope: str,
@@ -251,8 +273,10 @@ def checked_options(config: ConfigFile, key: Key, table: dict[str, Any], options
         build_options(options_cls, {**(base or {}), **table}, scope)
     except ConfigError as exc:  # a range check of the dataclass: "scope: name must be ..."
         message = str(exc).removeprefix(f"{scope}: ")
-        first = re.match(r"\w+", message)
-        culprit = first[0] if first and first[0] in table else None
+        first = re.match(rf"({re.escape(scope)}\.)?(\w+)", message)  # "lr must ..." or "train.epochs must ..."
+        culprit = first[2] if first and first[2] in table else None
+        if culprit and first[1]:
+            message = message.removeprefix(f"{scope}.{culprit} ")
         raise config.error((*key, culprit) if culprit else key, message) from None
     return table
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ..rundirs.loading import export_safetensors
-from ..rundirs.rundir import standard_json
+from ..rundirs.rundir import dumps_json
 
 EXPORT_EXAMPLES = """
 \b
@@ -31,5 +30,5 @@ def export_command(run_dir: Path, out: Path, checkpoint: str) -> None:
     Prints a JSON summary on stdout.
     """
     documents = export_safetensors(run_dir, out, checkpoint)
-    click.echo(json.dumps(standard_json({"out": str(out), "run_dir": str(run_dir), **documents["crnn.checkpoint"],
-                                         "bytes": out.stat().st_size, "plugins": documents["crnn.plugins"]})))
+    click.echo(dumps_json({"out": str(out), "run_dir": str(run_dir), **documents["crnn.checkpoint"],
+                           "bytes": out.stat().st_size, "plugins": documents["crnn.plugins"]}))

@@ -24,11 +24,11 @@ from .configfile import FileLayer, dumps, file_layer, read_config_file, resolved
 from ..base.env import cli_reporting, env_flag
 from ..base.errors import ConfigError, CrnnError
 from ..interfaces.kinds import KINDS, SCOPES, parse_overrides
-from ..layers.model import Built, ModelSpec, build_model
+from ..layers.model import Built, ModelSpec, build_model, check_sizes
 from ..interfaces.options import describe
 from ..plugin_manager.manager import PluginSystem, get_plugins
-from ..rundirs.run import RunConfig, RunDirWriter, component_provenance
-from ..rundirs.rundir import default_run_dir, is_run_dir, release_locks, standard_json
+from ..rundirs.run import RunConfig, RunDirWriter, check_resume_identity, component_provenance, run_environment
+from ..rundirs.rundir import default_run_dir, dumps_json, is_run_dir, release_locks
 from ..training.loggers import loggers_for, require_loggers
 from ..training.train import LOGGERS, Callback, Interrupted, Loop, StopOnSignal, TrainConfig, fit, train_config_from
 
@@ -184,6 +184,9 @@ def run(
     import torch
 
     dist = distributed.setup(config.train.device)  # joins the process group under torchrun, else a no-op
+    if resume is not None:
+        check_resume_identity(resume, config, plugins)  # before the model it describes is allocated
+    check_sizes(config.model, plugins)  # every component's size, before the first is allocated
     torch.manual_seed(config.train.seed)  # the model's initial weights depend on the seed only (a resume loads them)
     built = build_model(config.model, plugins)
     if resume is None:  # a new run records every option as resolved; a resumed one keeps what its checkpoint matches
@@ -205,7 +208,7 @@ def run(
         raise
     distributed.teardown()
     if dist.is_main:
-        click.echo(json.dumps(standard_json({"run_dir": str(writer.run_dir), **summary}), allow_nan=False))
+        click.echo(dumps_json({"run_dir": str(writer.run_dir), **summary}))
 
 
 #: Components of a run that neither a flag nor a config file names.
@@ -239,7 +242,8 @@ def _open_run_dir(config: RunConfig, built: Built, plugins: PluginSystem, out: P
         return RunDirWriter.reopen(resume, config, _command_line(), relaunch=relaunch)
     spec = config.model
     run_dir = out or default_run_dir(Path("runs"), spec.cell, spec.init, spec.task, config.train.seed)
-    files = {"plugins.json": component_provenance(built, plugins), "command.txt": _command_line() + "\n"}
+    files = {"plugins.json": component_provenance(built, plugins), "env.json": run_environment(built),
+             "command.txt": _command_line() + "\n"}
     return RunDirWriter.create(run_dir, config, force, files, relaunch=relaunch)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import click
 from ..base.errors import ConfigError
 from ..plugin_manager.manager import get_plugins
 from ..rundirs.loading import load_run
-from ..rundirs.rundir import atomic_write_bytes
+from ..rundirs.rundir import atomic_write_bytes, dumps_json
 from ..interfaces.task import Rollout, can_rollout
 from ..training.figures import import_pyplot_figure, rollout_figure
 
@@ -208,12 +207,12 @@ def sample_command(
         **summary_stats(result),
     }
     if out is None:
-        click.echo(json.dumps({**meta, **rollout_record(result)}))
+        click.echo(dumps_json({**meta, **rollout_record(result)}))
         return
     shown = ", ".join(f"{k} = {v:g}" for k, v in result.params.items())
     what = f"{meta['n']} sampled initial states" if not use_mean else "mean initial state"
     write_result(result, meta, out, f"{built.spec.cell} + {built.spec.init} on {built.spec.task}: {shown} ({what})")
-    click.echo(json.dumps({"out": str(out), **meta}))
+    click.echo(dumps_json({"out": str(out), **meta}))
 
 
 def _check_request(n: int, steps: int | None, out: Path | None) -> None:
@@ -248,7 +247,7 @@ def write_result(result: Rollout, meta: dict[str, Any], out: Path, title: str) -
     """Write the rollout to ``out``: JSON (``meta`` and the trajectories), CSV, or a PNG titled ``title``."""
     suffix = out.suffix.lower()
     if suffix == ".json":
-        text = json.dumps({**meta, **rollout_record(result)}, indent=1) + "\n"
+        text = dumps_json({**meta, **rollout_record(result)}, indent=1) + "\n"
         atomic_write_bytes(out, lambda f: f.write(text.encode()))
     elif suffix == ".csv":
         write_csv(result, out)

@@ -16,10 +16,11 @@ from typing import Any
 
 import click
 
+from ..base.env import install_command
 from ..base.errors import ConfigError
 from ..interfaces.kinds import KINDS
 from ..rundirs.run import RESUMABLE_CHANGES, RunConfig
-from ..rundirs.rundir import atomic_write_bytes, is_run_dir, read_metrics
+from ..rundirs.rundir import atomic_write_bytes, dumps_json, is_run_dir, read_metrics
 
 #: TrainConfig fields that do not define a configuration for grouping: the seed, and those a resume may change.
 NOT_CONFIG = ("seed", *RESUMABLE_CHANGES)
@@ -168,7 +169,8 @@ def draw(metric: str, groups: list[dict[str, Any]], out: Path, spread: str, logy
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ConfigError("drawing needs matplotlib, an optional extra: pip install 'crnn[plot]' (or --no-png for JSON only)") from None
+        raise ConfigError(f"drawing needs matplotlib, an optional extra: {install_command('plot')}, "
+                          f"or --no-png for JSON only") from None
     fig = Figure(figsize=(7.0, 4.2), dpi=120, layout="constrained")
     ax = fig.subplots()
     for i, group in enumerate(groups):
@@ -243,4 +245,4 @@ def plot_command(
     if not no_png:
         assert out is not None
         draw(metric, groups, out, spread, logy, title)
-    click.echo(json.dumps({"out": None if no_png else str(out), "metric": metric, "groups": groups}))
+    click.echo(dumps_json({"out": None if no_png else str(out), "metric": metric, "groups": groups}))

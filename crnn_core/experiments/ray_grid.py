@@ -20,6 +20,7 @@ import logging
 import socket
 from typing import Any, Callable
 
+from ..base.env import install_command
 from ..base.errors import ConfigError, CrnnError
 from .local import GridRun, RunKilled, execute
 
@@ -32,7 +33,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError("--executor ray needs the ray package, an optional extra: pip install 'crnn[ray]'") from None
+        raise ConfigError(f"--executor ray needs the ray package, an optional extra: {install_command('ray')}") from None
     return ray
 
 

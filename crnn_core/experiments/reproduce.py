@@ -28,7 +28,7 @@ from ..interfaces.experiment import Experiment
 from .local import Children, GridRun, GridStopped, core_groups, execute
 from .plot import _stats, collect, default_logy, draw
 from ..plugin_manager.manager import get_plugins
-from ..rundirs.rundir import is_run_dir, read_json, read_metrics, write_json
+from ..rundirs.rundir import dumps_json, is_run_dir, read_json, read_metrics, write_json
 from ..base.signals import SignalInterrupt
 from ..training.train import Interrupted
 
@@ -330,4 +330,4 @@ def reproduce_command(experiment: str | None, seeds: int | None, epochs: int | N
         run_grid(runs, epochs, jobs or 1, executor, address, threads, resume_command)
     result = report(exp, runs, chosen, out)
     result["grid_seconds"] = round(time.time() - started, 1)
-    click.echo(json.dumps(result))
+    click.echo(dumps_json(result))

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from ..base.errors import ConfigError
+from ..base.errors import ConfigError, closest
 
 
 
@@ -114,16 +114,29 @@ def build_options(options_cls: type, raw: dict[str, Any], scope: str) -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         valid = ", ".join(sorted(fields)) or "none"
-        raise ConfigError(f"unknown option {scope}.{unknown[0]} (valid {scope} options: {valid})")
+        close = closest(unknown[0], fields)
+        hint = f"; did you mean {scope}.{close}?" if close else ""
+        raise ConfigError(f"unknown option {scope}.{unknown[0]}{hint} (valid {scope} options: {valid})")
     values = {name: _convert(value, hints[name], f"{scope}.{name}") for name, value in raw.items()}
     for name, value in values.items():
-        problem = bounds_problem(fields[name], value)
+        problem = bounds_problem(fields[name], value) or _int64_problem(value)
         if problem:
             raise ConfigError(f"{scope}.{name} {problem}")
     try:
         return options_cls(**values)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{scope}: {exc}") from None
+
+
+#: Every integer option fits in a signed 64-bit integer (what PyTorch and the kernels index with).
+INT64_LIMIT = 2**63
+
+
+def _int64_problem(value: Any) -> str | None:
+    """Why an integer option's ``value`` is out of 64-bit range, or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64_LIMIT <= value < INT64_LIMIT:
+        return f"must fit in a 64-bit integer, got a number of {len(str(abs(value)))} digits"
+    return None
 
 
 def require(condition: bool, message: str) -> None:

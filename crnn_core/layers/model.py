@@ -13,11 +13,13 @@ import inspect
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..interfaces.cell import State
 from .contextual import ContextualRNN
 from ..interfaces.contract import check_cell_result, check_initial_state
+from ..base.env import logger
 from ..base.errors import CheckpointError, ConfigError, CrnnError, show_traceback
 from ..interfaces.init_strategy import InitStrategy
 from ..interfaces.kinds import KINDS
@@ -188,6 +190,59 @@ def weights_mismatch(model: nn.Module, state: Any, show: int = 3) -> str:
     return "; ".join(parts)
 
 
+def check_sizes(spec: Any, plugins: PluginSystem) -> nn.Module | None:
+    """Build the model ``spec`` describes on PyTorch's ``meta`` device (shapes only, no memory),
+    so that every component's own size checks run before any component is allocated (built
+    for real, the first components would be allocated before a later one refused its size).
+    Returns that shape-only model, or None where a component cannot be built without memory
+    (its own code failed: left to the real build). Refusals propagate as the real build's would."""
+    try:
+        with torch.device("meta"):
+            return build_model(spec, plugins).model
+    except CrnnError as exc:  # a size that cannot fit, an unknown name, an invalid option
+        if getattr(exc, "plugin_failure", False):
+            return None
+        raise
+    except Exception:  # noqa: BLE001 - the real build reports its own errors
+        return None
+
+
+def check_weights_fit(spec: Any, plugins: PluginSystem, state: Any, where: str) -> None:
+    """Refuse (one-line ``CheckpointError``) weights whose shapes do not fit the model ``spec``
+    describes, before that model is allocated: the shape-only model of :func:`check_sizes` is
+    compared with ``state`` (name -> tensor, or name -> shape).
+
+    A config that asks for a huge model next to small weights (an edited or forged file) is
+    refused here instead of after gigabytes were allocated.
+    """
+    model = check_sizes(spec, plugins)
+    if model is None or not isinstance(state, dict):
+        return
+    shapes = {name: torch.empty(value if isinstance(value, (tuple, list)) else tuple(value.shape), device="meta")
+              for name, value in state.items() if isinstance(value, (tuple, list, Tensor))}
+    detail = weights_mismatch(model, shapes)
+    if detail:
+        raise CheckpointError(f"{where} does not fit this model: {detail}")
+
+
+def check_state_dtypes(state: Any, where: str) -> None:
+    """Weights stored as integers or booleans are refused (one line naming the first); floats
+    of another precision are loaded as the model's (float32) with one warning. ``state`` maps
+    names to tensors or to their dtypes."""
+    if not isinstance(state, dict):
+        return
+    dtypes = {name: value.dtype if isinstance(value, Tensor) else value for name, value in state.items()
+              if isinstance(value, (Tensor, torch.dtype))}
+    foreign = {name: dtype for name, dtype in dtypes.items() if dtype != torch.float32}
+    wrong = [(name, dtype) for name, dtype in foreign.items() if not dtype.is_floating_point]
+    if wrong:
+        raise CheckpointError(f"{where}: tensor {wrong[0][0]} is stored as {wrong[0][1]}, not a floating-point "
+                              f"type; crnn's weights are float32")
+    if foreign:
+        name, dtype = next(iter(foreign.items()))
+        logger.warning(f"crnn: {where}: {len(foreign)} tensor(s) stored as {dtype} (e.g. {name}) are loaded as float32")
+
+
 @dataclass
 class Built:
     """The result of ``build_model``: the task, the model and the resolved options."""
@@ -207,9 +262,10 @@ def _construct(kind: str, name: str, cls: type, *args: Any) -> Any:
     except Exception as exc:  # noqa: BLE001 - third-party constructors may raise anything
         show_traceback(exc)  # CRNN_DEBUG=1: the plugin's own traceback, then the one-line error
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(
-            f"{kind} '{name}' ({cls.__module__}.{cls.__qualname__}) failed to build: {type(exc).__name__}: {first}"
-        ) from None
+        error = ConfigError(
+            f"{kind} '{name}' ({cls.__module__}.{cls.__qualname__}) failed to build: {type(exc).__name__}: {first}")
+        error.plugin_failure = True  # type: ignore[attr-defined] - the component's own code raised
+        raise error from None
 
 
 def build_model(spec: ModelSpec, plugins: PluginSystem) -> Built:

@@ -20,7 +20,6 @@ Environment variables (read with ``env.env_flag``):
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import inspect
 import os
@@ -32,7 +31,7 @@ import pluggy
 
 from . import hookspecs
 from ..base.env import env_flag, logger, package_version
-from ..base.errors import PluginError, show_traceback
+from ..base.errors import PluginError, closest, show_traceback
 from ..interfaces.experiment import Experiment
 from ..interfaces.kinds import KINDS
 from .registry import Registry
@@ -338,8 +337,8 @@ def _hook_problem(plugin: object) -> str | None:
             return (f"{attr} is not marked with @crnn_core.hookimpl, so it would never be called "
                     "(add the decorator: from crnn_core import hookimpl)")
         if marked and attr not in HOOK_NAMES:
-            close = difflib.get_close_matches(attr, HOOK_NAMES, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; the hooks are: {', '.join(HOOK_NAMES)}"
+            close = closest(attr, HOOK_NAMES)
+            hint = f"; did you mean '{close}'?" if close else f"; the hooks are: {', '.join(HOOK_NAMES)}"
             return f"@hookimpl function {attr} is not a crnn hook{hint}"
         if marked:
             expected = inspect.signature(getattr(hookspecs, attr)).parameters

@@ -7,11 +7,10 @@ derives from the kind's base class, and answers an unknown name with a
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Generic, Iterator, TypeVar
 
-from ..base.errors import ConfigError, PluginError
+from ..base.errors import ConfigError, PluginError, closest
 
 T = TypeVar("T", bound=type)
 
@@ -72,8 +71,8 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             pass
-        close = difflib.get_close_matches(name, list(self._entries), n=1, cutoff=0.6)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        close = closest(name, self._entries)
+        hint = f" Did you mean '{close}'?" if close else ""
         raise ConfigError(f"Unknown {self.kind} '{name}'.{hint} (see: crnn list {self.list_name})")
 
     def __contains__(self, name: object) -> bool:

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from ..base.errors import CheckpointError, ConfigError
-from ..layers.model import Built, build_model, load_weights
+from ..layers.model import Built, build_model, check_state_dtypes, check_weights_fit, load_weights
 from ..plugin_manager.manager import PluginSystem, get_plugins
-from .run import RunConfig, component_provenance
-from .rundir import atomic_write_bytes, load_checkpoint
-from .weights import FORMAT, SUFFIX, _safetensors_torch, load_safetensors
+from .run import RunConfig, _check_counters, component_provenance
+from .rundir import atomic_write_bytes, load_checkpoint, read_json
+from .weights import FORMAT, SUFFIX, _safetensors_torch, check_components, load_safetensors
 
 
 def load_run(run_dir: Path | str, checkpoint: str = "best", device: str = "cpu",
@@ -29,11 +29,19 @@ def load_run(run_dir: Path | str, checkpoint: str = "best", device: str = "cpu",
     run_dir = Path(run_dir)
     if run_dir.is_file():
         built, ckpt = load_safetensors(run_dir, plugins or get_plugins())
+        _check_counters(ckpt, f"{run_dir} (crnn.checkpoint)")
     else:
         config = RunConfig.load(run_dir)
-        built = build_model(config.model, plugins or get_plugins())
-        ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-        load_weights(built.model, ckpt.get("model"), f"{run_dir}/checkpoints/{checkpoint}.pt")
+        plugins = plugins or get_plugins()
+        if (run_dir / "plugins.json").is_file():
+            check_components(run_dir / "plugins.json", config.model, read_json(run_dir / "plugins.json"), plugins)
+        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+        ckpt = load_checkpoint(path)
+        _check_counters(ckpt, str(path))
+        check_weights_fit(config.model, plugins, ckpt.get("model"), str(path))  # before the model is allocated
+        check_state_dtypes(ckpt.get("model"), str(path))
+        built = build_model(config.model, plugins)
+        load_weights(built.model, ckpt.get("model"), str(path))
     built.model.to(resolve_device(device)).eval()
     return built, ckpt
 

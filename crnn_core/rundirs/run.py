@@ -18,7 +18,7 @@ from typing import Any
 from ..base.env import logger, package_version
 from ..base.errors import CheckpointError, ConfigError
 from ..interfaces.kinds import KINDS
-from ..layers.model import Built, ModelSpec, load_weights
+from ..layers.model import Built, ModelSpec, check_sizes, check_state_dtypes, load_weights
 from ..plugin_manager.manager import PluginSystem, get_plugins
 from .rundir import (
     append_metrics,
@@ -27,6 +27,7 @@ from .rundir import (
     load_checkpoint,
     prepare_new_run_dir,
     read_json,
+    restart_unbacked,
     resume_checked,
     save_checkpoint,
     truncate_metrics,
@@ -213,9 +214,12 @@ class RunDirWriter(Callback):
         loop.dist.barrier()
 
     def _restore(self, loop: Loop) -> None:
+        if restart_unbacked(self.run_dir, loop.dist.is_main):
+            return  # no checkpoint: train from the start, as the run's own first attempt did
         ckpt = load_checkpoint(self.last)
         if not identity_matches(ckpt.get("config"), self.config.identity()):
             raise CheckpointError(f"{self.last} was written by a different configuration than {self.run_dir}/config.json")
+        check_state_dtypes(ckpt.get("model"), str(self.last))
         load_weights(loop.model, ckpt.get("model"), str(self.last))
         try:
             loop.optimizer.load_state_dict(ckpt["optimizer"])
@@ -233,14 +237,33 @@ class RunDirWriter(Callback):
             truncate_metrics(self.run_dir / "metrics.jsonl", s.epoch)
 
 
+def check_resume_identity(run_dir: Path, config: RunConfig, plugins: PluginSystem) -> None:
+    """Refuse, before the model is built, a ``last.pt`` written by another configuration than
+    ``config`` (e.g. a config.json edited to a far larger model than its checkpoint's): the
+    resume would refuse it anyway, after allocating that model. A config that names an unknown
+    component or an invalid option is refused for that (a build on the ``meta`` device, which
+    allocates nothing, finds it). Other faults of the checkpoint are left to the resume."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return
+    try:
+        ckpt = load_checkpoint(last)
+    except CheckpointError:
+        return
+    if not identity_matches(ckpt.get("config"), config.identity()):
+        check_sizes(config.model, plugins)  # the config's own error first, where it has one
+        raise CheckpointError(f"{last} was written by a different configuration than {run_dir}/config.json")
+
+
 def _checked_state(ckpt: dict[str, Any], steps_per_epoch: int) -> TrainState:
     """The checkpoint's :class:`TrainState`, each field of the right type and the position
     consistent (``step = epoch * steps_per_epoch + batch_in_epoch``): a tampered or corrupt
     checkpoint is refused here, not found out after training restarts."""
     def count(name: str, default: int | None = None) -> int:
         value = ckpt.get(name, default) if default is not None else ckpt[name]
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            raise ValueError(f"'{name}' must be an integer >= 0, got {value!r:.40}")
+        problem = _count_problem(name, value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     def real(name: str, optional: bool = False) -> float | None:
@@ -259,6 +282,26 @@ def _checked_state(ckpt: dict[str, Any], steps_per_epoch: int) -> TrainState:
         raise ValueError(f"position epoch {s.epoch}, batch {s.batch_in_epoch}, step {s.step} is impossible "
                          f"with {steps_per_epoch} steps per epoch")
     return s
+
+
+def _check_counters(ckpt: dict[str, Any], where: str) -> None:
+    """The ``epoch`` and ``step`` a loaded model reports (``crnn sample`` prints them) are integers
+    >= 0 (or absent): a tampered value such as 1e30 is refused, not passed on."""
+    for name in ("epoch", "step"):
+        problem = _count_problem(name, ckpt.get(name)) if ckpt.get(name) is not None else None
+        if problem:
+            raise CheckpointError(f"{where} has a missing or invalid field: {problem}")
+    epoch, step = ckpt.get("epoch"), ckpt.get("step")
+    if epoch is not None and step is not None and epoch > step:  # every epoch has at least one step
+        raise CheckpointError(f"{where} has a missing or invalid field: epoch {str(epoch)[:40]} is impossible "
+                              f"after {step} steps")
+
+
+def _count_problem(name: str, value: Any) -> str | None:
+    """Why a checkpoint's counter ``name`` is not an integer >= 0, or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return None
+    return f"'{name}' must be an integer >= 0, got {value!r:.40}"
 
 
 def _check_optimizer_state(optimizer: Any) -> None:
@@ -286,3 +329,18 @@ def component_provenance(built: Built, plugins: PluginSystem) -> dict[str, dict[
     that provide it (a run's ``plugins.json``; the metadata of an exported safetensors file)."""
     return {kind: {"name": getattr(cls, "name", cls.__name__), "class": f"{cls.__module__}.{cls.__qualname__}",
                    **plugins.provider_of(cls)} for kind, cls in built.classes.items()}
+
+
+def run_environment(built: Built) -> dict[str, Any]:
+    """What a run ran on (a run's ``env.json``): the crnn, PyTorch and Python versions, PyTorch's
+    CUDA version, the platform, and how the cell computes (its backend; for the fused kernel, how
+    it was loaded and the CPU path it runs). Results depend on these, not only on config.json."""
+    import platform
+
+    import torch
+
+    return {"crnn": package_version("crnn"), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cell_backend": built.model.cell.describe_backend()}
+
+

@@ -3,6 +3,7 @@
     <run>/config.json      every resolved option
     <run>/command.txt      the command line that started it
     <run>/plugins.json     package and version behind each component
+    <run>/env.json         crnn, PyTorch and Python versions, the cell's backend (kernel path)
     <run>/metrics.jsonl    one JSON object per evaluation
     <run>/checkpoints/last.pt, best.pt   (atomic; load with weights_only=True)
 
@@ -301,9 +302,44 @@ def write_text(path: Path, text: str, append: bool = False) -> None:
     _guard(write, path)
 
 
+#: The most digits of an integer crnn reads from a JSON file (every count crnn takes fits in 64 bits:
+#: 19 digits); Python's own limit is 4300, refused with an error that names no file.
+MAX_INT_DIGITS = 40
+
+
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict (``object_pairs_hook``), refusing a key given twice
+    (Python's json keeps the last silently; TOML refuses it too)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key '{key[:60]}'")
+        out[key] = value
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    """A JSON integer, refused (``ValueError``) beyond :data:`MAX_INT_DIGITS` digits."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` for untrusted files: duplicate keys and integers of more than
+    :data:`MAX_INT_DIGITS` digits raise ``ValueError``; deep nesting raises ``RecursionError``."""
+    return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_int=_bounded_int)
+
+
+def dumps_json(record: Any, **kw: Any) -> str:
+    """Standard JSON text of ``record`` (:func:`standard_json`: a NaN or infinity is ``null``,
+    listed under ``"nonfinite"``): what metrics.jsonl and every command's stdout summary write."""
+    return json.dumps(standard_json(record) if isinstance(record, dict) else record, allow_nan=False, **kw)
+
+
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return parse_json(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
     except (OSError, ValueError) as exc:
@@ -398,7 +434,7 @@ def _parse_metrics(text: str, path: Path) -> list[dict[str, Any]]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                record = json.loads(line)
+                record = parse_json(line)
             except (ValueError, RecursionError):
                 raise CheckpointError(f"{path}:{number} is not valid JSON") from None
             problem = _metrics_record_problem(record)
@@ -446,6 +482,10 @@ def truncate_metrics(path: Path, last_epoch: int) -> None:
         lock.metrics = (*lock.metrics[:2], len(kept))  # type: ignore[index]
 
 
+#: How many non-finite fields ``standard_json`` names in ``"nonfinite"``.
+NONFINITE_NAMES = 20
+
+
 def standard_json(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` with every NaN/inf float replaced by None and, if any was, ``"nonfinite"``:
     the dotted names of those fields. Python's json would write NaN/Infinity, which is not
@@ -463,8 +503,9 @@ def standard_json(record: dict[str, Any]) -> dict[str, Any]:
         return value
 
     cleaned = clean(record, "")
-    if flagged:
-        cleaned["nonfinite"] = flagged
+    if flagged:  # the first NONFINITE_NAMES names (a NaN model's samples would list every value)
+        more = [f"... ({len(flagged)} in all)"] if len(flagged) > NONFINITE_NAMES else []
+        cleaned["nonfinite"] = flagged[:NONFINITE_NAMES] + more
     return cleaned
 
 
@@ -477,7 +518,7 @@ def append_metrics(path: Path, record: dict[str, Any]) -> None:
 
     def append() -> None:
         with open(path, "a") as f:
-            f.write(json.dumps(standard_json(record), allow_nan=False) + "\n")
+            f.write(dumps_json(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -548,6 +589,33 @@ def resume_checked(run_dir: Path, checkpoint: dict[str, Any], epochs: int, is_ma
         pending, lock.pending = lock.pending, []
         for write in pending:
             write()
+    return True
+
+
+def restart_unbacked(run_dir: Path, is_main: bool = True) -> bool:
+    """For ``--resume`` of a run that has metrics.jsonl records but no ``last.pt`` (killed between
+    its first epoch's record and its first checkpoint, or its checkpoints/ removed): no checkpoint
+    backs those records, so they are dropped and the run starts again from its first step.
+    Says so on stderr, repairs what a kill left and performs the deferred writes; returns True.
+    A run without a checkpoint or records (False here) is refused by ``load_checkpoint``,
+    naming the command that restarts it; any other run returns False.
+    """
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists() or never_checkpointed(run_dir):
+        return False
+    if is_main:
+        records = len(read_metrics_safe(run_dir))
+        logger.warning(f"crnn: {run_dir} has no checkpoints/last.pt, so no checkpoint backs its {records} metrics "
+                       f"record(s): they are dropped and the run starts again from its first step")
+        remove_orphan_temp_files(run_dir)
+        _guard(lambda: (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True), run_dir / "checkpoints")
+        _guard(lambda: (run_dir / "checkpoints" / "best.pt").unlink(missing_ok=True), run_dir / "checkpoints" / "best.pt")
+        truncate_metrics(run_dir / "metrics.jsonl", 0)
+        lock = held_lock(run_dir)
+        if lock is not None:
+            pending, lock.pending = lock.pending, []
+            for write in pending:
+                write()
     return True
 
 

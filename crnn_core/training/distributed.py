@@ -53,10 +53,22 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {name!r}: crnn runs on cpu or cuda, not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for (--device / train.device), but PyTorch sees no CUDA device here")
+        raise ConfigError(f"device {name!r} was asked for (--device / train.device), but PyTorch sees no CUDA device "
+                          f"here: {cuda_remedy()}")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def cuda_remedy() -> str:
+    """What to do where PyTorch sees no CUDA device: for a CPU-only build of PyTorch, install a CUDA
+    build (the package index that serves them); for a CUDA build, check the GPU and its driver."""
+    if torch.version.cuda is None:
+        return (f"this PyTorch {torch.__version__} is a CPU-only build; install a CUDA build, e.g. "
+                f"pip install torch --index-url https://download.pytorch.org/whl/cu124 (pytorch.org lists the "
+                f"builds; pick your CUDA version), then run: crnn kernels")
+    return (f"this PyTorch is built for CUDA {torch.version.cuda}, but finds no GPU: check nvidia-smi, the driver "
+            f"and CUDA_VISIBLE_DEVICES")
 
 
 def launcher() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..base.env import install_command
 from ..base.errors import ConfigError
 from ..interfaces.task import Rollout
 
@@ -15,7 +16,7 @@ def import_pyplot_figure() -> Any:
         from matplotlib.figure import Figure
     except ImportError:
         raise ConfigError(
-            "writing a PNG needs matplotlib, an optional extra: pip install 'crnn[plot]' (or write .json / .csv)"
+            f"writing a PNG needs matplotlib, an optional extra: {install_command('plot')}, or write .json / .csv"
         ) from None
     return Figure
 

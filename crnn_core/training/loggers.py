@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..base.env import install_command
 from ..base.errors import ConfigError
 from .train import Callback, Loop, TrainConfig
 
@@ -38,7 +39,7 @@ def summary_writer_class() -> type:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError("--log tensorboard needs the tensorboard package, an optional extra: "
-                          "pip install 'crnn[tensorboard]'") from None
+                          + install_command("tensorboard")) from None
     return SummaryWriter
 
 
@@ -134,7 +135,7 @@ class TensorBoardLogger(Callback):
             import matplotlib  # noqa: F401
         except ImportError:
             raise ConfigError("the TensorBoard sample figures (train.figure_every) need matplotlib, an optional extra: "
-                              "pip install 'crnn[plot]' (or --set train.figure_every=0)") from None
+                              f"{install_command('plot')}, or --set train.figure_every=0") from None
 
     # -- content ---------------------------------------------------------------------------------
     def _write_hparams(self, loop: Loop) -> None:

@@ -29,6 +29,7 @@ from ..base import signals
 from .distributed import DistContext, resolve_device
 from ..base.errors import ConfigError, CrnnError
 from ..interfaces.options import build_options, check_bounds, option, require
+from ..base.resources import usable_cpus
 from .step import check_precision, forward_loss, grads_finite, make_adam, precision_context, set_adam_impl
 from ..interfaces.task import Batch, Task
 
@@ -36,6 +37,10 @@ from ..interfaces.task import Batch, Task
 #: Largest seed: torch's generators take 64-bit seeds, and epoch_order and the per-rank
 #: seeds derive others from it (seed * 1_000_003 + epoch), which must stay in range.
 MAX_SEED = 2**32 - 1
+
+#: The largest epoch count, batch size and figure interval: a billion epochs of one step
+#: each is months of training, and larger values only overflow step counters and loops.
+MAX_COUNT = 10**9
 
 #: The loggers that ``train.loggers`` (``crnn run --log``) may name; crnn_core/loggers.py has them.
 LOGGERS = ("tensorboard",)
@@ -45,16 +50,17 @@ LOGGERS = ("tensorboard",)
 class TrainConfig:
     """The training options (``--set train.*``; ``crnn list`` shows them with their help)."""
 
-    epochs: int = option(10, "passes over the training set")
-    batch_size: int = option(128, "examples per optimisation step")
+    epochs: int = option(10, "passes over the training set", bounds=(None, MAX_COUNT))
+    batch_size: int = option(128, "examples per optimisation step", bounds=(None, MAX_COUNT))
     lr: float = option(1e-3, "Adam learning rate")
     seed: int = option(0, "seed of the model initialisation, batch order and sampling", bounds=(0, MAX_SEED))
     device: str = option("cpu", "cpu or cuda")
     grad_clip: float | None = option(None, "clip the global gradient norm at this value (none: no clipping)")
     early_stop: bool = option(False, "stop once the task's early-stop target is reached (ART: 100% accuracy)")
-    eval_batch_size: int = option(2048, "examples per validation batch")
+    eval_batch_size: int = option(2048, "examples per validation batch", bounds=(None, MAX_COUNT))
     on_nonfinite: Literal["stop", "skip"] = option("stop", "on a NaN/inf loss or gradient: stop the run, or skip the step")
-    threads: int | None = option(None, "torch intra-op threads (none: PyTorch's default)")
+    threads: int | None = option(None, "torch intra-op threads (none: PyTorch's default, lowered to the CPUs this "
+                                       "process may use: its CPU affinity and cgroup quota)")
     lr_decay_at: str = option("", "step decay: comma-separated epochs after which lr is multiplied by lr_decay_factor "
                                   "(e.g. 30,60; empty: constant lr)")
     lr_decay_factor: float = option(0.1, "factor applied to lr at each epoch of lr_decay_at")
@@ -63,7 +69,7 @@ class TrainConfig:
     loggers: str = option("", "loggers `crnn run` adds beside metrics.jsonl, comma-separated: tensorboard "
                               "(pip install 'crnn[tensorboard]'; the same as --log tensorboard)")
     figure_every: int = option(5, "with a logger: a figure of generated samples every this many epochs, "
-                                  "for tasks that generate (LCD); 0: none")
+                                  "for tasks that generate (LCD); 0: none", bounds=(None, MAX_COUNT))
     precision: Literal["32", "bf16-mixed"] = option(
         "32", "32: float32; bf16-mixed: forward and loss under torch.autocast(bfloat16) (changes results)")
     compile: bool = option(False, "torch.compile the forward pass and the loss (same results up to rounding; "
@@ -315,8 +321,9 @@ def _prepare(model: nn.Module, task: Task, cfg: TrainConfig) -> Loop:
     dist = distributed.context()  # single-process unless launched by torchrun (crnn_core/distributed.py)
     device = resolve_device(dist.device_name(cfg.device))
     check_precision(cfg.precision, device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or min(torch.get_num_threads(), usable_cpus())
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
     model.to(device)
     train_data = {k: v.to(device) for k, v in task.dataset("train").items()}
     val_data = {k: v.to(device) for k, v in task.dataset("val").items()}

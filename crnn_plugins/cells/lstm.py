@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from crnn_core import Cell, State, hookimpl, option, require
+from crnn_core.resources import check_parameters
 
 
 @dataclasses.dataclass
@@ -28,6 +29,7 @@ class LSTMCell(Cell):
     def __init__(self, input_size: int, options: LSTMOptions) -> None:
         super().__init__(input_size, options)
         H = options.hidden_size
+        check_parameters(4 * H * (input_size + H + 2), "the LSTM weights", "cell.hidden_size")
         self.lstm = nn.LSTM(input_size, H, batch_first=True)
         with torch.no_grad():
             # PyTorch gate order: input, forget, cell, output; two bias vectors are summed.

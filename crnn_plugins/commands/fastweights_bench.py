@@ -44,6 +44,7 @@ import itertools
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -58,10 +59,16 @@ from crnn_core.training.distributed import resolve_device
 from crnn_core.base.errors import ConfigError
 from crnn_core.base.resources import check_memory
 
-DEFAULT_BATCH = (1, 128)
-DEFAULT_LENGTH = (11, 25)
-DEFAULT_HIDDEN = (50, 128)
+#: ``crnn bench`` without grid options: one ART-sized point (about a minute, most of it
+#: torch.compile compiling the point's two modes).
+DEFAULT_BATCH = (128,)
+DEFAULT_LENGTH = (11,)
+DEFAULT_HIDDEN = (50,)
 DEFAULT_INNER = (1,)
+#: ``crnn bench --full``: the grid of docs/benchmarks.md's first table (minutes).
+FULL_BATCH = (1, 128)
+FULL_LENGTH = (11, 25)
+FULL_HIDDEN = (50, 128)
 BACKENDS = ("fused", "compiled", "reference", "naive")
 SPREAD_WARN = 0.2  # IQR / median above which a timing is flagged
 # wall: elapsed time. cpu: the calling thread's CPU time (one thread only), which other
@@ -367,6 +374,37 @@ def _check_bench_settings(dev: torch.device, clock: str, points: list[GridPoint]
                      f"the bench point B={B} T={T} H={H} S={S}", "--batch / --length / --hidden / --inner-steps")
 
 
+def _time_point(point: GridPoint, n: int, total: int, active: list[str], fns: dict[str, Callable],
+                modes: tuple[str, ...], dev: torch.device, torch_dtype: torch.dtype, dtype: str, state: str, seed: int,
+                warmup: int, repeats: int, max_naive_bytes: float, max_compiled_length: int | None, clock: str,
+                progress: Callable[[str], None], records: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> None:
+    """Time every backend in every mode at the ``n``-th of ``total`` grid points; appends to ``records``
+    and ``ratios`` as each mode is done (so an interruption keeps what was measured)."""
+    args, upstream = bench_inputs(point.batch, point.length, point.hidden, dev, torch_dtype, state, seed)
+    for mode in modes:
+        progress(f"[{n}/{total}] B={point.batch} T={point.length} H={point.hidden} S={point.inner_steps} {mode}")
+        skipped = _skipped_backends(active, mode, point, torch_dtype, max_naive_bytes, max_compiled_length)
+        for b, why in skipped.items():
+            progress(f"  {b} skipped: {why}")
+        here = [b for b in active if b not in skipped]
+        timers = {b: _Timer(fns[b], args, upstream, mode, point.inner_steps, dev, final_state=wants_final_state(state))
+                  for b in here}
+        for timer in timers.values():
+            timer.clock = CLOCKS[clock]
+        order = here[n % len(here):] + here[: n % len(here)]  # rotates from one grid point to the next
+        samples, compile_s = _time_backends(timers, order, warmup, repeats)
+        medians = {b: statistics.median(v) for b, v in samples.items()}
+        for b, why in skipped.items():
+            records.append({"backend": b, "mode": mode, **point.fields(), "device": str(dev), "dtype": dtype,
+                            "median_ms": None, "skipped": why})
+        for b in here:
+            records.append(_backend_record(b, mode, point, dev, dtype, samples[b], repeats, compile_s.get(b),
+                                           timers[b].memory(), medians.get("fused")))
+        if "fused" in medians:
+            ratios.append({"mode": mode, **point.fields(),
+                           **{f"{b}_over_fused": round(medians[b] / medians["fused"], 3) for b in here if b != "fused"}})
+
+
 def run_benchmark(
     batches: tuple[int, ...],
     lengths: tuple[int, ...],
@@ -400,30 +438,14 @@ def run_benchmark(
     load_before = _load_avg()
     records: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
-    for n, point in enumerate(points, 1):
-        args, upstream = bench_inputs(point.batch, point.length, point.hidden, dev, torch_dtype, state, seed)
-        for mode in modes:
-            progress(f"[{n}/{len(points)}] B={point.batch} T={point.length} H={point.hidden} S={point.inner_steps} {mode}")
-            skipped = _skipped_backends(active, mode, point, torch_dtype, max_naive_bytes, max_compiled_length)
-            for b, why in skipped.items():
-                progress(f"  {b} skipped: {why}")
-            here = [b for b in active if b not in skipped]
-            timers = {b: _Timer(fns[b], args, upstream, mode, point.inner_steps, dev, final_state=wants_final_state(state))
-                      for b in here}
-            for timer in timers.values():
-                timer.clock = CLOCKS[clock]
-            order = here[n % len(here):] + here[: n % len(here)]  # rotates from one grid point to the next
-            samples, compile_s = _time_backends(timers, order, warmup, repeats)
-            medians = {b: statistics.median(v) for b, v in samples.items()}
-            for b, why in skipped.items():
-                records.append({"backend": b, "mode": mode, **point.fields(), "device": str(dev), "dtype": dtype,
-                                "median_ms": None, "skipped": why})
-            for b in here:
-                records.append(_backend_record(b, mode, point, dev, dtype, samples[b], repeats, compile_s.get(b),
-                                               timers[b].memory(), medians.get("fused")))
-            if "fused" in medians:
-                ratios.append({"mode": mode, **point.fields(),
-                               **{f"{b}_over_fused": round(medians[b] / medians["fused"], 3) for b in here if b != "fused"}})
+    done = 0
+    try:
+        for done, point in enumerate(points):
+            _time_point(point, done + 1, len(points), active, fns, modes, dev, torch_dtype, dtype, state, seed, warmup,
+                        repeats, max_naive_bytes, max_compiled_length, clock, progress, records, ratios)
+        interrupted = None
+    except KeyboardInterrupt as exc:  # Ctrl-C: the rows measured so far are still a result
+        interrupted = {"signal": str(exc) or "SIGINT", "points_done": done, "points": len(points)}
     machine = machine_info(dev)
     machine["load_avg_1m_before"] = load_before
     machine["load_avg_1m_after"] = _load_avg()
@@ -439,6 +461,7 @@ def run_benchmark(
         "ratios": ratios,
         "summary": summarize(ratios),
         "growth_with_length": length_growth(records),
+        **({"interrupted": interrupted} if interrupted else {}),
         "warnings": [
             f"B={r['batch']} T={r['length']} H={r['hidden']} S={r['inner_steps']} {r['mode']} {r['backend']}: "
             f"IQR {100 * r['iqr_rel']:.0f}% of the median (> {100 * SPREAD_WARN:.0f}%): too noisy to trust"
@@ -516,7 +539,8 @@ def format_table(doc: dict[str, Any]) -> str:
 BENCH_EPILOG = """
 \b
 Examples:
-  crnn bench                                   # the default grid (minutes: compiled compiles each shape)
+  crnn bench                                   # one point, about a minute (compiled compiles it)
+  crnn bench --full                            # the default grid: 8 points, minutes
   crnn bench --batch 128 --length 11 --hidden 50 --inner-steps 1 --repeats 30
   crnn bench --batch 1 --batch 32 --batch 128 --length 11 --length 25 --length 100 \\
              --hidden 50 --hidden 128 --hidden 256 --inner-steps 1 --inner-steps 3   # the full grid
@@ -553,11 +577,19 @@ Examples:
               help="skip compiled above this T (torch.compile unrolls the T-step loop: compile time grows with T)")
 @click.option("--clock", default="wall", show_default=True, type=click.Choice(list(CLOCKS)),
               help="wall: elapsed time; cpu: the thread's CPU time (needs --threads 1; robust on a shared machine)")
+@click.option("--full", is_flag=True,
+              help="the full default grid (B 1 128, T 11 25, H 50 128: minutes) instead of one point (about a minute); "
+                   "--batch/--length/--hidden given still win")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout instead of the table")
 @click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")
 def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup, state,
-                  threads, seed, max_naive_gb, max_compiled_length, clock, as_json, quiet) -> None:
-    """Time the fused fast-weights kernel against torch.compile of the reference, the reference and the naive loop."""
+                  threads, seed, max_naive_gb, max_compiled_length, clock, full, as_json, quiet) -> None:
+    """Time the fused fast-weights kernel against torch.compile of the reference, the reference and the naive loop.
+
+    Ctrl-C stops it and prints the rows measured so far (exit 130).
+    """
+    if full:
+        batches, lengths, hiddens = batches or FULL_BATCH, lengths or FULL_LENGTH, hiddens or FULL_HIDDEN
     threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -572,6 +604,13 @@ def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dty
         click.echo(json.dumps(doc, indent=2))
     else:
         click.echo(format_table(doc))
+    stopped = doc.get("interrupted")
+    if stopped:
+        from crnn_core.train import Interrupted
+
+        signum = getattr(signal.Signals, stopped["signal"], signal.SIGINT)
+        raise Interrupted(f"{stopped['signal']} received: stopped after {stopped['points_done']} of "
+                          f"{stopped['points']} grid points; the rows above are those measured", signum)
 
 
 def _run_from_cli(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup, state, seed,

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from crnn_core import ContextNetwork, hookimpl, option, require
+from crnn_core.resources import check_parameters
 
 
 @dataclasses.dataclass
@@ -29,6 +30,8 @@ class LinearContext(ContextNetwork):
 
     def __init__(self, in_features: int, options: LinearOptions) -> None:
         super().__init__(in_features, options)
+        check_parameters((in_features + 1) * options.out_features, "the linear context network's weights",
+                         "context.out_features")
         self.layer = nn.Linear(in_features, options.out_features)
         self.out_features = options.out_features
 

@@ -11,6 +11,7 @@ import dataclasses
 from torch import Tensor, nn
 
 from crnn_core import ContextNetwork, hookimpl, option, require
+from crnn_core.resources import check_parameters
 
 
 @dataclasses.dataclass
@@ -32,8 +33,10 @@ class MLPContext(ContextNetwork):
 
     def __init__(self, in_features: int, options: MLPOptions) -> None:
         super().__init__(in_features, options)
+        width, hidden = in_features, options.hidden
+        check_parameters((width + 1) * hidden + (options.layers - 1) * (hidden + 1) * hidden,
+                         "the mlp context network's weights", "context.hidden / context.layers")
         layers: list[nn.Module] = []
-        width = in_features
         for _ in range(options.layers):
             layers += [nn.Linear(width, options.hidden), nn.ReLU()]
             width = options.hidden

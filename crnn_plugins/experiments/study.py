@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from crnn_core import ConfigError
+from crnn_core.base.env import install_command
 from crnn_core.experiments.reproduce import GridRun, parse_run_name
 from crnn_core.rundirs.rundir import read_metrics
 from crnn_core.experiments.stats import bootstrap_ci, format_ci, mann_whitney_u
@@ -141,7 +142,7 @@ def _figure(size: tuple[float, float], panels: int = 1) -> tuple[Any, list[Any]]
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ConfigError("drawing needs matplotlib, an optional extra: pip install 'crnn[plot]'") from None
+        raise ConfigError(f"drawing needs matplotlib, an optional extra: {install_command('plot')}") from None
     fig = Figure(figsize=size, dpi=120, layout="constrained")
     axes = fig.subplots(1, panels, sharey=True, squeeze=False)[0]
     return fig, list(axes)

@@ -543,7 +543,7 @@ def _backward_by_reference(
     and differentiated with autograd: the same gradients (up to rounding), with a graph a
     second backward (a Hessian-vector product, a gradient penalty) can go through.
     """
-    from .fastweights_reference import fastweights_reference
+    from .reference import fastweights_reference
 
     xp, h0, A0, W, gamma, beta = inputs
     lam, eta, inner_steps, activation, eps, a_update = args

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from crnn_core import ConfigError, InitStrategy, State, hookimpl, option, require
 from crnn_core.interfaces.cell import constant_state
+from crnn_core.base.resources import check_parameters
 
 
 @dataclasses.dataclass
@@ -53,6 +54,9 @@ class LearnedInit(InitStrategy):
                 f"init.components: '{options.components}' names no state component of this cell "
                 f"(its components: {', '.join(state_spec)})"
             )
+        check_parameters(sum((context_size + 1 + (options.distribution == "normal")) * math.prod(state_spec[name])
+                             for name in wanted), "the learned init's heads",
+                         "the context network's width (context.*) or the cell's state size (cell.hidden_size)")
         self.heads = nn.ModuleDict(
             {name: nn.Linear(context_size, math.prod(state_spec[name])) for name in wanted}
         )

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from crnn_core import Batch, Task, TaskModule, hookimpl, option
 from crnn_core.interfaces.options import check_bounds, require
-from crnn_core.base.resources import FLOAT32, INT64, check_memory
+from crnn_core.base.resources import FLOAT32, INT64, check_memory, check_parameters
 
 VOCAB = [chr(ord("a") + i) for i in range(26)] + [str(d) for d in range(10)] + ["?"]
 QUERY_MARK = 36
@@ -168,6 +168,8 @@ class ARTTask(Task):
 
     def build_module(self, hidden_size: int) -> ARTModule:
         o = self.options
+        check_parameters(len(VOCAB) * o.embedding_size + (hidden_size + 1) * o.head_hidden + (o.head_hidden + 1) * len(VOCAB),
+                         "the ART embedding and head", "task.head_hidden / task.embedding_size")
         return ARTModule(o.embedding_size, hidden_size, o.head_hidden, o.embedding_init, o.head_init)
 
     def loss(self, predictions: Tensor, batch: Batch) -> Tensor:
