@@ -28,7 +28,7 @@ from crnn_core.base.env import warn
 from crnn_core.base.resources import FLOAT32, check_memory
 
 from . import fused as fastweights_fused
-from .reference import A_UPDATES, ACTIVATIONS, fastweights_reference
+from .reference import A_UPDATES, ACTIVATIONS, check_lengths, fastweights_reference, last_outputs  # noqa: F401 (last_outputs: for callers of fastweights_unroll)
 
 #: Initialisations of the input projection's bias b: zeros (crnn), or Glorot-uniform over [H], i.e.
 #: U(-sqrt(3/H), sqrt(3/H)), TensorFlow's default for a variable created without an initializer
@@ -83,16 +83,21 @@ def fastweights_unroll(
     *,
     backend: str = "auto",
     final_state: bool = True,
+    lengths: Tensor | list[int] | tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """The fast-weights unroll (equations in ``fastweights_reference``) on the chosen backend.
 
     Returns ``(outputs [B, T, H], A_T [B, H, H])``, or ``(outputs, None)`` with
     ``final_state=False``; ``A0=None`` is zero fast weights, and an ``[H, H]`` ``A0`` is one
     matrix for the whole batch (the fused op reads it once; its gradient is the batch sum).
-    See :func:`select_unroll` for ``backend``.
+    ``lengths`` (B ints in [1, T], a tensor on ``xp``'s device or a list) runs each example
+    on its own first steps only: zero outputs after them, A_T after its own last step; its
+    final h is ``last_outputs(outputs, lengths)``. See :func:`select_unroll` for ``backend``.
     """
+    lengths = check_lengths(lengths, xp.shape[0], xp.shape[1], xp.device)
     unroll, _ = select_unroll(backend, xp.device)
-    return unroll(xp, h0, a0_for(unroll, A0, xp.shape[0]), W, gamma, beta, lam, eta, inner_steps, activation, eps, a_update, final_state=final_state)
+    return unroll(xp, h0, a0_for(unroll, A0, xp.shape[0]), W, gamma, beta, lam, eta, inner_steps, activation, eps,
+                  a_update, final_state=final_state, lengths=lengths)
 
 
 #: The hyperparameters that may be set after construction: name -> (test, what a valid value is, conversion).
