@@ -343,6 +343,8 @@ class FastWeights(nn.Module):
         first = x if x is not None else xp
         batch, steps = first.shape[:2]
         lengths = check_lengths(lengths, batch, steps, first.device)
+        if lengths is not None and x is not None:  # padding (even NaN) reaches no product, nor U's gradient
+            x = x.masked_fill((torch.arange(steps, device=x.device) >= lengths.unsqueeze(1)).unsqueeze(-1), 0)
         initial = self._initial_states(state, batch)
         D, hs, As = self._directions, [], []
         for layer in range(self.num_layers):
