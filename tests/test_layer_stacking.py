@@ -174,3 +174,37 @@ def test_projected_forward_for_stacked_layers_and_refused_when_bidirectional():
     assert bi.input_projection is None
     with pytest.raises(ValueError, match="bidirectional"):
         bi.forward_projected(torch.zeros(B, T, H, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_task_model_trains_a_stacked_layer(bidirectional, monkeypatch):
+    from crnn_core.layers.model import ModelSpec, TaskModel, build_model
+    from crnn_core.plugin_manager.manager import get_plugins
+
+    spec = ModelSpec(cell="fastweights", init="learned", task="art", task_options={"train_size": 16, "val_size": 16})
+    built = build_model(spec, get_plugins())
+    batch = built.task.dataset("train")
+    fw = FastWeights(built.model.cell.input_size, H, num_layers=2, bidirectional=bidirectional, backend="reference")
+    net = built.model.context_net
+    rnn = ContextualRNN(fw, init="learned", context_size=net.out_features if net is not None else built.task.context_size,
+                        context_net=net)
+    model = TaskModel(built.task.build_module(fw.hidden_size), rnn)
+    first = model(batch)  # the plain path, with the contract check
+    if not bidirectional:
+        monkeypatch.setattr(type(model.task_module), "encode", lambda *a: pytest.fail("the projected path was not taken"))
+    second = model(batch)  # projected in the task where the layer offers it (unidirectional)
+    torch.testing.assert_close(first, second, rtol=1e-5, atol=1e-6)
+    second.sum().backward()
+    assert fw.W_l1.grad is not None and fw.W_l1.grad.abs().sum() > 0
+
+
+def test_a_layer_pickled_before_layers_and_directions_unpickles():
+    import pickle
+
+    fw = FastWeights(I, H)
+    for name in ("num_layers", "dropout", "bidirectional"):
+        del fw.__dict__[name]
+    fw.__dict__["hidden_size"] = fw.__dict__.pop("direction_size")  # the old plain attribute
+    old = pickle.loads(pickle.dumps(fw))
+    assert (old.hidden_size, old.num_layers, old.bidirectional, old.dropout) == (H, 1, False, 0.0)
+    assert old(torch.randn(B, T, I))[0].shape == (B, T, H)
