@@ -191,7 +191,9 @@ class ContextualRNN(nn.Module):
 
         Returns the outputs ``[B, T, hidden_size]`` and the final state (a dict of tensors).
         ``context`` and ``sample`` choose the initial state, so they cannot be combined with
-        ``state`` (a ValueError): to continue from a state, pass the state alone.
+        ``state`` (a ValueError): to continue from a state, pass the state alone. For a
+        bidirectional module the state holds each direction's initial state, as nn.LSTM's
+        ``h_0``: the reverse direction starts from its own at each example's last step.
         ``lengths`` (B ints in [1, T], a list or an int64 tensor on x's device) runs example b
         on its first ``lengths[b]`` steps: zero outputs after them, the final state after its
         own last step; a ``PackedSequence`` ``x`` gives a ``PackedSequence`` of outputs (the
