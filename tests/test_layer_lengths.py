@@ -181,9 +181,40 @@ def test_contextual_rnn_passes_lengths_to_fastweights():
     torch.testing.assert_close(packed_final, final)
 
 
+def test_the_lstm_cell_takes_lengths():
+    torch.manual_seed(0)
+    cell = LSTMCell(I, LSTMOptions(hidden_size=H)).double()
+    rnn = ContextualRNN(cell, init="free").double()
+    x, lengths = padded_inputs().nan_to_num(0.0), torch.tensor(LENGTHS)
+    out, final = rnn(x, lengths=lengths)
+    state0 = rnn.initial_state(B)
+    ref_out, (h, c) = cell.lstm(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False),
+                                (state0["h"].unsqueeze(0).contiguous(), state0["c"].unsqueeze(0).contiguous()))
+    torch.testing.assert_close(out, pad_packed_sequence(ref_out, batch_first=True, total_length=T)[0])
+    torch.testing.assert_close(final, {"h": h[0], "c": c[0]})
+
+
+class NoLengthsCell(nn.Module):
+    """A cell with the contract but a forward that takes no lengths."""
+
+    hidden_size = H
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(I, H, batch_first=True)
+
+    def state_spec(self) -> dict[str, tuple[int, ...]]:
+        return {"h": (H,)}
+
+    def forward(self, inputs: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        outputs, h = self.gru(inputs, state["h"].unsqueeze(0).contiguous())
+        return outputs, {"h": h[0]}
+
+
 def test_contextual_rnn_refuses_lengths_for_a_cell_without_them():
-    rnn = ContextualRNN(LSTMCell(I, LSTMOptions(hidden_size=H)))
-    with pytest.raises(ValueError, match="lengths.*LSTMCell"):
+    rnn = ContextualRNN(NoLengthsCell())
+    assert rnn(torch.randn(B, T, I))[0].shape == (B, T, H)
+    with pytest.raises(ValueError, match="lengths.*NoLengthsCell"):
         rnn(torch.randn(B, T, I), lengths=LENGTHS)
     with pytest.raises(ValueError, match="lengths"):
         rnn(pack_padded_sequence(torch.randn(B, T, I), torch.tensor(LENGTHS), batch_first=True, enforce_sorted=False))

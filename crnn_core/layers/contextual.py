@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from ..interfaces.cell import Cell, State, check_state
 from ..interfaces.init_strategy import InitStrategy
 from ..interfaces.options import NoOptions, build_options
-from .sequences import check_lengths, repack, unpack
+from .sequences import check_lengths, repack, run_torch_rnn, unpack
 
 
 class TorchRNN(Cell):
@@ -68,18 +68,12 @@ class TorchRNN(Cell):
     def forward(self, inputs: Tensor, state: State, *, lengths: Tensor | None = None) -> tuple[Tensor, State]:
         """The module over ``inputs [B, T, F]`` from ``state``; with ``lengths`` (int64 ``[B]`` in
         [1, T]) over the packed sequence, its outputs padded back to T steps with zeros."""
-        steps = inputs.shape[1]
-        if lengths is not None:
-            inputs = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
         if self._is_lstm:
-            outputs, (h, c) = self.module(inputs, (self._to_torch(state["h"]), self._to_torch(state["c"])))
-            final = {"h": self._from_torch(h), "c": self._from_torch(c)}
-        else:
-            outputs, h = self.module(inputs, self._to_torch(state["h"]))
-            final = {"h": self._from_torch(h)}
-        if lengths is not None:
-            outputs = pad_packed_sequence(outputs, batch_first=True, total_length=steps)[0]
-        return outputs, final
+            outputs, (h, c) = run_torch_rnn(self.module, inputs, (self._to_torch(state["h"]), self._to_torch(state["c"])),
+                                            lengths)
+            return outputs, {"h": self._from_torch(h), "c": self._from_torch(c)}
+        outputs, h = run_torch_rnn(self.module, inputs, self._to_torch(state["h"]), lengths)
+        return outputs, {"h": self._from_torch(h)}
 
     def describe_backend(self) -> str:
         return f"torch.nn.{type(self.module).__name__}"

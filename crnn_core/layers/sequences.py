@@ -9,8 +9,10 @@ ordering, so it comes back as nn.LSTM returns it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
@@ -62,3 +64,14 @@ def repack(padded: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSeque
         padded, lengths = padded.index_select(0, like.sorted_indices), lengths.index_select(0, like.sorted_indices)
     data = pack_padded_sequence(padded, lengths.cpu(), batch_first=True, enforce_sorted=True).data
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+def run_torch_rnn(module: nn.RNNBase, inputs: Tensor, hx: Any, lengths: Tensor | None) -> tuple[Tensor, Any]:
+    """``module(inputs, hx)`` for a batch-first ``nn.LSTM`` / ``GRU`` / ``RNN``; with ``lengths``
+    over the packed sequence (each example up to its own end, as the final state), the outputs
+    padded back to the input's T steps with zeros."""
+    if lengths is None:
+        return module(inputs, hx)
+    packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    outputs, final = module(packed, hx)
+    return pad_packed_sequence(outputs, batch_first=True, total_length=inputs.shape[1])[0], final
