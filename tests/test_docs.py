@@ -53,7 +53,7 @@ PYTHON_API_SHRINK = [
 def test_python_api_examples_run(tmp_path, monkeypatch, thread_count_kept, fresh_plugins):
     """Every ```python block of docs/python-api.md runs, in order, in one namespace (shrunk to test size)."""
     blocks = python_blocks(DOCS / "python-api.md")
-    assert len(blocks) == 8  # the import line, the six worked examples and the TensorBoard logger
+    assert len(blocks) == 9  # the import line, the seven worked examples and the TensorBoard logger
     has_safetensors = importlib.util.find_spec("safetensors") is not None
     optional = {"TensorBoardLogger": importlib.util.find_spec("tensorboard") is not None,
                 "export_safetensors": has_safetensors}  # examples of optional extras run where installed
@@ -79,6 +79,9 @@ def test_python_api_examples_run(tmp_path, monkeypatch, thread_count_kept, fresh
     # 6: the setter took effect, the penalty reached the weights, bfloat16 ran, the program was saved
     assert namespace["layer"].a_update == "preliminary" and namespace["layer"].W.grad.abs().sum() > 0
     assert namespace["low_outputs"].dtype == torch.bfloat16 and (tmp_path / "fastweights.pt2").is_file()
+    # 7: stacked bidirectional shapes, packed equals padded, ContextualRNN returned a PackedSequence
+    assert tuple(namespace["outputs"].shape) == (3, 7, 32) and tuple(namespace["state"]["A"].shape) == (3, 4, 16, 16)
+    assert namespace["same"] and type(namespace["ctx_outputs"]).__name__ == "PackedSequence"
     if not has_safetensors:
         pytest.skip("example 5 needs safetensors (pip install -e '.[safetensors]'; .ci/run installs it)")
     # 5: the export loads without pickle and samples what the run directory samples

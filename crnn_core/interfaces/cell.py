@@ -104,6 +104,11 @@ class Cell(nn.Module, ABC):
 
         Returns outputs ``[B, T, hidden_size]`` and the final state (same keys as
         ``state_spec``).
+
+        A cell may also take a keyword ``lengths`` (None, or int64 ``[B]`` in [1, T] on the
+        inputs' device): example b then runs on its first ``lengths[b]`` steps as if alone,
+        with zero outputs after them and its state after its own last step.
+        ``ContextualRNN`` passes it (padded batches, ``PackedSequence``) to a cell that takes it.
         """
 
     def describe_backend(self) -> str:

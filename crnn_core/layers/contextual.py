@@ -8,18 +8,23 @@ cell's contract: ``hidden_size``, ``state_spec()``, ``forward(inputs, state) -> 
 state)``) or a plain ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` with ``batch_first=True``
 (adapted by :class:`TorchRNN`). The initial state comes from an init strategy, named as in
 ``crnn run --init`` (``zero``, ``free``, ``learned``, or a plugin's) or given as an instance.
+A batch of sequences of different lengths is a padded ``x`` with ``lengths=`` or a
+``PackedSequence`` (``crnn_core.layers.sequences``), for a module that takes lengths.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..interfaces.cell import Cell, State, check_state
 from ..interfaces.init_strategy import InitStrategy
 from ..interfaces.options import NoOptions, build_options
+from .sequences import check_lengths, repack, run_torch_rnn, unpack
 
 
 class TorchRNN(Cell):
@@ -60,11 +65,14 @@ class TorchRNN(Cell):
     def _from_torch(self, t: Tensor) -> Tensor:
         return t.squeeze(0) if self._stack == 1 else t.transpose(0, 1)
 
-    def forward(self, inputs: Tensor, state: State) -> tuple[Tensor, State]:
+    def forward(self, inputs: Tensor, state: State, *, lengths: Tensor | None = None) -> tuple[Tensor, State]:
+        """The module over ``inputs [B, T, F]`` from ``state``; with ``lengths`` (int64 ``[B]`` in
+        [1, T]) over the packed sequence, its outputs padded back to T steps with zeros."""
         if self._is_lstm:
-            outputs, (h, c) = self.module(inputs, (self._to_torch(state["h"]), self._to_torch(state["c"])))
+            outputs, (h, c) = run_torch_rnn(self.module, inputs, (self._to_torch(state["h"]), self._to_torch(state["c"])),
+                                            lengths)
             return outputs, {"h": self._from_torch(h), "c": self._from_torch(c)}
-        outputs, h = self.module(inputs, self._to_torch(state["h"]))
+        outputs, h = run_torch_rnn(self.module, inputs, self._to_torch(state["h"]), lengths)
         return outputs, {"h": self._from_torch(h)}
 
     def describe_backend(self) -> str:
@@ -136,6 +144,8 @@ class ContextualRNN(nn.Module):
         self.init = make_init(init, self.cell.state_spec(), context_size, init_options)
         self.context_net = context_net
         self.context_size = context_size
+        #: The cell's forward takes ``lengths`` (then a padded batch with lengths or a PackedSequence can run).
+        self._takes_lengths = takes_keyword(self.cell.forward, "lengths")
 
     @property
     def hidden_size(self) -> int:
@@ -168,17 +178,34 @@ class ContextualRNN(nn.Module):
         return self.init(batch_size, context, device=device, dtype=dtype, sample=sample)
 
     def forward(
-        self, x: Tensor, context: Tensor | None = None, *, state: State | None = None, sample: bool | None = None
-    ) -> tuple[Tensor, State]:
+        self, x: Tensor | PackedSequence, context: Tensor | None = None, *, state: State | None = None,
+        sample: bool | None = None, lengths: Tensor | list[int] | None = None,
+    ) -> tuple[Tensor | PackedSequence, State]:
         """Unroll over ``x [B, T, features]`` from ``state`` or, by default, the initial state.
 
         Returns the outputs ``[B, T, hidden_size]`` and the final state (a dict of tensors).
         ``context`` and ``sample`` choose the initial state, so they cannot be combined with
-        ``state`` (a ValueError): to continue from a state, pass the state alone.
+        ``state`` (a ValueError): to continue from a state, pass the state alone. For a
+        bidirectional module the state holds each direction's initial state, as nn.LSTM's
+        ``h_0``: the reverse direction starts from its own at each example's last step.
+        ``lengths`` (B ints in [1, T], a list or an int64 tensor on x's device) runs example b
+        on its first ``lengths[b]`` steps: zero outputs after them, the final state after its
+        own last step; a ``PackedSequence`` ``x`` gives a ``PackedSequence`` of outputs (the
+        state in the original batch order). Both need a module whose forward takes ``lengths``
+        (``FastWeights``, ``nn.LSTM``/``GRU``/``RNN``); another is a ValueError.
         """
+        packed = x if isinstance(x, PackedSequence) else None
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError("ContextualRNN: lengths comes from the PackedSequence; pass one or the other")
+            x, lengths = unpack(packed)
         if not isinstance(x, Tensor) or x.dim() != 3:
-            raise ValueError(f"ContextualRNN: x must be a 3-d tensor [B, T, features], "
+            raise ValueError(f"ContextualRNN: x must be a 3-d tensor [B, T, features] or a PackedSequence, "
                              f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if lengths is not None and not self._takes_lengths:
+            raise ValueError(f"ContextualRNN: lengths (or a PackedSequence) needs a module whose forward takes "
+                             f"lengths; {type(self.cell).__name__}.forward does not")
+        lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
         if state is None:
             state = self.initial_state(x.shape[0], context, sample=sample)
         else:
@@ -187,7 +214,8 @@ class ContextualRNN(nn.Module):
                     raise ValueError(f"ContextualRNN: {name}= chooses the initial state, so it cannot be combined "
                                      "with state= (the unroll continues from state); pass one of them")
             check_state("ContextualRNN", state, self.cell.state_spec(), x.shape[0])
-        return self.cell(x, state)
+        outputs, final = self.cell(x, state) if lengths is None else self.cell(x, state, lengths=lengths)
+        return (outputs if packed is None else repack(outputs, lengths, packed)), final
 
     def _check_context(self, context: Tensor, batch_size: int) -> None:
         """``context`` is ``[B, context_size]`` (``[B, *]`` when a context_net maps it first)."""
@@ -197,3 +225,13 @@ class ContextualRNN(nn.Module):
         if self.context_net is None and self.context_size is not None and tuple(context.shape[1:]) != (self.context_size,):
             raise ValueError(f"ContextualRNN: context must be [B, {self.context_size}] (context_size), "
                              f"got {tuple(context.shape)}")
+
+
+def takes_keyword(function: Any, name: str) -> bool:
+    """Whether ``function`` (None: no) has a parameter ``name``."""
+    if function is None:
+        return False
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False

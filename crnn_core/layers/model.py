@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..interfaces.cell import State
-from .contextual import ContextualRNN
+from .contextual import ContextualRNN, takes_keyword
 from ..interfaces.contract import check_cell_result, check_initial_state
 from ..base.env import logger
 from ..base.errors import CheckpointError, ConfigError, CrnnError, show_traceback
@@ -61,7 +60,7 @@ class TaskModel(nn.Module):
         #: Same results up to float rounding; False: the plain composition.
         self.project_in_task = True
         #: The cell's ``forward_projected`` takes ``final_state`` (then it is told False: only the outputs are read).
-        self._skip_final_state = _takes_keyword(getattr(self.cell, "forward_projected", None), "final_state")
+        self._skip_final_state = takes_keyword(getattr(self.cell, "forward_projected", None), "final_state")
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @property
@@ -128,16 +127,6 @@ class TaskModel(nn.Module):
                     forward = functools.partial(forward, final_state=False)
                 return projected, forward
         return self.task_module.encode(batch), self.cell
-
-
-def _takes_keyword(function: Any, name: str) -> bool:
-    """Whether ``function`` (None: no) has a parameter ``name``."""
-    if function is None:
-        return False
-    try:
-        return name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _rows(value: Tensor, index: Tensor) -> Tensor:

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from crnn_core import Cell, State, hookimpl, option, require
-from crnn_core.resources import check_parameters
+from crnn_core.base.resources import check_parameters
+from crnn_core.layers.sequences import run_torch_rnn
 
 
 @dataclasses.dataclass
@@ -44,10 +45,12 @@ class LSTMCell(Cell):
         H = self.options.hidden_size
         return {"h": (H,), "c": (H,)}
 
-    def forward(self, inputs: Tensor, state: State) -> tuple[Tensor, State]:
+    def forward(self, inputs: Tensor, state: State, *, lengths: Tensor | None = None) -> tuple[Tensor, State]:
+        """The LSTM over ``inputs [B, T, F]`` from ``state``; with ``lengths`` (int64 ``[B]`` in
+        [1, T]) each example up to its own end (zero outputs after it), run packed."""
         h0 = state["h"].unsqueeze(0).contiguous()
         c0 = state["c"].unsqueeze(0).contiguous()
-        outputs, (h, c) = self.lstm(inputs, (h0, c0))
+        outputs, (h, c) = run_torch_rnn(self.lstm, inputs, (h0, c0), lengths)
         return outputs, {"h": h.squeeze(0), "c": c.squeeze(0)}
 
     def describe_backend(self) -> str:

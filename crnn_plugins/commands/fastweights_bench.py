@@ -606,7 +606,7 @@ def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dty
         click.echo(format_table(doc))
     stopped = doc.get("interrupted")
     if stopped:
-        from crnn_core.train import Interrupted
+        from crnn_core.training.train import Interrupted
 
         signum = getattr(signal.Signals, stopped["signal"], signal.SIGINT)
         raise Interrupted(f"{stopped['signal']} received: stopped after {stopped['points_done']} of "

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from crnn_core import ContextNetwork, hookimpl, option, require
-from crnn_core.resources import check_parameters
+from crnn_core.base.resources import check_parameters
 
 
 @dataclasses.dataclass

@@ -408,6 +408,7 @@ def fastweights_fused(
     a_update: str = "previous",
     *,
     final_state: bool = True,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Fast-weights unroll with the fused kernel; same arguments and results as ``fastweights_reference``.
 
@@ -427,6 +428,8 @@ def fastweights_fused(
     ok, reason = load_status()
     if not ok:
         raise RuntimeError(f"the fused fast-weights kernel is not available: {reason}")
+    if lengths is not None:
+        raise NotImplementedError("the fused fast-weights op does not take lengths yet; use backend='reference'")
     if xp.device.type == "cuda" and not build_info().get("cuda"):
         raise RuntimeError(
             "the fused fast-weights kernel was built without CUDA; use the reference backend on GPU "

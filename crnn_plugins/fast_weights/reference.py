@@ -9,7 +9,11 @@ Both functions compute, for t = 1..T (xp_t = U x_t + b precomputed for all t):
 
 and return (outputs h_1..h_T as [B, T, H], A_T as [B, H, H]). Shared conventions of
 every backend: ``A0=None`` is A_0 = 0 (not materialised), and ``final_state=False``
-returns ``(outputs, None)`` without computing A_T. The key k_t that
+returns ``(outputs, None)`` without computing A_T. ``lengths`` (a 1-D int64 tensor of B
+values in [1, T], see ``check_lengths``) runs example b on its first ``lengths[b]`` steps
+only, exactly as if it were alone: its outputs after that are zero, its A_T is the one after
+its own last step, and its padded inputs (even NaN) affect nothing; its final h is
+``last_outputs(outputs, lengths)``. The key k_t that
 updates A is chosen by ``a_update`` (``A_UPDATES``):
 
 * ``"previous"`` (default, Ba et al. 2016, SPEC section 3): k_t = h_{t-1};
@@ -40,6 +44,42 @@ def check_a_update(a_update: str) -> bool:
     return a_update == "preliminary"
 
 
+def check_lengths(lengths: object, batch: int, steps: int, device: torch.device) -> Tensor | None:
+    """``lengths`` as the unrolls take it: None, or a 1-D int64 tensor of ``batch`` values in
+    [1, ``steps``] on ``device`` (a list or tuple of ints is converted); a one-line ValueError otherwise."""
+    if lengths is None:
+        return None
+    if isinstance(lengths, (list, tuple)):
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
+            raise ValueError(f"lengths must hold ints, got {[type(n).__name__ for n in lengths]}")
+        lengths = torch.tensor(lengths, dtype=torch.int64, device=device)
+    if not isinstance(lengths, Tensor):
+        raise ValueError(f"lengths must be None, a 1-D int64 tensor or a list of ints, got {type(lengths).__name__}")
+    if lengths.dtype != torch.int64:
+        raise ValueError(f"lengths must be an int64 tensor, got {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"lengths must be 1-D with one value per example ({batch}), got shape {tuple(lengths.shape)}")
+    if lengths.device != torch.device(device):
+        raise ValueError(f"lengths must be on the inputs' device {device}, got {lengths.device}")
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
+        raise ValueError(f"lengths must be in [1, {steps}] (the number of steps), got values in "
+                         f"[{int(lengths.min())}, {int(lengths.max())}]")
+    return lengths
+
+
+def last_outputs(outputs: Tensor, lengths: Tensor | None) -> Tensor:
+    """The final h of each example: ``outputs[b, lengths[b] - 1]`` (``outputs[:, -1]`` without lengths)."""
+    if lengths is None:
+        return outputs[:, -1]
+    index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
+    return outputs.gather(1, index).squeeze(1)
+
+
+def _step_mask(lengths: Tensor, steps: int) -> Tensor:
+    """``[B, T]`` bool: True where step t (0-based) is inside example b (t < lengths[b])."""
+    return torch.arange(steps, device=lengths.device) < lengths.unsqueeze(1)
+
+
 def _activation(name: str):
     if name == "relu":
         return torch.relu
@@ -63,11 +103,16 @@ def fastweights_reference(
     a_update: str = "previous",
     *,
     final_state: bool = True,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Fast-weights unroll in "attention form"; see the module docstring for the equations."""
     f = _activation(activation)
     preliminary = check_a_update(a_update)
     B, T, H = xp.shape
+    lengths = check_lengths(lengths, B, T, xp.device)
+    if lengths is not None:  # padded steps read zeros (torch.where: a NaN there cannot leak)
+        valid = _step_mask(lengths, T)
+        xp = torch.where(valid.unsqueeze(-1), xp, xp.new_zeros(()))
     hs = [] if preliminary else [h0]  # the keys k_1 .. k_t (h_0 .. h_{t-1}, or f(p_1) .. f(p_t))
     h = h0
     outputs = []
@@ -93,13 +138,26 @@ def fastweights_reference(
         if not preliminary:
             hs.append(h)
         outputs.append(h)
+    out = torch.stack(outputs, dim=1)
+    if lengths is not None:
+        out = torch.where(valid.unsqueeze(-1), out, out.new_zeros(()))
     if not final_state:
-        return torch.stack(outputs, dim=1), None
+        return out, None
     past = torch.stack(hs[:T], dim=1)  # k_1 .. k_T
-    A_T = torch.bmm(past.transpose(1, 2) * decays, past)
+    if lengths is None:
+        A_T = torch.bmm(past.transpose(1, 2) * decays, past)
+        if A0 is not None:
+            A_T = (lam**T) * A0 + A_T
+        return out, A_T
+    # example b: eta lam^(L_b-1-j) for its keys j < L_b (decays[T - L_b + j]), none after
+    past = torch.where(valid.unsqueeze(-1), past, past.new_zeros(()))
+    index = (torch.arange(T, device=xp.device) + (T - lengths).unsqueeze(1)).clamp(max=T - 1)
+    own_decays = torch.where(valid, decays[index], decays.new_zeros(()))  # [B, T]
+    A_T = torch.bmm(past.transpose(1, 2) * own_decays.unsqueeze(1), past)
     if A0 is not None:
-        A_T = (lam**T) * A0 + A_T
-    return torch.stack(outputs, dim=1), A_T
+        lam_powers = xp.new_tensor([lam**k for k in range(T + 1)])
+        A_T = lam_powers[lengths].view(B, 1, 1) * A0 + A_T
+    return out, A_T
 
 
 def fastweights_naive(
@@ -117,21 +175,30 @@ def fastweights_naive(
     a_update: str = "previous",
     *,
     final_state: bool = True,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Fast-weights unroll that materialises A_t at every step (the common public implementation)."""
     f = _activation(activation)
     preliminary = check_a_update(a_update)
     B, T, H = xp.shape
+    lengths = check_lengths(lengths, B, T, xp.device)
+    valid = None if lengths is None else _step_mask(lengths, T)
     h, A = h0, (xp.new_zeros(B, H, H) if A0 is None else A0)
     outputs = []
     for t in range(T):
-        p = xp[:, t] + h @ W.t()
+        xp_t = xp[:, t] if valid is None else torch.where(valid[:, t, None], xp[:, t], xp.new_zeros(()))
+        p = xp_t + h @ W.t()
         z = f(p)
         key = z if preliminary else h
-        A = lam * A + eta * torch.bmm(key.unsqueeze(2), key.unsqueeze(1))
+        A_next = lam * A + eta * torch.bmm(key.unsqueeze(2), key.unsqueeze(1))
         for _ in range(inner_steps):
-            Az = torch.bmm(A, z.unsqueeze(-1)).squeeze(-1)
+            Az = torch.bmm(A_next, z.unsqueeze(-1)).squeeze(-1)
             z = f(F.layer_norm(p + Az, (H,), gamma, beta, eps))
-        h = z
-        outputs.append(h)
+        if valid is None:
+            h, A = z, A_next
+            outputs.append(h)
+        else:  # an example past its end keeps its state and outputs zeros
+            h = torch.where(valid[:, t, None], z, h)
+            A = torch.where(valid[:, t, None, None], A_next, A)
+            outputs.append(torch.where(valid[:, t, None], z, z.new_zeros(())))
     return torch.stack(outputs, dim=1), (A if final_state else None)
