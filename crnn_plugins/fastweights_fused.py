@@ -385,14 +385,13 @@ def fastweights_fused(
     weights, which the op then neither allocates nor reads; besides ``[B, H, H]``, ``A0`` may
     be one ``[H, H]`` matrix shared by the whole batch (a tiled learned ``A_0``): the kernel
     reads it once instead of a copy per example, and its gradient is the batch sum.
-    Differentiable in all tensor arguments. Tensors must share one dtype (float32 or float64)
-    and device.
+    Differentiable in all tensor arguments but ``lengths`` (int64 ``[B]`` in [1, T] on
+    ``xp``'s device, or None: see ``fastweights_reference``; the op checks it). Tensors must
+    share one dtype (float32 or float64) and device.
     """
     ok, reason = load_status()
     if not ok:
         raise RuntimeError(f"the fused fast-weights kernel is not available: {reason}")
-    if lengths is not None:
-        raise NotImplementedError("the fused fast-weights op does not take lengths yet; use backend='reference'")
     if xp.device.type == "cuda" and not build_info().get("cuda"):
         raise RuntimeError(
             "the fused fast-weights kernel was built without CUDA; use the reference backend on GPU "
@@ -410,6 +409,7 @@ def fastweights_fused(
         save,
         str(a_update),
         bool(final_state),
+        lengths,
     )
     return out, (A_T if final_state else None)
 
@@ -426,7 +426,7 @@ def _register_python_parts() -> None:
 
     @torch.library.register_fake(lib)
     def _fwd_fake(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update="previous",
-                  final_state=True):
+                  final_state=True, lengths=None):
         torch._check(xp.dim() == 3, lambda: f"crnn::fastweights_fwd: xp must be [B, T, H], got {tuple(xp.shape)}")
         B, T, H = xp.shape
         out = xp.new_empty((B, T, H))
@@ -441,22 +441,23 @@ def _register_python_parts() -> None:
 
     @torch.library.register_fake("crnn::fastweights_bwd")
     def _bwd_fake(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd, lam, eta, inner_steps,
-                  activation, need_dA0, a_update="previous"):
+                  activation, need_dA0, a_update="previous", lengths=None):
         B, T, H = out.shape
         dA0 = out.new_empty((H, H) if A0.dim() == 2 else (B, H, H)) if need_dA0 else out.new_empty((0,))
         return (out.new_empty((B, T, H)), out.new_empty((B, H)), dA0, out.new_empty((H, H)),
                 out.new_empty((H,)), out.new_empty((H,)))
 
     def _setup_context(ctx, inputs, output):
-        xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update, *_final_state = inputs
+        xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update, *rest = inputs
+        lengths = rest[1] if len(rest) > 1 else None  # (final_state, lengths) when given
         out, A_T, zs, xhat, rstd = output
         ctx.mark_non_differentiable(zs, xhat, rstd)
         ctx.set_materialize_grads(False)  # an unused A_T (or out) gets None, not a zero tensor
-        ctx.save_for_backward(h0, A0, W, gamma, out, zs, xhat, rstd)
+        ctx.save_for_backward(h0, A0, W, gamma, out, zs, xhat, rstd, lengths)
         ctx.fw_args = (lam, eta, inner_steps, activation, save, a_update)
 
     def _backward(ctx, g_out, g_AT, _g_zs, _g_xhat, _g_rstd):
-        h0, A0, W, gamma, out, zs, xhat, rstd = ctx.saved_tensors
+        h0, A0, W, gamma, out, zs, xhat, rstd, lengths = ctx.saved_tensors
         lam, eta, inner_steps, activation, save, a_update = ctx.fw_args
         if not save:
             raise RuntimeError(
@@ -468,7 +469,7 @@ def _register_python_parts() -> None:
             None if g_out is None else g_out.contiguous(),
             None if g_AT is None or g_AT.numel() == 0 else g_AT.contiguous(),  # empty: A_T was not computed
             h0, A0, W, gamma, out, zs, xhat, rstd,
-            lam, eta, inner_steps, activation, bool(need[2]), a_update,
+            lam, eta, inner_steps, activation, bool(need[2]), a_update, lengths,
         )
         grads = (dxp, dh0, dA0, dW, dgamma, dbeta)
         return tuple(g if n else None for g, n in zip(grads, need[:6])) + (None,) * (len(need) - 6)
