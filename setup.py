@@ -14,7 +14,7 @@ cache instead (docs/kernels.md). Environment:
                          ``none``) instead of the default: on x86-64, three paths (baseline,
                          AVX2, AVX-512) in one extension, chosen at load time from what the
                          CPU reports, so a wheel built here runs on any x86-64 CPU
-                         (crnn_plugins/cpu_isa.py, docs/kernels.md)
+                         (crnn_plugins/fast_weights/cpu_isa.py, docs/kernels.md)
 
 Non-editable installs also copy ``csrc/`` into the package (``crnn_plugins/csrc``) so that
 the JIT build can find the sources there.
@@ -39,8 +39,8 @@ CUDA_SOURCES = [f"{CSRC}/fastweights_cuda_glue.cpp", f"{CSRC}/fastweights_cuda.c
 
 
 def _cpu_isa_module():
-    """crnn_plugins/cpu_isa.py, loaded by path (importing the package needs its dependencies)."""
-    spec = importlib.util.spec_from_file_location("_crnn_cpu_isa", ROOT / "crnn_plugins" / "cpu_isa.py")
+    """crnn_plugins/fast_weights/cpu_isa.py, loaded by path (importing the package needs its dependencies)."""
+    spec = importlib.util.spec_from_file_location("_crnn_cpu_isa", ROOT / "crnn_plugins" / "fast_weights" / "cpu_isa.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)

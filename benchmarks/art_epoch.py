@@ -19,17 +19,57 @@ options after ``--``:
     python benchmarks/art_epoch.py --profile --init zero --init learned --threads 2 -- --set train.compile=true
 
 Use ``--train-size`` for a quicker, partial epoch (e.g. 20000 sequences).
+
+``--competitors N`` measures a shared machine: each (init, backend) epoch first on the quiet
+machine, then with N busy processes (one pure-Python spin loop each) competing for the CPUs,
+and reports the loaded / quiet ratio (a fair share on C cores is about (N + threads) / C x):
+
+    python benchmarks/art_epoch.py --competitors 2 --backend fused --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Iterator
+
+#: A busy competitor: one process spinning on one CPU until it is killed.
+SPIN = "while True: pass"
+
+
+@contextlib.contextmanager
+def competitors(n: int) -> Iterator[list[subprocess.Popen]]:
+    """``n`` busy processes for the duration of the block (killed, and waited for, on the way out)."""
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=True) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            proc.wait()
+
+
+def loaded_ratios(records: list[dict]) -> list[dict]:
+    """Per (init, backend): the median quiet and loaded epoch times and their ratio."""
+    out = []
+    for key in dict.fromkeys((r["init"], r["backend"]) for r in records):
+        times = {load: [r["epoch_train_s"] for r in records if (r["init"], r["backend"]) == key and r["load"] == load]
+                 for load in ("quiet", "loaded")}
+        if times["quiet"] and times["loaded"]:
+            quiet, loaded = statistics.median(times["quiet"]), statistics.median(times["loaded"])
+            out.append({"init": key[0], "backend": key[1], "quiet_s": round(quiet, 3), "loaded_s": round(loaded, 3),
+                        "ratio": round(loaded / quiet, 2)})
+    return out
 
 
 def one_epoch(init: str, backend: str, train_size: int | None, threads: int | None, extra: list[str],
@@ -62,7 +102,7 @@ def profile(args: argparse.Namespace, inits: list[str]) -> None:
 
     import torch
 
-    from crnn_core.options import parse_overrides
+    from crnn_core.interfaces.kinds import parse_overrides
     from step_profile import profile_step, table
 
     pairs = [args.extra[i + 1] for i, a in enumerate(args.extra) if a == "--set" and i + 1 < len(args.extra)]
@@ -96,6 +136,30 @@ def profile(args: argparse.Namespace, inits: list[str]) -> None:
           f"{args.blocks} blocks of {args.steps} steps; 1-min load {os.getloadavg()[0]:.2f} after")
 
 
+def shared_machine(args: argparse.Namespace, inits: list[str], backends: list[str]) -> None:
+    """``--competitors N``: every (init, backend) epoch quiet, then beside N busy processes, in turns."""
+    records = []
+    for r in range(args.repeats):
+        for init in inits:
+            for backend in backends:
+                for load in ("quiet", "loaded"):
+                    with competitors(args.competitors if load == "loaded" else 0):
+                        rec = one_epoch(init, backend, args.train_size, args.threads, args.extra, args.epochs)
+                    rec["load"] = load
+                    print(f"init={init} backend={backend} {load}: {rec['epoch_train_s']:.2f} s training",
+                          file=sys.stderr)
+                    records.append(rec)
+    ratios = loaded_ratios(records)
+    if args.json:
+        print(json.dumps({"competitors": args.competitors, "records": records, "ratios": ratios}, indent=2))
+        return
+    print(f"{'init':<8} {'backend':<10} {'quiet s/epoch':>14} {'loaded s/epoch':>15} {'ratio':>7}")
+    for row in ratios:
+        print(f"{row['init']:<8} {row['backend']:<10} {row['quiet_s']:>14.2f} {row['loaded_s']:>15.2f} {row['ratio']:>6.2f}x")
+    print(f"{args.competitors} busy processes beside the loaded runs; {os.cpu_count()} CPUs; "
+          f"threads {args.threads or 'default'}; options: {' '.join(args.extra) or '(defaults)'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--init", action="append", default=None, help="init strategy (repeatable; default zero)")
@@ -107,6 +171,8 @@ def main() -> None:
     ap.add_argument("--backend", action="append", default=None, choices=["fused", "reference"],
                     help="cell.backend (repeatable; default both)")
     ap.add_argument("--profile", action="store_true", help="per-part table of one step instead of epochs")
+    ap.add_argument("--competitors", type=int, default=0, metavar="N",
+                    help="each epoch quiet and beside N busy processes, with the loaded/quiet ratio")
     ap.add_argument("--with-reference", action="store_true",
                     help="--profile: also the reference backend with the options after -- (e.g. train.compile=true)")
     ap.add_argument("--steps", type=int, default=50, help="--profile: steps per block")
@@ -120,6 +186,9 @@ def main() -> None:
         profile(args, inits)
         return
     backends = args.backend or ["fused", "reference"]
+    if args.competitors:
+        shared_machine(args, inits, backends)
+        return
     records = []
     for init in inits:
         for r in range(args.repeats):
@@ -143,8 +212,6 @@ def main() -> None:
                   f"{statistics.median(r['command_s'] for r in rs):>10.2f}")
         if len(backends) == 2:
             print(f"{init:<8} {'ratio':<10} {med['reference'] / med['fused']:>15.2f}x")
-    import os
-
     print(f"options: {' '.join(args.extra) or '(defaults)'}; 1-min load {os.getloadavg()[0]:.2f} after")
 
 

@@ -24,7 +24,7 @@ from adversary import ENV, PY, TINY, crnn, run_all, summary  # noqa: E402
 
 EDGE = ["", " ", "0", "-1", "1", "2.5", "1e30", "-1e30", "nan", "inf", "-inf", "99999999999999999999999",
         str(2**63), str(-2**63), "0x10", "1_000", "true", "none", "héllo∂", "☃", "a" * 300, "../..", "/nonexistent/x",
-        "x=y", "--help", "cell.x=1"]
+        "x=y", "--help", "cell.x=1", str(2**80), "9" * 5000]
 
 ROOT = Path(sys.argv[1]).resolve()
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 300

@@ -31,9 +31,9 @@ from typing import Any, Callable
 
 import torch
 
-from crnn_plugins import fastweights_fused as ff
-from crnn_plugins.fastweights_bench import bench_inputs
-from crnn_plugins.fastweights_reference import fastweights_reference
+from crnn_plugins.fast_weights import fused as ff
+from crnn_plugins.commands.fastweights_bench import bench_inputs
+from crnn_plugins.fast_weights.reference import fastweights_reference
 
 LAM, ETA = 0.95, 0.5
 # (B, T, H, S): the ART shape first, then points of the `crnn bench` grid, then long sequences.

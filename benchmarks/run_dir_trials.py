@@ -7,7 +7,7 @@ concurrent writers. Not part of the test suite (minutes, and random by design); 
 Each interruption trial starts a 4-epoch ART run, signals it (kill -9; SIGTERM; SIGINT twice)
 after a uniformly random delay within ``fraction`` of the reference run's duration -- start-up, data
 generation, training and checkpoint writes included -- then finishes it with the one
-obvious command (``--resume`` when last.pt exists, else the same command again) and
+obvious command (``--resume`` when last.pt or a metrics record exists, else the same command again) and
 compares metrics.jsonl (less wall_time) and best.pt's weights with the run left alone.
 The concurrency trials start two ``--resume`` (or two ``--force`` runs into one ``--out``)
 at once and count how often the second is refused naming the first one's pid.
@@ -43,10 +43,12 @@ assert r.returncode == 0, r.stderr
 REF_M, (REF_BE, REF_BM) = metrics(ref), best_model(ref)
 
 def finish(out):
-    """The one obvious command: --resume if a checkpoint exists, else the same command again (it says which)."""
+    """The one obvious command: --resume if a checkpoint or a metrics record exists (a run killed between
+    its first record and its first checkpoint restarts), else the same command again (it says which)."""
     steps = []
     for _ in range(3):
-        if (out / "checkpoints" / "last.pt").exists():
+        records = (out / "metrics.jsonl").exists() and '"epoch"' in (out / "metrics.jsonl").read_text()
+        if (out / "checkpoints" / "last.pt").exists() or records:
             r = crnn("run", "--resume", str(out), "-q")
         else:
             r = crnn("run", *ARGS, "--out", str(out))

@@ -36,17 +36,17 @@ from typing import Any, Callable
 
 import torch
 
-from crnn_core import train
-from crnn_core.cell import is_zero_constant
-from crnn_core.model import ModelSpec, build_model
-from crnn_core.plugins import get_plugins
-from crnn_core.step import forward_loss, precision_context
+from crnn_core.training import train
+from crnn_core.interfaces.cell import is_zero_constant
+from crnn_core.layers.model import ModelSpec, build_model
+from crnn_core.plugin_manager.manager import get_plugins
+from crnn_core.training.step import forward_loss, precision_context
 
 PARTS = ("data", "embedding", "init", "projection", "op", "head", "optimiser")
 
 
 def _old_grads_finite(params: Any) -> bool:
-    """The per-parameter check ``fit`` ran before crnn_core.step.grads_finite (for ``adam_impl=for-loop`` rows)."""
+    """The per-parameter check ``fit`` ran before crnn_core.training.step.grads_finite (for ``adam_impl=for-loop`` rows)."""
     return all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
 
 

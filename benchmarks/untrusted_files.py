@@ -64,7 +64,11 @@ def checkpoint_edits(ckpt: dict, other: dict) -> dict[str, dict]:
             "inf-best": edit(best=float("inf")), "optimizer-wrong-shape": edit(optimizer=bad_opt),
             "optimizer-missing": {k: v for k, v in ckpt.items() if k != "optimizer"},
             "other-model-state-dict": edit(model=other["model"]), "model-a-list": edit(model=[1, 2]),
-            "rng-wrong": edit(rng=torch.zeros(3)), "not-a-dict": [1, 2, 3]}
+            "rng-wrong": edit(rng=torch.zeros(3)), "not-a-dict": [1, 2, 3],
+            "epoch-1e30-float": edit(epoch=1e30),
+            "weights-int64": edit(model={k: v.long() for k, v in ckpt["model"].items()}),
+            "weights-bool": edit(model={k: v.bool() for k, v in ckpt["model"].items()}),
+            "weights-float64": edit(model={k: v.double() for k, v in ckpt["model"].items()})}
 
 
 def config_edits(config: dict) -> dict[str, str]:
@@ -85,7 +89,11 @@ def config_edits(config: dict) -> dict[str, str]:
             "config-hidden-huge": model(cell_options={"hidden_size": 10**12}),
             "config-lr-string": train(lr="fast"), "config-epochs-float": train(epochs=2.5),
             "config-seed-huge": train(seed=10**30), "config-threads-huge": train(threads=10**9),
-            "config-train-null": dump({**config, "train": None}), "config-unicode-cell": model(cell="☃")}
+            "config-train-null": dump({**config, "train": None}), "config-unicode-cell": model(cell="☃"),
+            "config-hidden-30000": model(cell_options={**config["model"]["cell_options"], "hidden_size": 30000}),
+            "config-duplicate-key": dump(config)[:-1] + ', "train": {}}',
+            "config-5000-digits": dump(config).replace('"epochs": 2', '"epochs": ' + "9" * 5000),
+            "config-epochs-2**80": train(epochs=2**80)}
 
 
 def metrics_edits(lines: list[str]) -> dict[str, str]:
@@ -94,6 +102,23 @@ def metrics_edits(lines: list[str]) -> dict[str, str]:
             "metrics-null-loss-nan": lines[0].replace('"loss": ', '"loss": NaN, "x": ') + "\n",
             "metrics-not-json": "{oops\n", "metrics-metrics-list": '{"epoch": 1, "step": 4, "metrics": [1]}\n',
             "metrics-deep": "[" * 100000 + "]" * 100000 + "\n", "metrics-binary": "\x00\xff\x00\n"}
+
+
+def forged_export(run: Path) -> Path:
+    """``crnn export`` of ``run`` whose metadata config asks for a 30000-unit cell beside its 16-unit weights."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    export = ROOT / "export.safetensors"
+    r = subprocess.run([PY, "-m", "crnn_core", "export", str(run), str(export)], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with safe_open(str(export), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(meta["crnn.config"])
+    config["model"]["cell_options"]["hidden_size"] = 30000
+    forged = ROOT / "forged.safetensors"
+    save_file(tensors, str(forged), metadata={**meta, "crnn.config": json.dumps(config)})
+    return forged
 
 
 def main() -> None:
@@ -109,7 +134,7 @@ def main() -> None:
     config = json.loads((good / "config.json").read_text())
     metric_lines = (good / "metrics.jsonl").read_text().splitlines()
 
-    variants: dict[str, tuple[str, bytes]] = {}
+    variants: dict[str, tuple[str, bytes | None]] = {}
     for name, data in pickles().items():
         variants[name] = ("checkpoints/{which}.pt", data)
     for name, payload in checkpoint_edits(ckpt, other_ckpt).items():
@@ -120,6 +145,10 @@ def main() -> None:
         variants[name] = ("config.json", text.encode())
     for name, text in metrics_edits(metric_lines).items():
         variants[name] = ("metrics.jsonl", text.encode("utf-8", "surrogateescape"))
+    plugins = json.loads((good / "plugins.json").read_text())
+    plugins["cell"].update(package="crnn-fork", version="9.9")
+    variants["plugins-other-package"] = ("plugins.json", json.dumps(plugins).encode())
+    variants["no-checkpoints"] = ("checkpoints/last.pt", None)  # the first-checkpoint window: metrics, no last.pt
 
     cases, labels = [], []
     for name, (path, data) in variants.items():
@@ -132,13 +161,18 @@ def main() -> None:
             run = case / "learned_s0"
             shutil.copytree(good, run)
             which = "best" if command == "sample" else "last"
-            (run / path.format(which=which)).write_bytes(data)
+            if data is None:
+                (run / path.format(which=which)).unlink()
+            else:
+                (run / path.format(which=which)).write_bytes(data)
             args = {"plot": ["plot", str(run), "--no-png"],
                     "sample": ["sample", str(run), "--period", "2", "--x0", "3", "-n", "2"],
                     "resume": ["run", "--resume", str(run), "--epochs", "3", "-q"],
                     "reproduce": ["reproduce", "lcd", "--report-only", "--out", str(case)]}[command]
             cases.append(args)
             labels.append(f"{name} / {command}")
+    cases.append(["sample", str(forged_export(good)), "--period", "2", "--x0", "3", "-n", "2"])
+    labels.append("safetensors-hidden-30000 / sample")
     outcomes = run_all(cases, ROOT, jobs=2, timeout=120)
     for label, outcome in zip(labels, outcomes):
         outcome.extra["case"] = label

@@ -13,7 +13,9 @@ One import for users and plugin authors:
 
 The names are imported on first use (PEP 562), so that ``import crnn_core`` itself is
 light: the command line installs its signal handlers before PyTorch is imported
-(``crnn_core/entry.py``). Type checkers see them through the ``TYPE_CHECKING`` imports.
+(``crnn_core/commandline/entry.py``). Type checkers see them through the ``TYPE_CHECKING`` imports.
+Importing it makes ``torch.ops.crnn.*`` resolvable once torch is imported (``torch_ops``:
+a saved ``torch.export`` program loads in a fresh process after ``import crnn_core``).
 See docs/python-api.md for worked examples and docs/plugins.md for the plugin contract.
 """
 
@@ -23,45 +25,48 @@ import importlib.metadata
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from . import _moved
+
+_moved.install(_moved.MOVED)  # the module paths of the previous release, with a DeprecationWarning
+
 if TYPE_CHECKING:
-    from .cell import Cell, State
-    from .context import ContextNetwork
-    from .contextual import ContextualRNN, TorchRNN
-    from .env import CrnnWarning, env_flag
-    from .errors import CheckpointError, ConfigError, CrnnError, PluginError
-    from .hookspecs import hookimpl
-    from .init_strategy import InitStrategy
-    from .loggers import TensorBoardLogger
-    from .model import Built, ModelSpec, TaskModel, build_model
-    from .options import NoOptions, option, require
-    from .plugins import PluginSystem, get_plugins
-    from .run import RunConfig, RunDirWriter, load_run
-    from .task import Batch, Rollout, Task, TaskModule
-    from .train import Callback, Interrupted, Loop, NonFinite, StopOnSignal, TrainConfig, TrainState, evaluate, fit
-    from .weights import export_safetensors
+    from .interfaces.cell import Cell, State
+    from .interfaces.context import ContextNetwork
+    from .layers.contextual import ContextualRNN, TorchRNN
+    from .base.env import CrnnWarning, env_flag
+    from .base.errors import CheckpointError, ConfigError, CrnnError, PluginError
+    from .plugin_manager.hookspecs import hookimpl
+    from .interfaces.init_strategy import InitStrategy
+    from .training.loggers import TensorBoardLogger
+    from .layers.model import Built, ModelSpec, TaskModel, build_model
+    from .interfaces.options import NoOptions, option, require
+    from .plugin_manager.manager import PluginSystem, get_plugins
+    from .rundirs.loading import export_safetensors, load_run
+    from .rundirs.run import RunConfig, RunDirWriter
+    from .interfaces.task import Batch, Rollout, Task, TaskModule
+    from .training.train import Callback, Interrupted, Loop, NonFinite, StopOnSignal, TrainConfig, TrainState, evaluate, fit
 
 #: public name -> the submodule that defines it
 _EXPORTS = {
-    "Cell": "cell", "State": "cell",
-    "ContextNetwork": "context",
-    "ContextualRNN": "contextual", "TorchRNN": "contextual",
-    "CrnnWarning": "env", "env_flag": "env",
-    "CheckpointError": "errors", "ConfigError": "errors", "CrnnError": "errors", "PluginError": "errors",
-    "hookimpl": "hookspecs",
-    "InitStrategy": "init_strategy",
-    "TensorBoardLogger": "loggers",
-    "Built": "model", "ModelSpec": "model", "TaskModel": "model", "build_model": "model",
-    "NoOptions": "options", "option": "options", "require": "options",
-    "PluginSystem": "plugins", "get_plugins": "plugins",
-    "RunConfig": "run", "RunDirWriter": "run", "load_run": "run",
-    "Batch": "task", "Rollout": "task", "Task": "task", "TaskModule": "task",
-    "Callback": "train", "Interrupted": "train", "Loop": "train", "NonFinite": "train",
-    "StopOnSignal": "train", "TrainConfig": "train", "TrainState": "train", "evaluate": "train", "fit": "train",
-    "export_safetensors": "weights",
+    "Cell": "interfaces.cell", "State": "interfaces.cell",
+    "ContextNetwork": "interfaces.context",
+    "ContextualRNN": "layers.contextual", "TorchRNN": "layers.contextual",
+    "CrnnWarning": "base.env", "env_flag": "base.env",
+    "CheckpointError": "base.errors", "ConfigError": "base.errors", "CrnnError": "base.errors", "PluginError": "base.errors",
+    "hookimpl": "plugin_manager.hookspecs",
+    "InitStrategy": "interfaces.init_strategy",
+    "TensorBoardLogger": "training.loggers",
+    "Built": "layers.model", "ModelSpec": "layers.model", "TaskModel": "layers.model", "build_model": "layers.model",
+    "NoOptions": "interfaces.options", "option": "interfaces.options", "require": "interfaces.options",
+    "PluginSystem": "plugin_manager.manager", "get_plugins": "plugin_manager.manager",
+    "RunConfig": "rundirs.run", "RunDirWriter": "rundirs.run", "load_run": "rundirs.loading",
+    "Batch": "interfaces.task", "Rollout": "interfaces.task", "Task": "interfaces.task", "TaskModule": "interfaces.task",
+    "Callback": "training.train", "Interrupted": "training.train", "Loop": "training.train", "NonFinite": "training.train",
+    "StopOnSignal": "training.train", "TrainConfig": "training.train", "TrainState": "training.train", "evaluate": "training.train", "fit": "training.train",
+    "export_safetensors": "rundirs.loading",
 }
 
-#: Entry-point group of the layers re-exported here (``from crnn_core import FastWeights``).
-LAYERS_GROUP = "crnn.layers"
+from .base.torch_ops import LAYERS_GROUP  # noqa: E402 - the entry-point group of the re-exported layers
 
 
 def _layer_entry_points() -> dict[str, importlib.metadata.EntryPoint]:
@@ -87,3 +92,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = sorted(_EXPORTS) + sorted(_layer_entry_points())
+
+from .base.torch_ops import install as _install_torch_ops  # noqa: E402 - torch.ops.crnn.* resolvable (torch_ops.py)
+
+_install_torch_ops()

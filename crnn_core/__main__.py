@@ -1,5 +1,5 @@
 """``python -m crnn_core`` runs the ``crnn`` command line (also under torchrun)."""
 
-from .entry import main
+from .commandline.entry import main
 
 main()

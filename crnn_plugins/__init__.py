@@ -5,6 +5,11 @@ and the layers they are made of: ``FastWeights`` and the functional ``fastweight
 ``from crnn_core import FastWeights`` and ``from crnn_plugins import FastWeights`` are the same class.
 """
 
-from .fastweights_layer import FastWeights, fastweights_unroll
+from crnn_core._moved import install
+
+from ._moved import MOVED
+from .fast_weights.layer import FastWeights, fastweights_unroll
+
+install(MOVED)  # the module paths of the previous release, with a DeprecationWarning
 
 __all__ = ["FastWeights", "fastweights_unroll"]

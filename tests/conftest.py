@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from crnn_core import plugins as plugins_module
+from crnn_core.plugin_manager import manager as plugins_module
 
 #: `--set` overrides that shrink ART to a few hundred sequences.
 TINY_ART = ["--set", "task.train_size=256", "--set", "task.val_size=128", "--batch-size", "64"]
@@ -37,7 +37,7 @@ def fresh_plugins():
 
 
 def invoke(runner: CliRunner, args: list[str]):
-    from crnn_core.cli import cli
+    from crnn_core.commandline.main import cli
 
     return runner.invoke(cli, args, catch_exceptions=False)
 
@@ -96,7 +96,7 @@ def thread_count_kept() -> Iterator[None]:
 def torchrun_env(**extra: str) -> dict[str, str]:
     """An environment for launching torchrun from a test: no inherited worker variables, gloo on the
     loopback interface, one OpenMP thread per worker; ``extra`` on top."""
-    from crnn_core.distributed import TORCHRUN_VARS
+    from crnn_core.training.distributed import TORCHRUN_VARS
 
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
     return {**env, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **extra}
@@ -105,9 +105,9 @@ def torchrun_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def fused_kernel() -> None:
     """For modules that test the fused op: skip them when CRNN_NO_FUSED disables the kernel
-    (read as the loader reads it, with crnn_core.env.env_flag), fail them when it does not load."""
-    from crnn_core.env import env_flag
-    from crnn_plugins import fastweights_fused
+    (read as the loader reads it, with crnn_core.base.env.env_flag), fail them when it does not load."""
+    from crnn_core.base.env import env_flag
+    from crnn_plugins.fast_weights import fused as fastweights_fused
 
     if env_flag("CRNN_NO_FUSED"):
         pytest.skip("CRNN_NO_FUSED is set: the fused kernel is disabled")

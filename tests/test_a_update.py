@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from crnn_core import ConfigError
-from crnn_core.options import build_options
-from crnn_plugins import fastweights_fused as ff
-from crnn_plugins.fastweights import FastWeightsCell, FastWeightsOptions
-from crnn_plugins.fastweights_layer import FastWeights
-from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference
+from crnn_core.interfaces.options import build_options
+from crnn_plugins.fast_weights import fused as ff
+from crnn_plugins.cells.fastweights import FastWeightsCell, FastWeightsOptions
+from crnn_plugins.fast_weights.layer import FastWeights
+from crnn_plugins.fast_weights.reference import fastweights_naive, fastweights_reference
 
 from .test_fastweights_reference import spec_loop
 

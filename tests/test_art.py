@@ -2,9 +2,9 @@
 
 import torch
 
-from crnn_core.model import ModelSpec, build_model
-from crnn_core.plugins import PluginSystem
-from crnn_plugins.art import QUERY_MARK, VOCAB, ARTOptions, ARTTask, decode, generate_art
+from crnn_core.layers.model import ModelSpec, build_model
+from crnn_core.plugin_manager.manager import PluginSystem
+from crnn_plugins.tasks.art import QUERY_MARK, VOCAB, ARTOptions, ARTTask, decode, generate_art
 
 
 def test_vocabulary():

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from crnn_plugins import fastweights_bench as bench
-from crnn_plugins import fastweights_fused as ff
+from crnn_plugins.commands import fastweights_bench as bench
+from crnn_plugins.fast_weights import fused as ff
 
 from .conftest import assert_one_line_error, invoke
 
@@ -230,3 +230,39 @@ def test_states_art_learned_and_art_free_time_the_training_calls_with_an_A0():
             assert A_T is None
         torch.testing.assert_close(outs["fused"], outs["reference"], rtol=1e-10, atol=1e-10)
     assert bench.wants_final_state("random") and not bench.wants_final_state("art")
+
+
+def test_ctrl_c_prints_the_rows_measured_so_far(runner, monkeypatch):
+    """Ctrl-C during the second grid point: the first point's rows are printed, then one
+    `Interrupted:` line and exit 130 (the table used to be thrown away)."""
+    real, calls = bench._time_backends, []
+
+    def interrupted_at_the_third_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # point 2, its first mode
+            raise KeyboardInterrupt("SIGINT")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "_time_backends", interrupted_at_the_third_call)
+    result = invoke(runner, ["bench", *TINY_SHAPE, "--length", "4", "--backend", "reference", "-q"])
+    assert result.exit_code == 130
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["2"]]
+    assert [row[:5] for row in rows] == [["2", "3", "5", "1", "fwd"], ["2", "3", "5", "1", "fwd+bwd"]]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Interrupted: SIGINT received: stopped after 1 of 2 grid points; the rows above are those measured")
+
+
+def test_the_default_grid_is_one_point_and_full_is_the_grid(monkeypatch, runner):
+    seen = {}
+
+    def record(batches, lengths, hiddens, inner_steps, **kwargs):
+        seen["grid"] = (batches, lengths, hiddens, inner_steps)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(bench, "run_benchmark", record)
+    invoke(runner, ["bench", "-q"])
+    assert seen["grid"] == ((128,), (11,), (50,), (1,))
+    invoke(runner, ["bench", "--full", "-q"])
+    assert seen["grid"] == ((1, 128), (11, 25), (50, 128), (1,))
+    invoke(runner, ["bench", "--full", "--hidden", "7", "-q"])
+    assert seen["grid"] == ((1, 128), (11, 25), (7,), (1,))

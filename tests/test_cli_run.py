@@ -1,6 +1,8 @@
 """`crnn run` end to end on tiny data: the run directory, resume, and bad input."""
 
+import importlib.metadata
 import json
+import platform
 
 import pytest
 import torch
@@ -26,6 +28,9 @@ def test_run_writes_the_run_directory(runner, tmp_path):
     assert (out / "command.txt").read_text().startswith("crnn run")
     plugins = json.loads((out / "plugins.json").read_text())
     assert plugins["cell"]["package"] == "crnn" and plugins["task"]["name"] == "art"
+    environment = json.loads((out / "env.json").read_text())
+    assert environment["torch"] == torch.__version__ and environment["python"] == platform.python_version()
+    assert environment["crnn"] == importlib.metadata.version("crnn") and environment["cell_backend"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"epoch", "step", "split", "loss", "metrics", "wall_time"} <= set(records[0])
@@ -124,8 +129,9 @@ def test_resume_errors(runner, tmp_path):
     assert_one_line_error(invoke(runner, ["run", "--resume", str(out), "--lr", "0.1"]), "cannot be combined with --resume")
     (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     assert_one_line_error(invoke(runner, ["run", "--resume", str(out)]), "corrupt or not a crnn checkpoint")
-    (out / "checkpoints" / "last.pt").unlink()
-    assert_one_line_error(invoke(runner, ["run", "--resume", str(out)]), "is missing")
+    (out / "checkpoints" / "last.pt").unlink()  # no checkpoint backs the metrics: the run starts again
+    restarted = invoke(runner, ["run", "--resume", str(out), "-q"])
+    assert restarted.exit_code == 0 and "the run starts again from its first step" in restarted.stderr
 
 
 def test_list_and_help(runner):
@@ -140,3 +146,12 @@ def test_list_and_help(runner):
     for command in (["--help"], ["run", "--help"], ["list", "--help"], ["plugins", "--help"]):
         result = invoke(runner, command)
         assert result.exit_code == 0 and "Example" in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where PyTorch sees no CUDA device")
+def test_device_cuda_without_cuda_names_the_remedy(runner, tmp_path):
+    result = invoke(runner, ["run", "--device", "cuda", "--out", str(tmp_path / "run"), "-q", *TINY_ART])
+    remedy = ("install a CUDA build, e.g. pip install torch --index-url https://download.pytorch.org/whl/"
+              if torch.version.cuda is None else "check nvidia-smi, the driver and CUDA_VISIBLE_DEVICES")
+    assert_one_line_error(result, remedy)
+    assert result.exit_code == 2 and not (tmp_path / "run").exists()

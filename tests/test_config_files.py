@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crnn_core.configfile import json_key_lines, toml_key_lines
+from crnn_core.commandline.configfile import json_key_lines, toml_key_lines
 
 from .conftest import TINY_ART, assert_one_line_error, invoke, metrics_without_wall_time
 from .test_doc_commands import SHRINK, config_task
@@ -125,6 +125,19 @@ REFUSED = [
     ("syntax.json", '{"train": {"epochs": 3,\n  "lr": 0.1,}}\n', ["syntax.json, line 2 (train.lr): invalid JSON"]),
     ("list.json", '[1, 2]\n', ["list.json: a config file is an object"]),
     ("config.yaml", 'train: {}\n', ["unknown file type '.yaml'"]),
+    # extreme values: each was exit 1 (a RecursionError, Python's 4300-digit limit) or accepted
+    ("deep.toml", "[train]\nlr_decay_at = " + "[" * 5000 + "]" * 5000 + "\n", ["deep.toml: invalid TOML: nested too deeply"]),
+    ("deep.json", '{"train": {"lr_decay_at": ' + "[" * 100000 + "]" * 100000 + "}}\n",
+     ["deep.json: invalid JSON: nested too deeply"]),
+    ("huge.json", '{"train": {"lr": 0.1,\n  "epochs": ' + "9" * 5000 + "}}\n",
+     ["huge.json, line 2 (train.epochs): invalid JSON: an integer of 5000 digits (at most 40)"]),
+    ("twice.json", '{"train": {"epochs": 2,\n  "epochs": 3}}\n',
+     ["twice.json, line 2 (train.epochs): invalid JSON: duplicate key 'epochs'"]),
+    ("epochs.toml", f"[train]\nepochs = {2**80}\n", ["epochs.toml, line 2: train.epochs: must be <= 1000000000, got 1208925819614629174706176"]),
+    ("epochs.json", f'{{"train": {{"epochs": {2**62}}}}}\n', ["epochs.json, line 1: train.epochs: must be <= 1000000000"]),
+    ("batch.toml", f"[train]\nbatch_size = {10**12}\n", ["batch.toml, line 2: train.batch_size: must be <= 1000000000"]),
+    ("big.toml", f"[model]\ncell = \"lstm\"\n[model.cell_options]\nhidden_size = {2**64}\n",
+     ["big.toml, line 4: model.cell_options.hidden_size: must fit in a 64-bit integer, got a number of 20 digits"]),
 ]
 
 
@@ -153,7 +166,7 @@ def test_toml_without_tomllib_or_tomli_names_the_extra(runner, tmp_path, monkeyp
     (tmp_path / "a.toml").write_text("[train]\nepochs = 2\n")
     result = invoke(runner, ["run", "--config", str(tmp_path / "a.toml"), "--print-config"])
     assert result.exit_code == 2
-    assert_one_line_error(result, "pip install 'crnn[toml]'")
+    assert_one_line_error(result, "pip install 'tomli>=1.1' (crnn's [toml] extra)")
     (tmp_path / "a.json").write_text('{"train": {"epochs": 2}}')
     assert json.loads(printed(runner, "--config", str(tmp_path / "a.json"), "--print-config"))["train"]["epochs"] == 2
 

@@ -102,7 +102,7 @@ def test_the_batch_in_lanes_forward_matches_the_per_example_forward(binaries, ca
 
 
 def test_planned_paths_cover_the_x86_64_levels():
-    from crnn_plugins import cpu_isa
+    from crnn_plugins.fast_weights import cpu_isa
 
     paths, defines = cpu_isa.planned_paths(None, "x86_64")
     assert [(p.name, p.march) for p in paths] == [("baseline", "x86-64"), ("avx2", "x86-64-v3"),
@@ -120,7 +120,7 @@ def test_planned_paths_cover_the_x86_64_levels():
 def test_every_kernel_header_is_listed_for_the_build():
     """The JIT build hashes, and the staleness check compares, the headers in HEADERS: a header
     of csrc/ missing there would let a changed kernel load an old build."""
-    from crnn_plugins import fastweights_fused as ff
+    from crnn_plugins.fast_weights import fused as ff
 
     csrc = SRC.parents[2] / "csrc"
     on_disk = {p.name for p in csrc.glob("*.h")}
@@ -129,7 +129,7 @@ def test_every_kernel_header_is_listed_for_the_build():
         assert (csrc / name).read_text().startswith("//"), name
 
 def _loaded_extension() -> Path:
-    from crnn_plugins import fastweights_fused as ff
+    from crnn_plugins.fast_weights import fused as ff
 
     ok, reason = ff.load_status()
     if not ok:
@@ -186,7 +186,7 @@ def test_capability_variable_forces_a_lower_path_and_ignores_others_with_a_warni
 
 
 def test_select_cpu_path_refuses_unknown_paths():
-    from crnn_plugins import fastweights_fused as ff
+    from crnn_plugins.fast_weights import fused as ff
 
     _loaded_extension()
     with pytest.raises(ValueError, match="no CPU path 'sse9' was compiled"):

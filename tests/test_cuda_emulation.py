@@ -32,8 +32,8 @@ import numpy as np
 import pytest
 import torch
 
-from crnn_core.env import env_flag
-from crnn_plugins import fastweights_fused as ff
+from crnn_core.base.env import env_flag
+from crnn_plugins.fast_weights import fused as ff
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"

@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.distributed
 
-from crnn_core.distributed import DistContext, context, launched_by_torchrun
-from crnn_core.rundir import load_checkpoint
+from crnn_core.training.distributed import DistContext, context, launched_by_torchrun
+from crnn_core.rundirs.rundir import load_checkpoint
 
 from .conftest import free_port, invoke, keep_thread_count, metrics_without_wall_time, torchrun_env
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crnn_core.cli import cli
+from crnn_core.commandline.main import cli
 
 from .conftest import free_port, invoke, torchrun_env
 from .test_docs import bash_blocks, docs_plugin_module
@@ -146,7 +146,7 @@ GRID_AXES = ("--batch", "--length", "--hidden", "--inner-steps")
 
 def config_task(path: Path | str) -> str:
     """The task a ``--config`` file names (``art`` if none): which ``SHRINK`` its run takes."""
-    from crnn_core.configfile import read_config_file
+    from crnn_core.commandline.configfile import read_config_file
 
     return read_config_file(Path(path)).data.get("model", {}).get("task") or "art"
 
@@ -295,7 +295,7 @@ def test_documented_commands_run(doc, lines, fixture_runs, docs_plugin, runner, 
                 run_torchrun(args, part, tmp_path, runner)
             elif args[0] == "python" and args[1].startswith("benchmarks/"):
                 run_python_script(args, part, tmp_path)
-            elif args[:3] == ["python", "-m", "crnn_plugins.study"]:  # reads the grids the lines above made
+            elif args[:3] == ["python", "-m", "crnn_plugins.experiments.study"]:  # reads the grids the lines above made
                 run_python_module(args, part, tmp_path)
             elif args[:2] == ["pip", "wheel"] or (args[:2] == ["pip", "install"] and args[-1].endswith(".whl")):
                 check_wheel_line(args, part)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crnn_core.model import ModelSpec, build_model
+from crnn_core.layers.model import ModelSpec, build_model
 
 from .conftest import TINY_ART, invoke
 
@@ -53,7 +53,7 @@ PYTHON_API_SHRINK = [
 def test_python_api_examples_run(tmp_path, monkeypatch, thread_count_kept, fresh_plugins):
     """Every ```python block of docs/python-api.md runs, in order, in one namespace (shrunk to test size)."""
     blocks = python_blocks(DOCS / "python-api.md")
-    assert len(blocks) == 7  # the import line, the five worked examples and the TensorBoard logger
+    assert len(blocks) == 8  # the import line, the six worked examples and the TensorBoard logger
     has_safetensors = importlib.util.find_spec("safetensors") is not None
     optional = {"TensorBoardLogger": importlib.util.find_spec("tensorboard") is not None,
                 "export_safetensors": has_safetensors}  # examples of optional extras run where installed
@@ -76,6 +76,9 @@ def test_python_api_examples_run(tmp_path, monkeypatch, thread_count_kept, fresh
     if "logger" in namespace:  # the TensorBoard example wrote its event file beside its run
         assert next((tmp_path / "runs" / "lcd-tb" / "tensorboard").iterdir()).name.startswith("events.out.tfevents")
     assert set(namespace["h0"]) == {"h", "c"} and namespace["h0"]["h"].shape == (4, 32)
+    # 6: the setter took effect, the penalty reached the weights, bfloat16 ran, the program was saved
+    assert namespace["layer"].a_update == "preliminary" and namespace["layer"].W.grad.abs().sum() > 0
+    assert namespace["low_outputs"].dtype == torch.bfloat16 and (tmp_path / "fastweights.pt2").is_file()
     if not has_safetensors:
         pytest.skip("example 5 needs safetensors (pip install -e '.[safetensors]'; .ci/run installs it)")
     # 5: the export loads without pickle and samples what the run directory samples

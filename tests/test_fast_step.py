@@ -26,11 +26,11 @@ import pytest
 import torch
 
 from crnn_core import ConfigError
-from crnn_core.model import ModelSpec, build_model
-from crnn_core.plugins import get_plugins
-from crnn_core.run import RunConfig, checkpoint_identity, identity_matches
-from crnn_core.step import grads_finite
-from crnn_core.train import Callback, TrainConfig, fit
+from crnn_core.layers.model import ModelSpec, build_model
+from crnn_core.plugin_manager.manager import get_plugins
+from crnn_core.rundirs.run import RunConfig, checkpoint_identity, identity_matches
+from crnn_core.training.step import grads_finite
+from crnn_core.training.train import Callback, TrainConfig, fit
 
 pytestmark = pytest.mark.usefixtures("fused_kernel")  # skip or fail as the kernel loads (conftest)
 
@@ -87,7 +87,7 @@ def test_compiled_step_matches_eager(old_losses):
 
 
 def test_bf16_mixed_close_to_float32_and_runs_the_fused_op(old_losses, monkeypatch):
-    from crnn_plugins import fastweights_reference
+    from crnn_plugins.fast_weights import reference as fastweights_reference
 
     calls = []
     real = torch.ops.crnn.fastweights_fwd
@@ -151,7 +151,7 @@ def test_precision_option_is_in_the_identity_the_speed_options_are_not():
 
 
 def test_precision_refused_where_unsupported():
-    from crnn_core.step import check_precision
+    from crnn_core.training.step import check_precision
 
     with pytest.raises(ConfigError, match="train.precision=bf16-mixed needs a cpu or cuda device"):
         check_precision("bf16-mixed", torch.device("meta"))
@@ -205,7 +205,7 @@ def test_zero_init_and_the_projected_path_skip_A0_and_A_T(monkeypatch):
     """The zero init's states are broadcast constants, which the cell passes to the op as
     ``A0=None`` (nothing materialised or read); TaskModel, which reads only the outputs,
     asks the cell for no final state, so the op skips A_T."""
-    from crnn_core.cell import constant_state, is_zero_constant
+    from crnn_core.interfaces.cell import constant_state, is_zero_constant
 
     assert is_zero_constant(constant_state(4, (3, 3), 0.0))
     assert not is_zero_constant(constant_state(4, (3, 3), 0.5)), "a nonzero constant is materialised"
@@ -236,7 +236,7 @@ def test_broadcast_source_finds_the_matrix_an_A0_tiles():
     """``broadcast_source`` returns the ``[*shape]`` tensor of which a state is an exact
     broadcast view, and None for anything else (a copy, a partial view, a transposed view, a
     view made under ``no_grad`` that autograd does not connect to its source)."""
-    from crnn_core.cell import broadcast_source
+    from crnn_core.interfaces.cell import broadcast_source
 
     P = torch.randn(3, 3, requires_grad=True)
     assert broadcast_source(P.expand(4, 3, 3)) is P

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from crnn_core.options import build_options
-from crnn_plugins.fastweights import FastWeightsCell, FastWeightsOptions
-from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference
+from crnn_core.interfaces.options import build_options
+from crnn_plugins.cells.fastweights import FastWeightsCell, FastWeightsOptions
+from crnn_plugins.fast_weights.reference import fastweights_naive, fastweights_reference
 
 
 def spec_loop(xp, h0, A0, W, gamma, beta, lam, eta, S, act, eps=1e-5, a_update="previous"):

@@ -18,8 +18,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crnn_plugins import fastweights_fused as ff
-from crnn_plugins.fastweights_reference import fastweights_reference
+from crnn_plugins.fast_weights import fused as ff
+from crnn_plugins.fast_weights.reference import fastweights_reference
 
 LAM, ETA = 0.95, 0.5
 GRAD_RTOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-4}
@@ -89,7 +89,7 @@ def test_autocast_cpu_float64_stays_float64():
 
 def test_autocast_cpu_cell_runs_fused_backend():
     """A fast-weights cell under autocast runs the fused op (no dtype error, no fallback)."""
-    from crnn_plugins.fastweights import FastWeightsCell, FastWeightsOptions
+    from crnn_plugins.cells.fastweights import FastWeightsCell, FastWeightsOptions
 
     torch.manual_seed(0)
     cell = FastWeightsCell(5, FastWeightsOptions(hidden_size=16, backend="fused", inner_steps=1))

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crnn_plugins import fastweights_fused as ff
-from crnn_plugins.fastweights_layer import fastweights_unroll
-from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference, last_outputs
+from crnn_plugins.fast_weights import fused as ff
+from crnn_plugins.fast_weights.layer import fastweights_unroll
+from crnn_plugins.fast_weights.reference import fastweights_naive, fastweights_reference, last_outputs
 
 LAM, ETA = 0.9, 0.5
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crnn_plugins import fastweights_fused as ff
-from crnn_plugins.fastweights_reference import fastweights_reference
+from crnn_plugins.fast_weights import fused as ff
+from crnn_plugins.fast_weights.reference import fastweights_reference
 
 from .test_fused_op import each_cpu_path  # noqa: F401  (fixture)
 

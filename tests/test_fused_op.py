@@ -18,8 +18,8 @@ import sys
 import pytest
 import torch
 
-from crnn_plugins import fastweights_fused as ff
-from crnn_plugins.fastweights_reference import fastweights_naive, fastweights_reference
+from crnn_plugins.fast_weights import fused as ff
+from crnn_plugins.fast_weights.reference import fastweights_naive, fastweights_reference
 
 LAM, ETA = 0.95, 0.5
 
@@ -327,7 +327,7 @@ def test_wrapper_accepts_non_contiguous_inputs():
 
 
 def make_cell(backend, H=8, I=5, **kw):
-    from crnn_plugins.fastweights import FastWeightsCell, FastWeightsOptions
+    from crnn_plugins.cells.fastweights import FastWeightsCell, FastWeightsOptions
 
     torch.manual_seed(0)
     return FastWeightsCell(I, FastWeightsOptions(hidden_size=H, backend=backend, **kw))
@@ -352,7 +352,7 @@ def test_cell_fused_matches_reference(S, act):
 
 def test_backend_fused_is_an_error_when_unavailable(monkeypatch):
     from crnn_core import ConfigError
-    from crnn_plugins import fastweights
+    from crnn_plugins.cells import fastweights
 
     monkeypatch.setattr(ff, "load_status", lambda: (False, "no compiler (test)"))
     with pytest.raises(ConfigError, match="no compiler"):

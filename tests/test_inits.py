@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from crnn_core import ConfigError
-from crnn_core.options import build_options
-from crnn_plugins.free_init import FreeInit
-from crnn_plugins.learned_init import LearnedInit
-from crnn_plugins.zero_init import ZeroInit
+from crnn_core.interfaces.options import build_options
+from crnn_plugins.inits.free_init import FreeInit
+from crnn_plugins.inits.learned_init import LearnedInit
+from crnn_plugins.inits.zero_init import ZeroInit
 
 SPEC = {"h": (4,), "A": (4, 4)}
 KW = {"device": torch.device("cpu"), "dtype": torch.float32}

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from crnn_core.rundir import load_checkpoint
-from crnn_core.train import StopOnSignal
+from crnn_core.rundirs.rundir import load_checkpoint
+from crnn_core.training.train import StopOnSignal
 
 from .conftest import assert_one_line_error, invoke, keep_thread_count, metrics_without_wall_time
 
@@ -159,7 +159,7 @@ def test_stop_flag_same_signal_twice_aborts_a_different_one_does_not():
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_the_same_signal_twice_in_training_exits_with_its_own_code(runner, tmp_path, monkeypatch, sig, code):
     """SIGTERM twice inside the loop aborts with 143 (it gave 130, SIGINT's code), one line, last.pt unchanged."""
-    from crnn_plugins.art import ARTTask
+    from crnn_plugins.tasks.art import ARTTask
 
     out = tmp_path / "run"
     assert invoke(runner, ["run", *ARGS, "--epochs", "1", "--out", str(out)]).exit_code == 0

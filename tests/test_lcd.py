@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from crnn_core import ConfigError
-from crnn_core.model import ModelSpec, build_model
-from crnn_core.options import build_options
-from crnn_core.plugins import get_plugins
-from crnn_core.train import evaluate, train_config_from
-from crnn_plugins.lcd import LCDOptions, LCDTask, MinMaxScaler, lcd_curve
+from crnn_core.layers.model import ModelSpec, build_model
+from crnn_core.interfaces.options import build_options
+from crnn_core.plugin_manager.manager import get_plugins
+from crnn_core.training.train import evaluate, train_config_from
+from crnn_plugins.tasks.lcd import LCDOptions, LCDTask, MinMaxScaler, lcd_curve
 
 from .conftest import assert_one_line_error, invoke, metrics_without_wall_time
 

@@ -28,11 +28,11 @@ from crnn_core import (
     env_flag,
     fit,
     hookimpl,
-    hookspecs,
 )
-from crnn_core.kinds import KINDS, SCOPES
-from crnn_plugins.art import ARTTask
-from crnn_plugins.fastweights import FastWeightsCell, FastWeightsOptions
+from crnn_core.plugin_manager import hookspecs
+from crnn_core.interfaces.kinds import KINDS, SCOPES
+from crnn_plugins.tasks.art import ARTTask
+from crnn_plugins.cells.fastweights import FastWeightsCell, FastWeightsOptions
 
 from .conftest import TINY_ART, assert_one_line_error, invoke
 
@@ -355,7 +355,7 @@ def test_env_flag_reads_every_boolean_variable_the_same_way(monkeypatch, value, 
 
 @pytest.mark.parametrize("debug,traceback_shown", [("0", False), ("1", True)])
 def test_crnn_debug_0_means_off(fresh_plugins, runner, monkeypatch, debug, traceback_shown):
-    from crnn_core.cli import cli
+    from crnn_core.commandline.main import cli
 
     @cli.command(name="explode-for-test")
     def explode():

@@ -6,7 +6,10 @@ from typing import Literal, Optional
 import pytest
 
 from crnn_core import ConfigError, option, require
-from crnn_core.options import build_options, describe, parse_overrides
+from crnn_core.interfaces.kinds import parse_overrides
+from crnn_core.interfaces.options import build_options, describe
+
+from .conftest import assert_one_line_error, invoke
 
 
 @dataclasses.dataclass
@@ -75,7 +78,7 @@ def test_describe_names_the_allowed_values_and_optional_types():
 def test_list_options_shows_every_scope_of_set(runner):
     """README says `crnn list --options` shows every option: the train scope too, Literal types as their values."""
     from tests.conftest import invoke
-    from crnn_core.kinds import SCOPES
+    from crnn_core.interfaces.kinds import SCOPES
 
     result = invoke(runner, ["list", "--options"])
     assert result.exit_code == 0, result.output
@@ -83,3 +86,12 @@ def test_list_options_shows_every_scope_of_set(runner):
     assert shown == set(SCOPES), shown  # cell, init, context, task and train
     assert "train: grad_clip=None  (float or None)" in result.stdout
     assert "activation='relu'  (one of 'relu', 'tanh')" in result.stdout
+
+
+def test_a_misspelt_option_key_gets_a_did_you_mean(runner):
+    """`--set cell.hiden_size=...` listed the valid keys but suggested none; config files the same."""
+    result = invoke(runner, ["run", "--cell", "lstm", "--set", "cell.hiden_size=8", "--print-config"])
+    assert_one_line_error(result, "unknown option cell.hiden_size; did you mean cell.hidden_size? (valid cell options: ")
+    assert_one_line_error(invoke(runner, ["run", "--set", "train.epoch=3", "--print-config"]),
+                          "unknown option train.epoch; did you mean train.epochs?")
+    assert "did you mean" not in invoke(runner, ["run", "--set", "cell.zzz=1", "--print-config"]).stderr

@@ -118,5 +118,5 @@ def test_not_runs(runner, tmp_path):
 
 def test_png_without_matplotlib_is_a_clear_error(runner, grid, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    assert_one_line_error(invoke(runner, ["plot", str(grid[0]), "--out", str(tmp_path / "x.png")]), "pip install 'crnn[plot]'")
+    assert_one_line_error(invoke(runner, ["plot", str(grid[0]), "--out", str(tmp_path / "x.png")]), "pip install 'matplotlib' (crnn's [plot] extra)")
     assert invoke(runner, ["plot", str(grid[0]), "--no-png"]).exit_code == 0

@@ -1,6 +1,6 @@
 """Issue 11 item 11: docs/plugins.md states the whole plugin contract, and cannot drift from the code.
 
-The reference section is generated (``python -m crnn_core.plugin_reference docs/plugins.md``);
+The reference section is generated (``python -m crnn_core.plugin_manager.reference docs/plugins.md``);
 these tests fail when an interface's public method, signature, class attribute or a hook is
 missing from the page or differs from it, and when the page names something that does not exist.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from crnn_core import hookspecs, plugin_reference
+from crnn_core.plugin_manager import hookspecs; from crnn_core.plugin_manager import reference as plugin_reference
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 TEXT = DOC.read_text()
@@ -23,7 +23,7 @@ CLASSES = {cls.__name__: cls for cls in plugin_reference.interfaces()}
 def test_the_generated_reference_is_current():
     assert plugin_reference.section(TEXT), "docs/plugins.md has no generated reference section"
     assert plugin_reference.section(TEXT) == plugin_reference.render(), (
-        "docs/plugins.md is out of date: run python -m crnn_core.plugin_reference docs/plugins.md")
+        "docs/plugins.md is out of date: run python -m crnn_core.plugin_manager.reference docs/plugins.md")
 
 
 @pytest.mark.parametrize("cls", plugin_reference.interfaces(), ids=lambda c: c.__name__)

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from crnn_core import hookimpl
-from crnn_core.plugins import PluginSystem
-from crnn_plugins.lstm import LSTMCell
-from crnn_plugins.zero_init import ZeroInit
+from crnn_core.plugin_manager.manager import PluginSystem
+from crnn_plugins.cells.lstm import LSTMCell
+from crnn_plugins.inits.zero_init import ZeroInit
 
 from .conftest import TINY_ART, assert_one_line_error, env_with_site, invoke
 
@@ -56,13 +56,13 @@ def test_a_failure_in_a_later_hook_rolls_back_the_earlier_ones(fresh_plugins):
             register(dict)  # not a Task
 
     fresh_plugins.register(CellsThenBadTask(), name="cells-then-bad-task")
-    assert "not a subclass of crnn_core.task.Task" in fresh_plugins.info["cells-then-bad-task"].errors[0]
+    assert "not a subclass of crnn_core.interfaces.task.Task" in fresh_plugins.info["cells-then-bad-task"].errors[0]
     assert "tiny-rollback" not in fresh_plugins.registry("cells")
     assert "lstm" in fresh_plugins.registry("cells")
 
 
 def test_a_command_name_that_exists_is_refused_naming_both_providers(fresh_plugins, runner):
-    from crnn_core.cli import cli
+    from crnn_core.commandline.main import cli
 
     builtin_run = cli.commands["run"]
 
@@ -91,7 +91,7 @@ def test_a_command_name_that_exists_is_refused_naming_both_providers(fresh_plugi
 
 
 def test_a_command_added_before_register_commands_raised_is_removed(fresh_plugins):
-    from crnn_core.cli import cli
+    from crnn_core.commandline.main import cli
 
     class Broken:
         @hookimpl
@@ -177,6 +177,21 @@ def test_a_hanging_plugin_import_is_named_and_a_signal_ends_it_in_one_line(slow_
     assert proc.returncode == 128 + sig, stderr
     assert stderr.strip().splitlines() == [f"Interrupted: {sig.name} received during start-up; nothing was written"]
     assert stdout == ""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"]])
+def test_help_and_version_do_not_wait_for_a_hanging_plugin_import(slow_site, tmp_path, args):
+    env = {**slow_site, "CRNN_TEST_IMPORTING": str(tmp_path / "importing")}
+    done = subprocess.run([sys.executable, "-m", "crnn_core", *args], capture_output=True, text=True, env=env,
+                          timeout=120)  # the import never ends: waiting for it would time out
+    assert done.returncode == 0, done.stderr
+    if args == ["--version"]:
+        assert done.stdout.startswith("crnn, version ")
+        assert not (tmp_path / "importing").exists()  # no plugin was even imported
+    else:
+        assert "Commands:" in done.stdout and "reproduce" in done.stdout  # the core's commands are all listed
+        assert "crnn: plugins are still loading after 1s; the commands they add are not listed" in done.stderr
+        assert (tmp_path / "importing").exists()
 
 
 # -- 10. the contract is checked -----------------------------------------------------------------------

@@ -11,10 +11,11 @@ from pathlib import Path
 import click
 import pytest
 
-from crnn_core import Cell, InitStrategy, PluginError, hookimpl, hookspecs
-from crnn_core import plugins as plugins_module
-from crnn_core.plugins import PluginSystem, builtin_entry_points
-from crnn_plugins.lstm import LSTMCell
+from crnn_core import Cell, InitStrategy, PluginError, hookimpl
+from crnn_core.plugin_manager import hookspecs
+from crnn_core.plugin_manager import manager as plugins_module
+from crnn_core.plugin_manager.manager import COMMANDS_GROUP, PluginSystem, builtin_entry_points
+from crnn_plugins.cells.lstm import LSTMCell
 
 from .conftest import invoke
 
@@ -45,10 +46,14 @@ class Plugin:
 def test_builtins_are_registered_through_hooks(fresh_plugins):
     """The built-ins are this distribution's `crnn` entry points, loaded like a third party's."""
     declared = {ep.name for ep in builtin_entry_points()}
+    commands = {ep.name for ep in builtin_entry_points(COMMANDS_GROUP)}
     assert {"crnn_plugins.lstm", "crnn_plugins.fastweights", "crnn_plugins.art", "crnn_plugins.paper"} <= declared
+    assert {"crnn_plugins.paper", "crnn_plugins.fastweights_bench"} == commands
+    # a component lookup loads the component plugins only; the experiments load the command plugins
+    assert {info.name for info in fresh_plugins.info.values() if info.builtin} == declared - commands
+    assert set(fresh_plugins.experiments) == {"art", "lcd"}
     assert {info.name for info in fresh_plugins.info.values() if info.builtin} == declared
     assert all(info.package == "crnn" and info.ok for info in fresh_plugins.info.values() if info.builtin)
-    assert set(fresh_plugins.experiments) == {"art", "lcd"}
     assert "fastweights" in fresh_plugins.registry("cells")
     assert {"zero", "free", "learned"} <= set(fresh_plugins.registry("inits").names())
     assert {"identity", "linear", "mlp"} <= set(fresh_plugins.registry("contexts").names())
@@ -65,7 +70,7 @@ def test_register_plugin_object_in_code(fresh_plugins):
 
 
 def test_register_commands_hook_adds_a_command(fresh_plugins, runner):
-    from crnn_core.cli import cli
+    from crnn_core.commandline.main import cli
 
     fresh_plugins.register(Plugin(), name="test-plugin")
     fresh_plugins.add_commands(cli)
@@ -102,7 +107,7 @@ def test_a_bad_class_or_duplicate_is_reported(fresh_plugins):
 
     fresh_plugins.register(BadClass(), name="badclass")
     fresh_plugins.register(Duplicate(), name="dup")
-    assert "not a subclass of crnn_core.init_strategy.InitStrategy" in fresh_plugins.info["badclass"].errors[0]
+    assert "not a subclass of crnn_core.interfaces.init_strategy.InitStrategy" in fresh_plugins.info["badclass"].errors[0]
     assert "duplicate cell 'lstm'" in fresh_plugins.info["dup"].errors[0]
     assert fresh_plugins.registry("cells").get("lstm").cls is LSTMCell
 

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from crnn_core.cli import cli
-from crnn_core.options import build_options
-from crnn_plugins.art import ARTOptions, ARTTask, QUERY_MARK, generate_art
-from crnn_plugins.lcd import LCDOptions, LCDTask, MinMaxScaler, generate_lcd, lcd_curve
+from crnn_core.commandline.main import cli
+from crnn_core.interfaces.options import build_options
+from crnn_plugins.tasks.art import ARTOptions, ARTTask, QUERY_MARK, generate_art
+from crnn_plugins.tasks.lcd import LCDOptions, LCDTask, MinMaxScaler, generate_lcd, lcd_curve
 
 from .conftest import keep_thread_count
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from crnn_core.rundir import _lock_holder
+from crnn_core.rundirs.rundir import _lock_holder
 
 from .conftest import assert_one_line_error, invoke, metrics_without_wall_time
 
@@ -116,5 +116,5 @@ def test_a_missing_ray_package_names_the_extra(runner, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     result = invoke(runner, ["reproduce", "art", "--seeds", "1", "--inits", "zero", "--epochs", "1", "--executor", "ray",
                              "--out", str(tmp_path)])
-    assert_one_line_error(result, "pip install 'crnn[ray]'")
+    assert_one_line_error(result, "pip install 'ray>=2.9' (crnn's [ray] extra)")
     assert not tmp_path.joinpath("zero_s0").exists()

@@ -3,9 +3,9 @@
 import pytest
 
 from crnn_core import Cell, ConfigError, PluginError, Task
-from crnn_core.registry import Registry
-from crnn_plugins.fastweights import FastWeightsCell
-from crnn_plugins.lstm import LSTMCell
+from crnn_core.plugin_manager.registry import Registry
+from crnn_plugins.cells.fastweights import FastWeightsCell
+from crnn_plugins.cells.lstm import LSTMCell
 
 
 def test_register_and_get():
@@ -30,7 +30,7 @@ def test_duplicate_names_both_providers():
 
 def test_base_class_is_checked():
     reg = Registry("task", Task, "tasks")
-    with pytest.raises(PluginError, match="not a subclass of crnn_core.task.Task"):
+    with pytest.raises(PluginError, match="not a subclass of crnn_core.interfaces.task.Task"):
         reg.register(LSTMCell, provider="bad")
     with pytest.raises(PluginError, match="not a subclass"):
         reg.register(object(), provider="bad")  # type: ignore[arg-type]

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from crnn_core import CheckpointError, hookimpl
-from crnn_core.rundir import load_checkpoint, read_metrics, truncate_metrics
-from crnn_plugins.art import ARTTask
+from crnn_core.rundirs.rundir import load_checkpoint, read_metrics, truncate_metrics
+from crnn_plugins.tasks.art import ARTTask
 
 from .conftest import TINY_ART, assert_one_line_error, crnn_process, env_with_site, invoke
 
@@ -281,7 +281,7 @@ def test_a_malformed_metrics_record_is_refused_by_plot_and_resume(runner, tmp_pa
 
 # -- 4. plugins at fault ----------------------------------------------------------------------------
 def test_a_raising_register_commands_leaves_the_cli_working(fresh_plugins, runner, caplog):
-    from crnn_core.cli import cli
+    from crnn_core.commandline.main import cli
 
     class Broken:
         @hookimpl
@@ -344,7 +344,7 @@ BROKEN_PLUGINS = {
     """,
     "crnn_dup_cell": """
         from crnn_core import hookimpl
-        from crnn_plugins.lstm import LSTMCell
+        from crnn_plugins.cells.lstm import LSTMCell
         class Impostor(LSTMCell):
             '''Claims the lstm name.'''
         @hookimpl
@@ -381,7 +381,7 @@ def test_installed_broken_plugins_are_named_and_everything_else_works(broken_sit
         "bad_import": "import failed: RuntimeError: missing dependency foo",
         "bad_exit": "import failed: SystemExit: this plugin quits on import",
         "bad_hook": "register_cells raised ValueError: hook exploded",
-        "bad_class": "not a subclass of crnn_core.task.Task",
+        "bad_class": "not a subclass of crnn_core.interfaces.task.Task",
         "dup_cell": "duplicate cell 'lstm'",
         "bad_commands": "register_commands raised KeyError",
     }

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from crnn_core.rundir import wait_until_unlocked
+from crnn_core.rundirs.rundir import wait_until_unlocked
 
 from .conftest import assert_one_line_error, invoke
 

@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from crnn_core import ConfigError, option
-from crnn_core import resources
-from crnn_core.options import build_options, check_bounds, describe
+from crnn_core.base import resources
+from crnn_core.interfaces.options import build_options, check_bounds, describe
 
 from .conftest import TINY_ART, assert_one_line_error, invoke
 
@@ -93,3 +93,123 @@ def test_bench_refuses_a_grid_point_that_cannot_fit(runner, hidden):
                              "--warmup", "0", "-q"])
     assert_one_line_error(result, f"the bench point B=1 T=2 H={hidden} S=1 needs about")
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--cell", "lstm", "--set", f"cell.hidden_size={10**6}"], "the LSTM weights needs about"),
+        (["--cell", "lstm", "--task", "lcd", "--set", f"cell.hidden_size={10**6}"], "the LSTM weights needs about"),
+        (["--set", f"task.head_hidden={10**8}"], "lower task.head_hidden / task.embedding_size"),
+        # the cell (14 GB with its gradients and moments) fits alone; the learned init's heads (734 GB) do not:
+        # refused before the cell is allocated (the whole model is first built on the meta device)
+        (["--set", "cell.hidden_size=30000"], "the learned init's heads needs about"),
+        (["--set", f"context.out_features={10**9}"], "lower context.out_features"),
+        (["--task", "lcd", "--cell", "lstm", "--set", f"context.hidden={10**6}", "--set", "context.layers=2"],
+         "lower context.hidden / context.layers"),
+    ],
+)
+def test_every_built_in_components_size_is_checked_before_it_is_allocated(runner, tmp_path, extra, fragment):
+    """The LSTM, the ART head and the context networks refuse sizes that cannot fit before they
+    allocate (unchecked, an LSTM of 10^6 units fails in PyTorch's allocator, exit 1)."""
+    out = tmp_path / "run"
+    base = BASE if "--cell" not in extra else ["run", "-q", "--epochs", "1", *(TINY_ART if "lcd" not in extra else [])]
+    result = invoke(runner, [*base, "--out", str(out), *extra])
+    assert_one_line_error(result, fragment)
+    assert result.exit_code == 2
+    assert not out.exists()
+
+
+def test_the_learned_inits_heads_are_checked(monkeypatch):
+    """One head row per state element: a 5000-unit FastWeights state (25 million elements) from a
+    50-wide context is 1.3 billion parameters."""
+    from crnn_plugins.inits.learned_init import LearnedInit, LearnedOptions
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 10**9)
+    with pytest.raises(ConfigError, match="the learned init's heads needs about 20.4 GB"):
+        LearnedInit({"h": (5000,), "A": (5000, 5000)}, 50, LearnedOptions())
+    assert LearnedInit({"h": (50,)}, 50, LearnedOptions()).heads["h"].weight.shape == (50, 50)  # small: built
+
+
+def fake_root(tmp_path, files: dict[str, str]):
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "files, quota",
+    [
+        ({"proc/self/cgroup": "0::/job\n", "sys/fs/cgroup/job/cpu.max": "150000 100000\n"}, 1.5),
+        ({"proc/self/cgroup": "0::/job\n", "sys/fs/cgroup/job/cpu.max": "max 100000\n"}, None),
+        ({"proc/self/cgroup": "0::/docker/abc\n", "sys/fs/cgroup/cpu.max": "100000 100000\n"}, 1.0),  # a container's root
+        ({"proc/self/cgroup": "4:cpu,cpuacct:/slurm/job1\n",
+          "sys/fs/cgroup/cpu,cpuacct/slurm/job1/cpu.cfs_quota_us": "300000\n",
+          "sys/fs/cgroup/cpu,cpuacct/slurm/job1/cpu.cfs_period_us": "100000\n"}, 3.0),
+        ({"proc/self/cgroup": "4:cpu:/\n", "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n",
+          "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"proc/self/cgroup": "0::/job\n", "sys/fs/cgroup/job/cpu.max": "garbage\n"}, None),
+        ({}, None),
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read_from_v1_and_v2_files(tmp_path, files, quota):
+    assert resources.cgroup_cpu_quota(fake_root(tmp_path, files)) == quota
+
+
+def test_usable_cpus_is_the_affinity_lowered_to_the_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(resources.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    assert resources.usable_cpus(tmp_path) == 6  # no cgroup files: the affinity mask
+    root = fake_root(tmp_path, {"proc/self/cgroup": "0::/job\n", "sys/fs/cgroup/job/cpu.max": "250000 100000\n"})
+    assert resources.usable_cpus(root) == 3  # 2.5 CPUs of quota, rounded up
+    monkeypatch.setattr(resources.os, "sched_getaffinity", lambda pid: {7})
+    assert resources.usable_cpus(root) == 1
+    (root / "sys/fs/cgroup/job/cpu.max").write_text("1000 100000\n")
+    monkeypatch.setattr(resources.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert resources.usable_cpus(root) == 1  # never 0
+
+
+@pytest.mark.usefixtures("thread_count_kept")
+def test_training_uses_no_more_threads_than_the_process_may_use(runner, tmp_path, monkeypatch):
+    """train.threads left unset: PyTorch's default, lowered to the usable CPUs (here a quota of 1)."""
+    import torch
+
+    from crnn_core import train
+
+    seen = []
+    real = train._train_epoch
+    monkeypatch.setattr(train, "usable_cpus", lambda: 1)
+    monkeypatch.setattr(train, "_train_epoch", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
+    torch.set_num_threads(2)
+    assert invoke(runner, [*BASE, "--out", str(tmp_path / "run")]).exit_code == 0
+    assert seen == [1]
+
+
+def test_openmp_spinning_is_limited_unless_the_user_chose_a_policy():
+    from crnn_core import entry
+
+    environ: dict[str, str] = {}
+    entry.limit_openmp_spinning(environ)
+    assert environ == {"GOMP_SPINCOUNT": entry.OPENMP_SPINCOUNT}
+    for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}):
+        environ = dict(chosen)
+        entry.limit_openmp_spinning(environ)
+        assert environ == chosen
+
+
+def test_art_epoch_competitors_run_beside_the_block_and_are_killed_after():
+    """benchmarks/art_epoch.py --competitors: N busy processes while the loaded epoch runs, none after."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("art_epoch", Path(__file__).parent.parent / "benchmarks" / "art_epoch.py")
+    art_epoch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(art_epoch)
+    with art_epoch.competitors(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.returncode is not None for p in procs)
+    records = [{"init": "zero", "backend": "fused", "load": load, "epoch_train_s": t}
+               for load, t in (("quiet", 1.0), ("loaded", 2.5), ("quiet", 1.2), ("loaded", 2.1))]
+    assert art_epoch.loaded_ratios(records) == [{"init": "zero", "backend": "fused", "quiet_s": 1.1, "loaded_s": 2.3,
+                                                 "ratio": 2.09}]

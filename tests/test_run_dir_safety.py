@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from crnn_core import rundir
-from crnn_core.rundir import load_checkpoint
-from crnn_plugins.art import ARTTask
+from crnn_core.rundirs import rundir
+from crnn_core.rundirs.rundir import load_checkpoint
+from crnn_plugins.tasks.art import ARTTask
 
 from .conftest import assert_one_line_error, invoke, metrics_without_wall_time
 
@@ -102,7 +102,7 @@ def test_a_kill_between_last_pt_and_best_pt_is_repaired_on_resume(runner, tmp_pa
     assert run(runner, reference, "--epochs", "4").exit_code == 0
     best_epoch = load_checkpoint(reference / "checkpoints" / "best.pt")["epoch"]
 
-    import crnn_core.run as train_module  # the run-directory writer saves and appends
+    import crnn_core.rundirs.run as train_module  # the run-directory writer saves and appends
 
     real_save = train_module.save_checkpoint
     out = tmp_path / "run"
@@ -178,7 +178,7 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_with_its_own_command
     out = tmp_path / "run"
     real = ARTTask.dataset
 
-    from crnn_core.signals import SignalInterrupt
+    from crnn_core.base.signals import SignalInterrupt
 
     def interrupted(self, split):  # the signal arrives while the data is generated
         raise SignalInterrupt(sig)
@@ -254,7 +254,7 @@ def test_a_run_directory_that_became_read_only_keeps_its_checkpoint(runner, tmp_
 
 def _on_append(monkeypatch, at_epoch: int, action) -> None:
     """Run ``action`` just before the trainer appends epoch ``at_epoch``'s metrics record."""
-    import crnn_core.run as train_module  # the run-directory writer saves and appends
+    import crnn_core.rundirs.run as train_module  # the run-directory writer saves and appends
 
     real = train_module.append_metrics
 
@@ -333,14 +333,15 @@ def test_device_cuda_without_cuda_writes_nothing(runner, tmp_path):
 
 # -- 3. from the first instruction: the handlers come before PyTorch is imported ------------------------
 def test_the_signal_handlers_are_installed_before_pytorch_is_imported():
-    code = ("import sys, signal, crnn_core, crnn_core.entry, crnn_core.signals as s; s.install(); "
+    code = ("import sys, signal, crnn_core, crnn_core.commandline.entry, crnn_core.base.signals as s; s.install(); "
             "print('torch' in sys.modules, signal.getsignal(signal.SIGTERM) is s._raise)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "True"], result.stderr
 
 
 def test_an_interruption_while_pytorch_imports_is_one_line(monkeypatch, capsys):
-    from crnn_core import entry, signals
+    from crnn_core.base import signals
+    from crnn_core.commandline import entry
 
     def interrupted():
         raise signals.SignalInterrupt(signal.SIGTERM)
@@ -356,7 +357,7 @@ def test_an_interruption_while_pytorch_imports_is_one_line(monkeypatch, capsys):
 
 def test_a_swallowed_start_up_signal_still_stops_the_run_before_it_writes(runner, tmp_path, monkeypatch):
     """A library's bare `except:` may swallow the SignalInterrupt; the run still stops before its first byte."""
-    from crnn_core import signals
+    from crnn_core.base import signals
 
     monkeypatch.setattr(signals, "_RECEIVED", int(signal.SIGTERM))  # received, its exception swallowed
     out = tmp_path / "run"
@@ -368,7 +369,87 @@ def test_a_swallowed_start_up_signal_still_stops_the_run_before_it_writes(runner
 
 def test_a_signal_after_the_command_ended_does_not_change_its_exit_status():
     """Python restores the default handlers while it shuts down; crnn ignores signals once the command is over."""
-    code = ("import os, signal, sys; from crnn_core import signals; signals.install(); signals.finish(); "
+    code = ("import os, signal, sys; from crnn_core.base import signals; signals.install(); signals.finish(); "
             "os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT); sys.exit(0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+# -- the first-checkpoint window: a kill at each write point ------------------------------------------
+#: A `crnn run` that dies (``os._exit``, as by kill -9) at one write point of one epoch's end:
+#: ``metrics`` after the metrics.jsonl record was appended, ``last-write`` halfway through
+#: last.pt's temporary file, ``last-rename`` just before that file is renamed to last.pt,
+#: ``best-write`` as best.pt's write starts, ``best-rename`` before best.pt's rename.
+FAULT_DRIVER = """
+import os, sys
+from crnn_core import run, rundir
+point, epoch = sys.argv[1], int(sys.argv[2])
+writes = {"last.pt": 0, "best.pt": 0}
+real_append, real_atomic, real_replace = run.append_metrics, rundir.atomic_write_bytes, os.replace
+
+def append_metrics(path, record):
+    real_append(path, record)
+    if point == "metrics" and record["epoch"] == epoch:
+        os._exit(137)
+
+def atomic_write_bytes(path, write):
+    name = os.path.basename(path)
+    if name in writes:
+        writes[name] += 1
+    due = writes.get(name) == epoch
+    if due and point == f"{name[:4]}-write" and name == "best.pt":
+        os._exit(137)
+    if due and point == "last-write":
+        def half(f):
+            import io
+            buffer = io.BytesIO()
+            write(buffer)
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.flush()
+            os._exit(137)
+        return real_atomic(path, half)
+    return real_atomic(path, write)
+
+def replace(src, dst, *args, **kwargs):
+    name = os.path.basename(dst)
+    if writes.get(name) == epoch and point == f"{name[:4]}-rename":
+        os._exit(137)
+    return real_replace(src, dst, *args, **kwargs)
+
+run.append_metrics, rundir.atomic_write_bytes, os.replace = append_metrics, atomic_write_bytes, replace
+from crnn_core.commandline.main import main
+sys.argv = ["crnn", *sys.argv[3:]]
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    from click.testing import CliRunner
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert invoke(CliRunner(), ["run", *ARGS, "--epochs", "3", "--out", str(out)]).exit_code == 0
+    return out
+
+
+@pytest.mark.parametrize("point, epoch", [("metrics", 1), ("last-write", 1), ("last-rename", 1),
+                                          ("best-write", 1), ("best-rename", 1), ("metrics", 2)])
+def test_a_kill_at_each_write_point_is_recovered_by_resume(runner, tmp_path, uninterrupted, point, epoch):
+    """Killed at any write of an epoch's end, the first epoch's included (metrics written, no
+    checkpoint yet: --resume refused it, the run's own command too), the run is finished by
+    `crnn run --resume DIR`, with the uninterrupted run's metrics and best.pt weights."""
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", FAULT_DRIVER, point, str(epoch), "run", *ARGS, "--epochs", "3",
+                             "--out", str(out)], capture_output=True, text=True, env=env(), timeout=600)
+    assert killed.returncode == 137, killed.stderr
+    records = [r["epoch"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert records == list(range(1, epoch + 1))  # each epoch's record is written before its checkpoints
+    resumed = resume(runner, out)
+    assert resumed.exit_code == 0, resumed.stderr
+    restarted = epoch == 1 and point in ("metrics", "last-write", "last-rename")
+    assert ("the run starts again from its first step" in resumed.stderr) == restarted
+    assert metrics_without_wall_time(out / "metrics.jsonl") == metrics_without_wall_time(uninterrupted / "metrics.jsonl")
+    best, reference = (load_checkpoint(p / "checkpoints" / "best.pt") for p in (out, uninterrupted))
+    assert best["epoch"] == reference["epoch"] and best["best"] == reference["best"]
+    assert all(torch.equal(best["model"][k], v) for k, v in reference["model"].items())
+    assert not list((out / "checkpoints").glob(".*.tmp"))

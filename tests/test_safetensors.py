@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from crnn_core import load_run
-from crnn_core.weights import FORMAT, read_safetensors
+from crnn_core.rundirs.weights import FORMAT, read_safetensors
 
 from .conftest import assert_one_line_error, invoke
 
@@ -187,4 +187,74 @@ def test_without_safetensors_one_line_names_the_extra(runner, tmp_path, monkeypa
                  ["export", str(tmp_path), str(tmp_path / "o.safetensors")]):
         result = invoke(runner, args)
         assert result.exit_code == 2
-        assert_one_line_error(result, "pip install 'crnn[safetensors]'")
+        assert_one_line_error(result, "pip install 'safetensors>=0.4' (crnn's [safetensors] extra)")
+
+
+@needs_safetensors
+def test_sizes_in_the_metadata_are_checked_against_the_header_before_anything_is_built(
+        runner, lcd_run, exported, tmp_path, monkeypatch):
+    """A file whose config asks for a far larger model than its tensors (a 30000-unit fastweights
+    cell next to 16-unit weights built that model, 14 GB, before refusing it) is refused from the
+    shapes in its header: the real model is never built and no tensor is read."""
+    import crnn_core.layers.model
+    import crnn_core.rundirs.loading
+    import crnn_core.rundirs.weights
+
+    config = read_safetensors(exported)[1]["crnn.config"]
+    config["model"]["cell_options"]["hidden_size"] = 2000
+    forged = rewritten(exported, tmp_path / "forged.safetensors", crnn_config=json.dumps(config))
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    (edited / "checkpoints").mkdir()
+    (edited / "checkpoints" / "best.pt").write_bytes((lcd_run / "checkpoints" / "best.pt").read_bytes())
+    (edited / "config.json").write_text(json.dumps({**json.loads((lcd_run / "config.json").read_text()),
+                                                    "model": config["model"]}))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was built before its weights were checked")
+
+    monkeypatch.setattr(crnn_core.rundirs.weights, "build_model", never)
+    monkeypatch.setattr(crnn_core.rundirs.weights, "_read_tensors", never)
+    monkeypatch.setattr(crnn_core.rundirs.loading, "build_model", never)
+    for source in (forged, edited):
+        result = invoke(runner, ["sample", str(source), *SAMPLE])
+        assert result.exit_code == 2, result.stderr
+        assert_one_line_error(result, "does not fit this model: 11 shapes differ (task_module.out.weight: "
+                                      "checkpoint [1, 16], model [1, 2000]")
+    monkeypatch.undo()
+    assert load_run(exported)[0].spec.cell_options["hidden_size"] == 16  # the check passes a file that fits
+
+
+@needs_safetensors
+def test_weights_of_another_dtype_are_refused_or_warned_about(runner, lcd_run, exported, tmp_path):
+    """Integers and booleans are no weights: refused. float64 / float16 are loaded as float32 with
+    one warning (both were cast without a word)."""
+    from safetensors.torch import save_file
+
+    from safetensors import safe_open
+
+    with safe_open(str(exported), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = read_safetensors(exported)[0]
+    for dtype, fragment in ((torch.int64, "is stored as torch.int64, not a floating-point type"),
+                            (torch.bool, "is stored as torch.bool, not a floating-point type")):
+        path = tmp_path / f"{dtype}.safetensors".replace("torch.", "")
+        save_file({k: v.to(dtype) for k, v in tensors.items()}, str(path), metadata=meta)
+        assert_one_line_error(invoke(runner, ["sample", str(path), *SAMPLE]), fragment)
+        run = tmp_path / f"run-{dtype}".replace("torch.", "")
+        run.mkdir()
+        (run / "checkpoints").mkdir()
+        (run / "config.json").write_bytes((lcd_run / "config.json").read_bytes())
+        ckpt = torch.load(lcd_run / "checkpoints" / "best.pt", weights_only=True)
+        ckpt["model"] = {k: v.to(dtype) for k, v in ckpt["model"].items()}
+        torch.save(ckpt, run / "checkpoints" / "best.pt")
+        assert_one_line_error(invoke(runner, ["sample", str(run), *SAMPLE]), fragment)
+        (run / "checkpoints" / "last.pt").write_bytes((run / "checkpoints" / "best.pt").read_bytes())
+        assert_one_line_error(invoke(runner, ["run", "--resume", str(run), "--epochs", "3", "-q"]), fragment)
+    path = tmp_path / "f64.safetensors"
+    save_file({k: v.double() for k, v in tensors.items()}, str(path), metadata=meta)
+    result = invoke(runner, ["sample", str(path), *SAMPLE])
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "loaded as float32" in line]
+    assert len(warnings) == 1 and "tensor(s) stored as torch.float64" in warnings[0]
+    assert json.loads(result.stdout)["samples"] == sampled(runner, exported)["samples"]  # the same weights

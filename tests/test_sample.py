@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from crnn_core import ConfigError, Task
-from crnn_plugins.art import ARTTask
+from crnn_plugins.tasks.art import ARTTask
 
 from .conftest import TINY_ART, assert_one_line_error, invoke
 from .test_lcd import TINY_LCD, formula
@@ -94,7 +94,7 @@ def test_sample_writes_png(runner, runs, tmp_path):
 def test_png_without_matplotlib_is_a_clear_error(runner, runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
     result = sample(runner, runs["learned"], "--period", "2", "--x0", "3", "--out", str(tmp_path / "a.png"))
-    assert_one_line_error(result, "pip install 'crnn[plot]'")
+    assert_one_line_error(result, "pip install 'matplotlib' (crnn's [plot] extra)")
     assert not (tmp_path / "a.png").exists()
 
 
@@ -147,3 +147,56 @@ def test_tasks_without_rollout_say_so():
     assert type(task).rollout is Task.rollout and Task.rollout_params == {}
     with pytest.raises(ConfigError, match="task 'art' cannot generate sequences"):
         task.rollout(torch.nn.Linear(1, 1), {}, 1)
+
+
+def test_sample_output_is_standard_json_for_nan_weights(runner, runs, tmp_path):
+    """NaN weights give NaN samples: written as null and named under "nonfinite" (bare NaN, which
+    JSON readers refuse, was written before), as metrics.jsonl does."""
+    import shutil
+
+    run = tmp_path / "nan"
+    shutil.copytree(runs["learned"], run)
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["model"] = {k: torch.full_like(v, float("nan")) for k, v in ckpt["model"].items()}
+    torch.save(ckpt, run / "checkpoints" / "best.pt")
+    result = sample(runner, run, "--period", "2.0", "--x0", "3.0", "-n", "2", "--steps", "3")
+    assert result.exit_code == 0, result.stderr
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    data = json.loads(result.stdout, parse_constant=refuse)
+    assert data["samples"]["x"][0][1] is None and data["samples"]["x"][0][0] == pytest.approx(data["reference"]["x"][0])
+    assert "samples.x[0][1]" in data["nonfinite"]
+
+
+def test_out_of_range_checkpoint_counters_are_refused(runner, runs, tmp_path):
+    """`crnn sample` printed a tampered checkpoint's epoch of 1e30 as the model's epoch."""
+    import shutil
+
+    for field, value in (("epoch", 1e30), ("step", -1), ("epoch", "2"), ("epoch", 10**30)):
+        run = tmp_path / f"{field}{value}"
+        shutil.copytree(runs["learned"], run)
+        ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+        ckpt[field] = value
+        torch.save(ckpt, run / "checkpoints" / "best.pt")
+        result = sample(runner, run, "--period", "2.0", "--x0", "3.0", "-n", "2")
+        assert result.exit_code == 2
+        reason = "is impossible after" if value == 10**30 else f"'{field}' must be an integer >= 0"
+        assert_one_line_error(result, f"best.pt has a missing or invalid field: ")
+        assert reason in result.stderr
+
+
+def test_a_component_from_another_package_is_named(runner, runs, tmp_path):
+    """plugins.json says the cell came from another package than the installed one: one warning."""
+    import shutil
+
+    run = tmp_path / "moved"
+    shutil.copytree(runs["learned"], run)
+    recorded = json.loads((run / "plugins.json").read_text())
+    recorded["cell"].update(package="crnn-lstm-fork", version="9.1")
+    (run / "plugins.json").write_text(json.dumps(recorded))
+    result = sample(runner, run, "--period", "2.0", "--x0", "3.0", "-n", "2")
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "crnn-lstm-fork" in line]
+    assert len(lines) == 1 and "the cell 'lstm' from the package crnn-lstm-fork 9.1; here 'lstm' comes from crnn" in lines[0]

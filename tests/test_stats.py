@@ -1,4 +1,4 @@
-"""crnn_core.stats (bootstrap intervals, Mann-Whitney U) and the study measures of crnn_plugins.study, on known values."""
+"""crnn_core.experiments.stats (bootstrap intervals, Mann-Whitney U) and the study measures of crnn_plugins.experiments.study, on known values."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from crnn_core.stats import bootstrap_ci, format_ci, mann_whitney_u, rank_with_ties
-from crnn_plugins.lcd import lcd_curve
-from crnn_plugins.study import dominant_period, error_curves, reached
+from crnn_core.experiments.stats import bootstrap_ci, format_ci, mann_whitney_u, rank_with_ties
+from crnn_plugins.tasks.lcd import lcd_curve
+from crnn_plugins.experiments.study import dominant_period, error_curves, reached
 
 
 def test_exact_u_and_p_by_hand():

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from crnn_core.reproduce import GridRun
-from crnn_plugins.paper import AUTHORS_ART
-from crnn_plugins.study import lcd_sample_measures, lcd_study_table
+from crnn_core.experiments.reproduce import GridRun
+from crnn_plugins.experiments.paper import AUTHORS_ART
+from crnn_plugins.experiments.study import lcd_sample_measures, lcd_study_table
 
 from .conftest import assert_one_line_error, invoke
 from .test_lcd import TINY_LCD
@@ -84,8 +84,8 @@ def _fake_run(path, accuracies):
 
 
 def test_the_arms_table_and_figure_compare_grids(tmp_path):
-    from crnn_core.stats import mann_whitney_u
-    from crnn_plugins.study import arms_figure, arms_table, grid_runs
+    from crnn_core.experiments.stats import mann_whitney_u
+    from crnn_plugins.experiments.study import arms_figure, arms_table, grid_runs
 
     arm = tmp_path / "arm"
     _fake_run(arm / "zero_s0", [0.5, 0.995, 1.0])

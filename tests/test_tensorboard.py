@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crnn_core.loggers import TENSORBOARD_DIR, TensorBoardLogger, flat_hparams
+from crnn_core.training.loggers import TENSORBOARD_DIR, TensorBoardLogger, flat_hparams
 
 from .conftest import assert_one_line_error, invoke, keep_thread_count, metrics_without_wall_time
 
@@ -134,7 +134,7 @@ def test_a_missing_tensorboard_package_names_the_extra_before_writing(runner, tm
 
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` raises ImportError
     result = invoke(runner, [*ART, "--out", str(tmp_path / "run"), "--log", "tensorboard"])
-    assert_one_line_error(result, "pip install 'crnn[tensorboard]'")
+    assert_one_line_error(result, "pip install 'tensorboard>=2.10' (crnn's [tensorboard] extra)")
     assert result.exit_code == 2 and not (tmp_path / "run").exists()
 
 

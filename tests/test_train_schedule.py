@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from crnn_core import ConfigError
-from crnn_core.options import build_options
-from crnn_core.train import TrainConfig
-from crnn_plugins.art import ARTOptions, ARTTask
+from crnn_core.interfaces.options import build_options
+from crnn_core.training.train import TrainConfig
+from crnn_plugins.tasks.art import ARTOptions, ARTTask
 
 from .conftest import assert_one_line_error, invoke, keep_thread_count, metrics_without_wall_time
 from .test_interrupt import start, wait_for_first_epoch
@@ -110,7 +110,7 @@ def test_the_schedule_is_part_of_the_checkpoint_identity(runner, tmp_path):
 def test_a_run_from_before_the_new_options_still_resumes(runner, tmp_path):
     """config.json and last.pt without the options added later (at their defaults): --resume works;
     a non-default value of such an option in config.json is still refused."""
-    from crnn_core.rundir import load_checkpoint
+    from crnn_core.rundirs.rundir import load_checkpoint
 
     out = tmp_path / "old"
     run(runner, out, "--epochs", "1")

@@ -5,9 +5,9 @@ one call) against the old ones swapped in, one thread, interleaved blocks of 150
     python benchmarks/results/step_overhead_2026-11-27/ab_step.py learned 6
 """
 import sys, time, torch, statistics
-from crnn_core import train, step as S
-from crnn_core.model import ModelSpec, build_model
-from crnn_core.plugins import get_plugins
+from crnn_core.training import train, step as S
+from crnn_core.layers.model import ModelSpec, build_model
+from crnn_core.plugin_manager.manager import get_plugins
 torch.set_num_threads(1)
 init = sys.argv[1]
 new_take, new_check = train.take, train.grads_finite

@@ -8,10 +8,10 @@ import time
 
 import torch
 
-from crnn_core import train
-from crnn_core.model import ModelSpec, build_model
-from crnn_core.plugins import get_plugins
-from crnn_core.step import grads_finite
+from crnn_core.training import train
+from crnn_core.layers.model import ModelSpec, build_model
+from crnn_core.plugin_manager.manager import get_plugins
+from crnn_core.training.step import grads_finite
 
 torch.set_num_threads(1)
 built = build_model(ModelSpec(cell="fastweights", init="zero", task="art", cell_options={"backend": "fused"}), get_plugins())

@@ -1,0 +1,1 @@
+"""The command line: the crnn click group and its commands, the console entry point, config files."""

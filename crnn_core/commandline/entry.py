@@ -1,0 +1,55 @@
+"""The ``crnn`` console script and ``python -m crnn_core``: signal handling first, then the command line.
+
+Importing the command line imports PyTorch, which takes a second or two; this module
+installs the SIGINT/SIGTERM handlers before that (``crnn_core/__init__.py`` imports
+nothing heavy), so an interruption at any moment ends with one line and 130 / 143.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType
+
+
+#: Spins of an idle OpenMP thread before it sleeps (libgomp's ``GOMP_SPINCOUNT``). libgomp's
+#: default, 300000, lets each of PyTorch's idle intra-op threads (and the fused kernel's
+#: ``at::parallel_for``) spin for milliseconds after every parallel region; on a machine whose
+#: cores other processes share, that spinning takes the CPU from the threads still working and
+#: from the other processes. 1000 (what libgomp itself uses when it knows its threads outnumber
+#: the CPUs) still bridges the microseconds between back-to-back regions of a training step.
+OPENMP_SPINCOUNT = "1000"
+
+
+def limit_openmp_spinning(environ: dict[str, str] | None = None) -> None:
+    """Set ``GOMP_SPINCOUNT`` (see :data:`OPENMP_SPINCOUNT`) unless the user chose a wait policy
+    (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``); it must happen before PyTorch loads OpenMP."""
+    environ = os.environ if environ is None else environ
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        environ["GOMP_SPINCOUNT"] = OPENMP_SPINCOUNT
+
+
+def _import_cli() -> ModuleType:
+    return importlib.import_module("crnn_core.commandline.main")
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--version"]:  # answered before PyTorch and the plugins are imported
+        from ..base.env import package_version
+
+        print(f"crnn, version {package_version('crnn')}")
+        return
+    from ..base import signals
+
+    signals.install()
+    limit_openmp_spinning()
+    try:
+        try:
+            cli = _import_cli()
+            signals.check()  # a signal whose exception a library's bare `except:` swallowed while importing
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM while PyTorch imports
+            sys.exit(signals.report(exc))
+        cli.main()
+    finally:
+        signals.finish()

@@ -1,0 +1,1 @@
+"""Experiments: grids of runs on local processes or Ray, their curves and statistics, the plots."""

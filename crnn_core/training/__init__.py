@@ -1,0 +1,1 @@
+"""Training: the loop and its step, distributed data parallelism, the TensorBoard logger."""

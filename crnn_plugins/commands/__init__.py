@@ -1,0 +1,1 @@
+"""Built-in commands: crnn bench and crnn kernels."""

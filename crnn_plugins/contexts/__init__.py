@@ -1,0 +1,1 @@
+"""The built-in context networks: identity, linear and MLP."""

@@ -1,0 +1,1 @@
+"""The built-in init strategies: zero, free and learned initial states."""

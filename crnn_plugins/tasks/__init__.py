@@ -1,0 +1,1 @@
+"""The built-in tasks: ART (associative retrieval) and LCD (linear cosine decay)."""
