@@ -246,3 +246,18 @@ def test_fused_op_refuses_bad_lengths(lengths, match):
     with pytest.raises(RuntimeError, match=f"lengths.*{match}|{match}.*lengths"):
         torch.ops.crnn.fastweights_fwd(xp, h0, A0, W, gamma, beta, LAM, ETA, 1, "relu", 1e-5, False, "previous",
                                        True, lengths)
+
+
+@pytest.mark.usefixtures("fused_kernel")
+def test_fused_double_backward_with_lengths_matches_the_reference():
+    """With create_graph=True the fused op's backward goes through the reference, with the lengths."""
+    inputs = _params(3, 4, 3, shared_a0=False)
+    lengths = torch.tensor([2, 4, 1])
+    hvps = []
+    for unroll in (ff.fastweights_fused, fastweights_reference):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        out, A = unroll(*leaves, LAM, ETA, 1, "tanh", lengths=lengths)
+        (g_xp,) = torch.autograd.grad(out.square().sum() + A.square().sum(), leaves[0], create_graph=True)
+        hvps.append(torch.autograd.grad(g_xp.sum(), leaves[3])[0])
+        assert torch.equal(g_xp[0, 2:], torch.zeros_like(g_xp[0, 2:]))
+    torch.testing.assert_close(hvps[0], hvps[1], rtol=1e-8, atol=1e-10)
