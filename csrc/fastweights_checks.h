@@ -137,6 +137,26 @@ inline int check_backward_args(const c10::optional<at::Tensor>& grad_out,
   return parse_activation(activation);
 }
 
+// lengths (optional): a 1-D int64 tensor of B values in [1, T] on xp's device. Returns the
+// tensor the kernels read (contiguous), or an undefined one for none, and also for lengths
+// that are all T (the no-lengths path, at its cost and with its results). Reads the values
+// (on CUDA: one synchronising copy of two numbers).
+inline at::Tensor checked_lengths(const char* op, const c10::optional<at::Tensor>& lengths, const at::Tensor& xp,
+                                  int64_t B, int64_t T) {
+  if (!lengths.has_value() || !lengths->defined()) return at::Tensor();
+  const at::Tensor& n = *lengths;
+  TORCH_CHECK(n.scalar_type() == at::kLong, op, ": lengths must be an int64 tensor, got ", n.scalar_type());
+  TORCH_CHECK(n.dim() == 1 && n.size(0) == B, op, ": lengths must be 1-D with one value per example (",
+              num(B), "), got shape ", dims(n.sizes()));
+  TORCH_CHECK(n.device() == xp.device(), op, ": lengths is on ", n.device(), " but xp is on ", xp.device());
+  if (B == 0) return at::Tensor();
+  const at::Tensor range = at::stack({n.min(), n.max()}).cpu();
+  const int64_t lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>();
+  TORCH_CHECK(lo >= 1 && hi <= T, op, ": lengths must be in [1, ", num(T), "] (the number of steps), got values in [",
+              num(lo), ", ", num(hi), "]");
+  return lo == T ? at::Tensor() : n.contiguous();
+}
+
 // The data pointer of t, or nullptr for an undefined or empty tensor (an absent gradient,
 // nothing saved, no dA_0 wanted).
 template <typename T>
@@ -159,9 +179,11 @@ inline FwdParams<T> make_fwd_params(const at::Tensor& xp, const at::Tensor& h0, 
                                     const at::Tensor& out, const at::Tensor& AT,
                                     const at::Tensor& zs, const at::Tensor& xhat,
                                     const at::Tensor& rstd, int a_update = kPrevious,
-                                    const at::Tensor& keys = at::Tensor()) {
+                                    const at::Tensor& keys = at::Tensor(),
+                                    const at::Tensor& lengths = at::Tensor()) {
   FwdParams<T> p;
   p.a_update = a_update;
+  p.lengths = ptr_or_null<int64_t>(lengths);  // nullptr: every example runs all T steps
   p.keys = ptr_or_null<T>(keys);
   p.B = xp.size(0);
   p.T_len = xp.size(1);
@@ -200,9 +222,11 @@ inline BwdParams<T> make_bwd_params(const c10::optional<at::Tensor>& grad_out,
                                     const at::Tensor& dgamma_part, const at::Tensor& dbeta_part,
                                     const at::Tensor& dA0, const at::Tensor& dH,
                                     const at::Tensor& G, int a_update = kPrevious,
-                                    const at::Tensor& dK = at::Tensor()) {
+                                    const at::Tensor& dK = at::Tensor(),
+                                    const at::Tensor& lengths = at::Tensor()) {
   BwdParams<T> p;
   p.a_update = a_update;
+  p.lengths = ptr_or_null<int64_t>(lengths);
   p.dK = ptr_or_null<T>(dK);
   p.B = out.size(0);
   p.T_len = out.size(1);

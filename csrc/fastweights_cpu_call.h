@@ -51,6 +51,31 @@ inline const T* coef_row(const CallConstants<T>& consts, int64_t t) {
   return consts.decay + (consts.T_len - t);
 }
 
+// Example b's number of steps: lengths[b], or T without lengths.
+template <typename Params>
+inline int64_t example_steps(const Params& params, int64_t b) {
+  return params.lengths ? params.lengths[b] : params.T_len;
+}
+
+// Example b ran `steps` < T steps: zero its rows of the outputs and saved tensors after them.
+template <typename T>
+inline void zero_after_end(const FwdParams<T>& params, int64_t b, int64_t steps) {
+  const int64_t Tn = params.T_len, H = params.H, S = params.S, n = Tn - steps;
+  if (n <= 0) return;
+  std::fill_n(params.out + (b * Tn + steps) * H, n * H, T(0));
+  if (params.zs == nullptr) return;
+  std::fill_n(params.zs + (b * Tn + steps) * S * H, n * S * H, T(0));
+  std::fill_n(params.xhat + (b * Tn + steps) * S * H, n * S * H, T(0));
+  std::fill_n(params.rstd + (b * Tn + steps) * S, n * S, T(0));
+}
+
+// The backward's counterpart: dxp of example b is zero after its `steps` steps.
+template <typename T>
+inline void zero_after_end(const BwdParams<T>& params, int64_t b, int64_t steps) {
+  const int64_t Tn = params.T_len, H = params.H;
+  if (steps < Tn) std::fill_n(params.dxp + (b * Tn + steps) * H, (Tn - steps) * H, T(0));
+}
+
 // Example b's A_0: nullptr for A_0 = 0 (not materialised), the one shared A_0, or its own.
 template <typename Params>
 inline auto example_a0(const Params& params, int64_t b) -> decltype(params.A0) {

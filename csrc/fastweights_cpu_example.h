@@ -67,17 +67,17 @@ inline T layernorm_act(const CallConstants<T>& consts, const T* __restrict u, T*
   return r;
 }
 
-// A_T = lam^T A_0 + sum_{tau<T} eta lam^(T-1-tau) h_tau h_tau^T, accumulated in a padded
-// H x Hp buffer by sparse rank-1 updates (only the rows where h_tau is nonzero), then
-// written out contiguously with streaming stores.
+// A_L = lam^L A_0 + sum_{tau<L} eta lam^(L-1-tau) h_tau h_tau^T after the example's L
+// steps, accumulated in a padded H x Hp buffer by sparse rank-1 updates (only the rows where
+// h_tau is nonzero), then written out contiguously with streaming stores.
 template <typename T>
-inline void final_fast_weights(const CallConstants<T>& consts, const T* A0, bool a0nz, const T* keys, T* AT,
+inline void final_fast_weights(const CallConstants<T>& consts, const T* A0, bool a0nz, const T* keys, int64_t L, T* AT,
                                FwdScratch<T>& scratch) {
   constexpr int64_t W = vec_len<T>();
-  const int64_t Tn = consts.T_len, H = consts.H, Hp = consts.Hp;
+  const int64_t H = consts.H, Hp = consts.Hp;
   T* __restrict acc = scratch.accA.data();
   T* __restrict mat = scratch.mat.data();
-  const T lT = consts.lam_pow[Tn];
+  const T lT = consts.lam_pow[L];
   for (int64_t i = 0; i < H; ++i) {
     if (a0nz && lT != T(0)) {
       load_padded(acc + i * Hp, A0 + i * H, H, Hp);
@@ -86,7 +86,7 @@ inline void final_fast_weights(const CallConstants<T>& consts, const T* A0, bool
       zero_padded(acc + i * Hp, Hp);
     }
   }
-  sparse_rank1_rows(acc, H, Hp, keys, Hp, coef_row(consts, Tn), Tn, scratch.idx.data(), scratch.val.data());
+  sparse_rank1_rows(acc, H, Hp, keys, Hp, coef_row(consts, L), L, scratch.idx.data(), scratch.val.data());
   for (int64_t i = 0; i < H; ++i) store_n(mat + i * H, acc + i * Hp, H);
   stream_copy(AT, mat, H * H);
 }
@@ -122,8 +122,8 @@ void forward_example(const CallConstants<T>& consts, const FwdParams<T>& params,
   // zeros of z (0 * inf is NaN). A NaN or inf from x shows in p first.
   bool finite = all_finite(hist, Hp) && (A0 == nullptr || all_finite(A0, H * H));
 
-  const int64_t K = consts.chunk;
-  for (int64_t t = 1; t <= Tn; ++t) {
+  const int64_t K = consts.chunk, L = example_steps(params, b);  // Tn: the row stride
+  for (int64_t t = 1; t <= L; ++t) {
     // This step's chunk starts at t0; the history window is h_t0 .. h_{t-1}.
     const int64_t t0 = (t - 1) / K * K, wl = t - t0;
     const int64_t tv = (wl + W - 1) / W * W;  // score lanes in use (beyond the window: coef = 0)
@@ -170,7 +170,7 @@ void forward_example(const CallConstants<T>& consts, const FwdParams<T>& params,
     copy_padded(hist + t * Hp, z, Hp);
     for (int64_t i = 0; i < H; ++i) histT[i * Tp + t] = z[i];
     store_n(params.out + (b * Tn + (t - 1)) * H, z, H);
-    if (t % K == 0 && t < Tn) {
+    if (t % K == 0 && t < L) {
       // The next chunk starts at t: A_t^T = lam^K A_t0^T + sum_{t0 <= tau < t} c_tau h_tau h_tau^T
       // (symmetric terms), in place in A0T.
       const T lK = consts.lam_pow[K];
@@ -186,7 +186,8 @@ void forward_example(const CallConstants<T>& consts, const FwdParams<T>& params,
     }
   }
   if (params.AT)  // nullptr: the caller does not want A_T
-    final_fast_weights(consts, A0, a0nz, kh, params.AT + b * H * H, scratch);
+    final_fast_weights(consts, A0, a0nz, kh, L, params.AT + b * H * H, scratch);
+  zero_after_end(params, b, L);
 }
 
 template <typename T>
@@ -278,14 +279,16 @@ void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params
   const T* __restrict gamma = consts.gamma;
   const T* __restrict mask = consts.mask;
 
-  // History h_0..h_T (rows and transposed), saved z's and xhat's, padded.
+  // The example's L steps (Tn: the row stride). History h_0..h_L (rows and transposed),
+  // saved z's and xhat's, padded.
+  const int64_t L = example_steps(params, b);
   load_padded(hist, params.h0 + b * H, H, Hp);
-  for (int64_t t = 1; t <= Tn; ++t)
+  for (int64_t t = 1; t <= L; ++t)
     load_padded(hist + t * Hp, params.out + (b * Tn + t - 1) * H, H, Hp);
   zero_padded(histT, H * Tp);
-  for (int64_t t = 0; t <= Tn; ++t)
+  for (int64_t t = 0; t <= L; ++t)
     for (int64_t i = 0; i < H; ++i) histT[i * Tp + t] = hist[t * Hp + i];
-  for (int64_t k = 0; k < Tn * S; ++k) {
+  for (int64_t k = 0; k < L * S; ++k) {
     load_padded(Z + k * Hp, params.zs + (b * Tn * S + k) * H, H, Hp);
     load_padded(X + k * Hp, params.xhat + (b * Tn * S + k) * H, H, Hp);
   }
@@ -297,7 +300,7 @@ void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params
   T* dK = prelim ? scratch.dK.data() : dH;
   if (prelim) {
     zero_padded(khT, H * Tp);
-    for (int64_t j = 0; j < Tn; ++j) {
+    for (int64_t j = 0; j < L; ++j) {
       copy_padded(kh + j * Hp, Z + (j * S) * Hp, Hp);
       for (int64_t i = 0; i < H; ++i) khT[i * Tp + j] = kh[j * Hp + i];
     }
@@ -305,7 +308,7 @@ void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params
   }
   // dH[t] = dL/dh_t, accumulated; starts with the output gradients.
   zero_padded(dH, Hp);
-  for (int64_t t = 1; t <= Tn; ++t) {
+  for (int64_t t = 1; t <= L; ++t) {
     if (params.gout)
       load_padded(dH + t * Hp, params.gout + (b * Tn + t - 1) * H, H, Hp);
     else
@@ -323,19 +326,19 @@ void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params
   // Gradient flowing into A_T: dh_tau += eta lam^(T-1-tau) (gA + gA^T) h_tau.
   const T* gA = params.gAT ? params.gAT + b * H * H : nullptr;
   // (A zero gA is skipped unless a key has a NaN or inf, which 0 * inf turns into NaN.)
-  const bool ganz = gA != nullptr && (any_nonzero(gA, H * H) || !all_finite(kh, Tn * Hp));
+  const bool ganz = gA != nullptr && (any_nonzero(gA, H * H) || !all_finite(kh, L * Hp));
   if (ganz) {
     T* __restrict grad_sym = scratch.grad_sym.data();
     add_transpose(gA, H, Hp, grad_sym);
-    const T* coefT = coef_row(consts, Tn);
+    const T* coefT = coef_row(consts, L);
     const bool sym_finite = all_finite(grad_sym, H * Hp);
-    for (int64_t tau = 0; tau < Tn; ++tau)
+    for (int64_t tau = 0; tau < L; ++tau)
       sparse_matvec(grad_sym, Hp, kh + tau * Hp, H, coefT[tau], dK + tau * Hp, Hp, idx, val, sym_finite);
   }
 
   // Chunks (see chunk_length): A_t0 for every chunk start t0 = c K, c >= 1, rebuilt from
   // A_0 and the history as the forward built it.
-  const int64_t K = consts.chunk, nC = (Tn + K - 1) / K;
+  const int64_t K = consts.chunk, nC = (L + K - 1) / K;
   T* __restrict chunk_A = scratch.chunk_A.data();
   for (int64_t c = 1; c < nC; ++c) {
     T* chunk_A0 = chunk_A + (c - 1) * H * Hp;
@@ -352,7 +355,7 @@ void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params
   const bool need_G = params.dA0 != nullptr || nC > 1;
   T* __restrict Dnext = nC > 1 ? scratch.mat2.data() : nullptr;  // d loss / d A_t0 of the chunk after this one
 
-  for (int64_t t = Tn; t >= 1; --t) {
+  for (int64_t t = L; t >= 1; --t) {
     const int64_t c = (t - 1) / K, t0 = c * K, wl = t - t0;  // window h_t0 .. h_{t-1}
     const T lt = consts.lam_pow[t - t0];
     const int64_t tv = (wl + W - 1) / W * W;
@@ -426,7 +429,7 @@ void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params
     if (nC > 1 && t - 1 == t0) {
       // The chunk's first step is done: D = d loss / d A_t0 = sum over its steps of
       // lam^(t-t0) du z^T, plus lam^K D of the next chunk (A_{t0+K} = lam^K A_t0 + ...).
-      const int64_t k0 = t0 * S, nk = (std::min(t0 + K, Tn) - t0) * S;
+      const int64_t k0 = t0 * S, nk = (std::min(t0 + K, L) - t0) * S;
       T* __restrict D = c % 2 == 0 ? scratch.mat.data() : scratch.mat2.data();
       const T* Dn = c + 1 < nC ? Dnext : nullptr;
       rank_rows(Z + k0 * Hp, Hp, scaled_du_T + k0, Kp, static_cast<const T*>(nullptr), nk, Dn, consts.lam_pow[K], H, Hp,
@@ -445,8 +448,8 @@ void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params
     }
   }
   store_n(params.dh0 + b * H, dH, H);
-  // dW^T += sum_t h_{t-1} dp_t^T (histT: h_0 .. h_T by unit, so h_{t-1} of steps 1..T are its first T)
-  if (scratch.sums) add_outer_rows(scratch.sum.dWT.data(), H, Hp, histT, Tp, 1, scratch.DP.data(), Tn);
+  // dW^T += sum_t h_{t-1} dp_t^T (histT: h_0 .. h_L by unit, so h_{t-1} of steps 1..L are its first L)
+  if (scratch.sums) add_outer_rows(scratch.sum.dWT.data(), H, Hp, histT, Tp, 1, scratch.DP.data(), L);
   if (params.dgamma_part) store_n(params.dgamma_part + b * H, dgam, H);
   if (params.dbeta_part) store_n(params.dbeta_part + b * H, dbet, H);
   if (scratch.sums)
@@ -455,20 +458,21 @@ void backward_example(const CallConstants<T>& consts, const BwdParams<T>& params
       vstore(scratch.sum.dbeta.data() + i, vload(scratch.sum.dbeta.data() + i) + vload(dbet + i));
     }
 
-  // dA_0 = lam^T gA + sum_{t,s} lam^t du_{t,s} z_{t,s}^T  (scaled_du_T holds lam^t du transposed)
+  // dA_0 = lam^L gA + sum_{t,s} lam^t du_{t,s} z_{t,s}^T  (scaled_du_T holds lam^t du transposed)
   if (params.dA0 && nC == 1) {
     T* __restrict mat = scratch.mat.data();
-    rank_rows(Z, Hp, scaled_du_T, Kp, static_cast<const T*>(nullptr), Tn * S, ganz ? gA : nullptr, consts.lam_pow[Tn], H,
+    rank_rows(Z, Hp, scaled_du_T, Kp, static_cast<const T*>(nullptr), L * S, ganz ? gA : nullptr, consts.lam_pow[L], H,
               Hp, scratch.wbuf.data(), mat);
     emit_dA0(params, b, mat, scratch.sum);
   } else if (params.dA0) {  // chunks: dA_0 = D of the first chunk + lam^T gA
     T* __restrict mat = scratch.mat.data();  // chunk 0's D (c % 2 == 0)
     if (ganz) {
-      const T lT = consts.lam_pow[Tn];
+      const T lT = consts.lam_pow[L];
       for (int64_t i = 0; i < H * H; ++i) mat[i] += lT * gA[i];
     }
     emit_dA0(params, b, mat, scratch.sum);
   }
+  zero_after_end(params, b, L);
 }
 
 }  // namespace CRNN_CPU_PATH_NS

@@ -23,9 +23,11 @@ namespace CRNN_CPU_PATH_NS {
 // A_t z and the LayerNorm sums become vertical FMAs and adds over the G examples: no
 // horizontal reductions, and H independent accumulations per step instead of one short
 // dependent chain per example, which bounds the per-example kernel at the ART shape
-// (docs/benchmarks.md). A per-example A_0 goes into the lanes too (lam^t A_0 z by vertical
+// (docs/performance.md). A per-example A_0 goes into the lanes too (lam^t A_0 z by vertical
 // FMAs over [H][H][G]). ReLU zeros are not skipped (a zero in one lane is not in all).
 // It saves the same zs / xhat / rstd / out as forward_examples, so the backward is shared.
+// With lengths, a group runs to its longest example; a lane past its example's end computes
+// on (its own) padding, which nothing reads: its rows are zeroed afterwards (zero_after_end).
 
 // Whether a group's A_0 in lanes, [H][H][G], fits the 1 MiB the kernels keep in cache
 // (float and double: H <= 128).
@@ -250,6 +252,14 @@ inline void lanes_inner_step(const CallConstants<T>& consts, const FwdParams<T>&
   for (int64_t k = 0; k < H * G; ++k) z[k] = act<ACT>(z[k]);
 }
 
+// The most steps of the examples [b0, b0 + ne): T without lengths.
+template <typename Params>
+inline int64_t group_steps(const Params& params, int64_t b0, int64_t ne) {
+  int64_t steps = 0;
+  for (int64_t e = 0; e < ne; ++e) steps = std::max(steps, example_steps(params, b0 + e));
+  return steps;
+}
+
 // The forward of the group of examples [b0, b0 + ne), ne <= G (lanes_forward_applies holds).
 template <int ACT, typename T>
 void forward_lanes(const CallConstants<T>& consts, const FwdParams<T>& params, int64_t b0, int64_t ne, LanesScratch<T>& scratch) {
@@ -263,7 +273,8 @@ void forward_lanes(const CallConstants<T>& consts, const FwdParams<T>& params, i
   const T* keys = prelim ? scratch.khist.data() : hist;
   scratch.a0nz = lanes_a0(params, scratch.A0.data(), b0, ne);
   gather_lanes(hist, params.h0 + b0 * H, H, H, ne);
-  for (int64_t t = 1; t <= Tn; ++t) {
+  const int64_t L = group_steps(params, b0, ne);  // Tn: the row stride
+  for (int64_t t = 1; t <= L; ++t) {
     gather_lanes(p, params.xp + (b0 * Tn + t - 1) * H, Tn * H, H, ne);  // p = xp_t + W h_{t-1}
     lanes_matvec(params.W, H, 1, hist + (t - 1) * H * G, p, H);
     for (int64_t k = 0; k < H * G; ++k) z[k] = act<ACT>(p[k]);
@@ -280,6 +291,8 @@ void forward_lanes(const CallConstants<T>& consts, const FwdParams<T>& params, i
     std::copy_n(z, H * G, hist + t * H * G);
     scatter_lanes(params.out + (b0 * Tn + t - 1) * H, Tn * H, z, H, ne);
   }
+  if (params.lengths)
+    for (int64_t e = 0; e < ne; ++e) zero_after_end(params, b0 + e, example_steps(params, b0 + e));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -378,7 +391,9 @@ inline void finish_dA0_lanes(BwdSums<T>& sum, int64_t H) {
 }
 
 // The backward of the group [b0, b0 + ne) (lanes_backward_applies holds); with sums, its
-// share of dW, dgamma and dbeta is added there.
+// share of dW, dgamma and dbeta is added there. With lengths the group runs back from its
+// longest example's end; a lane past its example's end has zero output gradients and (as
+// the forward saved them) zero saved rows, so everything it adds is zero.
 template <int ACT, typename T>
 void backward_lanes(const CallConstants<T>& consts, const BwdParams<T>& params, int64_t b0, int64_t ne, LanesBwdScratch<T>& scratch,
                     BwdSums<T>* sums) {
@@ -405,25 +420,30 @@ void backward_lanes(const CallConstants<T>& consts, const BwdParams<T>& params, 
   T* __restrict dbet = scratch.dbet.data();
 
   scratch.a0nz = lanes_a0(params, scratch.A0.data(), b0, ne);
+  const int64_t L = group_steps(params, b0, ne);  // Tn: the row stride
   gather_lanes(hist, params.h0 + b0 * H, H, H, ne);
-  for (int64_t t = 1; t <= Tn; ++t) gather_lanes(hist + t * HG, params.out + (b0 * Tn + t - 1) * H, Tn * H, H, ne);
-  for (int64_t k = 0; k < Tn * S; ++k) {
+  for (int64_t t = 1; t <= L; ++t) gather_lanes(hist + t * HG, params.out + (b0 * Tn + t - 1) * H, Tn * H, H, ne);
+  for (int64_t k = 0; k < L * S; ++k) {
     gather_lanes(Z + k * HG, params.zs + (b0 * Tn * S + k) * H, Tn * S * H, H, ne);
     gather_lanes(X + k * HG, params.xhat + (b0 * Tn * S + k) * H, Tn * S * H, H, ne);
   }
   gather_lanes(R, params.rstd + b0 * Tn * S, Tn * S, Tn * S, ne);
   std::fill_n(dH, HG, T(0));
-  for (int64_t t = 1; t <= Tn; ++t) {
+  for (int64_t t = 1; t <= L; ++t) {
     if (params.gout)
       gather_lanes(dH + t * HG, params.gout + (b0 * Tn + t - 1) * H, Tn * H, H, ne);
     else
       std::fill_n(dH + t * HG, HG, T(0));
   }
+  if (params.lengths && params.gout)  // no output gradient after an example's end
+    for (int64_t e = 0; e < ne; ++e)
+      for (int64_t t = example_steps(params, b0 + e) + 1; t <= L; ++t)
+        for (int64_t i = 0; i < H; ++i) dH[t * HG + i * G + e] = T(0);
   if (prelim) std::fill_n(dK, Tn * HG, T(0));
   std::fill_n(dgam, HG, T(0));
   std::fill_n(dbet, HG, T(0));
 
-  for (int64_t t = Tn; t >= 1; --t) {
+  for (int64_t t = L; t >= 1; --t) {
     const T* coef = coef_row(consts, t);
     std::copy_n(dH + t * HG, HG, dz);
     std::fill_n(dp, HG, T(0));
@@ -483,10 +503,11 @@ void backward_lanes(const CallConstants<T>& consts, const BwdParams<T>& params, 
   }
   scatter_lanes(params.dh0 + b0 * H, H, dH, H, ne);
   if (params.dA0)
-    lanes_write_dA0(scratch.scaled_du.data(), Z, Tn * S, H, scratch.gdu.data(), params.dA0, b0, ne,
+    lanes_write_dA0(scratch.scaled_du.data(), Z, L * S, H, scratch.gdu.data(), params.dA0, b0, ne,
                     params.A0_shared ? sums->dA0L.data() : static_cast<T*>(nullptr));
   if (params.dgamma_part) scatter_lanes(params.dgamma_part + b0 * H, H, dgam, H, ne);
   if (params.dbeta_part) scatter_lanes(params.dbeta_part + b0 * H, H, dbet, H, ne);
+  for (int64_t e = 0; e < ne; ++e) zero_after_end(params, b0 + e, example_steps(params, b0 + e));
   if (sums == nullptr) return;
   for (int64_t i = 0; i < H; ++i)
     for (int64_t e = 0; e < ne; ++e) {
@@ -494,13 +515,13 @@ void backward_lanes(const CallConstants<T>& consts, const BwdParams<T>& params, 
       sums->dbeta[i] += dbet[i * G + e];
     }
   for (int64_t e = 0; e < ne; ++e) {  // dW^T += sum_t h_{t-1} dp_t^T, example by example
-    const int64_t b = b0 + e;
+    const int64_t b = b0 + e, Le = example_steps(params, b);
     T* __restrict hrow = scratch.hrow.data();
     T* __restrict DP = scratch.DP.data();
     load_padded(hrow, params.h0 + b * H, H, Hp);
-    for (int64_t t = 1; t < Tn; ++t) load_padded(hrow + t * Hp, params.out + (b * Tn + t - 1) * H, H, Hp);
-    for (int64_t t = 0; t < Tn; ++t) load_padded(DP + t * Hp, params.dxp + (b * Tn + t) * H, H, Hp);
-    add_outer_rows(sums->dWT.data(), H, Hp, hrow, 1, Hp, DP, Tn);
+    for (int64_t t = 1; t < Le; ++t) load_padded(hrow + t * Hp, params.out + (b * Tn + t - 1) * H, H, Hp);
+    for (int64_t t = 0; t < Le; ++t) load_padded(DP + t * Hp, params.dxp + (b * Tn + t) * H, H, Hp);
+    add_outer_rows(sums->dWT.data(), H, Hp, hrow, 1, Hp, DP, Le);
   }
 }
 

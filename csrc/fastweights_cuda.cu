@@ -145,8 +145,9 @@ __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> 
   const T eps = static_cast<T>(p.eps);
   const T invH = T(1) / static_cast<T>(H);
   T zi = T(0);
+  const int64_t L = p.lengths ? p.lengths[b] : Tn;  // the example's steps; Tn: the row stride
 
-  for (int64_t t = 1; t <= Tn; ++t) {
+  for (int64_t t = 1; t <= L; ++t) {
     const T* hprev = hrow(t - 1);
     const T* xpt = p.xp + (b * Tn + t - 1) * H;
     // p = W h_{t-1} + xp_t, warp per row
@@ -216,16 +217,26 @@ __global__ void __launch_bounds__(1024) fastweights_forward_kernel(FwdParams<T> 
     __syncthreads();  // h_t visible to the block (shared or global) before step t+1
   }
 
-  // A_T = lam^T A_0 + sum_{tau<T} eta lam^(T-1-tau) h_tau h_tau^T
+  // After the example's end: zero outputs and saved rows.
+  for (int64_t k = tid; k < (Tn - L) * H; k += nt) p.out[(b * Tn + L) * H + k] = T(0);
+  if (save) {
+    for (int64_t k = tid; k < (Tn - L) * S * H; k += nt) {
+      p.zs[(b * Tn + L) * S * H + k] = T(0);
+      p.xhat[(b * Tn + L) * S * H + k] = T(0);
+    }
+    for (int64_t k = tid; k < (Tn - L) * S; k += nt) p.rstd[(b * Tn + L) * S + k] = T(0);
+  }
+
+  // A_L = lam^L A_0 + sum_{tau<L} eta lam^(L-1-tau) h_tau h_tau^T after the example's L steps
   if (p.AT == nullptr) return;  // A_T not wanted (final_state=False); no barrier follows
-  const T lT = s_lp[Tn];
+  const T lT = s_lp[L];
   T* AT = p.AT + b * H * H;
   for (int64_t k = tid; k < H * H; k += nt) {
     const int64_t i = k / H, j = k % H;
     T v = a0nz ? lT * A0[k] : T(0);
-    for (int64_t tau = 0; tau < Tn; ++tau) {
+    for (int64_t tau = 0; tau < L; ++tau) {
       const T* h = krow(tau);
-      v += eta * s_lp[Tn - 1 - tau] * h[i] * h[j];
+      v += eta * s_lp[L - 1 - tau] * h[i] * h[j];
     }
     AT[k] = v;
   }
@@ -266,9 +277,10 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
 
   if (w_in_smem)
     for (int64_t k = tid; k < H * H; k += nt) s_W[k] = p.W[k];
+  const int64_t L = p.lengths ? p.lengths[b] : Tn;  // the example's steps; Tn: the row stride
   if (hist_in_smem && active) {
     s_hist[tid] = p.h0[b * H + tid];
-    for (int64_t t = 1; t <= Tn; ++t) s_hist[t * H + tid] = p.out[(b * Tn + t - 1) * H + tid];
+    for (int64_t t = 1; t <= L; ++t) s_hist[t * H + tid] = p.out[(b * Tn + t - 1) * H + tid];
   }
   for (int64_t k = tid; k <= Tn; k += nt) s_lp[k] = static_cast<T>(pow(p.lam, static_cast<double>(k)));
   int nz = 0, gnz = 0;
@@ -281,31 +293,31 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
   const T eta = static_cast<T>(p.eta);
   const T invH = T(1) / static_cast<T>(H);
 
-  // dH[t] = grad of h_t from the outputs, plus the A_T term eta lam^(T-1-tau) (gA + gA^T) h_tau
+  // dH[t] = grad of h_t from the outputs, plus the A_L term eta lam^(L-1-tau) (gA + gA^T) h_tau
   if (active) {
     dH[tid] = T(0);
-    for (int64_t t = 1; t <= Tn; ++t)
+    for (int64_t t = 1; t <= L; ++t)
       dH[t * H + tid] = p.gout ? p.gout[(b * Tn + t - 1) * H + tid] : T(0);
     if (prelim)
-      for (int64_t tau = 0; tau < Tn; ++tau) dK[tau * H + tid] = T(0);
+      for (int64_t tau = 0; tau < L; ++tau) dK[tau * H + tid] = T(0);
     if (ganz) {
-      for (int64_t tau = 0; tau < Tn; ++tau) {  // (gA^T h)_j = sum_i gA[i][j] h_i, thread per column
+      for (int64_t tau = 0; tau < L; ++tau) {  // (gA^T h)_j = sum_i gA[i][j] h_i, thread per column
         const T* h = krow(tau);
         T acc = T(0);
         for (int64_t i = 0; i < H; ++i) acc += gA[i * H + tid] * h[i];
-        dK[tau * H + tid] += eta * s_lp[Tn - 1 - tau] * acc;
+        dK[tau * H + tid] += eta * s_lp[L - 1 - tau] * acc;
       }
     }
   }
   __syncthreads();
   if (ganz) {
-    for (int64_t tau = 0; tau < Tn; ++tau) {  // (gA h)_j, warp per row j
+    for (int64_t tau = 0; tau < L; ++tau) {  // (gA h)_j, warp per row j
       const T* h = krow(tau);
       for (int64_t j = warp; j < H; j += nw) {
         T acc = T(0);
         for (int64_t i = lane; i < H; i += 32) acc += gA[j * H + i] * h[i];
         acc = warp_sum(acc);
-        if (lane == 0) dK[tau * H + j] += eta * s_lp[Tn - 1 - tau] * acc;
+        if (lane == 0) dK[tau * H + j] += eta * s_lp[L - 1 - tau] * acc;
       }
     }
   }
@@ -313,7 +325,7 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
 
   const T gamma = active ? p.gamma[tid] : T(0);
   T dgam = T(0), dbet = T(0);
-  for (int64_t t = Tn; t >= 1; --t) {
+  for (int64_t t = L; t >= 1; --t) {
     const T lt = s_lp[t];
     T dz = active ? dH[t * H + tid] : T(0);
     T dp = T(0);
@@ -395,6 +407,10 @@ __global__ void __launch_bounds__(1024) fastweights_backward_kernel(BwdParams<T>
     p.dgamma_part[b * H + tid] = dgam;
     p.dbeta_part[b * H + tid] = dbet;
   }
+  // After the example's end: dxp is zero, and so is G (dA_0 = G^T zs reads every row).
+  for (int64_t k = tid; k < (Tn - L) * H; k += nt) p.dxp[(b * Tn + L) * H + k] = T(0);
+  if (p.G)
+    for (int64_t k = tid; k < (Tn - L) * S * H; k += nt) p.G[(b * Tn + L) * S * H + k] = T(0);
 }
 
 struct SmemPlan {

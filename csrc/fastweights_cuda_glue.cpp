@@ -38,7 +38,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
     const Tensor& beta, double lam, double eta, int64_t inner_steps,
     c10::string_view activation, double eps, bool save, c10::string_view a_update,
-    bool final_state) {
+    bool final_state, const c10::optional<Tensor>& lengths) {
   const int act = check_forward_args(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps,
                                      activation, eps);
   const int au = parse_a_update(a_update);
@@ -46,6 +46,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
   const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
   check_cuda_limits("crnn::fastweights_fwd", B, Tn, H);
   const c10::cuda::CUDAGuard guard(xp.device());
+  const Tensor steps = checked_lengths("crnn::fastweights_fwd", lengths, xp, B, Tn);
   Tensor out = at::empty({B, Tn, H}, xp.options());
   Tensor AT = final_state ? at::empty({B, H, H}, xp.options()) : at::empty({0}, xp.options());
   Tensor zs = save ? at::empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
@@ -57,7 +58,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cuda(
   const Tensor A0m = dense_a0(A0, B, H);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cuda", [&] {
     const FwdParams<scalar_t> p = make_fwd_params<scalar_t>(xp, h0, A0m, W, gamma, beta, lam, eta, S,
-                                                            act, eps, out, AT, zs, xhat, rstd, au, keys);
+                                                            act, eps, out, AT, zs, xhat, rstd, au, keys, steps);
     check_launch(cuda::launch_forward(p, c10::cuda::getCurrentCUDAStream().stream()),
                  "crnn::fastweights_fwd CUDA launch");
   });
@@ -68,7 +69,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
     const c10::optional<Tensor>& grad_out, const c10::optional<Tensor>& grad_AT,
     const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma, const Tensor& out,
     const Tensor& zs, const Tensor& xhat, const Tensor& rstd, double lam, double eta,
-    int64_t inner_steps, c10::string_view activation, bool need_dA0, c10::string_view a_update) {
+    int64_t inner_steps, c10::string_view activation, bool need_dA0, c10::string_view a_update,
+    const c10::optional<Tensor>& lengths) {
   const int act = check_backward_args(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
                                       inner_steps, activation);
   const int au = parse_a_update(a_update);
@@ -76,6 +78,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
   const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
   check_cuda_limits("crnn::fastweights_bwd", B, Tn, H);
   const c10::cuda::CUDAGuard guard(out.device());
+  const Tensor steps = checked_lengths("crnn::fastweights_bwd", lengths, out, B, Tn);
   if (B == 0) {
     return {at::empty({0, Tn, H}, out.options()), at::empty({0, H}, out.options()),
             !need_dA0 ? at::empty({0}, out.options())
@@ -95,16 +98,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cuda(
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "crnn_fastweights_bwd_cuda", [&] {
       const BwdParams<scalar_t> p = make_bwd_params<scalar_t>(
           grad_out, grad_AT, h0, A0m, W, gamma, out, zs, xhat, rstd, lam, eta, S, act, dxp, dh0,
-          dgamma_part, dbeta_part, Tensor(), dH, G, au, dK);
+          dgamma_part, dbeta_part, Tensor(), dH, G, au, dK, steps);
       check_launch(cuda::launch_backward(p, c10::cuda::getCurrentCUDAStream().stream()),
                    "crnn::fastweights_bwd CUDA launch");
     });
   }
   Tensor dA0 = at::empty({0}, out.options());
   if (need_dA0) {
-    // dA_0 = lam^T gA + sum_{t,s} (lam^t du_{t,s}) z_{t,s}^T = lam^T gA + G^T Z per example
+    // dA_0 = lam^L gA + sum_{t,s} (lam^t du_{t,s}) z_{t,s}^T = lam^L gA + G^T Z per example
+    // (L = T, or the example's length: G and zs are zero after it)
     dA0 = at::bmm(G.view({B, Tn * S, H}).transpose(1, 2), zs.view({B, Tn * S, H}));
-    if (grad_AT.has_value()) dA0.add_(*grad_AT, std::pow(lam, static_cast<double>(Tn)));
+    if (grad_AT.has_value() && steps.defined())
+      dA0.add_(*grad_AT * at::pow(lam, steps.to(at::kDouble)).to(out.scalar_type()).view({B, 1, 1}));
+    else if (grad_AT.has_value())
+      dA0.add_(*grad_AT, std::pow(lam, static_cast<double>(Tn)));
     if (shared_a0(A0)) dA0 = dA0.sum(0);
   }
   Tensor dW = weight_grad(dxp, h0, out);

@@ -1,14 +1,17 @@
 // The crnn:: fast-weights custom ops: schema, CPU implementation and the Python module.
 //
 //   crnn::fastweights_fwd(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation,
-//                         eps, save, a_update="previous") -> (out, A_T, zs, xhat, rstd)
+//                         eps, save, a_update="previous", final_state=True, lengths=None)
+//                         -> (out, A_T, zs, xhat, rstd)
 //   crnn::fastweights_bwd(grad_out?, grad_AT?, h0, A0, W, gamma, out, zs, xhat, rstd,
-//                         lam, eta, inner_steps, activation, need_dA0, a_update="previous")
-//                         -> (dxp, dh0, dA0, dW, dgamma, dbeta)
+//                         lam, eta, inner_steps, activation, need_dA0, a_update="previous",
+//                         lengths=None) -> (dxp, dh0, dA0, dW, dgamma, dbeta)
 //
 // zs/xhat/rstd are what the backward needs besides the inputs and `out` ([B,T,S,H],
 // [B,T,S,H], [B,T,S]); with save=False they are empty. a_update ("previous" / "preliminary")
 // picks the vector that updates A (AUpdate, fastweights_params.h). dA0 is empty unless need_dA0.
+// lengths (int64 [B] in [1, T], or None) runs each example on its own first steps
+// (FwdParams::lengths); the backward takes the forward's lengths.
 // Autograd and the fake (meta) implementations are registered from Python
 // (crnn_plugins/fastweights_fused.py). The CUDA implementation is in fastweights_cuda_glue.cpp.
 // Under torch.autocast (CPU or CUDA) both ops run in float32: float16/bfloat16 inputs are
@@ -39,7 +42,7 @@ using at::Tensor;
 // reused by the next call of the same size; at most kPoolBytes are kept. CRNN_NO_POOL=1
 // turns it off; `crnn kernels` says whether it is active (block_pool_info below).
 // Re-measured for issue 14 (perf stat, 1 thread, 1500 fused forward+backward steps at
-// B=128, T=11, H=50, docs/benchmarks.md): without it 131 more page faults per step and
+// B=128, T=11, H=50, docs/performance.md): without it 131 more page faults per step and
 // 3.36 instead of 3.01 ms of CPU time per step, so it stays.
 class BlockPool {
  public:
@@ -172,13 +175,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
     const Tensor& beta, double lam, double eta, int64_t inner_steps,
     c10::string_view activation, double eps, bool save, c10::string_view a_update,
-    bool final_state) {
+    bool final_state, const c10::optional<Tensor>& lengths) {
   const int act = check_forward_args(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps,
                                      activation, eps);
   const int au = parse_a_update(a_update);
   TORCH_CHECK(xp.device().is_cpu(), "crnn::fastweights_fwd: CPU implementation got ",
               xp.device(), " tensors");
   const int64_t B = xp.size(0), Tn = xp.size(1), H = xp.size(2), S = inner_steps;
+  const Tensor steps = checked_lengths("crnn::fastweights_fwd", lengths, xp, B, Tn);
   Tensor out = pooled_empty({B, Tn, H}, xp.options());
   Tensor AT = final_state ? pooled_empty({B, H, H}, xp.options()) : at::empty({0}, xp.options());
   Tensor zs = save ? pooled_empty({B, Tn, S, H}, xp.options()) : at::empty({0}, xp.options());
@@ -190,7 +194,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_cpu(
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "crnn_fastweights_fwd_cpu", [&] {
     using T = scalar_t;
     const FwdParams<T> io = make_fwd_params<T>(xp, h0, A0, W, gamma, beta, lam, eta, S, act, eps,
-                                               out, AT, zs, xhat, rstd, au);
+                                               out, AT, zs, xhat, rstd, au, Tensor(), steps);
     run_fwd(path, io);
   });
   return {out, AT, zs, xhat, rstd};
@@ -200,13 +204,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
     const c10::optional<Tensor>& grad_out, const c10::optional<Tensor>& grad_AT,
     const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma, const Tensor& out,
     const Tensor& zs, const Tensor& xhat, const Tensor& rstd, double lam, double eta,
-    int64_t inner_steps, c10::string_view activation, bool need_dA0, c10::string_view a_update) {
+    int64_t inner_steps, c10::string_view activation, bool need_dA0, c10::string_view a_update,
+    const c10::optional<Tensor>& lengths) {
   const int act = check_backward_args(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
                                       inner_steps, activation);
   const int au = parse_a_update(a_update);
   TORCH_CHECK(out.device().is_cpu(), "crnn::fastweights_bwd: CPU implementation got ",
               out.device(), " tensors");
   const int64_t B = out.size(0), Tn = out.size(1), H = out.size(2), S = inner_steps;
+  const Tensor steps = checked_lengths("crnn::fastweights_bwd", lengths, out, B, Tn);
   Tensor dxp = pooled_empty({B, Tn, H}, out.options());
   Tensor dh0 = at::empty({B, H}, out.options());
   Tensor dA0 = !need_dA0        ? at::empty({0}, out.options())
@@ -225,7 +231,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
     using T = scalar_t;
     BwdParams<T> io = make_bwd_params<T>(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd,
                                          lam, eta, S, act, dxp, dh0, Tensor(), Tensor(),
-                                         dA0, Tensor(), Tensor(), au);
+                                         dA0, Tensor(), Tensor(), au, Tensor(), steps);
     io.dW = dW.data_ptr<T>();  // the kernel forms the batch sums (RangeSums)
     io.dgamma = dgamma.data_ptr<T>();
     io.dbeta = dbeta.data_ptr<T>();
@@ -236,11 +242,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_cpu(
 
 using FwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
-    double, int64_t, c10::string_view, double, bool, c10::string_view, bool);
+    double, int64_t, c10::string_view, double, bool, c10::string_view, bool, const c10::optional<Tensor>&);
 using BwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&, const Tensor&,
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
-    double, int64_t, c10::string_view, bool, c10::string_view);
+    double, int64_t, c10::string_view, bool, c10::string_view, const c10::optional<Tensor>&);
 
 // The autocast kernels: cast float16/bfloat16 tensors of this device type to float32, then
 // call the op again below autocast (autograd, then the CPU or CUDA kernel), as PyTorch's
@@ -260,7 +266,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_autocast(
     const Tensor& xp, const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma,
     const Tensor& beta, double lam, double eta, int64_t inner_steps,
     c10::string_view activation, double eps, bool save, c10::string_view a_update,
-    bool final_state) {
+    bool final_state, const c10::optional<Tensor>& lengths) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(DEV));
   static const auto op = c10::Dispatcher::singleton()
@@ -268,7 +274,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_fwd_autocast(
                              .typed<FwdSig>();
   return op.call(to_f32<DEV>(xp), to_f32<DEV>(h0), to_f32<DEV>(A0), to_f32<DEV>(W),
                  to_f32<DEV>(gamma), to_f32<DEV>(beta), lam, eta, inner_steps, activation, eps,
-                 save, a_update, final_state);
+                 save, a_update, final_state, lengths);
 }
 
 template <c10::DeviceType DEV>
@@ -276,7 +282,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_autoc
     const c10::optional<Tensor>& grad_out, const c10::optional<Tensor>& grad_AT,
     const Tensor& h0, const Tensor& A0, const Tensor& W, const Tensor& gamma, const Tensor& out,
     const Tensor& zs, const Tensor& xhat, const Tensor& rstd, double lam, double eta,
-    int64_t inner_steps, c10::string_view activation, bool need_dA0, c10::string_view a_update) {
+    int64_t inner_steps, c10::string_view activation, bool need_dA0, c10::string_view a_update,
+    const c10::optional<Tensor>& lengths) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(DEV));
   static const auto op = c10::Dispatcher::singleton()
@@ -285,7 +292,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fastweights_bwd_autoc
   return op.call(to_f32<DEV>(grad_out), to_f32<DEV>(grad_AT), to_f32<DEV>(h0), to_f32<DEV>(A0),
                  to_f32<DEV>(W), to_f32<DEV>(gamma), to_f32<DEV>(out), to_f32<DEV>(zs),
                  to_f32<DEV>(xhat), to_f32<DEV>(rstd), lam, eta, inner_steps, activation,
-                 need_dA0, a_update);
+                 need_dA0, a_update, lengths);
 }
 
 }  // namespace
@@ -294,12 +301,12 @@ TORCH_LIBRARY(crnn, m) {
   m.def(
       "fastweights_fwd(Tensor xp, Tensor h0, Tensor A0, Tensor W, Tensor gamma, Tensor beta, "
       "float lam, float eta, int inner_steps, str activation, float eps, bool save, "
-      "str a_update=\"previous\", bool final_state=True) "
+      "str a_update=\"previous\", bool final_state=True, Tensor? lengths=None) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "fastweights_bwd(Tensor? grad_out, Tensor? grad_AT, Tensor h0, Tensor A0, Tensor W, "
       "Tensor gamma, Tensor out, Tensor zs, Tensor xhat, Tensor rstd, float lam, float eta, "
-      "int inner_steps, str activation, bool need_dA0, str a_update=\"previous\") "
+      "int inner_steps, str activation, bool need_dA0, str a_update=\"previous\", Tensor? lengths=None) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -21,7 +21,10 @@ enum Activation : int { kRelu = 0, kTanh = 1 };
 //                 authors' code, fomorians/contextual_rnn fast_weights_cell.py)
 enum AUpdate : int { kPrevious = 0, kPreliminary = 1 };
 
-// Forward of one call. Tensors are contiguous; shapes in the comments.
+// Forward of one call. Tensors are contiguous; shapes in the comments. With `lengths`,
+// example b runs its first lengths[b] steps only, exactly as if it were alone: T stays the
+// row stride, its outputs (and saved tensors, and in the backward dxp) after its end are
+// zero, and its A_T is the one after its own last step.
 template <typename T>
 struct FwdParams {
   int64_t B, T_len, H, S;  // batch, sequence length, hidden size, inner steps
@@ -42,6 +45,7 @@ struct FwdParams {
   T* xhat;         // [B,T,S,H] or nullptr
   T* rstd;         // [B,T,S]   or nullptr
   T* keys = nullptr;  // CUDA, kPreliminary: [B,T,H] workspace for k_1..k_T. Otherwise unused.
+  const int64_t* lengths = nullptr;  // [B] steps of each example, in [1, T], or nullptr: all T
 };
 
 // Backward of one call. On the CPU the kernel also forms the batch sums dW, dgamma and
@@ -75,6 +79,7 @@ struct BwdParams {
   T* dW = nullptr;      // CPU: [H,H] = sum_{b,t} dp_t h_{t-1}^T, or nullptr (not formed). CUDA: unused.
   T* dgamma = nullptr;  // CPU, with dW: [H] batch sum of dgamma. CUDA: unused.
   T* dbeta = nullptr;   // CPU, with dW: [H]
+  const int64_t* lengths = nullptr;  // [B] as in FwdParams (the forward's lengths)
 };
 
 }  // namespace crnn

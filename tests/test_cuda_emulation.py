@@ -82,7 +82,8 @@ def make_case(B, T, H, dtype, a0_scale, seed=0):
 
 
 def run_emulated(exe: Path, work: Path, args, gout, gAT, S: int, act: str, smem_optin: int | None = None,
-                 env_extra: dict | None = None, a_update: str = "previous") -> tuple[dict[str, np.ndarray], list[int], subprocess.CompletedProcess]:
+                 env_extra: dict | None = None, a_update: str = "previous",
+                 lengths: torch.Tensor | None = None) -> tuple[dict[str, np.ndarray], list[int], subprocess.CompletedProcess]:
     xp = args[0]
     B, T, H = xp.shape
     dtype = xp.dtype
@@ -94,6 +95,8 @@ def run_emulated(exe: Path, work: Path, args, gout, gAT, S: int, act: str, smem_
         gout.contiguous().numpy().tofile(work / "gout.bin")
     if gAT is not None:
         gAT.contiguous().numpy().tofile(work / "gAT.bin")
+    if lengths is not None:
+        lengths.to(torch.int64).numpy().tofile(work / "lengths.bin")
     size = 4 if dtype == torch.float32 else 8
     (work / "meta.txt").write_text(
         f"{size} {B} {T} {H} {S} {0 if act == 'relu' else 1} {LAM!r} {ETA!r} {EPS!r} "
@@ -114,24 +117,27 @@ def run_emulated(exe: Path, work: Path, args, gout, gAT, S: int, act: str, smem_
     return res, stats, proc
 
 
-def cuda_glue_grads(res, args, gAT, S):
+def cuda_glue_grads(res, args, gAT, S, lengths=None):
     """The library half of fastweights_cuda_glue.cpp's backward: dA0, dW and the batch sums."""
     xp, h0 = args[0], args[1]
     B, T, H = xp.shape
     t = {k: torch.from_numpy(v) for k, v in res.items()}
     dA0 = torch.bmm(t["G"].reshape(B, T * S, H).transpose(1, 2), t["zs"].reshape(B, T * S, H))
-    if gAT is not None:
+    if gAT is not None and lengths is not None:
+        dA0 = dA0 + torch.pow(LAM, lengths.double()).to(gAT.dtype).view(B, 1, 1) * gAT
+    elif gAT is not None:
         dA0 = dA0 + LAM**T * gAT
     hprev = torch.cat([h0.unsqueeze(1), t["out"][:, : T - 1]], 1)
     dW = t["dxp"].reshape(B * T, H).t() @ hprev.reshape(B * T, H)
     return [t["dxp"], t["dh0"], dA0, dW, t["dgamma_part"].sum(0), t["dbeta_part"].sum(0)]
 
 
-def cpu_reference(args, gout, gAT, S, act, a_update="previous"):
+def cpu_reference(args, gout, gAT, S, act, a_update="previous", lengths=None):
     """The CPU kernel's forward (saving) and backward on the same inputs."""
-    out, AT, zs, xhat, rstd = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, S, act, EPS, True, a_update)
+    out, AT, zs, xhat, rstd = torch.ops.crnn.fastweights_fwd(*args, LAM, ETA, S, act, EPS, True, a_update, True,
+                                                             lengths)
     grads = torch.ops.crnn.fastweights_bwd(gout, gAT, args[1], args[2], args[3], args[4], out, zs, xhat, rstd,
-                                           LAM, ETA, S, act, True, a_update)
+                                           LAM, ETA, S, act, True, a_update, lengths)
     return {"out": out, "AT": AT, "zs": zs, "xhat": xhat, "rstd": rstd}, list(grads)
 
 
@@ -275,3 +281,34 @@ def test_emulated_cuda_kernels_propagate_nan_and_inf_as_the_reference(emu_exe, t
             for key, (nan, inf) in want.items():
                 assert torch.equal(torch.isnan(got[key]), nan) and torch.equal(torch.isinf(got[key]), inf), \
                     f"{label} = {bad}: the non-finite pattern of {key} differs from the reference"
+
+
+# --- Variable lengths: a per-block loop bound; zeros after each example's end ---
+
+
+@pytest.mark.parametrize("a_update", ["previous", "preliminary"])
+@pytest.mark.parametrize("S, act, dtype, optin", [(1, "relu", torch.float64, None), (2, "tanh", torch.float32, 2048)],
+                         ids=["relu-S1-f64-smem", "tanh-S2-f32-global"])
+def test_emulated_cuda_kernels_with_lengths_match_cpu_kernel(emu_exe, tmp_path, S, act, dtype, optin, a_update):
+    """Each example runs its own steps (padding holding NaN and inf): the emulated CUDA kernels
+    give the CPU kernel's outputs, saved tensors, A_T and gradients, with exact zeros after each end."""
+    B, T, H = 3, 6, 9
+    args, gout, gAT = make_case(B, T, H, dtype, 0.2)
+    lengths = torch.tensor([4, 6, 1])
+    for b, n in enumerate(lengths.tolist()):
+        args[0][b, n:] = float("nan")
+        args[0][b, n:, 0] = float("inf")
+    res, _, proc = run_emulated(emu_exe, tmp_path / "case", args, gout, gAT, S, act, smem_optin=optin,
+                                a_update=a_update, lengths=lengths)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rtol_f, rtol_g = (1e-10, 1e-10) if dtype == torch.float64 else (1e-5, 1e-4)
+    ref_fwd, ref_grads = cpu_reference(args, gout, gAT, S, act, a_update, lengths)
+    for k in ("out", "AT", "zs", "xhat", "rstd"):
+        close(ref_fwd[k], res[k], rtol_f, f"forward {k}")
+    close(ref_fwd["out"], res["out_noAT"], rtol_f, "forward out (A_T not wanted)")
+    got = cuda_glue_grads(res, args, gAT, S, lengths)
+    for name, a, b in zip(("dxp", "dh0", "dA0", "dW", "dgamma", "dbeta"), ref_grads, got):
+        close(a, b, rtol_g, f"backward {name}")
+    for b, n in enumerate(lengths.tolist()):
+        for k in ("out", "zs", "xhat", "rstd", "dxp", "G"):
+            assert not res[k][b, n:].any(), f"{k} of example {b} is not zero after its end"

@@ -417,9 +417,11 @@ def fastweights_fused(
     weights, which the op then neither allocates nor reads; besides ``[B, H, H]``, ``A0`` may
     be one ``[H, H]`` matrix shared by the whole batch (a tiled learned ``A_0``): the kernel
     reads it once instead of a copy per example, and its gradient is the batch sum.
-    Differentiable in all tensor arguments, twice too: with ``create_graph=True`` the
-    backward recomputes the unroll with the reference and differentiates it with autograd
-    (``_backward_by_reference``), so that its gradients have a graph of their own. Tensors
+    Differentiable in all tensor arguments but ``lengths`` (int64 ``[B]`` in [1, T] on ``xp``'s
+    device, or None: see ``fastweights_reference``; the op checks it), twice too: with
+    ``create_graph=True`` the backward recomputes the unroll with the reference and
+    differentiates it with autograd (``_backward_by_reference``), so that its gradients have a
+    graph of their own. Tensors
     share one device and a dtype: float32 or float64, or bfloat16 / float16, which run in
     float32 (the tensors are converted at the op's boundary, the outputs converted back, and
     the gradients come back in the inputs' dtypes); under ``torch.autocast`` the op's own
@@ -428,8 +430,6 @@ def fastweights_fused(
     ok, reason = load_status()
     if not ok:
         raise RuntimeError(f"the fused fast-weights kernel is not available: {reason}")
-    if lengths is not None:
-        raise NotImplementedError("the fused fast-weights op does not take lengths yet; use backend='reference'")
     if xp.device.type == "cuda" and not build_info().get("cuda"):
         raise RuntimeError(
             "the fused fast-weights kernel was built without CUDA; use the reference backend on GPU "
@@ -450,6 +450,7 @@ def fastweights_fused(
         save,
         str(a_update),
         bool(final_state),
+        lengths,
     )
     if result_dtype is not None:
         out, A_T = out.to(result_dtype), A_T.to(result_dtype)
@@ -480,7 +481,7 @@ def _register_python_parts() -> None:
 
     @torch.library.register_fake(lib)
     def _fwd_fake(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update="previous",
-                  final_state=True):
+                  final_state=True, lengths=None):
         torch._check(xp.dim() == 3, lambda: f"crnn::fastweights_fwd: xp must be [B, T, H], got {tuple(xp.shape)}")
         B, T, H = xp.shape
         out = xp.new_empty((B, T, H))
@@ -495,22 +496,23 @@ def _register_python_parts() -> None:
 
     @torch.library.register_fake("crnn::fastweights_bwd")
     def _bwd_fake(grad_out, grad_AT, h0, A0, W, gamma, out, zs, xhat, rstd, lam, eta, inner_steps,
-                  activation, need_dA0, a_update="previous"):
+                  activation, need_dA0, a_update="previous", lengths=None):
         B, T, H = out.shape
         dA0 = out.new_empty((H, H) if A0.dim() == 2 else (B, H, H)) if need_dA0 else out.new_empty((0,))
         return (out.new_empty((B, T, H)), out.new_empty((B, H)), dA0, out.new_empty((H, H)),
                 out.new_empty((H,)), out.new_empty((H,)))
 
     def _setup_context(ctx, inputs, output):
-        xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update, *_final_state = inputs
+        xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, save, a_update, *rest = inputs
+        lengths = rest[1] if len(rest) > 1 else None  # (final_state, lengths) when given
         out, A_T, zs, xhat, rstd = output
         ctx.mark_non_differentiable(zs, xhat, rstd)
         ctx.set_materialize_grads(False)  # an unused A_T (or out) gets None, not a zero tensor
-        ctx.save_for_backward(xp, h0, A0, W, gamma, beta, out, zs, xhat, rstd)
+        ctx.save_for_backward(xp, h0, A0, W, gamma, beta, out, zs, xhat, rstd, lengths)
         ctx.fw_args = (lam, eta, inner_steps, activation, eps, save, a_update)
 
     def _backward(ctx, g_out, g_AT, _g_zs, _g_xhat, _g_rstd):
-        xp, h0, A0, W, gamma, beta, out, zs, xhat, rstd = ctx.saved_tensors
+        xp, h0, A0, W, gamma, beta, out, zs, xhat, rstd, lengths = ctx.saved_tensors
         lam, eta, inner_steps, activation, eps, save, a_update = ctx.fw_args
         if not save:
             raise RuntimeError(
@@ -521,13 +523,13 @@ def _register_python_parts() -> None:
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (xp, h0, A0, W, gamma, beta, g_out, g_AT)):
             grads = _backward_by_reference((xp, h0, A0, W, gamma, beta), need[:6], g_out, g_AT,
-                                           (lam, eta, inner_steps, activation, eps, a_update))
+                                           (lam, eta, inner_steps, activation, eps, a_update), lengths)
             return grads + (None,) * (len(need) - 6)
         dxp, dh0, dA0, dW, dgamma, dbeta = torch.ops.crnn.fastweights_bwd(
             None if g_out is None else g_out.contiguous(),
             None if g_AT is None or g_AT.numel() == 0 else g_AT.contiguous(),  # empty: A_T was not computed
             h0, A0, W, gamma, out, zs, xhat, rstd,
-            lam, eta, inner_steps, activation, bool(need[2]), a_update,
+            lam, eta, inner_steps, activation, bool(need[2]), a_update, lengths,
         )
         grads = (dxp, dh0, dA0, dW, dgamma, dbeta)
         return tuple(g if n else None for g, n in zip(grads, need[:6])) + (None,) * (len(need) - 6)
@@ -537,7 +539,8 @@ def _register_python_parts() -> None:
 
 
 def _backward_by_reference(
-    inputs: tuple[Tensor, ...], need: tuple[bool, ...], g_out: Tensor | None, g_AT: Tensor | None, args: tuple
+    inputs: tuple[Tensor, ...], need: tuple[bool, ...], g_out: Tensor | None, g_AT: Tensor | None, args: tuple,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor | None, ...]:
     """The op's backward as a differentiable function, for ``create_graph=True``.
 
@@ -553,7 +556,7 @@ def _backward_by_reference(
     A0_ref = None if A0.numel() == 0 else (A0.expand(xp.shape[0], *A0.shape) if A0.dim() == 2 else A0)
     with torch.enable_grad():
         out, A_T = fastweights_reference(xp, h0, A0_ref, W, gamma, beta, lam, eta, inner_steps, activation, eps,
-                                         a_update, final_state=g_AT is not None and g_AT.numel() > 0)
+                                         a_update, final_state=g_AT is not None and g_AT.numel() > 0, lengths=lengths)
     pairs = [(o, g) for o, g in ((out, g_out), (A_T, g_AT)) if g is not None and o is not None]
     wanted = [t for t, n in zip(inputs, need) if n]
     found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,

@@ -400,14 +400,7 @@ class FastWeights(nn.Module):
         norm = getattr(self, "norm" + suffix)
         args = (xp.contiguous(), h0.contiguous(), A0, getattr(self, "W" + suffix), norm.weight, norm.bias, self.lam,
                 self.eta, self.inner_steps, self.activation, norm.eps, self.a_update)
-        try:
-            outputs, A = unroll(*args, final_state=final_state, lengths=lengths)
-        except NotImplementedError as exc:  # a fused op without lengths yet: the reference, under auto only
-            if self.backend != "auto" or lengths is None:
-                raise
-            warn(f"FastWeights: {exc}; using the reference backend for this call")
-            outputs, A = fastweights_reference(*args[:2], a0_for(fastweights_reference, A0, batch), *args[3:],
-                                               final_state=final_state, lengths=lengths)
+        outputs, A = unroll(*args, final_state=final_state, lengths=lengths)
         if not final_state:
             return outputs, None, None
         return outputs, last_outputs(outputs, lengths), A

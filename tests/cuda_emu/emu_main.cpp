@@ -6,7 +6,9 @@
 //
 // DIR/meta.txt: "dtype B T H S act lam eta eps has_gout has_gAT need_G [a_update]" (dtype 4
 // or 8 bytes, act 0 relu / 1 tanh, a_update 0 previous (default) / 1 preliminary). DIR/{xp,h0,A0,W,gamma,beta}.bin and, if present,
-// {gout,gAT}.bin: raw little-endian arrays. Writes DIR/{out,AT,zs,xhat,rstd}.bin (forward,
+// {gout,gAT}.bin: raw little-endian arrays; DIR/lengths.bin (int64 [B]), if present, is
+// FwdParams/BwdParams::lengths. Outputs and workspaces start as 12345 (any contents, as
+// at::empty). Writes DIR/{out,AT,zs,xhat,rstd}.bin (forward,
 // saving), out_nosave.bin / AT_nosave.bin (forward, saving nothing), out_noAT.bin (forward,
 // saving nothing, A_T not wanted: FwdParams::AT = nullptr), {dxp,dh0,dgamma_part,
 // dbeta_part}.bin and G.bin if need_G (backward, from this forward's saved tensors), and
@@ -66,8 +68,11 @@ int run(const std::string& dir, int64_t B, int64_t Tn, int64_t H, int64_t S, int
   if (exists(dir + "/gout.bin")) gout = read<T>(dir + "/gout.bin", nx);
   if (exists(dir + "/gAT.bin")) gAT = read<T>(dir + "/gAT.bin", nA);
 
-  std::vector<T> out(nx), AT(nA), zs(nz), xhat(nz), rstd(nr);
+  std::vector<int64_t> lengths;
+  if (exists(dir + "/lengths.bin")) lengths = read<int64_t>(dir + "/lengths.bin", B);
+  std::vector<T> out(nx, T(12345)), AT(nA, T(12345)), zs(nz, T(12345)), xhat(nz, T(12345)), rstd(nr, T(12345));
   crnn::FwdParams<T> f{};
+  f.lengths = lengths.empty() ? nullptr : lengths.data();
   f.B = B;
   f.T_len = Tn;
   f.H = H;
@@ -98,7 +103,7 @@ int run(const std::string& dir, int64_t B, int64_t Tn, int64_t H, int64_t S, int
   write(dir + "/xhat.bin", xhat);
   write(dir + "/rstd.bin", rstd);
 
-  std::vector<T> out2(nx), AT2(nA);
+  std::vector<T> out2(nx, T(12345)), AT2(nA, T(12345));
   crnn::FwdParams<T> f2 = f;
   f2.out = out2.data();
   f2.AT = AT2.data();
@@ -107,15 +112,17 @@ int run(const std::string& dir, int64_t B, int64_t Tn, int64_t H, int64_t S, int
   write(dir + "/out_nosave.bin", out2);
   write(dir + "/AT_nosave.bin", AT2);
 
-  std::vector<T> out3(nx);
+  std::vector<T> out3(nx, T(12345));
   crnn::FwdParams<T> f3 = f2;
   f3.out = out3.data();
   f3.AT = nullptr;
   check(crnn::cuda::launch_forward(f3, nullptr), "forward (no A_T)");
   write(dir + "/out_noAT.bin", out3);
 
-  std::vector<T> dxp(nx), dh0(nh), dgp(nh), dbp(nh), dH(B * (Tn + 1) * H, T(12345)), G(need_G ? nz : 0);
+  std::vector<T> dxp(nx, T(12345)), dh0(nh), dgp(nh), dbp(nh), dH(B * (Tn + 1) * H, T(12345)),
+      G(need_G ? nz : 0, T(12345));
   crnn::BwdParams<T> g{};
+  g.lengths = f.lengths;
   g.B = B;
   g.T_len = Tn;
   g.H = H;
