@@ -60,7 +60,8 @@ def _type_and_range(option: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
 def plugins(as_json: bool) -> None:
     """Installed plugins: package, version, hooks, and failures."""
-    system = get_plugins().load_command_plugins()
+    system = get_plugins()
+    system.add_commands(click.get_current_context().find_root().command)  # a failing register_commands is reported too
     rows = [info.as_dict() for info in system.info.values()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
