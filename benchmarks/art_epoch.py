@@ -13,7 +13,7 @@ epoch includes the compilation and the last (``--epochs 2``) is the steady state
 
 ``--profile`` instead times the parts of one training step in this process (data,
 embedding, init, projection, op, head, optimiser, other; benchmarks/step_profile.py) for
-the step as it ran before issue 14 (``train.adam_impl=for-loop``, eager) and with the
+the baseline step (``train.adam_impl=for-loop``, eager) and with the
 options after ``--``:
 
     python benchmarks/art_epoch.py --profile --init zero --init learned --threads 2 -- --set train.compile=true

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CLI fuzzing (issue 11, docs/reliability.md): a few hundred ``crnn`` invocations with random and edge
+"""CLI fuzzing (docs/reliability.md): a few hundred ``crnn`` invocations with random and edge
 values for every option of every command; counts internal errors (exit 1) and crashes (signal exits,
 tracebacks, refusals that are not one line). Target: zero of both. Not part of the test suite.
 

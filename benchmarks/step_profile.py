@@ -14,7 +14,7 @@ is its forward plus its backward:
 * ``other``       a whole ``train._step`` (what training runs) minus the parts' sum: autograd
                   across the parts, Python glue, the loss's ``item()``
 
-The "before" rows (``train.adam_impl=for-loop``) run the step as it was before issue 14:
+The "before" rows (``train.adam_impl=for-loop``) run the baseline step:
 the cell projects the embeddings itself (``TaskModel.project_in_task = False``) and the
 gradients are checked parameter by parameter. In the "after" rows the ART task projects its
 embedding table once and looks it up (``TaskModule.encode_projected``), counted as ``projection``,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Untrusted files (issue 11 item 7, docs/reliability.md): tampered checkpoints, config.json and
+"""Untrusted files (docs/reliability.md): tampered checkpoints, config.json and
 metrics.jsonl fed to ``crnn plot``, ``crnn sample``, ``crnn run --resume`` and ``crnn reproduce
 --report-only``; counts how many are refused cleanly (exit 2, one line, no traceback) and lists the
 rest. Not part of the test suite (a few minutes).

@@ -71,6 +71,19 @@ def env_with_site(site: Path, *unset: str) -> dict[str, str]:
     return env
 
 
+def fake_distribution(site: Path, name: str, modules: dict[str, str], entry_points: str) -> dict[str, str]:
+    """Write modules and a dist-info (``name`` 0.1, with ``entry_points`` as its entry_points.txt) into
+    ``site``; the environment with ``site`` on PYTHONPATH and no plugin switches set."""
+    site.mkdir(parents=True, exist_ok=True)
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(source)
+    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    return env_with_site(site, "CRNN_NO_PLUGINS", "CRNN_PLUGINS_STRICT")
+
+
 def crnn_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """``python -m crnn_core ARGS`` in a fresh process with ``env`` (text output captured)."""
     return subprocess.run([sys.executable, "-m", "crnn_core", *args], env=env, capture_output=True, text=True, timeout=300)

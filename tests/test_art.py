@@ -1,4 +1,4 @@
-"""The associative retrieval data and model (SPEC section 3, `art`)."""
+"""The associative retrieval data and model (the `art` task)."""
 
 import torch
 

@@ -234,7 +234,7 @@ def test_states_art_learned_and_art_free_time_the_training_calls_with_an_A0():
 
 def test_ctrl_c_prints_the_rows_measured_so_far(runner, monkeypatch):
     """Ctrl-C during the second grid point: the first point's rows are printed, then one
-    `Interrupted:` line and exit 130 (the table used to be thrown away)."""
+    `Interrupted:` line and exit 130 (the measured rows are kept)."""
     real, calls = bench._time_backends, []
 
     def interrupted_at_the_third_call(*args, **kwargs):

@@ -78,7 +78,7 @@ def test_progress_lines_on_stderr_only(runner, tmp_path):
         (["--lr", "0"], "lr must be positive"),
         (["--device", "tpu"], "device must be cpu or cuda"),
         (["--init", "zero", "--context", "mlp"], "uses no context"),
-        # issue 11 item 6: values the code cannot honour (a libgomp segfault, an overflow after
+        # values the code cannot honour (a libgomp segfault, an overflow after
         # the run directory existed, a silently used default)
         (["--set", "train.threads=100000"], "threads must be between 1 and this machine's"),
         (["--seed", "20000000000000"], "seed must be between 0 and 4294967295"),
@@ -155,3 +155,14 @@ def test_device_cuda_without_cuda_names_the_remedy(runner, tmp_path):
               if torch.version.cuda is None else "check nvidia-smi, the driver and CUDA_VISIBLE_DEVICES")
     assert_one_line_error(result, remedy)
     assert result.exit_code == 2 and not (tmp_path / "run").exists()
+
+
+def test_the_help_table_matches_each_command():
+    """`crnn --help` shows each core command's short help without importing it: the table's text is the command's."""
+    import importlib
+
+    from crnn_core.commandline.main import CORE_COMMANDS
+
+    for name, core in CORE_COMMANDS.items():
+        command = getattr(importlib.import_module(core.module), core.attribute)
+        assert command.name == name and command.get_short_help_str(limit=1000) == core.short_help, name

@@ -98,7 +98,7 @@ def test_the_batch_in_lanes_forward_matches_the_per_example_forward(binaries, ca
                                    err_msg=arch)
 
 
-# -- the dispatching build: one extension, a path per instruction set (crnn_plugins/cpu_isa.py)
+# -- the dispatching build: one extension, a path per instruction set (crnn_plugins/fast_weights/cpu_isa.py)
 
 
 def test_planned_paths_cover_the_x86_64_levels():

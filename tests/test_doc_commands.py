@@ -336,7 +336,10 @@ def test_inline_cli_spans_name_real_commands_and_options():
         if not words or words[0] == "...":
             continue
         name = words[0].split("|")[0]
-        command = cli.get_command(None, name)  # type: ignore[arg-type]
+        if name.startswith("-"):  # an option of crnn itself: `crnn --help`, `crnn --version`
+            command, words = cli, ["crnn", *words]
+        else:
+            command = cli.get_command(None, name)  # type: ignore[arg-type]
         if command is None:
             problems.append(f"{doc}: `{span}`: no command {name!r}")
             continue

@@ -1,4 +1,4 @@
-"""The fast-weights reference backend against the equations of SPEC section 3, written out directly."""
+"""The fast-weights reference backend against the fast-weights equations, written out directly."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from crnn_plugins.fast_weights.reference import fastweights_naive, fastweights_r
 
 
 def spec_loop(xp, h0, A0, W, gamma, beta, lam, eta, S, act, eps=1e-5, a_update="previous"):
-    """The SPEC's per-example equations, one example and one step at a time.
+    """The per-example equations, one example and one step at a time.
 
     ``a_update="preliminary"`` updates A with f(p_t) instead of h_{t-1} (the paper authors' code).
     """

@@ -1,4 +1,4 @@
-"""The fused fast-weights op (csrc/, crnn_plugins/fastweights_fused.py) against the reference.
+"""The fused fast-weights op (csrc/, crnn_plugins/fast_weights/fused.py) against the reference.
 
 Tolerances: float64 results must match the reference to 1e-10 (relative and absolute);
 float32 forward outputs to 1e-5 and gradients to 1e-4 relative to the largest gradient
@@ -26,7 +26,7 @@ LAM, ETA = 0.95, 0.5
 
 pytestmark = pytest.mark.usefixtures("fused_kernel")  # skip or fail as the kernel loads (conftest)
 
-CPU_PATHS = ("baseline", "avx2", "avx512")  # crnn_plugins/cpu_isa.py X86_PATHS
+CPU_PATHS = ("baseline", "avx2", "avx512")  # crnn_plugins/fast_weights/cpu_isa.py X86_PATHS
 
 
 @pytest.fixture(params=CPU_PATHS)

@@ -1,4 +1,4 @@
-"""crnn as a library (issue 10): the FastWeights layer, ContextualRNN around any recurrent module,
+"""crnn as a library: the FastWeights layer, ContextualRNN around any recurrent module,
 fit() with callbacks, a core that knows no plugin, one declaration of the component kinds,
 refused task declarations and one reading of boolean environment variables."""
 
@@ -192,8 +192,8 @@ class Recorder(Callback):
 
 
 def test_a_callback_stops_fit_cleanly_or_interrupts_it(fresh_plugins):
-    """The documented ways to stop from a callback (docs/python-api.md); stop_signal=True used to
-    raise "SIGHUP received" and a string a ValueError from the signal module."""
+    """The documented ways to stop from a callback (docs/python-api.md); a stop_signal
+    that is not a signal number (True, a string) is a TypeError naming both ways."""
     import signal
 
     built = build_model(ModelSpec("lstm", "zero", "art", cell_options={"hidden_size": 8}, task_options=TINY_ART_OPTIONS),

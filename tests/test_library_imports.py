@@ -51,15 +51,37 @@ def test_the_check_sees_a_cli_import():
     assert "click" in forbidden(modules) and "crnn_core.commandline.main" in forbidden(modules)
 
 
-def test_crnn_version_imports_neither_torch_nor_a_plugin():
-    code = ("import json, sys\nsys.argv = ['crnn', '--version']\nfrom crnn_core.commandline.entry import main\nmain()\n"
-            "print(json.dumps(sorted(sys.modules)))")
+def modules_after_cli(*args: str) -> tuple[str, list[str]]:
+    """What ``crnn ARGS`` prints (less the last line) and the modules it imported, in a fresh interpreter."""
+    code = (f"import json, sys\nsys.argv = ['crnn', *{list(args)!r}]\nfrom crnn_core.commandline.entry import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint(json.dumps(sorted(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    first, last = done.stdout.strip().splitlines()[0], done.stdout.strip().splitlines()[-1]
-    assert first.startswith("crnn, version ")
-    modules = json.loads(last)
+    output, _, last = done.stdout.strip().rpartition("\n")
+    return output, json.loads(last)
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"]])
+def test_crnn_version_and_help_import_neither_torch_nor_a_plugin(args):
+    output, modules = modules_after_cli(*args)
+    assert output.startswith("crnn, version ") if args == ["--version"] else "Commands:" in output
     assert "torch" not in modules and not [m for m in modules if m.startswith("crnn_plugins")]
+
+
+def test_crnn_help_lists_every_command_without_importing_it():
+    output, modules = modules_after_cli("--help")
+    from crnn_core.commandline.main import CORE_COMMANDS
+
+    listed = [line.split()[0] for line in output.split("Commands:")[1].splitlines() if line.startswith("  ")
+              and not line.startswith("   ")]  # (a short help's continuation lines are indented further)
+    assert listed == [*CORE_COMMANDS, "bench", "kernels"]
+    assert not {core.module for core in CORE_COMMANDS.values()} & set(modules)
+
+
+def test_the_help_check_sees_torch():
+    """The check above fails where a command's module is imported (so it could fail)."""
+    _output, modules = modules_after_cli("list", "--help")
+    assert "torch" in modules and "crnn_core.commandline.listing" in modules
 
 
 @pytest.mark.parametrize("old, new", [

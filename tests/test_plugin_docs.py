@@ -1,4 +1,4 @@
-"""Issue 11 item 11: docs/plugins.md states the whole plugin contract, and cannot drift from the code.
+"""docs/plugins.md states the whole plugin contract, and cannot drift from the code.
 
 The reference section is generated (``python -m crnn_core.plugin_manager.reference docs/plugins.md``);
 these tests fail when an interface's public method, signature, class attribute or a hook is
@@ -63,7 +63,7 @@ def test_documented_names_exist():
         assert hasattr(hookspecs, hook), f"docs/plugins.md names the hook {hook}, which does not exist"
 
 
-def test_the_contract_facts_the_issue_asks_for_are_stated():
+def test_the_plugin_contract_facts_are_stated():
     """Split names, batch means, metric types, properties, where TaskModule comes from, prepare, failures."""
     for fact in ['dataset(split)` is called with `"train"` and `"val"`', "`loss` returns\nthe batch mean",
                  "`{name: float}` of per-batch means", "are *properties*", "from crnn_core import Task, TaskModule",

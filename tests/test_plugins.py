@@ -48,7 +48,7 @@ def test_builtins_are_registered_through_hooks(fresh_plugins):
     declared = {ep.name for ep in builtin_entry_points()}
     commands = {ep.name for ep in builtin_entry_points(COMMANDS_GROUP)}
     assert {"crnn_plugins.lstm", "crnn_plugins.fastweights", "crnn_plugins.art", "crnn_plugins.paper"} <= declared
-    assert {"crnn_plugins.paper", "crnn_plugins.fastweights_bench"} == commands
+    assert {"crnn_plugins.paper"} == commands
     # a component lookup loads the component plugins only; the experiments load the command plugins
     assert {info.name for info in fresh_plugins.info.values() if info.builtin} == declared - commands
     assert set(fresh_plugins.experiments) == {"art", "lcd"}

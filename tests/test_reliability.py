@@ -19,7 +19,7 @@ from crnn_core import CheckpointError, hookimpl
 from crnn_core.rundirs.rundir import load_checkpoint, read_metrics, truncate_metrics
 from crnn_plugins.tasks.art import ARTTask
 
-from .conftest import TINY_ART, assert_one_line_error, crnn_process, env_with_site, invoke
+from .conftest import TINY_ART, assert_one_line_error, crnn_process, fake_distribution, invoke
 
 #: 4 steps per epoch.
 BASE = ["--cell", "fastweights", "--init", "learned", "--task", "art", "-q", *TINY_ART, "--set", "cell.backend=reference"]
@@ -86,12 +86,12 @@ def test_nonfinite_skip_continues(runner, tmp_path, monkeypatch):
     assert [r["epoch"] for r in records(out)] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["train_loss"]) for r in records(out))
     assert load_checkpoint(out / "checkpoints" / "last.pt")["nonfinite_skipped"] == 3
-    assert [r["nonfinite_skipped"] for r in records(out)] == [1, 1, 1]  # per epoch (issue 11 item 8)
+    assert [r["nonfinite_skipped"] for r in records(out)] == [1, 1, 1]  # per epoch
 
 
 def test_an_epoch_without_one_finite_step_stops_with_exit_3(runner, tmp_path, monkeypatch):
-    """With on_nonfinite=skip, an epoch whose every step was skipped learned nothing: it used to be
-    recorded with train_loss 0.0 and the run exited 0; now it stops (exit 3) before recording it."""
+    """With on_nonfinite=skip, an epoch whose every step was skipped learned nothing: the run
+    stops (exit 3) before recording it, rather than recording train_loss 0.0 and exiting 0."""
     out = tmp_path / "run"
     poison(monkeypatch, {5, 6, 7, 8}, "loss")  # all of epoch 2
     result = run(runner, out, "--epochs", "3", "--set", "train.on_nonfinite=skip")
@@ -207,7 +207,7 @@ def test_a_checkpoint_from_another_config_is_refused(runner, tmp_path, finished,
         (lambda c: c.update(rng=torch.zeros(3)), "has a missing or invalid field"),
         (lambda c: c["model"].update({"cell.W": torch.zeros(2, 2)}), "does not fit this model"),
         (lambda c: c["model"].popitem(), "does not fit this model"),
-        # issue 11 item 7: each of these used to be accepted (or found only after training restarted)
+        # each of these is refused when the run starts, not found after training restarted
         (lambda c: c.update(epoch=0.7), "'epoch' must be an integer >= 0, got 0.7"),
         (lambda c: c.update(epoch=10**30), "is impossible with 4 steps per epoch"),
         (lambda c: c.update(step=3), "is impossible with 4 steps per epoch"),
@@ -270,7 +270,7 @@ def test_a_hand_edited_config_is_validated_on_resume(runner, finished, edit, fra
     ],
 )
 def test_a_malformed_metrics_record_is_refused_by_plot_and_resume(runner, tmp_path, finished, line, fragment):
-    """Each was an exit-1 internal error (plot) or read as data (issue 11 item 7)."""
+    """Each is one line and exit 2 from plot and from --resume: not an internal error, not read as data."""
     with open(finished / "metrics.jsonl", "a") as f:
         f.write(line + "\n")
     assert_one_line_error(invoke(runner, ["plot", str(finished), "--out", str(tmp_path / "p.png")]),
@@ -363,14 +363,9 @@ BROKEN_PLUGINS = {
 @pytest.fixture(scope="module")
 def broken_site(tmp_path_factory):
     """A directory on PYTHONPATH with one installed distribution whose entry points are all broken."""
-    site = tmp_path_factory.mktemp("broken-site")
-    for module, source in BROKEN_PLUGINS.items():
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-    info = site / "crnn_broken_plugins-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: crnn-broken-plugins\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[crnn]\n" + "".join(f"{m[5:]} = {m}\n" for m in BROKEN_PLUGINS))
-    return env_with_site(site, "CRNN_NO_PLUGINS", "CRNN_PLUGINS_STRICT")
+    modules = {module: textwrap.dedent(source) for module, source in BROKEN_PLUGINS.items()}
+    entry_points = "[crnn]\n" + "".join(f"{m[5:]} = {m}\n" for m in BROKEN_PLUGINS)
+    return fake_distribution(tmp_path_factory.mktemp("broken-site"), "crnn-broken-plugins", modules, entry_points)
 
 
 def test_installed_broken_plugins_are_named_and_everything_else_works(broken_site, tmp_path):

@@ -1,4 +1,4 @@
-"""Issue 11 item 6: every size option has a range its code can honour, and sizes are checked
+"""Every size option has a range its code can honour, and sizes are checked
 against memory before anything is allocated or written (one line, exit 2, never exit 1 or a crash)."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def test_check_memory_refuses_more_than_is_available(monkeypatch):
     ],
 )
 def test_huge_sizes_are_refused_before_the_run_directory_is_written(runner, tmp_path, extra, fragment):
-    """Each of these used to end in exit 1 "internal error" (or ran forever)."""
+    """Each of these ends in one line and exit 2, not an internal error or a run that never ends."""
     out = tmp_path / "run"
     base = BASE if "lcd" not in extra else ["run", "-q"]
     result = invoke(runner, [*base, "--out", str(out), *extra])
@@ -80,7 +80,7 @@ def test_huge_sizes_are_refused_before_the_run_directory_is_written(runner, tmp_
 
 
 def test_an_unroll_that_cannot_fit_is_refused_at_the_first_batch(runner, tmp_path, monkeypatch):
-    """A batch whose backward would need more memory than there is: one line, exit 2 (was an allocator error)."""
+    """A batch whose backward would need more memory than there is: one line, exit 2 (not an allocator error)."""
     monkeypatch.setattr(resources, "available_memory", lambda: 2**31)
     result = invoke(runner, [*BASE, "--out", str(tmp_path / "run"), "--set", "cell.hidden_size=1200"])
     assert_one_line_error(result, "a FastWeights unroll of 64 x 11 steps needs about")

@@ -1,4 +1,4 @@
-"""The run directory under stress (issue 11, items 1-5): one writer, kills during checkpoint writes,
+"""The run directory under stress: one writer, kills during checkpoint writes,
 signals before the first checkpoint, a full / read-only / vanished disk, refused and empty resumes.
 
 Every test synchronises on files, pipes or monkeypatched calls, never on sleeps.

@@ -118,7 +118,7 @@ def test_extrapolation_warns_but_works(runner, runs):
         ("learned", ["--period", "2", "--x0", "3", "--out", "x.txt"], "unsupported file type '.txt'"),
         ("zero", ["--period", "2", "--x0", "3"], "init 'zero'"),
         ("art", ["--period", "2", "--x0", "3"], "task 'art'"),
-        # issue 11 item 6: sizes checked against memory before the rollout allocates (was exit 1)
+        # sizes checked against memory before the rollout allocates
         ("learned", ["--period", "2", "--x0", "3", "-n", str(10**13)], "of memory, more than the"),
         ("learned", ["--period", "2", "--x0", "3", "--steps", str(10**13)], "lower -n / --steps"),
         # found by benchmarks/cli_fuzz.py: a malformed --device was exit 1 "internal error"

@@ -1,4 +1,4 @@
-"""The issue-12 study pipeline on a tiny grid: `crnn reproduce art --variant`, grid.json and --resume,
+"""The study pipeline on a tiny grid: `crnn reproduce art --variant`, grid.json and --resume,
 the ART table with intervals and rank tests, the log-scale error figure, and the LCD sample measures."""
 
 from __future__ import annotations

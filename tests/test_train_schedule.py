@@ -1,4 +1,4 @@
-"""Training options of issue 12: step lr decay, fresh ART data per epoch, training-set metrics.
+"""Training options: step lr decay, fresh ART data per epoch, training-set metrics.
 
 Each must keep ``--resume`` exact: a run stopped at (or inside) an epoch past the decay and
 resumed writes the same metrics.jsonl (except wall_time) as the run left alone.

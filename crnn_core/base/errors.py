@@ -16,6 +16,8 @@ class CrnnError(Exception):
     """
 
     exit_code: int = 2
+    #: The word before the message on stderr (``Error: ...``).
+    label: str = "Error"
 
 
 class ConfigError(CrnnError):
@@ -49,3 +51,10 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
 
     found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return found[0] if found else None
+
+
+def first_line(exc: BaseException, limit: int = 300, empty: str | None = None) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters (for one-line reports);
+    for an empty message, ``empty`` (default: the exception's class name)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else (type(exc).__name__ if empty is None else empty)

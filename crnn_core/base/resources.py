@@ -1,4 +1,4 @@
-"""Sizes checked against memory before allocating (issue 11 item 6).
+"""Sizes checked against memory before allocating.
 
 A size option that is valid as a number can still ask for more memory than the machine
 has (``--set task.train_size=10**12``, ``crnn sample -n 10**10``, ``crnn bench --hidden

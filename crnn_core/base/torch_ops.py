@@ -10,7 +10,7 @@ the layers the installed distributions declare under ``crnn.layers`` (which regi
 ops), hands ``torch.ops.crnn`` back to PyTorch and returns the op.
 
 ``import crnn_core`` must not import PyTorch (the command line installs its signal handlers
-first, ``crnn_core/entry.py``): if torch is not imported yet, :func:`install` waits for it
+first, ``crnn_core/commandline/entry.py``): if torch is not imported yet, :func:`install` waits for it
 with a one-shot import hook that runs right after ``import torch`` finishes.
 """
 

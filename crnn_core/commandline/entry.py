@@ -1,8 +1,8 @@
 """The ``crnn`` console script and ``python -m crnn_core``: signal handling first, then the command line.
 
-Importing the command line imports PyTorch, which takes a second or two; this module
-installs the SIGINT/SIGTERM handlers before that (``crnn_core/__init__.py`` imports
-nothing heavy), so an interruption at any moment ends with one line and 130 / 143.
+A command's module imports PyTorch, which takes a second or two; this module installs the
+SIGINT/SIGTERM handlers before any of that (``crnn_core/__init__.py`` and the command
+group import nothing heavy), so an interruption at any moment ends with one line and 130 / 143.
 """
 
 from __future__ import annotations
@@ -35,11 +35,7 @@ def _import_cli() -> ModuleType:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--version"]:  # answered before PyTorch and the plugins are imported
-        from ..base.env import package_version
-
-        print(f"crnn, version {package_version('crnn')}")
-        return
+    """Install the signal handlers and the OpenMP wait policy, then run the command line."""
     from ..base import signals
 
     signals.install()

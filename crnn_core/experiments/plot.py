@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ import click
 from ..base.env import install_command
 from ..base.errors import ConfigError
 from ..interfaces.kinds import KINDS
-from ..rundirs.run import RESUMABLE_CHANGES, RunConfig
+from ..rundirs.run import RESUMABLE_CHANGES, RunConfig, component_defaults
+from .stats import summary
 from ..rundirs.rundir import atomic_write_bytes, dumps_json, is_run_dir, read_metrics
 
 #: TrainConfig fields that do not define a configuration for grouping: the seed, and those a resume may change.
@@ -62,21 +62,6 @@ def _flatten(key: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _component_defaults(kind: str, name: str | None) -> dict[str, Any]:
-    """Default option values of a registered component ({} if it cannot be looked up)."""
-    if name is None:
-        return {}
-    try:
-        import dataclasses
-
-        from ..plugin_manager.manager import get_plugins
-
-        cls = get_plugins().registry(kind).get(name).cls
-        return {f.name: f.default for f in dataclasses.fields(cls.Options)}
-    except Exception:  # noqa: BLE001 - labels only; an unavailable plugin just gives a longer label
-        return {}
-
-
 def labels_for(keys: list[dict[str, Any]]) -> list[str]:
     """Short labels: cell/init, options of cell/init/context changed from their defaults, and
     task/train options that differ between the groups."""
@@ -88,7 +73,7 @@ def labels_for(keys: list[dict[str, Any]]) -> list[str]:
         parts = [f"{flat['cell']}/{flat['init']}"]
         model = key["model"]
         for scope in (k.scope for k in KINDS if k.scope != "task"):  # the task is in the title, not the label
-            defaults = _component_defaults(scope, model.get(scope))
+            defaults = component_defaults(scope, model.get(scope))
             for name, value in sorted((model.get(f"{scope}_options") or {}).items()):
                 if name in defaults and defaults[name] != value:
                     parts.append(f"{scope}.{name}={value}")
@@ -117,12 +102,6 @@ def task_class(config: dict[str, Any]) -> type | None:
         return None
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
-
-
 def collect(runs: list[Path], metric: str | None) -> tuple[str, list[dict[str, Any]], bool]:
     """Group the runs and aggregate their validation curves: (metric, groups, higher_is_better)."""
     configs = {run: RunConfig.load(run).to_json() for run in runs}
@@ -146,15 +125,15 @@ def collect(runs: list[Path], metric: str | None) -> tuple[str, list[dict[str, A
     out = []
     for label, group in zip(labels_for([g["key"] for g in groups.values()]), groups.values()):
         epochs = sorted(set().union(*group["series"]))
-        points = [{"epoch": e, **_stats([s[e] for s in group["series"] if e in s])} for e in epochs]
+        points = [{"epoch": e, **summary([s[e] for s in group["series"] if e in s])} for e in epochs]
         finals = [s[max(s)] for s in group["series"]]
         bests = [max(s.values()) if higher else min(s.values()) for s in group["series"]]
         out.append({
             "label": label,
             "runs": group["runs"],
             "seeds": group["seeds"],
-            "final": _stats(finals),
-            "best": _stats(bests),
+            "final": summary(finals),
+            "best": summary(bests),
             "curve": points,
         })
     return metric, out, higher

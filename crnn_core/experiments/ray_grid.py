@@ -21,7 +21,7 @@ import socket
 from typing import Any, Callable
 
 from ..base.env import install_command
-from ..base.errors import ConfigError, CrnnError
+from ..base.errors import ConfigError, CrnnError, first_line
 from .local import GridRun, RunKilled, execute
 
 #: Retries of a grid run whose worker died or whose process was killed (a failing run is not retried).
@@ -59,7 +59,7 @@ def run_on_ray(todo: list[GridRun], epochs: int, threads: int, address: str | No
             ray.init(address="local", num_cpus=cpus, **quiet)  # "local": a new instance even if RAY_ADDRESS is set
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "an embedded Ray"
-        raise ConfigError(f"cannot start {where}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}") from None
+        raise ConfigError(f"cannot start {where}: {first_line(exc, 200)}") from None
     try:
         task = ray.remote(grid_task).options(num_cpus=threads, max_retries=RETRIES, retry_exceptions=[RunKilled])
         pending = {task.remote(run, epochs, threads): run for run in todo}
@@ -79,7 +79,7 @@ def _result(ray: Any, ref: Any, run: GridRun) -> dict[str, Any]:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, CrnnError):
             raise ConfigError(str(cause)) from None
-        raise ConfigError(f"grid run {run.path} failed on Ray: {(str(exc).strip().splitlines() or [''])[0][:200]}") from None
+        raise ConfigError(f"grid run {run.path} failed on Ray: {first_line(exc, 200, empty='')}") from None
     except ray.exceptions.RayError as exc:  # its worker died RETRIES + 1 times, or the node was lost
         raise ConfigError(f"grid run {run.path} was lost on Ray after {RETRIES} retries ({type(exc).__name__}); "
                           "run the grid again to resume it from its last checkpoint") from None

@@ -26,7 +26,8 @@ from ..base.errors import ConfigError
 from ..interfaces.kinds import parse_overrides
 from ..interfaces.experiment import Experiment
 from .local import Children, GridRun, GridStopped, core_groups, execute
-from .plot import _stats, collect, default_logy, draw
+from .plot import collect, default_logy, draw
+from .stats import summary
 from ..plugin_manager.manager import get_plugins
 from ..rundirs.rundir import dumps_json, is_run_dir, read_json, read_metrics, write_json
 from ..base.signals import SignalInterrupt
@@ -199,7 +200,7 @@ def mean_std(values: list[float]) -> str:
     """``mean ± std`` of ``values`` for a table cell (``—`` when empty)."""
     if not values:
         return "—"
-    stats = _stats(values)
+    stats = summary(values)
     return f"{stats['mean']:.4g} ± {stats['std']:.2g}" if len(values) > 1 else f"{stats['mean']:.4g}"
 
 

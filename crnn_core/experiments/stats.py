@@ -28,6 +28,13 @@ class UTest:
     method: str  # "exact" or "normal"
 
 
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value), min, max and count of ``values`` (not empty)."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
 def bootstrap_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 10_000, seed: int = 0,
                  stat: Callable[[np.ndarray], float] = np.mean) -> tuple[float, float] | None:
     """Percentile bootstrap interval of ``stat`` over ``values`` (resampled with replacement).

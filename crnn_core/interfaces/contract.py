@@ -2,7 +2,7 @@
 
 docs/plugins.md states the shapes; a plugin that gets them wrong would otherwise fail
 later with an anonymous shape error in someone else's code, or (outputs one step short)
-train silently on the wrong thing. ``TaskModel`` (crnn_core/model.py) calls these once, on its first
+train silently on the wrong thing. ``TaskModel`` (crnn_core/layers/model.py) calls these once, on its first
 forward pass, and a violation is a one-line ``PluginError`` (exit 2) naming the component.
 """
 

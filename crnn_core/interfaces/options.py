@@ -156,6 +156,13 @@ def type_label(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def option_defaults(options_cls: Any) -> dict[str, Any]:
+    """The default of each field of a dataclass of options (fields without a plain default left out)."""
+    if not dataclasses.is_dataclass(options_cls):
+        return {}
+    return {f.name: f.default for f in dataclasses.fields(options_cls) if f.default is not dataclasses.MISSING}
+
+
 def describe(options_cls: type) -> list[dict[str, Any]]:
     """Name, type, default, help and (where declared) range of each option field, for listings and docs."""
     hints = typing.get_type_hints(options_cls)

@@ -19,7 +19,7 @@ from ..interfaces.cell import State
 from .contextual import ContextualRNN, takes_keyword
 from ..interfaces.contract import check_cell_result, check_initial_state
 from ..base.env import logger
-from ..base.errors import CheckpointError, ConfigError, CrnnError, show_traceback
+from ..base.errors import CheckpointError, ConfigError, CrnnError, first_line, show_traceback
 from ..interfaces.init_strategy import InitStrategy
 from ..interfaces.kinds import KINDS
 from ..interfaces.options import build_options
@@ -138,7 +138,8 @@ def _rows(value: Tensor, index: Tensor) -> Tensor:
 
 
 def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Checkpoints written before the recurrent part moved into ``rnn`` name it ``cell.``, ``init.``, ``context_net.``."""
+    """Load the earlier checkpoint layout, whose keys name the recurrent part ``cell.``, ``init.``, ``context_net.``
+    where this model has ``rnn.cell.``, ``rnn.init.``, ``rnn.context_net.``."""
     for key in list(state_dict):
         rest = key[len(prefix):]
         if key.startswith(prefix) and rest.startswith(("cell.", "init.", "context_net.")):
@@ -150,7 +151,7 @@ def load_weights(model: nn.Module, state: Any, where: str) -> None:
     try:
         model.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
-        detail = weights_mismatch(model, state) or (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        detail = weights_mismatch(model, state) or first_line(exc, 200)
         raise CheckpointError(f"{where} does not fit this model: {detail}") from None
 
 
@@ -250,7 +251,7 @@ def _construct(kind: str, name: str, cls: type, *args: Any) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - third-party constructors may raise anything
         show_traceback(exc)  # CRNN_DEBUG=1: the plugin's own traceback, then the one-line error
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, 200, empty="")
         error = ConfigError(
             f"{kind} '{name}' ({cls.__module__}.{cls.__qualname__}) failed to build: {type(exc).__name__}: {first}")
         error.plugin_failure = True  # type: ignore[attr-defined] - the component's own code raised

@@ -31,7 +31,7 @@ import pluggy
 
 from . import hookspecs
 from ..base.env import env_flag, logger, package_version
-from ..base.errors import PluginError, closest, show_traceback
+from ..base.errors import PluginError, closest, first_line, show_traceback
 from ..interfaces.experiment import Experiment
 from ..interfaces.kinds import KINDS
 from .registry import Registry
@@ -186,7 +186,7 @@ class PluginSystem:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # pluggy validation errors, bad hook names ...
             self.info[name] = info
-            self._fail(info, f"registration failed: {type(exc).__name__}: {_first_line(exc)}", exc)
+            self._fail(info, f"registration failed: {type(exc).__name__}: {first_line(exc, empty='')}", exc)
             return
         info.hooks = sorted(impl.name for impl in _hookcallers(self.pm, plugin))
         self.info[name] = info
@@ -270,13 +270,14 @@ class PluginSystem:
             if impl is None:
                 continue
             before = dict(cli.commands)
+            known = set(cli.list_commands(None))  # with the commands a lazy group imports only on use
             try:
                 impl(cli=cli)
             except (Exception, SystemExit) as exc:  # noqa: BLE001
                 _restore_commands(cli, before)
                 self._fail(info, f"register_commands raised {type(exc).__name__}: {exc}", exc)
                 continue
-            replaced = sorted(k for k, command in before.items() if cli.commands.get(k) is not command)
+            replaced = sorted(k for k in known | set(before) if k in cli.commands and cli.commands[k] is not before.get(k))
             if replaced:
                 _restore_commands(cli, before)
                 owner = self.command_providers.get(replaced[0], BUILTIN_PROVIDER)
@@ -306,10 +307,6 @@ class PluginSystem:
 def _restore_commands(cli: Any, before: dict[str, Any]) -> None:
     cli.commands.clear()
     cli.commands.update(before)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 HOOK_NAMES = tuple(name for name, obj in vars(hookspecs).items() if hasattr(obj, f"{hookspecs.PROJECT}_spec"))

@@ -5,7 +5,7 @@ For each base class a plugin derives from (``Cell``, ``InitStrategy``, ``Context
 attributes the constructor sets, the class attributes with their types, defaults and ``#:``
 comments, and every public method with its signature, whether it is required (abstract) or
 a property, and the first paragraph of its docstring; then every hook of
-``crnn_core/hookspecs.py``. ``tests/test_plugin_docs.py`` fails when the section in
+``crnn_core/plugin_manager/hookspecs.py``. ``tests/test_plugin_docs.py`` fails when the section in
 docs/plugins.md differs from :func:`render`; regenerate it with::
 
     python -m crnn_core.plugin_manager.reference docs/plugins.md
@@ -145,7 +145,7 @@ def render() -> str:
         out += ["| method | signature | | what it does |", "| --- | --- | --- | --- |"]
         out += [f"| `{n}` | `{_cell(s, True)}` | {k} | {_cell(d)} |" for n, s, k, d in methods(cls)]
         out.append("")
-    out += ["### Hooks (`crnn_core/hookspecs.py`)", "", "| hook | signature | what it does |", "| --- | --- | --- |"]
+    out += ["### Hooks (`crnn_core/plugin_manager/hookspecs.py`)", "", "| hook | signature | what it does |", "| --- | --- | --- |"]
     out += [f"| `{n}` | `{_cell(s, True)}` | {_cell(d)} |" for n, s, d in hooks()]
     out += ["", END]
     return "\n".join(out)

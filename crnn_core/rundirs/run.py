@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base.env import logger, package_version
-from ..base.errors import CheckpointError, ConfigError
+from ..base.errors import CheckpointError, ConfigError, first_line
 from ..interfaces.kinds import KINDS
 from ..layers.model import Built, ModelSpec, check_sizes, check_state_dtypes, load_weights
 from ..plugin_manager.manager import PluginSystem, get_plugins
@@ -34,7 +34,7 @@ from .rundir import (
     write_json,
     write_text,
 )
-from ..interfaces.options import build_options
+from ..interfaces.options import build_options, option_defaults
 from ..training.train import Callback, Loop, TrainConfig, TrainState
 
 #: TrainConfig fields that may change when a run is resumed (they do not change its results;
@@ -98,18 +98,25 @@ def checkpoint_identity(config: dict[str, Any]) -> dict[str, Any]:
     return {"model": config.get("model"), "train": train_part}
 
 
+def component_defaults(kind: str, name: str | None) -> dict[str, Any]:
+    """The option defaults of the registered component ``name`` of ``kind`` (a scope or plural);
+    {} where it cannot be looked up (no name, or its plugin is not installed)."""
+    if name is None:
+        return {}
+    try:
+        cls = get_plugins().registry(kind).get(name).cls
+    except Exception:  # noqa: BLE001 - not installed or no component: no defaults to compare with
+        return {}
+    return option_defaults(getattr(cls, "Options", None))
+
+
 def _option_defaults(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The default of every option of the run's components (by ``<scope>_options``) and of ``train``."""
-    out: dict[str, dict[str, Any]] = {"train": {f.name: f.default for f in dataclasses.fields(TrainConfig)}}
+    out: dict[str, dict[str, Any]] = {"train": option_defaults(TrainConfig)}
     for kind in KINDS:
-        try:
-            cls = get_plugins().registry(kind.plural).get(model.get(kind.scope)).cls
-        except Exception:  # noqa: BLE001 - not installed or no component: nothing to leave out
-            continue
-        options = getattr(cls, "Options", None)
-        if dataclasses.is_dataclass(options):
-            out[f"{kind.scope}_options"] = {f.name: f.default for f in dataclasses.fields(options)
-                                            if f.default is not dataclasses.MISSING}
+        defaults = component_defaults(kind.plural, model.get(kind.scope))
+        if defaults:
+            out[f"{kind.scope}_options"] = defaults
     return out
 
 
@@ -224,13 +231,13 @@ class RunDirWriter(Callback):
         try:
             loop.optimizer.load_state_dict(ckpt["optimizer"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{self.last} does not fit this model's optimizer: {str(exc).splitlines()[0][:200]}") from None
+            raise CheckpointError(f"{self.last} does not fit this model's optimizer: {first_line(exc, 200)}") from None
         try:
             s = _checked_state(ckpt, loop.steps_per_epoch)
             _check_optimizer_state(loop.optimizer)
             loop.dist.restore_rng(ckpt, loop.config.seed)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{self.last} has a missing or invalid field: {str(exc).splitlines()[0][:200]}") from None
+            raise CheckpointError(f"{self.last} has a missing or invalid field: {first_line(exc, 200)}") from None
         resume_checked(self.run_dir, ckpt, loop.config.epochs, loop.dist.is_main)  # repairs; nothing to do?; deferred writes
         loop.state = s
         if loop.dist.is_main:

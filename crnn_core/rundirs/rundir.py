@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 
 from ..base.env import logger
-from ..base.errors import CheckpointError, ConfigError, CrnnError
+from ..base.errors import CheckpointError, ConfigError, CrnnError, first_line
 
 CHECKPOINT_FORMAT = "crnn-checkpoint-v1"
 _UMASK = os.umask(0)
@@ -249,7 +249,7 @@ def _reason(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__  # torch.save wraps the OSError of the file write in a RuntimeError
     if isinstance(cause, OSError):
         return _reason(cause)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc, limit=10_000)
     if "inline_container" in text or "PytorchStreamWriter" in text or "file write failed" in text:
         return f"the file could not be written (disk full or file too large?): {text[:160]}"
     return text[:200]
@@ -392,7 +392,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {path} was refused: loading it could run code, since it holds "
                                   f"Python objects beyond tensors and plain data ({_pickle_detail(text)}); "
                                   f"crnn never loads such files (tampered, or not a crnn checkpoint)") from None
-        reason = text.splitlines()[0] if text else type(exc).__name__
+        reason = first_line(exc, limit=len(text))
         if text.startswith("Weights only load failed"):  # bytes that are no pickle: say what broke, not torch's advice
             reason = _pickle_detail(text)
         raise CheckpointError(f"checkpoint {path} is corrupt or not a crnn checkpoint ({reason[:200]})") from None

@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from ..base.env import install_command, logger
-from ..base.errors import CheckpointError, ConfigError
+from ..base.errors import CheckpointError, ConfigError, first_line
 from ..interfaces.kinds import kind_of
 from ..layers.model import Built, build_model, check_state_dtypes, check_weights_fit, load_weights
 from ..plugin_manager.manager import PluginSystem
@@ -125,7 +125,7 @@ def _read_tensors(path: Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {name: f.get_tensor(name) for name in f.keys()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for bad files
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = first_line(exc, 200)
         raise CheckpointError(f"{path} is not a safetensors file ({reason}); crnn loads a run directory "
                               f"or a file written by crnn export") from None
 

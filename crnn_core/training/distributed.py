@@ -6,7 +6,7 @@ torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 CUDA, one GPU per local rank). Without those variables (or with ``WORLD_SIZE=1``)
 nothing here does anything and training is the plain single-process loop.
 
-What the trainer does with N processes (see ``crnn_core/train.py``):
+What the trainer does with N processes (see ``crnn_core/training/train.py``):
 
 - every rank builds the same model (same seed) and wraps it in
   ``DistributedDataParallel``, which averages the gradients after each backward pass;
@@ -33,7 +33,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..base.errors import ConfigError, CrnnError
+from ..base.errors import ConfigError, CrnnError, first_line
 
 T = TypeVar("T")
 
@@ -264,7 +264,7 @@ def setup(device: str) -> DistContext:
         try:
             dist.init_process_group(backend=backend, timeout=TIMEOUT)
         except (RuntimeError, ValueError) as exc:
-            raise ConfigError(f"cannot join the torchrun process group ({backend}): {str(exc).splitlines()[0][:200]}") from None
+            raise ConfigError(f"cannot join the torchrun process group ({backend}): {first_line(exc, 200)}") from None
     _CONTEXT = DistContext(rank=rank, world_size=world, local_rank=local, backend=backend)
     return _CONTEXT
 

@@ -42,7 +42,7 @@ MAX_SEED = 2**32 - 1
 #: each is months of training, and larger values only overflow step counters and loops.
 MAX_COUNT = 10**9
 
-#: The loggers that ``train.loggers`` (``crnn run --log``) may name; crnn_core/loggers.py has them.
+#: The loggers that ``train.loggers`` (``crnn run --log``) may name; crnn_core/training/loggers.py has them.
 LOGGERS = ("tensorboard",)
 
 
@@ -120,6 +120,8 @@ class TrainConfig:
 
 class Interrupted(CrnnError):
     """Training stopped by SIGINT/SIGTERM after saving ``last.pt``; exit status 128 + the signal's number."""
+
+    label = "Interrupted"
 
     def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
         super().__init__(message)
@@ -318,7 +320,7 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, callbacks: Sequence[C
 
 
 def _prepare(model: nn.Module, task: Task, cfg: TrainConfig) -> Loop:
-    dist = distributed.context()  # single-process unless launched by torchrun (crnn_core/distributed.py)
+    dist = distributed.context()  # single-process unless launched by torchrun (crnn_core/training/distributed.py)
     device = resolve_device(dist.device_name(cfg.device))
     check_precision(cfg.precision, device)
     threads = cfg.threads or min(torch.get_num_threads(), usable_cpus())

@@ -1,5 +1,8 @@
 """``crnn bench`` and ``crnn kernels``: the fused fast-weights kernel against the pure-PyTorch fallbacks.
 
+Both are declared by name in the ``crnn.cli`` entry-point group (pyproject.toml), so
+``crnn --help`` lists them without importing this module.
+
 ``crnn bench`` times the three fast-weights backends on the same inputs, in the same
 process: per grid point and mode each backend runs its warm-up calls and then its timed
 repeats back to back (the steady state of a training loop), the backends' order
@@ -54,7 +57,6 @@ from typing import Any, Callable
 import click
 import torch
 
-from crnn_core import hookimpl
 from crnn_core.training.distributed import resolve_device
 from crnn_core.base.errors import ConfigError
 from crnn_core.base.resources import check_memory
@@ -702,9 +704,3 @@ def kernels_command(as_json: bool) -> None:
             continue
         fused = "yes" if d["fused"] else f"no ({d['fused_reason']})"
         click.echo(f"{name}: fused {fused}; reference yes; backend=auto -> {d['auto']}")
-
-
-@hookimpl
-def register_commands(cli) -> None:
-    cli.add_command(bench_command, "bench")
-    cli.add_command(kernels_command, "kernels")

@@ -1,7 +1,7 @@
 """The paper's experiment grids for ``crnn reproduce``: ``art`` (Figure 4, Table 1) and ``lcd`` (Figure 6).
 
 ART has named variants (``--variant``): ``authors`` (every choice of the authors' code),
-``lr-decay`` and ``resample`` (the training recipes of the issue-12 study). The tables and
+``lr-decay`` and ``resample`` (the training recipes of the study in docs/results.md). The tables and
 the ART error figure come from :mod:`crnn_plugins.experiments.study`.
 
 Registered through ``register_experiments``, as a third-party plugin would register its own.
@@ -24,7 +24,7 @@ from .study import art_error_figure, art_study_table, lcd_study_table
 #: preset: ``crnn reproduce art --variant authors``. docs/results.md lists every difference.
 AUTHORS_ART = ("cell.a_update=preliminary", "cell.ln_eps=1e-12", "cell.bias_init=glorot_uniform",
                "task.key_letters=25", "task.embedding_init=zeros", "task.head_init=variance_scaling")
-#: The training recipes of the issue-12 study (docs/results.md): a step decay of the learning
+#: The training recipes of the study in docs/results.md: a step decay of the learning
 #: rate (1e-3, then 1e-4 after epoch 10 and 1e-5 after epoch 30), and a fresh training set each epoch.
 LR_DECAY = ("train.lr_decay_at=10,30", "train.lr_decay_factor=0.1")
 RESAMPLE = ("task.resample_train=true",)

@@ -1,4 +1,4 @@
-"""Reports of the paper's grids with intervals and rank tests (issue 12): ART and LCD tables, the ART error figure.
+"""Reports of the paper's grids with intervals and rank tests: ART and LCD tables, the ART error figure.
 
 ART, per init: epochs and steps to 99% and 100% validation accuracy (mean and 95%
 bootstrap interval over the seeds that reached it), the fraction of runs that reached
