@@ -17,9 +17,11 @@ from types import ModuleType
 #: default, 300000, lets each of PyTorch's idle intra-op threads (and the fused kernel's
 #: ``at::parallel_for``) spin for milliseconds after every parallel region; on a machine whose
 #: cores other processes share, that spinning takes the CPU from the threads still working and
-#: from the other processes. 1000 (what libgomp itself uses when it knows its threads outnumber
-#: the CPUs) still bridges the microseconds between back-to-back regions of a training step.
-OPENMP_SPINCOUNT = "1000"
+#: from the other processes. Fewer spins trade quiet speed for loaded speed: measured on 2 cores
+#: (benchmarks/results/threads_2026-12-07/NOTES.md), an ART epoch took 1.58 / 1.66 / 2.03 /
+#: 2.68 s quiet and 37.9 / 6.9 / 7.9 / 5.4 s beside two busy processes at 300000 / 30000 /
+#: 10000 / 1000 spins; 30000 keeps the quiet epoch within its run-to-run spread.
+OPENMP_SPINCOUNT = "30000"
 
 
 def limit_openmp_spinning(environ: dict[str, str] | None = None) -> None:
