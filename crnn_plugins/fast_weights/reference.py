@@ -16,7 +16,7 @@ its own last step, and its padded inputs (even NaN) affect nothing; its final h 
 ``last_outputs(outputs, lengths)``. The key k_t that
 updates A is chosen by ``a_update`` (``A_UPDATES``):
 
-* ``"previous"`` (default, Ba et al. 2016, SPEC section 3): k_t = h_{t-1};
+* ``"previous"`` (default, Ba et al. 2016): k_t = h_{t-1};
 * ``"preliminary"`` (the paper authors' code, fomorians/contextual_rnn
   ``fast_weights_cell.py``): k_t = z_0 = f(p_t), the current preliminary vector, so
   A is updated *before* the inner loop of step t.
