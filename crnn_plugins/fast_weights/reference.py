@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crnn_core.layers.sequences import check_lengths
+
 ACTIVATIONS = ("relu", "tanh")
 A_UPDATES = ("previous", "preliminary")
 
@@ -42,29 +44,6 @@ def check_a_update(a_update: str) -> bool:
     if a_update not in A_UPDATES:
         raise ValueError(f"a_update must be one of {', '.join(A_UPDATES)}, got {a_update!r}")
     return a_update == "preliminary"
-
-
-def check_lengths(lengths: object, batch: int, steps: int, device: torch.device) -> Tensor | None:
-    """``lengths`` as the unrolls take it: None, or a 1-D int64 tensor of ``batch`` values in
-    [1, ``steps``] on ``device`` (a list or tuple of ints is converted); a one-line ValueError otherwise."""
-    if lengths is None:
-        return None
-    if isinstance(lengths, (list, tuple)):
-        if not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
-            raise ValueError(f"lengths must hold ints, got {[type(n).__name__ for n in lengths]}")
-        lengths = torch.tensor(lengths, dtype=torch.int64, device=device)
-    if not isinstance(lengths, Tensor):
-        raise ValueError(f"lengths must be None, a 1-D int64 tensor or a list of ints, got {type(lengths).__name__}")
-    if lengths.dtype != torch.int64:
-        raise ValueError(f"lengths must be an int64 tensor, got {lengths.dtype}")
-    if lengths.dim() != 1 or lengths.shape[0] != batch:
-        raise ValueError(f"lengths must be 1-D with one value per example ({batch}), got shape {tuple(lengths.shape)}")
-    if lengths.device != torch.device(device):
-        raise ValueError(f"lengths must be on the inputs' device {device}, got {lengths.device}")
-    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
-        raise ValueError(f"lengths must be in [1, {steps}] (the number of steps), got values in "
-                         f"[{int(lengths.min())}, {int(lengths.max())}]")
-    return lengths
 
 
 def last_outputs(outputs: Tensor, lengths: Tensor | None) -> Tensor:
