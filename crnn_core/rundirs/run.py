@@ -284,7 +284,9 @@ def _checked_state(ckpt: dict[str, Any], steps_per_epoch: int) -> TrainState:
     s = TrainState(epoch=count("epoch"), batch_in_epoch=count("batch_in_epoch"), step=count("step"),
                    wall_time=real("wall_time"), best=real("best", optional=True), epoch_loss=real("epoch_loss"),
                    epoch_count=count("epoch_count"), nonfinite_skipped=count("nonfinite_skipped", 0),
-                   epoch_skipped=count("epoch_skipped", 0))
+                   epoch_skipped=count("epoch_skipped", 0), threads=ckpt.get("threads"))
+    if s.threads is not None and (_count_problem("threads", s.threads) or s.threads < 1):
+        raise ValueError(f"'threads' must be a positive integer or None, got {s.threads!r:.40}")
     if s.batch_in_epoch > steps_per_epoch or s.step != s.epoch * steps_per_epoch + s.batch_in_epoch:
         raise ValueError(f"position epoch {s.epoch}, batch {s.batch_in_epoch}, step {s.step} is impossible "
                          f"with {steps_per_epoch} steps per epoch")

@@ -30,6 +30,7 @@ from .distributed import DistContext, resolve_device
 from ..base.errors import ConfigError, CrnnError
 from ..interfaces.options import build_options, check_bounds, option, require
 from ..base.resources import usable_cpus
+from .threads import ThreadChooser, side_effect_free
 from .step import check_precision, forward_loss, grads_finite, make_adam, precision_context, set_adam_impl
 from ..interfaces.task import Batch, Task
 
@@ -59,8 +60,9 @@ class TrainConfig:
     early_stop: bool = option(False, "stop once the task's early-stop target is reached (ART: 100% accuracy)")
     eval_batch_size: int = option(2048, "examples per validation batch", bounds=(None, MAX_COUNT))
     on_nonfinite: Literal["stop", "skip"] = option("stop", "on a NaN/inf loss or gradient: stop the run, or skip the step")
-    threads: int | None = option(None, "torch intra-op threads (none: PyTorch's default, lowered to the CPUs this "
-                                       "process may use: its CPU affinity and cgroup quota)")
+    threads: int | None = option(None, "torch intra-op threads (none: on a CPU, chosen by timing a few trial steps "
+                                       "each epoch among the CPUs this process may use, half of them and one; "
+                                       "docs/reliability.md)")
     lr_decay_at: str = option("", "step decay: comma-separated epochs after which lr is multiplied by lr_decay_factor "
                                   "(e.g. 30,60; empty: constant lr)")
     lr_decay_factor: float = option(0.1, "factor applied to lr at each epoch of lr_decay_at")
@@ -147,6 +149,7 @@ class TrainState:
     epoch_count: int = 0  # examples in epoch_loss
     nonfinite_skipped: int = 0  # steps skipped for a NaN/inf loss (on_nonfinite=skip)
     epoch_skipped: int = 0  # of those, in the current epoch (its metrics record says how many)
+    threads: int | None = None  # intra-op threads chosen by the latest probe (None: none yet, or train.threads set)
 
 
 @dataclass
@@ -167,6 +170,7 @@ class Loop:
     last_record: dict[str, Any] | None = None  # the latest validation record (rank 0)
     stop_signal: int = 0  # a signal number set by a callback (StopOnSignal): Interrupted after this step
     step_loss: float = math.nan  # the global batch's loss at the latest step (NaN/inf when it was not finite)
+    threads: ThreadChooser | None = None  # chooses the thread count while training, when train.threads is unset
 
     @property
     def steps_per_epoch(self) -> int:
@@ -300,6 +304,8 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, callbacks: Sequence[C
     torch.manual_seed(loop.dist.rank_seed(config.seed))
     for cb in callbacks:
         cb.on_fit_start(loop)  # may restore a checkpoint: weights, optimizer, state, RNG
+    if loop.threads is not None and loop.state.threads is not None:  # the resumed run's count until its next probe
+        loop.threads.use(min(loop.state.threads, loop.threads.candidates[0]))
     set_adam_impl(loop.optimizer, config.adam_impl)  # a restored optimizer comes with the checkpoint's
     net = loop.dist.wrap(model, loop.device)  # DistributedDataParallel when several processes train
     loop.loss_of = forward_loss(net, task.loss, config.precision, loop.device, config.compile)
@@ -330,7 +336,12 @@ def _prepare(model: nn.Module, task: Task, cfg: TrainConfig) -> Loop:
     train_data = {k: v.to(device) for k, v in task.dataset("train").items()}
     val_data = {k: v.to(device) for k, v in task.dataset("val").items()}
     optimizer = make_adam(model.parameters(), cfg.lr, cfg.adam_impl)
-    return Loop(model, task, cfg, optimizer, device, dist, train_data, val_data)
+    loop = Loop(model, task, cfg, optimizer, device, dist, train_data, val_data)
+    # Probes only where a thread count can be switched between steps: one CPU process, eager
+    # (a compiled graph fixes its thread count when it compiles).
+    if cfg.threads is None and threads > 1 and device.type == "cpu" and not dist.enabled and not cfg.compile:
+        loop.threads = ThreadChooser(threads)
+    return loop
 
 
 def _train_epoch(loop: Loop, net: nn.Module, callbacks: Sequence[Callback]) -> None:
@@ -348,6 +359,8 @@ def _train_epoch(loop: Loop, net: nn.Module, callbacks: Sequence[Callback]) -> N
     started = time.perf_counter()
     while s.batch_in_epoch < loop.steps_per_epoch:
         index = order[s.batch_in_epoch * cfg.batch_size : (s.batch_in_epoch + 1) * cfg.batch_size]
+        if loop.threads is not None and loop.threads.due(s.batch_in_epoch, loop.steps_per_epoch):
+            s.threads = loop.threads.probe(side_effect_free(loop.model, lambda: _trial_step(loop, index)))
         if not _step(loop, net, index):
             if cfg.on_nonfinite == "stop":
                 notes = [note for cb in callbacks if (note := cb.on_nonfinite(loop))]
@@ -379,6 +392,14 @@ def _train_epoch(loop: Loop, net: nn.Module, callbacks: Sequence[Callback]) -> N
             f"every step of epoch {s.epoch + 1} had a non-finite loss or gradient ({s.epoch_skipped} skipped), so "
             f"nothing was learned (lower --lr or set train.grad_clip; {'; '.join(notes) or 'nothing was saved'})"
         )
+
+
+def _trial_step(loop: Loop, index: torch.Tensor) -> None:
+    """A forward and backward pass on the batch ``index`` whose gradients are dropped: what a
+    thread-count probe times (one process, so the model is the net)."""
+    batch = take(loop.train_data, index)
+    loop.loss_of(batch).backward()
+    loop.optimizer.zero_grad(set_to_none=True)
 
 
 def _step(loop: Loop, net: nn.Module, index: torch.Tensor) -> bool:
@@ -427,6 +448,8 @@ def _validate(loop: Loop, callbacks: Sequence[Callback]) -> None:
             record["nonfinite_skipped"] = s.epoch_skipped  # steps of this epoch skipped for a NaN/inf
         if loop.config.lr_decay_at:
             record["lr"] = loop.optimizer.param_groups[0]["lr"]
+        if s.threads is not None:
+            record["threads"] = s.threads  # the latest probe's choice: thread counts change rounding
         if loop.config.report_train_metrics:  # this epoch's training data, evaluated like the validation set
             train_loss, train_metrics = evaluate(loop.model, task, loop.train_data, loop.config.eval_batch_size)
             record["train_metrics"] = {"loss": train_loss, **train_metrics}

@@ -1,0 +1,146 @@
+"""The thread count chosen while training (crnn_core/training/threads.py): which counts a probe
+tries, which it picks, that trial steps change no result, and that a resumed run keeps the
+recorded count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from crnn_core import Callback, ModelSpec, TrainConfig, build_model, fit
+from crnn_core.base.resources import usable_cpus
+from crnn_core.rundirs.run import _checked_state
+from crnn_core.training import threads as threads_module
+from crnn_core.training.threads import MIN_EPOCH_STEPS, PROBE_EVERY, ThreadChooser, candidates, pick, side_effect_free
+
+pytestmark = pytest.mark.usefixtures("thread_count_kept")
+
+
+def test_candidates_are_all_half_and_one_cpu():
+    assert candidates(1) == [1]
+    assert candidates(2) == [2, 1]
+    assert candidates(16) == [16, 8, 1]
+    assert candidates(3) == [3, 2, 1]
+
+
+def test_fewer_threads_are_picked_only_when_clearly_faster():
+    assert pick({2: 1.0, 1: 1.1}) == 2  # within the margin: the larger count
+    assert pick({2: 1.0, 1: 0.9}) == 2
+    assert pick({2: 3.0, 1: 1.0}) == 1  # a busy machine
+    assert pick({16: 1.0, 8: 0.7, 1: 2.0}) == 8
+
+
+def test_probes_are_due_at_epoch_starts_and_every_probe_interval_of_long_epochs():
+    chooser = ThreadChooser(2)
+    assert chooser.due(0, MIN_EPOCH_STEPS) and chooser.due(PROBE_EVERY, 5 * PROBE_EVERY)
+    assert not chooser.due(1, MIN_EPOCH_STEPS)
+    assert not chooser.due(0, MIN_EPOCH_STEPS - 1)  # a short epoch is not probed
+
+
+class FakeMachine:
+    """A clock that advances by the cost of a trial at the current thread count."""
+
+    def __init__(self, cost: dict[int, float]) -> None:
+        self.cost, self.now, self.trials = cost, 0.0, {}
+
+    def clock(self) -> float:
+        return self.now
+
+    def trial(self) -> None:
+        count = torch.get_num_threads()
+        self.now += self.cost[count]
+        self.trials[count] = self.trials.get(count, 0) + 1
+
+
+def test_a_probe_sets_the_count_it_picks_and_drops_a_clearly_slower_count_early():
+    busy = FakeMachine({2: 5.0, 1: 1.0})
+    chooser = ThreadChooser(2, clock=busy.clock)
+    assert chooser.probe(busy.trial) == 1 and torch.get_num_threads() == 1 and chooser.current == 1
+    assert busy.trials == {2: 3, 1: 4}  # the current count first (3 timed), then 1 (a warm-up and 3)
+    assert chooser.probe(busy.trial) == 1
+    assert busy.trials == {2: 3 + 2, 1: 4 + 3}  # now 2 threads get a warm-up and one trial, 5x the fastest
+    quiet = FakeMachine({2: 1.0, 1: 1.5})
+    chooser = ThreadChooser(2, clock=quiet.clock)
+    assert chooser.probe(quiet.trial) == 2 and torch.get_num_threads() == 2
+
+
+def test_a_trial_leaves_the_rng_and_buffers_as_it_found_them():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    before_rng = torch.get_rng_state()
+    before_buffers = [b.clone() for b in model.buffers()]
+
+    def trial() -> None:
+        model(torch.randn(8, 3)).sum().backward()
+
+    side_effect_free(model, trial)()
+    assert torch.equal(torch.get_rng_state(), before_rng)
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), before_buffers))
+    trial()  # the same trial unwrapped does change both: the check above could fail
+    assert not torch.equal(torch.get_rng_state(), before_rng)
+
+
+TINY = {"train_size": 160, "val_size": 64, "embedding_size": 8, "head_hidden": 8}
+
+
+def _records(fresh_plugins, **config) -> tuple[list[dict], list[int]]:
+    torch.manual_seed(0)  # the same initial weights in both runs
+    built = build_model(ModelSpec("fastweights", "learned", "art", cell_options={"hidden_size": 8},
+                                  init_options={"distribution": "normal"}, task_options=TINY), fresh_plugins)
+    seen: list[int] = []
+
+    class Keep(Callback):
+        def __init__(self) -> None:
+            self.records: list[dict] = []
+
+        def on_step_end(self, loop) -> None:
+            seen.append(torch.get_num_threads())
+
+        def on_epoch_end(self, loop, record, improved) -> None:
+            self.records.append({k: v for k, v in record.items() if k not in ("wall_time", "threads")})
+
+    keep = Keep()
+    fit(built.model, built.task, TrainConfig(epochs=1, batch_size=8, **config), callbacks=[keep])
+    return keep.records, seen
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="one usable CPU: no thread count to choose")
+@pytest.mark.parametrize("chosen", [1, 2])
+def test_trial_steps_change_no_result(fresh_plugins, monkeypatch, chosen):
+    """A run whose probes pick `chosen` threads writes the records of a run pinned to `chosen`
+    threads, with a sampling init (the trials draw from the RNG, which is put back)."""
+    monkeypatch.setattr(threads_module, "pick", lambda times: chosen)
+    monkeypatch.setattr(threads_module, "MIN_EPOCH_STEPS", 4)  # 20 steps of 8: probes at steps 0, 8 and 16
+    monkeypatch.setattr(threads_module, "PROBE_EVERY", 8)
+    probed, seen = _records(fresh_plugins)
+    assert set(seen) == {chosen}
+    pinned, _ = _records(fresh_plugins, threads=chosen)
+    assert probed == pinned
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="one usable CPU: no thread count to choose")
+def test_a_resumed_run_keeps_the_recorded_count_until_its_next_probe(fresh_plugins):
+    built = build_model(ModelSpec("lstm", "zero", "art", cell_options={"hidden_size": 8},
+                                  task_options={**TINY, "train_size": 64}), fresh_plugins)  # no probe: 8 steps
+    seen: list[int] = []
+
+    class Restore(Callback):
+        def on_fit_start(self, loop) -> None:
+            loop.state.threads = 1  # what a checkpoint's TrainState carries
+
+        def on_step_end(self, loop) -> None:
+            seen.append(torch.get_num_threads())
+
+    torch.set_num_threads(2)
+    fit(built.model, built.task, TrainConfig(epochs=1, batch_size=8), callbacks=[Restore()])
+    assert seen and set(seen) == {1}
+
+
+def test_a_checkpoints_thread_count_is_checked():
+    ckpt = {"epoch": 0, "batch_in_epoch": 3, "step": 3, "wall_time": 1.0, "best": None, "epoch_loss": 0.5,
+            "epoch_count": 24}
+    assert _checked_state(ckpt, 10).threads is None  # a checkpoint from before the choice was recorded
+    assert _checked_state({**ckpt, "threads": 2}, 10).threads == 2
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="threads"):
+            _checked_state({**ckpt, "threads": bad}, 10)
