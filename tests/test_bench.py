@@ -266,3 +266,64 @@ def test_the_default_grid_is_one_point_and_full_is_the_grid(monkeypatch, runner)
     assert seen["grid"] == ((1, 128), (11, 25), (50, 128), (1,))
     invoke(runner, ["bench", "--full", "--hidden", "7", "-q"])
     assert seen["grid"] == ((1, 128), (11, 25), (7,), (1,))
+
+
+# ---------------------------------------------------------------------------------------
+# crnn bench --layer
+
+
+def test_layer_bench_interleaves_the_cases_after_their_warmup():
+    from crnn_plugins.commands import layer_bench
+
+    now, calls = [0.0], []
+    cost = {"a": 0.001, "b": 0.003, "c": 0.002}
+
+    def case(name):
+        def call():
+            calls.append(name)
+            now[0] += cost[name]
+        return call
+
+    samples = layer_bench.time_interleaved({n: case(n) for n in cost}, repeats=3, warmup=2, clock=lambda: now[0])
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
+    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"], "each round starts one case later"
+    for name, seconds in cost.items():
+        assert samples[name] == pytest.approx([seconds * 1e3] * 3)
+
+
+def test_layer_bench_ratios_are_medians_over_medians():
+    from crnn_plugins.commands import layer_bench
+
+    samples = {"no_lengths": [2.0, 4.0, 3.0], "equal_lengths": [3.0, 3.3, 9.0], "random_lengths": [1.5, 1.5, 9.0],
+               "bidirectional": [5.0, 7.0, 6.0], "two_unidirectional": [6.0, 6.0, 6.0], "lstm": [4.0, 5.0, 6.0]}
+    record = layer_bench.shape_record(2, 4, 3, samples)
+    assert record["cases"]["equal_lengths"]["median_ms"] == 3.3
+    assert record["ratios"] == {"equal_over_no_lengths": 1.1, "random_over_no_lengths": 0.5,
+                                "bidirectional_over_two_unidirectional": 1.0, "fastweights_over_lstm": 0.6}
+
+
+@pytest.mark.usefixtures("fused_kernel", "thread_count_kept")
+def test_bench_layer_json_and_table(runner):
+    from crnn_plugins.commands import layer_bench
+
+    threads = torch.get_num_threads()
+    tiny = ["bench", "--layer", "--layer-shape", "2,4,3", "--layer-shape", "3x2x5", "--repeats", "2", "--warmup", "0"]
+    doc = json.loads(invoke(runner, [*tiny, "--json", "-q"]).stdout)
+    assert torch.get_num_threads() == threads, "the caller's thread count is kept"
+    assert doc["settings"]["threads"] == 2 and doc["settings"]["repeats"] == 2
+    assert [(r["batch"], r["length"], r["hidden"]) for r in doc["records"]] == [(2, 4, 3), (3, 2, 5)]
+    for r in doc["records"]:
+        assert set(r["cases"]) == set(layer_bench.CASES) and all(c["median_ms"] > 0 for c in r["cases"].values())
+        for name, (num, den, _) in layer_bench.RATIOS.items():
+            expected = r["cases"][num]["median_ms"] / r["cases"][den]["median_ms"]
+            assert r["ratios"][name] == pytest.approx(expected, rel=0.01, abs=1e-3)
+        assert r["length"] / 2 <= r["random_lengths"]["low"] <= r["random_lengths"]["high"] <= r["length"]
+    table = invoke(runner, [*tiny, "-q"]).stdout.splitlines()
+    assert table[0].split()[:4] == ["B", "T", "H", "none"] and "fw/lstm" in table[0]
+    assert [row.split()[:3] for row in table[1:3]] == [["2", "4", "3"], ["3", "2", "5"]]
+
+
+def test_bench_layer_refuses_the_unroll_grid_options(runner):
+    assert_one_line_error(invoke(runner, ["bench", "--layer", "--batch", "2"]), "--batch")
+    assert_one_line_error(invoke(runner, ["bench", "--layer-shape", "2,4,3"]), "--layer")
+    assert_one_line_error(invoke(runner, ["bench", "--layer", "--layer-shape", "2,4"]), "B,T,H")

@@ -5,7 +5,8 @@ Each line of a ```bash block is executed, in order, in a scratch directory:
 
 * ``crnn ...`` lines run in this process through click's test runner, shrunk to test size by
   appending options (``--epochs 1``, a few hundred sequences, one seed, one timing repeat; a
-  ``crnn bench`` grid keeps the first value the docs give on each axis): the command, its options
+  ``crnn bench`` grid keeps the first value the docs give on each axis, ``crnn bench --layer`` one tiny
+  shape): the command, its options
   and its outputs are the documented ones, only the sizes differ (a ``--config`` file's task says which
   sizes). ``> file`` redirects stdout. Paths under ``examples/`` are the checkout's. Names that
   stand for a run directory (``RUN_DIR``, ``RUN_A``, ``runs/<run>``, ...) are replaced by tiny runs
@@ -163,6 +164,9 @@ def shrink_crnn(args: list[str]) -> list[str]:
         if "--resume" in args:  # the grid's --set options (the test size among them) are recorded
             return [*args, "--seeds", "1", "--epochs", "1"]
         return [*args, "--seeds", "1", "--epochs", "1", *SHRINK[experiment]]
+    if command == "bench" and "--layer" in args:  # the layer cases at one tiny shape instead of the documented ones
+        kept = [a for i, a in enumerate(args) if a != "--layer-shape" and args[i - 1] != "--layer-shape"]
+        return [*kept, "--layer-shape", "2,4,3", "--repeats", "1", "--warmup", "0"]
     if command == "bench" and "--device" not in args:  # one shape per axis: the first the docs give
         kept, seen, i = [], set(), 0
         while i < len(args):

@@ -218,3 +218,37 @@ def test_contextual_rnn_refuses_lengths_for_a_cell_without_them():
         rnn(torch.randn(B, T, I), lengths=LENGTHS)
     with pytest.raises(ValueError, match="lengths"):
         rnn(pack_padded_sequence(torch.randn(B, T, I), torch.tensor(LENGTHS), batch_first=True, enforce_sorted=False))
+
+
+@pytest.mark.parametrize("run", ["fastweights-reference", "fastweights-fused", "unroll", "contextual-fastweights",
+                                 "contextual-lstm", "packed"])
+def test_lengths_values_are_read_once_per_call(run, monkeypatch):
+    """One min/max read of lengths per call, however many layers, directions and wrappers it passes."""
+    from crnn_plugins.fast_weights import fused as ff
+    from crnn_plugins.fast_weights.layer import fastweights_unroll
+
+    if run == "fastweights-fused" and not ff.load_status()[0]:
+        pytest.skip("the fused kernel is not available")
+    x, lengths = padded_inputs().nan_to_num(0.0), torch.tensor(LENGTHS)
+    calls, aminmax = [], torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda t: calls.append(t) or aminmax(t))
+    if run == "unroll":
+        xp, W = torch.randn(B, T, H, dtype=torch.float64), torch.eye(H, dtype=torch.float64)
+        ones, zeros = torch.ones(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64)
+        fastweights_unroll(xp, torch.zeros(B, H, dtype=torch.float64), None, W, ones, zeros, 0.9, 0.5, 1,
+                           backend="reference", lengths=lengths)
+    elif run == "contextual-lstm":
+        ContextualRNN(nn.LSTM(I, H, batch_first=True, num_layers=2).double())(x, lengths=lengths)
+    elif run == "packed":
+        ContextualRNN(layer())(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    else:
+        fw = layer(backend=run.split("-")[1] if run.startswith("fastweights") else "reference")
+        (ContextualRNN(fw) if run.startswith("contextual") else fw)(x, lengths=lengths)
+    assert len(calls) == 1
+
+
+def test_lengths_all_equal_to_t_are_passed_on_as_none():
+    from crnn_core.layers.sequences import check_lengths
+
+    assert check_lengths([T] * B, B, T, torch.device("cpu")) is None
+    assert torch.equal(check_lengths(LENGTHS, B, T, torch.device("cpu")), torch.tensor(LENGTHS))

@@ -189,6 +189,27 @@ def test_compile_fullgraph_first_call_forward_and_backward_match_eager(compiler)
 
 
 @pytest.mark.usefixtures("fused_kernel")
+def test_compile_fullgraph_with_lengths_first_call_forward_and_backward_match_eager():
+    """lengths' range is checked inside the graph (no value read into Python), so fullgraph
+    holds; a value out of range is still refused, naming lengths."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = FastWeights(3, 4, backend="fused")
+    x, lengths = torch.randn(3, 5, 3), torch.tensor([5, 2, 4])
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    results = []
+    for model in (compiled, layer):
+        out, state = model(x, lengths=lengths)
+        loss = out.sum() + (state["A"] ** 2).sum() + state["h"].sum()
+        results.append((out, state["h"], state["A"], *torch.autograd.grad(loss, list(layer.parameters()))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+    assert results[0][0][1, 2:].abs().sum() == 0, "outputs after an example's end are zero"
+    with pytest.raises(RuntimeError, match=r"lengths must be in \[1, 5\]"):
+        compiled(x, lengths=torch.tensor([5, 0, 4]))
+
+
+@pytest.mark.usefixtures("fused_kernel")
 def test_compile_fullgraph_when_the_kernel_loads_on_first_use(monkeypatch):
     """A kernel not loaded at import (a JIT build left to the first use) loads inside the first
     compiled call without breaking the graph: torch.compile takes load_status() as a constant."""

@@ -208,3 +208,28 @@ def test_a_layer_pickled_before_layers_and_directions_unpickles():
     old = pickle.loads(pickle.dumps(fw))
     assert (old.hidden_size, old.num_layers, old.bidirectional, old.dropout) == (H, 1, False, 0.0)
     assert old(torch.randn(B, T, I))[0].shape == (B, T, H)
+
+
+def test_cell_options_num_layers_and_dropout_build_a_stacked_layer():
+    from crnn_core.interfaces.options import build_options
+    from crnn_plugins.cells.fastweights import FastWeightsCell, FastWeightsOptions
+
+    options = build_options(FastWeightsOptions, {"num_layers": "2", "dropout": "0.25", "hidden_size": "6"}, "cell")
+    cell = FastWeightsCell(I, options)
+    assert (cell.num_layers, cell.dropout, cell.hidden_size) == (2, 0.25, 6)
+    assert cell.state_spec() == {"h": (2, 6), "A": (2, 6, 6)}
+    assert cell.U_l1.weight.shape == (6, 6)
+    assert FastWeightsCell(I, build_options(FastWeightsOptions, {}, "cell")).num_layers == 1
+
+
+def test_crnn_run_trains_a_stacked_fastweights_cell(runner, tmp_path):
+    from .conftest import invoke
+
+    out = tmp_path / "run"
+    result = invoke(runner, ["run", "--cell", "fastweights", "--init", "free", "--task", "art", "--epochs", "1",
+                             "--set", "task.train_size=128", "--set", "task.val_size=64", "--set", "train.threads=1",
+                             "--set", "cell.hidden_size=8", "--set", "cell.num_layers=2", "--set", "cell.dropout=0.1",
+                             "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert {"rnn.cell.W", "rnn.cell.W_l1"} <= set(model), "the second layer is trained and saved"

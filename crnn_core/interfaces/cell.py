@@ -80,6 +80,10 @@ class Cell(nn.Module, ABC):
     name: ClassVar[str]
     #: A dataclass of ``option(...)`` fields set with ``--set cell.KEY=VALUE``; an instance is passed to the constructor.
     Options: ClassVar[type] = NoOptions
+    #: True for a cell whose forward checks ``lengths`` itself (``check_lengths``, e.g. ``FastWeights``,
+    #: whose forward is also called directly): ``ContextualRNN`` then passes them on unchecked, so
+    #: they are checked once. Otherwise ``ContextualRNN`` checks them and the cell receives them checked.
+    validates_lengths: ClassVar[bool] = False
 
     def __init__(self, input_size: int, options: object) -> None:
         super().__init__()
@@ -108,7 +112,8 @@ class Cell(nn.Module, ABC):
         A cell may also take a keyword ``lengths`` (None, or int64 ``[B]`` in [1, T] on the
         inputs' device): example b then runs on its first ``lengths[b]`` steps as if alone,
         with zero outputs after them and its state after its own last step.
-        ``ContextualRNN`` passes it (padded batches, ``PackedSequence``) to a cell that takes it.
+        ``ContextualRNN`` passes it (padded batches, ``PackedSequence``) to a cell that takes it,
+        checked (or as the caller gave it to a cell that sets ``validates_lengths``).
         """
 
     def describe_backend(self) -> str:

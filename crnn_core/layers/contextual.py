@@ -199,13 +199,15 @@ class ContextualRNN(nn.Module):
             if lengths is not None:
                 raise ValueError("ContextualRNN: lengths comes from the PackedSequence; pass one or the other")
             x, lengths = unpack(packed)
+            packed_lengths = lengths
         if not isinstance(x, Tensor) or x.dim() != 3:
             raise ValueError(f"ContextualRNN: x must be a 3-d tensor [B, T, features] or a PackedSequence, "
                              f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
         if lengths is not None and not self._takes_lengths:
             raise ValueError(f"ContextualRNN: lengths (or a PackedSequence) needs a module whose forward takes "
                              f"lengths; {type(self.cell).__name__}.forward does not")
-        lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
+        if not getattr(self.cell, "validates_lengths", False):  # else the cell's forward checks them, once
+            lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
         if state is None:
             state = self.initial_state(x.shape[0], context, sample=sample)
         else:
@@ -215,7 +217,7 @@ class ContextualRNN(nn.Module):
                                      "with state= (the unroll continues from state); pass one of them")
             check_state("ContextualRNN", state, self.cell.state_spec(), x.shape[0])
         outputs, final = self.cell(x, state) if lengths is None else self.cell(x, state, lengths=lengths)
-        return (outputs if packed is None else repack(outputs, lengths, packed)), final
+        return (outputs if packed is None else repack(outputs, packed_lengths, packed)), final
 
     def _check_context(self, context: Tensor, batch_size: int) -> None:
         """``context`` is ``[B, context_size]`` (``[B, *]`` when a context_net maps it first)."""

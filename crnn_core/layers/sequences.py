@@ -18,7 +18,16 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 def check_lengths(lengths: object, batch: int, steps: int, device: torch.device) -> Tensor | None:
     """``lengths`` as the unrolls take it: None, or a 1-D int64 tensor of ``batch`` values in
-    [1, ``steps``] on ``device`` (a list or tuple of ints is converted); a one-line ValueError otherwise."""
+    [1, ``steps``] on ``device`` (a list or tuple of ints is converted); a one-line ValueError otherwise.
+
+    The public entry points (``FastWeights.forward``, ``fastweights_unroll``,
+    ``ContextualRNN.forward``) call it once per call and the unrolls under them take its
+    result as it is. Its values are read once (one min/max): lengths that all equal
+    ``steps`` come back as None, so that they cost what no lengths cost. Under
+    ``torch.compile`` the values are not read into Python (that would break the graph): the
+    range is checked inside the graph instead (``torch._assert_async``, a RuntimeError naming
+    lengths) and the tensor is returned as it is.
+    """
     if lengths is None:
         return None
     if isinstance(lengths, (list, tuple)):
@@ -33,10 +42,16 @@ def check_lengths(lengths: object, batch: int, steps: int, device: torch.device)
         raise ValueError(f"lengths must be 1-D with one value per example ({batch}), got shape {tuple(lengths.shape)}")
     if lengths.device != torch.device(device):
         raise ValueError(f"lengths must be on the inputs' device {device}, got {lengths.device}")
-    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
-        raise ValueError(f"lengths must be in [1, {steps}] (the number of steps), got values in "
-                         f"[{int(lengths.min())}, {int(lengths.max())}]")
-    return lengths
+    if torch.compiler.is_compiling():
+        torch._assert_async(((lengths >= 1) & (lengths <= steps)).all(),
+                            f"lengths must be in [1, {steps}] (the number of steps)")
+        return lengths
+    if not batch:
+        return lengths
+    low, high = (int(v) for v in torch.stack(torch.aminmax(lengths)).tolist())
+    if low < 1 or high > steps:
+        raise ValueError(f"lengths must be in [1, {steps}] (the number of steps), got values in [{low}, {high}]")
+    return None if low == steps else lengths
 
 
 def reverse_within(x: Tensor, lengths: Tensor | None) -> Tensor:

@@ -47,6 +47,10 @@ class FastWeightsOptions:
     bias_init: Literal[BIAS_INITS] = option(
         "zeros", "init of the input bias b: zeros, or glorot_uniform, U(+-sqrt(3/H)) (the authors' code)"
     )
+    num_layers: int = option(1, "stacked layers L; layer l > 0 reads layer l - 1's outputs (the state is then "
+                                "h [L, H], A [L, H, H] per example)", bounds=(1, None))
+    dropout: float = option(0.0, "dropout on the outputs of each layer but the last, in training only (num_layers > 1)",
+                            bounds=(0.0, 1.0))
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -66,7 +70,8 @@ class FastWeightsCell(FastWeights):
                 raise ConfigError(f"cell.backend=fused but the fused kernel cannot load: {reason}")
         super().__init__(input_size, options.hidden_size, lam=options.lam, eta=options.eta,
                          inner_steps=options.inner_steps, activation=options.activation, backend=options.backend,
-                         a_update=options.a_update, ln_eps=options.ln_eps, bias_init=options.bias_init)
+                         a_update=options.a_update, ln_eps=options.ln_eps, bias_init=options.bias_init,
+                         num_layers=options.num_layers, dropout=options.dropout)
         self.options = options
 
     def describe_backend(self) -> str:

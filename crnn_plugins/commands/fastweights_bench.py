@@ -46,7 +46,6 @@ import functools
 import itertools
 import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -60,6 +59,8 @@ import torch
 from crnn_core.training.distributed import resolve_device
 from crnn_core.base.errors import ConfigError
 from crnn_core.base.resources import check_memory
+
+from .timing import load_avg, machine_info, spread
 
 #: ``crnn bench`` without grid options: one ART-sized point (about a minute, most of it
 #: torch.compile compiling the point's two modes).
@@ -218,23 +219,6 @@ class _Timer:
         return sum(saved.values()), "cpu_saved_for_backward_plus_outputs"
 
 
-def _load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
-
-
-def spread(samples: list[float]) -> dict[str, float]:
-    """Quartiles of the repeats and the interquartile range relative to the median."""
-    if len(samples) >= 2:
-        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    else:
-        q1 = q3 = samples[0]
-    med = statistics.median(samples)
-    return {"q1_ms": round(q1, 4), "q3_ms": round(q3, 4), "iqr_rel": round((q3 - q1) / med, 4) if med > 0 else 0.0}
-
-
 def summarize(ratios: list[dict[str, Any]]) -> dict[str, Any]:
     """Per mode: the median (and range) over the grid of each backend's time over fused's."""
     out: dict[str, Any] = {}
@@ -271,33 +255,6 @@ def length_growth(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["memory_exponent"] = round(math.log(b["peak_memory_bytes"] / a["peak_memory_bytes"]) / lt, 2)
         out.append(row)
     return out
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    from ..fast_weights import fused as ff
-
-    info["cpu_kernel_path"] = ff.build_info().get("cpu_isa")  # which compiled path the fused figures used
-    return info
 
 
 @dataclass(frozen=True)
@@ -437,7 +394,7 @@ def run_benchmark(
     active = [b for b in backends if b in fns]
     if not active:
         raise ConfigError("no backend to time")
-    load_before = _load_avg()
+    load_before = load_avg()
     records: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
     done = 0
@@ -450,7 +407,7 @@ def run_benchmark(
         interrupted = {"signal": str(exc) or "SIGINT", "points_done": done, "points": len(points)}
     machine = machine_info(dev)
     machine["load_avg_1m_before"] = load_before
-    machine["load_avg_1m_after"] = _load_avg()
+    machine["load_avg_1m_after"] = load_avg()
     return {
         "machine": machine,
         "settings": {
@@ -548,6 +505,8 @@ Examples:
              --hidden 50 --hidden 128 --hidden 256 --inner-steps 1 --inner-steps 3   # the full grid
   crnn bench --json > bench.json
   crnn bench --device cuda
+  crnn bench --layer                           # FastWeights vs nn.LSTM, lengths, bidirectional (about a minute)
+  crnn bench --layer --layer-shape 32,128,128 --repeats 20 --json
 """
 
 
@@ -582,14 +541,25 @@ Examples:
 @click.option("--full", is_flag=True,
               help="the full default grid (B 1 128, T 11 25, H 50 128: minutes) instead of one point (about a minute); "
                    "--batch/--length/--hidden given still win")
+@click.option("--layer", is_flag=True,
+              help="time the FastWeights layer (fused) instead: no / equal / random lengths, bidirectional against "
+                   "two unidirectional layers, and nn.LSTM of the same size, forward+backward, 2 threads unless "
+                   "--threads (about a minute)")
+@click.option("--layer-shape", "layer_shapes", multiple=True, metavar="B,T,H",
+              help="with --layer: a shape to time (repeatable; default 128,11,50 32,128,128 32,512,128)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout instead of the table")
 @click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")
 def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup, state,
-                  threads, seed, max_naive_gb, max_compiled_length, clock, full, as_json, quiet) -> None:
+                  threads, seed, max_naive_gb, max_compiled_length, clock, full, layer, layer_shapes, as_json,
+                  quiet) -> None:
     """Time the fused fast-weights kernel against torch.compile of the reference, the reference and the naive loop.
 
-    Ctrl-C stops it and prints the rows measured so far (exit 130).
+    With --layer, time the FastWeights layer against nn.LSTM instead. Ctrl-C stops it and
+    prints the rows measured so far (exit 130).
     """
+    if layer or layer_shapes:
+        _layer_from_cli(layer, layer_shapes, device, repeats, warmup, threads, seed, as_json, quiet)
+        return
     if full:
         batches, lengths, hiddens = batches or FULL_BATCH, lengths or FULL_LENGTH, hiddens or FULL_HIDDEN
     threads_before = torch.get_num_threads()
@@ -613,6 +583,37 @@ def bench_command(batches, lengths, hiddens, inner, backends, modes, device, dty
         signum = getattr(signal.Signals, stopped["signal"], signal.SIGINT)
         raise Interrupted(f"{stopped['signal']} received: stopped after {stopped['points_done']} of "
                           f"{stopped['points']} grid points; the rows above are those measured", signum)
+
+
+#: ``crnn bench`` options that choose the unroll benchmark's grid and so mean nothing with ``--layer``.
+UNROLL_ONLY = ("batches", "lengths", "hiddens", "inner", "backends", "modes", "dtype", "state", "max_naive_gb",
+               "max_compiled_length", "clock", "full")
+
+
+def _layer_from_cli(layer, layer_shapes, device, repeats, warmup, threads, seed, as_json, quiet) -> None:
+    """``crnn bench --layer``: ``layer_bench.run_layer_benchmark`` with 2 threads by default."""
+    from . import layer_bench
+
+    context = click.get_current_context()
+    if not layer:
+        raise click.UsageError("--layer-shape needs --layer")
+    given = [param.opts[0] for param in context.command.params if param.name in UNROLL_ONLY
+             and context.get_parameter_source(param.name) not in (None, click.core.ParameterSource.DEFAULT)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} choose the unroll benchmark; with --layer give --layer-shape B,T,H")
+    try:
+        shapes = tuple(layer_bench.parse_shape(text) for text in layer_shapes) or layer_bench.LAYER_SHAPES
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--layer-shape") from None
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads or 2)
+    try:
+        doc = layer_bench.run_layer_benchmark(
+            shapes, repeats=repeats, warmup=warmup, device=device, seed=seed,
+            progress=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)))
+    finally:  # an in-process caller (tests, notebooks) keeps its thread count
+        torch.set_num_threads(threads_before)
+    click.echo(json.dumps(doc, indent=2) if as_json else layer_bench.format_layer_table(doc))
 
 
 def _run_from_cli(batches, lengths, hiddens, inner, backends, modes, device, dtype, repeats, warmup, state, seed,

@@ -549,14 +549,14 @@ def _backward_by_reference(
     and differentiated with autograd: the same gradients (up to rounding), with a graph a
     second backward (a Hessian-vector product, a gradient penalty) can go through.
     """
-    from .reference import fastweights_reference
+    from .reference import reference_unroll
 
     xp, h0, A0, W, gamma, beta = inputs
     lam, eta, inner_steps, activation, eps, a_update = args
     A0_ref = None if A0.numel() == 0 else (A0.expand(xp.shape[0], *A0.shape) if A0.dim() == 2 else A0)
     with torch.enable_grad():
-        out, A_T = fastweights_reference(xp, h0, A0_ref, W, gamma, beta, lam, eta, inner_steps, activation, eps,
-                                         a_update, final_state=g_AT is not None and g_AT.numel() > 0, lengths=lengths)
+        out, A_T = reference_unroll(xp, h0, A0_ref, W, gamma, beta, lam, eta, inner_steps, activation, eps,
+                                    a_update, final_state=g_AT is not None and g_AT.numel() > 0, lengths=lengths)
     pairs = [(o, g) for o, g in ((out, g_out), (A_T, g_AT)) if g is not None and o is not None]
     wanted = [t for t, n in zip(inputs, need) if n]
     found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,

@@ -33,7 +33,7 @@ from crnn_core.base.resources import FLOAT32, check_memory
 from crnn_core.layers.sequences import repack, reverse_within, unpack
 
 from . import fused as fastweights_fused
-from .reference import A_UPDATES, ACTIVATIONS, check_lengths, fastweights_reference, last_outputs
+from .reference import A_UPDATES, ACTIVATIONS, check_lengths, fastweights_reference, last_outputs, reference_unroll
 
 #: Initialisations of the input projection's bias b: zeros (crnn), or Glorot-uniform over [H], i.e.
 #: U(-sqrt(3/H), sqrt(3/H)), TensorFlow's default for a variable created without an initializer
@@ -62,6 +62,13 @@ def select_unroll(backend: str, device: torch.device) -> tuple[Unroll, str]:
         raise RuntimeError(f"backend='fused', but the fused fast-weights kernel cannot run on {device.type}: {reason}")
     warn(f"no fused fast-weights kernel for {device.type} ({reason}); using the reference backend")
     return fastweights_reference, f"reference (fused unavailable: {reason})"
+
+
+def trusting(unroll: Unroll) -> Unroll:
+    """The form of ``unroll`` that takes ``lengths`` as ``check_lengths`` returned it, without
+    checking it again: ``reference_unroll`` for the reference; the fused op checks its own
+    (it must stay memory-safe when called directly) and is returned as it is."""
+    return reference_unroll if unroll is fastweights_reference else unroll
 
 
 def a0_for(unroll: Unroll, A0: Tensor | None, batch: int) -> Tensor | None:
@@ -101,8 +108,8 @@ def fastweights_unroll(
     """
     lengths = check_lengths(lengths, xp.shape[0], xp.shape[1], xp.device)
     unroll, _ = select_unroll(backend, xp.device)
-    return unroll(xp, h0, a0_for(unroll, A0, xp.shape[0]), W, gamma, beta, lam, eta, inner_steps, activation, eps,
-                  a_update, final_state=final_state, lengths=lengths)
+    return trusting(unroll)(xp, h0, a0_for(unroll, A0, xp.shape[0]), W, gamma, beta, lam, eta, inner_steps,
+                            activation, eps, a_update, final_state=final_state, lengths=lengths)
 
 
 #: The hyperparameters that may be set after construction: name -> (test, what a valid value is, conversion).
@@ -231,6 +238,9 @@ class FastWeights(nn.Module):
                         bound = math.sqrt(6.0 / (2 * H))
                         U.bias.uniform_(-bound, bound)
 
+    #: ``forward`` checks ``lengths`` itself (``ContextualRNN`` leaves the check to it).
+    validates_lengths = True
+
     lam = _hyperparameter("lam")
     eta = _hyperparameter("eta")
     inner_steps = _hyperparameter("inner_steps")
@@ -314,7 +324,8 @@ class FastWeights(nn.Module):
             raise TypeError(f"FastWeights: x must be a floating-point tensor, got {x.dtype}")
         if x.shape[1] == 0:
             raise ValueError("FastWeights: x has no time steps (T = 0)")
-        outputs, final = self._stack(x, None, state, lengths, final_state)
+        checked = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
+        outputs, final = self._stack(x, None, state, checked, final_state)
         if packed is not None:
             return repack(outputs, lengths, packed), final
         return (outputs if self.batch_first else outputs.transpose(0, 1)), final
@@ -334,15 +345,13 @@ class FastWeights(nn.Module):
         if not isinstance(xp, Tensor) or xp.dim() != 3 or xp.shape[-1] != self.direction_size or xp.shape[1] == 0:
             raise ValueError(f"FastWeights: projected inputs must be [B, T > 0, {self.direction_size}], "
                              f"got {tuple(xp.shape) if isinstance(xp, Tensor) else type(xp).__name__}")
-        return self._stack(None, xp, state, lengths, final_state)
+        return self._stack(None, xp, state, check_lengths(lengths, xp.shape[0], xp.shape[1], xp.device), final_state)
 
-    def _stack(self, x: Tensor | None, xp: Tensor | None, state: State | None, lengths: object,
+    def _stack(self, x: Tensor | None, xp: Tensor | None, state: State | None, lengths: Tensor | None,
                final_state: bool) -> tuple[Tensor, State | None]:
         """Every layer and direction over ``x [B, T, F]`` (batch first), or from layer 0's
-        projected inputs ``xp`` (unidirectional only)."""
-        first = x if x is not None else xp
-        batch, steps = first.shape[:2]
-        lengths = check_lengths(lengths, batch, steps, first.device)
+        projected inputs ``xp`` (unidirectional only); ``lengths`` as ``check_lengths`` returned it."""
+        batch, steps = (x if x is not None else xp).shape[:2]
         if lengths is not None and x is not None:  # padding (even NaN) reaches no product, nor U's gradient
             x = x.masked_fill((torch.arange(steps, device=x.device) >= lengths.unsqueeze(1)).unsqueeze(-1), 0)
         initial = self._initial_states(state, batch)
@@ -400,7 +409,7 @@ class FastWeights(nn.Module):
         norm = getattr(self, "norm" + suffix)
         args = (xp.contiguous(), h0.contiguous(), A0, getattr(self, "W" + suffix), norm.weight, norm.bias, self.lam,
                 self.eta, self.inner_steps, self.activation, norm.eps, self.a_update)
-        outputs, A = unroll(*args, final_state=final_state, lengths=lengths)
+        outputs, A = trusting(unroll)(*args, final_state=final_state, lengths=lengths)
         if not final_state:
             return outputs, None, None
         return outputs, last_outputs(outputs, lengths), A

@@ -10,7 +10,8 @@ Both functions compute, for t = 1..T (xp_t = U x_t + b precomputed for all t):
 and return (outputs h_1..h_T as [B, T, H], A_T as [B, H, H]). Shared conventions of
 every backend: ``A0=None`` is A_0 = 0 (not materialised), and ``final_state=False``
 returns ``(outputs, None)`` without computing A_T. ``lengths`` (a 1-D int64 tensor of B
-values in [1, T], see ``check_lengths``) runs example b on its first ``lengths[b]`` steps
+values in [1, T], see ``check_lengths``; ``fastweights_reference`` checks it, ``reference_unroll``
+takes it as checked by the caller) runs example b on its first ``lengths[b]`` steps
 only, exactly as if it were alone: its outputs after that are zero, its A_T is the one after
 its own last step, and its padded inputs (even NaN) affect nothing; its final h is
 ``last_outputs(outputs, lengths)``. The key k_t that
@@ -82,13 +83,37 @@ def fastweights_reference(
     a_update: str = "previous",
     *,
     final_state: bool = True,
+    lengths: Tensor | list[int] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Fast-weights unroll in "attention form"; see the module docstring for the equations.
+    ``lengths`` is checked here (``check_lengths``), then ``reference_unroll`` runs."""
+    lengths = check_lengths(lengths, xp.shape[0], xp.shape[1], xp.device)
+    return reference_unroll(xp, h0, A0, W, gamma, beta, lam, eta, inner_steps, activation, eps, a_update,
+                            final_state=final_state, lengths=lengths)
+
+
+def reference_unroll(
+    xp: Tensor,
+    h0: Tensor,
+    A0: Tensor | None,
+    W: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    lam: float,
+    eta: float,
+    inner_steps: int,
+    activation: str = "relu",
+    eps: float = 1e-5,
+    a_update: str = "previous",
+    *,
+    final_state: bool = True,
     lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Fast-weights unroll in "attention form"; see the module docstring for the equations."""
+    """Fast-weights unroll in "attention form" (the module docstring has the equations), with
+    ``lengths`` already checked (``check_lengths``): what the layer and ``fastweights_unroll`` call."""
     f = _activation(activation)
     preliminary = check_a_update(a_update)
     B, T, H = xp.shape
-    lengths = check_lengths(lengths, B, T, xp.device)
     if lengths is not None:  # padded steps read zeros (torch.where: a NaN there cannot leak)
         valid = _step_mask(lengths, T)
         xp = torch.where(valid.unsqueeze(-1), xp, xp.new_zeros(()))
