@@ -7,8 +7,9 @@ tracebacks, refusals that are not one line). Target: zero of both. Not part of t
 
 Each invocation replaces one option of a valid tiny command (or adds one ``--set scope.key=VALUE``
 for every option ``crnn list --options --json`` declares) with an edge value: empty, zero,
-negative, huge, NaN/inf, unicode, a missing file, an unknown name. Prints JSON: the counts per
-class (see benchmarks/adversary.py) and every internal error, crash and timeout with its arguments.
+negative, huge (sizes that cannot fit in memory too), NaN/inf, unicode, a missing file, an unknown
+name. Prints JSON: the counts per class (see benchmarks/adversary.py), every internal error, crash,
+timeout and memory blow-up with its arguments, and every accepted invocation (to be judged by reading).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from adversary import ENV, PY, TINY, crnn, run_all, summary  # noqa: E402
 
 EDGE = ["", " ", "0", "-1", "1", "2.5", "1e30", "-1e30", "nan", "inf", "-inf", "99999999999999999999999",
         str(2**63), str(-2**63), "0x10", "1_000", "true", "none", "héllo∂", "☃", "a" * 300, "../..", "/nonexistent/x",
-        "x=y", "--help", "cell.x=1", str(2**80), "9" * 5000]
+        "x=y", "--help", "cell.x=1", str(2**80), "9" * 5000, "30000", "10000000"]
 
 ROOT = Path(sys.argv[1]).resolve()
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
@@ -104,7 +105,9 @@ def cases(art: Path, lcd: Path, keys: list[str]) -> list[list[str]]:
 def main() -> None:
     art, lcd = setup()
     outcomes = run_all(cases(art, lcd, option_keys()), ROOT, jobs=2, timeout=90)
-    print(json.dumps({"command": " ".join(sys.argv), **summary(outcomes)}, indent=1))
+    accepted = [" ".join(a if len(a) < 60 else a[:20] + f"...({len(a)} chars)" for a in o.args)
+                for o in outcomes if o.kind == "ok"]
+    print(json.dumps({"command": " ".join(sys.argv), **summary(outcomes), "accepted": accepted}, indent=1))
 
 
 if __name__ == "__main__":

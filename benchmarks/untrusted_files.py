@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""Untrusted files (docs/reliability.md): tampered checkpoints, config.json and
-metrics.jsonl fed to ``crnn plot``, ``crnn sample``, ``crnn run --resume`` and ``crnn reproduce
---report-only``; counts how many are refused cleanly (exit 2, one line, no traceback) and lists the
-rest. Not part of the test suite (a few minutes).
+"""Untrusted files (docs/reliability.md): tampered checkpoints, config.json, metrics.jsonl and
+plugins.json fed to ``crnn plot``, ``crnn sample``, ``crnn run --resume`` and ``crnn reproduce
+--report-only``; forged ``crnn export`` files fed to ``crnn sample``; extreme ``--config`` files and
+sizes fed to ``crnn run``. Each case has an expected outcome: refused (exit 2 or 3, one line, no
+traceback), or accepted (exit 0, with the warning it must print, and standard JSON on stdout) where
+the command does not read what was tampered with or the value is legal. Prints the counts: cases
+tried, refused cleanly, accepted correctly, wrong (anything else, listed with the reason).
+Not part of the test suite.
 
-    python benchmarks/untrusted_files.py /tmp/untrusted      # ~4 min on 2 cores
+    python benchmarks/untrusted_files.py /tmp/untrusted      # ~4 min on 2 idle cores, ~18 under load
 
 Every tampered file is a copy of a finished tiny run (an LCD run that can sample, laid out as a
 ``crnn reproduce lcd`` grid so that ``--report-only`` reads it too) with one file replaced. No
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adversary import ENV, PY, run_all, summary  # noqa: E402
+from adversary import ENV, PY, TINY, Outcome, run_all, summary  # noqa: E402
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/untrusted").resolve()
 MARKER = ROOT / "pwned"
@@ -68,7 +72,9 @@ def checkpoint_edits(ckpt: dict, other: dict) -> dict[str, dict]:
             "epoch-1e30-float": edit(epoch=1e30),
             "weights-int64": edit(model={k: v.long() for k, v in ckpt["model"].items()}),
             "weights-bool": edit(model={k: v.bool() for k, v in ckpt["model"].items()}),
-            "weights-float64": edit(model={k: v.double() for k, v in ckpt["model"].items()})}
+            "weights-float64": edit(model={k: v.double() for k, v in ckpt["model"].items()}),
+            "weights-float16": edit(model={k: v.half() for k, v in ckpt["model"].items()}),
+            "weights-nan": edit(model={k: torch.full_like(v, float("nan")) for k, v in ckpt["model"].items()})}
 
 
 def config_edits(config: dict) -> dict[str, str]:
@@ -104,21 +110,154 @@ def metrics_edits(lines: list[str]) -> dict[str, str]:
             "metrics-deep": "[" * 100000 + "]" * 100000 + "\n", "metrics-binary": "\x00\xff\x00\n"}
 
 
-def forged_export(run: Path) -> Path:
-    """``crnn export`` of ``run`` whose metadata config asks for a 30000-unit cell beside its 16-unit weights."""
+def forged_exports(run: Path) -> dict[str, Path]:
+    """``crnn export`` of ``run``, and forged copies: a config asking for far more than the weights hold,
+    weights of other dtypes or NaN, edited metadata, headers that lie about their size or shapes."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    export = ROOT / "export.safetensors"
+    folder = ROOT / "exports"
+    folder.mkdir()
+    export = folder / "export.safetensors"
     r = subprocess.run([PY, "-m", "crnn_core", "export", str(run), str(export)], env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     with safe_open(str(export), framework="pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
-    config = json.loads(meta["crnn.config"])
-    config["model"]["cell_options"]["hidden_size"] = 30000
-    forged = ROOT / "forged.safetensors"
-    save_file(tensors, str(forged), metadata={**meta, "crnn.config": json.dumps(config)})
-    return forged
+    config, plugins, info = (json.loads(meta[k]) for k in ("crnn.config", "crnn.plugins", "crnn.checkpoint"))
+
+    def hidden(n):
+        return json.dumps({**config, "model": {**config["model"],
+                                              "cell_options": {**config["model"]["cell_options"], "hidden_size": n}}})
+
+    forged: dict[str, tuple[dict, dict] | bytes] = {
+        "export-good": (tensors, meta),
+        "export-hidden-30000": (tensors, {**meta, "crnn.config": hidden(30000)}),
+        "export-hidden-1e6": (tensors, {**meta, "crnn.config": hidden(10**6)}),
+        "export-weights-int64": ({k: v.long() for k, v in tensors.items()}, meta),
+        "export-weights-bool": ({k: v.bool() for k, v in tensors.items()}, meta),
+        "export-weights-float16": ({k: v.half() for k, v in tensors.items()}, meta),
+        "export-weights-float64": ({k: v.double() for k, v in tensors.items()}, meta),
+        "export-weights-nan": ({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, meta),
+        "export-plugins-other-package": (tensors, {**meta, "crnn.plugins": json.dumps(
+            {**plugins, "cell": {**plugins["cell"], "package": "crnn-fork", "version": "9.9"}})}),
+        "export-epoch-1e30": (tensors, {**meta, "crnn.checkpoint": json.dumps({**info, "epoch": 1e30})}),
+        "export-epoch-negative": (tensors, {**meta, "crnn.checkpoint": json.dumps({**info, "epoch": -1})}),
+        "export-config-duplicate-key": (tensors, {**meta, "crnn.config": meta["crnn.config"][:-1] + ', "train": {}}'}),
+        "export-config-deep": (tensors, {**meta, "crnn.config": "[" * 100000 + "]" * 100000}),
+        "export-config-5000-digits": (tensors, {**meta, "crnn.config": meta["crnn.config"].replace(
+            '"epochs": 2', '"epochs": ' + "9" * 5000)}),
+        "export-header-length-2**62": (2**62).to_bytes(8, "little") + b"{}",
+        "export-header-shape-lie": _lying_header(),
+        "export-truncated": export.read_bytes()[:export.stat().st_size // 2],
+    }
+    paths = {}
+    for name, content in forged.items():
+        path = folder / f"{name}.safetensors"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            save_file(content[0], str(path), metadata=content[1])
+        paths[name] = path
+    return paths
+
+
+def _lying_header() -> bytes:
+    """A safetensors file whose header declares a 10^5 x 10^5 float32 tensor (40 GB) over 16 bytes of data."""
+    header = json.dumps({"__metadata__": {"crnn.format": "crnn-safetensors/1"},
+                         "w": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 4 * 10**10]}}).encode()
+    return len(header).to_bytes(8, "little") + header + bytes(16)
+
+
+def config_files() -> dict[str, tuple[str, str]]:
+    """``crnn run --config FILE`` inputs at the extremes: (file suffix, text)."""
+    deep = 5000
+    return {
+        "toml-deep": ("toml", "[train]\nepochs = " + "[" * deep + "]" * deep + "\n"),
+        "json-deep": ("json", '{"train": {"epochs": ' + "[" * 100000 + "]" * 100000 + "}}"),
+        "toml-5000-digits": ("toml", "[train]\nepochs = " + "9" * 5000 + "\n"),
+        "json-5000-digits": ("json", '{"train": {"epochs": ' + "9" * 5000 + "}}"),
+        "json-duplicate-key": ("json", '{"train": {"epochs": 1, "epochs": 2}}'),
+        "toml-duplicate-key": ("toml", "[train]\nepochs = 1\nepochs = 2\n"),
+        "toml-epochs-2**80": ("toml", f"[train]\nepochs = {2**80}\n"),
+        "json-epochs-2**80": ("json", f'{{"train": {{"epochs": {2**80}}}}}'),
+        "json-batch-size-1e12": ("json", '{"train": {"batch_size": 1000000000000}}'),
+        "toml-lstm-hidden-30000": ("toml", '[model]\ncell = "lstm"\n[model.cell_options]\nhidden_size = 30000\n'),
+        "toml-head-hidden-1e7": ("toml", '[model]\ntask = "art"\n[model.task_options]\nhead_hidden = 10000000\n'),
+        "json-not-an-object": ("json", "[1, 2]"),
+        "toml-binary": ("toml", "\x00\xff\x00"),
+    }
+
+
+#: TINY less --epochs and --batch-size, which would override the config file's.
+TINY_NO_COUNTS = [a for i, a in enumerate(TINY) if a not in ("--epochs", "--batch-size")
+                  and TINY[i - 1] not in ("--epochs", "--batch-size")]
+
+#: Sizes given on the command line that cannot fit in memory: each must be one line before any allocation.
+SIZE_SETS = {
+    "set-lstm-hidden-30000": ["--cell", "lstm", "--set", "cell.hidden_size=30000"],
+    "set-lstm-hidden-1e6": ["--cell", "lstm", "--set", "cell.hidden_size=1000000"],
+    "set-fastweights-hidden-30000": ["--cell", "fastweights", "--init", "learned", "--set", "cell.hidden_size=30000"],
+    "set-head-hidden-1e7": ["--task", "art", "--set", "task.head_hidden=10000000"],
+    "set-embedding-1e7": ["--task", "art", "--set", "task.embedding_size=10000000"],
+    "set-context-out-1e9": ["--context", "linear", "--set", "context.out_features=1000000000"],
+    "set-epochs-2**80": ["--epochs", str(2**80)],
+    "set-epochs-5000-digits": ["--epochs", "9" * 5000],
+}
+
+#: The cases that must exit 0, and why; a required stderr fragment where acceptance must warn. Every
+#: other case must be refused. ``reproduce --report-only`` reads no checkpoint, and ``crnn sample``
+#: reads only a checkpoint's weights and counters (not its losses, optimizer or RNG state).
+WARNS_DTYPE = "loaded as float32"
+WARNS_PACKAGE = "crnn-fork"
+
+
+def expected_ok(label: str) -> tuple[bool, str | None]:
+    """(whether ``label`` -- "variant / command" -- must exit 0, the stderr fragment it must print)."""
+    name, _, command = label.partition(" / ")
+    checkpoint = name.startswith(("pickle-", "epoch-", "nan-", "inf-", "optimizer-", "other-model", "model-a-list",
+                                  "rng-", "not-a-dict", "weights-", "no-checkpoints"))
+    if command == "reproduce" and checkpoint:
+        return True, None  # reads config.json and metrics.jsonl only
+    if command == "sample" and name in ("nan-epoch-loss", "inf-best", "optimizer-wrong-shape", "optimizer-missing",
+                                        "rng-wrong", "weights-nan", "no-checkpoints", "export-weights-nan"):
+        return True, None  # what sample reads is sound (sample reads best.pt; no-checkpoints removes last.pt)
+    if name in ("weights-float64", "weights-float16", "export-weights-float64", "export-weights-float16") \
+            and command in ("sample", "resume"):
+        return True, WARNS_DTYPE
+    if name in ("plugins-other-package", "export-plugins-other-package") and command in ("sample", "resume"):
+        return True, WARNS_PACKAGE
+    if name in ("plugins-other-package", "metrics-null-loss-nan") and command in ("plot", "reproduce"):
+        return True, None  # a summary of the runs; NaN losses are read as non-finite values
+    if command == "plot" and name.startswith("config-") and name not in (
+            "config-not-json", "config-a-list", "config-empty", "config-deep-nesting", "config-train-null",
+            "config-duplicate-key", "config-5000-digits"):
+        return True, None  # plot reads a readable config.json only to label and group runs
+    if name == "config-threads-huge":
+        return True, "threads" if command in ("sample", "resume") else None  # lowered to the CPUs, with a warning
+    if name == "no-checkpoints" and command == "resume":
+        return True, "starts again from its first step"
+    if name == "export-good":
+        return True, None
+    return False, None
+
+
+def judge(label: str, outcome: Outcome) -> str:
+    """"refused" or "accepted" when ``outcome`` is what ``label`` must give, else why it is wrong."""
+    ok, warning = expected_ok(label)
+    if outcome.kind not in ("ok", "refused"):
+        return f"wrong: {outcome.kind}"
+    if not ok:
+        return "refused" if outcome.kind == "refused" else "wrong: accepted"
+    if outcome.kind != "ok":
+        return "wrong: refused"
+    if warning and warning not in outcome.stderr:
+        return f"wrong: no warning containing {warning!r}"
+    if outcome.stdout.strip():
+        try:
+            json.loads(outcome.stdout, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+        except ValueError as exc:
+            return f"wrong: stdout is not standard JSON ({str(exc)[:60]})"
+    return "accepted"
 
 
 def main() -> None:
@@ -171,14 +310,28 @@ def main() -> None:
                     "reproduce": ["reproduce", "lcd", "--report-only", "--out", str(case)]}[command]
             cases.append(args)
             labels.append(f"{name} / {command}")
-    cases.append(["sample", str(forged_export(good)), "--period", "2", "--x0", "3", "-n", "2"])
-    labels.append("safetensors-hidden-30000 / sample")
+    for name, path in forged_exports(good).items():
+        cases.append(["sample", str(path), "--period", "2", "--x0", "3", "-n", "2"])
+        labels.append(f"{name} / sample")
+    (ROOT / "configs").mkdir()
+    for name, (suffix, text) in config_files().items():
+        path = ROOT / "configs" / f"{name}.{suffix}"
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        cases.append(["run", "--config", str(path), *TINY_NO_COUNTS, "--out", str(ROOT / "runs" / name)])
+        labels.append(f"{name} / run")
+    for name, args in SIZE_SETS.items():
+        cases.append(["run", *TINY, *args, "--out", str(ROOT / "runs" / name)])
+        labels.append(f"{name} / run")
     outcomes = run_all(cases, ROOT, jobs=2, timeout=120)
-    for label, outcome in zip(labels, outcomes):
-        outcome.extra["case"] = label
+    verdicts = [judge(label, outcome) for label, outcome in zip(labels, outcomes)]
     result = summary(outcomes)
-    result["not_refused"] = [f"{o.extra['case']}: {o.kind} exit {o.code}: {o.last}" for o in outcomes if o.kind != "refused"]
     result.pop("failures")
+    result["cases"] = len(outcomes)
+    result["refused_cleanly"] = verdicts.count("refused")
+    result["accepted_correctly"] = verdicts.count("accepted")
+    result["wrong"] = [f"{label}: {v}: exit {o.code}, {o.peak_gb} GB: {o.last}"
+                       for label, v, o in zip(labels, verdicts, outcomes) if v.startswith("wrong")]
+    result["accepted"] = [f"{label}: {o.last}" for label, v, o in zip(labels, verdicts, outcomes) if v == "accepted"]
     result["marker_created"] = MARKER.exists()  # a malicious pickle ran code
     print(json.dumps({"command": " ".join(sys.argv), **result}, indent=1))
 

@@ -131,6 +131,8 @@ REFUSED = [
      ["deep.json: invalid JSON: nested too deeply"]),
     ("huge.json", '{"train": {"lr": 0.1,\n  "epochs": ' + "9" * 5000 + "}}\n",
      ["huge.json, line 2 (train.epochs): invalid JSON: an integer of 5000 digits (at most 40)"]),
+    ("huge.toml", "[train]\nepochs = " + "9" * 5000 + "\n",
+     ["huge.toml: invalid TOML: an integer of 5000 digits (Python reads at most 4300)"]),
     ("twice.json", '{"train": {"epochs": 2,\n  "epochs": 3}}\n',
      ["twice.json, line 2 (train.epochs): invalid JSON: duplicate key 'epochs'"]),
     ("epochs.toml", f"[train]\nepochs = {2**80}\n", ["epochs.toml, line 2: train.epochs: must be <= 1000000000, got 1208925819614629174706176"]),

@@ -120,6 +120,19 @@ def test_every_built_in_components_size_is_checked_before_it_is_allocated(runner
     assert not out.exists()
 
 
+def test_components_that_fit_one_by_one_but_not_together_are_refused(runner, tmp_path, monkeypatch):
+    """An ART embedding of 10^7 makes the cell's input weights and the linear context network each
+    8 GB to train (each under the 10 GB available), 18 GB together: refused before anything is
+    allocated, naming the largest part (unchecked, training grew past 17 GB)."""
+    monkeypatch.setattr(resources, "available_memory", lambda: 10**10)
+    out = tmp_path / "run"
+    result = invoke(runner, [*BASE, "--out", str(out), "--set", f"task.embedding_size={10**7}"])
+    assert_one_line_error(result, "the model's weights (all components together) needs about 21.9 GB")
+    assert "the largest weight: " in result.stderr
+    assert result.exit_code == 2
+    assert not out.exists()
+
+
 def test_the_learned_inits_heads_are_checked(monkeypatch):
     """One head row per state element: a 5000-unit FastWeights state (25 million elements) from a
     50-wide context is 1.3 billion parameters."""

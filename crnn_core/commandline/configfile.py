@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,10 @@ def read_config_file(path: Path) -> ConfigFile:
             message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
             raise _syntax_error(path, "TOML", line, found[2] if found else None, message,
                                 toml_key_lines(text)) from None
+        except ValueError as exc:  # Python's limit on the digits of an integer (4300 by default)
+            digits = re.search(r"has (\d+) digits", str(exc))
+            raise ConfigError(f"{path}: invalid TOML: an integer of {digits[1] if digits else 'too many'} digits "
+                              f"(Python reads at most {sys.get_int_max_str_digits()})") from None
         lines = toml_key_lines(text)
     else:
         try:

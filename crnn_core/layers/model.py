@@ -188,13 +188,29 @@ def check_sizes(spec: Any, plugins: PluginSystem) -> nn.Module | None:
     (its own code failed: left to the real build). Refusals propagate as the real build's would."""
     try:
         with torch.device("meta"):
-            return build_model(spec, plugins).model
+            model = build_model(spec, plugins).model
     except CrnnError as exc:  # a size that cannot fit, an unknown name, an invalid option
         if getattr(exc, "plugin_failure", False):
             return None
         raise
     except Exception:  # noqa: BLE001 - the real build reports its own errors
         return None
+    check_total_size(model)
+    return model
+
+
+def check_total_size(model: nn.Module) -> None:
+    """Refuse (one-line ``ConfigError``) a model whose components fit one by one but not together
+    (an ART ``embedding_size`` of 10^7 makes the cell's input weights and the context network
+    each 8 GB to train), naming its largest part. ``model`` may live on the ``meta`` device."""
+    from ..base.resources import check_parameters
+
+    sizes = {name: weight.numel() for name, weight in model.named_parameters()}
+    if not sizes:
+        return
+    largest = max(sizes, key=sizes.__getitem__)
+    check_parameters(sum(sizes.values()), "the model's weights (all components together)",
+                     f"the sizes of its components (the largest weight: {largest}, {sizes[largest]:.2g} values)")
 
 
 def check_weights_fit(spec: Any, plugins: PluginSystem, state: Any, where: str) -> None:
