@@ -242,6 +242,9 @@ def run_python_script(args: list[str], line: str, scratch: Path) -> None:
     rest = args[2:]
     if script.name == "art_epoch.py":  # a partial epoch, one repeat
         rest = [*rest, "--repeats", "1", "--train-size", "512", "--threads", "1", "--", "--set", "task.val_size=128"]
+    if script.name == "a_update_study.py":  # one seed, one epoch, a few hundred sequences per task
+        rest = [*rest, "--seeds", "1", "--epochs", "1", "--keys-set", "train_size=256", "--keys-set", "val_size=128",
+                "--", *SHRINK["art"]]
     proc = subprocess.run([sys.executable, str(script), *rest], cwd=scratch, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, f"{line}\n{proc.stderr[-3000:]}"
