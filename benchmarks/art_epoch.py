@@ -89,8 +89,10 @@ def one_epoch(init: str, backend: str, train_size: int | None, threads: int | No
             raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
         summary = json.loads(proc.stdout)
         with open(f"{out}/metrics.jsonl") as fh:
-            ends = [json.loads(line)["wall_time"] for line in fh if line.strip()]
+            lines = [json.loads(line) for line in fh if line.strip()]
+        ends = [line["wall_time"] for line in lines]
         return {"init": init, "backend": backend, "epoch_train_s": round(ends[-1] - (ends[-2] if len(ends) > 1 else 0), 3),
+                "threads_chosen": lines[-1].get("threads"),
                 "first_epoch_s": ends[0], "epochs": len(ends), "command_s": round(total, 2), "extra": extra,
                 "steps": summary["steps"], "val": summary["final"]["metrics"] if summary.get("final") else None}
 
@@ -146,7 +148,8 @@ def shared_machine(args: argparse.Namespace, inits: list[str], backends: list[st
                     with competitors(args.competitors if load == "loaded" else 0):
                         rec = one_epoch(init, backend, args.train_size, args.threads, args.extra, args.epochs)
                     rec["load"] = load
-                    print(f"init={init} backend={backend} {load}: {rec['epoch_train_s']:.2f} s training",
+                    chosen = f" ({rec['threads_chosen']} threads chosen)" if rec["threads_chosen"] else ""
+                    print(f"init={init} backend={backend} {load}: {rec['epoch_train_s']:.2f} s training{chosen}",
                           file=sys.stderr)
                     records.append(rec)
     ratios = loaded_ratios(records)
