@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from crnn_core.base.errors import ConfigError
 from crnn_plugins.commands import fastweights_bench as bench
 from crnn_plugins.fast_weights import fused as ff
 
@@ -142,6 +143,25 @@ def test_bench_cuda_without_cuda_is_a_one_line_error(runner):
 def test_bench_rejects_bad_sizes(runner):
     result = invoke(runner, ["bench", "--batch", "0"])
     assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("extra", [["--layer", "--layer-shape", "2,4,3"], []])
+@pytest.mark.parametrize("option, value", [("--warmup", 2**63), ("--repeats", 2**63), ("--repeats", bench.MAX_CALLS + 1),
+                                           ("--warmup", 10**100)])
+def test_bench_counts_are_bounded(runner, monkeypatch, extra, option, value):
+    """A count past MAX_CALLS ran for ever (or overflowed): one line, exit 2, before anything is timed."""
+    monkeypatch.setattr(bench, "_time_point", lambda *a, **k: pytest.fail("a point was timed"))
+    args = [*extra, *(TINY if not extra else []), "--repeats", "1", "--warmup", "0"]
+    result = invoke(runner, ["bench", *args, option, str(value), "-q"])
+    assert_one_line_error(result, f"'{option}': {value} is not in the range")
+    assert result.exit_code == 2 and str(bench.MAX_CALLS) in result.stderr
+
+
+@pytest.mark.parametrize("name, value", [("repeats", 0), ("repeats", bench.MAX_CALLS + 1), ("warmup", -1),
+                                         ("warmup", 2**63), ("repeats", 2.5)])
+def test_run_benchmark_counts_are_bounded(name, value):
+    with pytest.raises(ConfigError, match=f"{name} must be an integer between"):
+        bench.run_benchmark((2,), (3,), (5,), (1,), backends=("reference",), **{"repeats": 1, "warmup": 0, name: value})
 
 
 def test_kernels_command(runner):

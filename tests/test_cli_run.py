@@ -107,6 +107,54 @@ def test_a_run_recorded_with_more_threads_than_this_machine_resumes_with_fewer(r
     assert f"this machine has {os.cpu_count()} CPUs" in result.stderr
 
 
+def test_resume_names_a_component_that_plugins_json_records_from_another_package(runner, tmp_path):
+    """As crnn sample and load_run do: one warning naming both packages; the run goes on."""
+    out = tmp_path / "r"
+    assert invoke(runner, ["run", "--out", str(out), *TINY_ART, "--epochs", "1", "-q"]).exit_code == 0
+    recorded = json.loads((out / "plugins.json").read_text())
+    recorded["cell"].update(package="crnn-fastweights-fork", version="9.1")
+    (out / "plugins.json").write_text(json.dumps(recorded))
+    result = invoke(runner, ["run", "--resume", str(out), "--epochs", "2", "-q"])
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "crnn-fastweights-fork" in line]
+    assert len(lines) == 1 and "from the package crnn-fastweights-fork 9.1; here 'fastweights' comes from crnn" in lines[0]
+    assert [r["epoch"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+
+
+@pytest.mark.parametrize("kept, warning", [
+    ([2, 3], "has no record of epoch 1 of the 3 that checkpoints/last.pt has trained"),
+    ([1, 3], "has no record of epoch 2 of the 3"),
+    ([], "has no record of epochs 1-3 of the 3"),
+    ([1, 2, 3], None),
+])
+def test_resume_names_the_epochs_metrics_jsonl_has_lost(runner, tmp_path, kept, warning):
+    """Records cannot be recomputed, so a history with holes is resumed (a refusal would end the run
+    for good) with one warning naming the missing epochs; the records that are there stay as they were."""
+    out = tmp_path / "r"
+    assert invoke(runner, ["run", "--out", str(out), *TINY_ART, "--epochs", "3", "-q"]).exit_code == 0
+    metrics = out / "metrics.jsonl"
+    lines = {json.loads(line)["epoch"]: line for line in metrics.read_text().splitlines()}
+    metrics.write_text("".join(lines[epoch] + "\n" for epoch in kept))
+    result = invoke(runner, ["run", "--resume", str(out), "--epochs", "4", "-q"])
+    assert result.exit_code == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "has no record of" in line]
+    assert (warned == []) if warning is None else (len(warned) == 1 and warning in warned[0] and str(metrics) in warned[0])
+    after = metrics.read_text().splitlines()
+    assert after[:-1] == [lines[epoch] for epoch in kept] and json.loads(after[-1])["epoch"] == 4
+
+
+def test_missing_epochs_are_named_as_ranges():
+    from crnn_core.rundirs.rundir import EPOCH_RANGES_SHOWN, epoch_ranges, missing_epochs
+
+    assert missing_epochs({2, 3, 6}, 8) == [(1, 1), (4, 5), (7, 8)]
+    assert epoch_ranges(missing_epochs({2, 3, 6}, 8)) == "1, 4-5, 7-8"
+    assert missing_epochs({1, 2, 99, "x", None}, 2) == []
+    assert missing_epochs(set(), 10**18) == [(1, 10**18)]  # a tampered epoch: no list of 10^18 numbers
+    holes = set(range(1, 200, 2))  # epochs 2, 4, ..., 198 missing: 99 runs
+    assert epoch_ranges(missing_epochs(holes, 199)).endswith(", 20, ... (99 epochs in all)")
+    assert epoch_ranges(missing_epochs(holes, 199)).count(",") == EPOCH_RANGES_SHOWN
+
+
 def test_cuda_without_cuda(runner, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")

@@ -52,9 +52,20 @@ def test_list_options_shows_the_ranges(runner):
 def test_check_memory_refuses_more_than_is_available(monkeypatch):
     assert resources.available_memory() > 0
     monkeypatch.setattr(resources, "available_memory", lambda: 10**9)
-    resources.check_memory(10**9, "a thing", "x")  # exactly what is there: accepted
-    with pytest.raises(ConfigError, match=r"a thing needs about 2 GB of memory, more than the 1 GB available .*: lower x"):
+    with pytest.raises(ConfigError, match=r"a thing needs about 2 GB of memory, more than the 0.8 GB crnn may use "
+                                          r"\(80% of the 1 GB available on this machine\): lower x$"):
         resources.check_memory(2 * 10**9, "a thing", "x")
+
+
+def test_check_memory_leaves_a_margin_for_what_estimates_leave_out(monkeypatch):
+    """An estimate just under all the available memory passed and the process was then killed
+    for memory (the estimates leave out construction temporaries): only MEMORY_FRACTION may be asked for."""
+    monkeypatch.setattr(resources, "available_memory", lambda: 10**9)
+    assert 0.5 < resources.MEMORY_FRACTION < 1
+    resources.check_memory(resources.MEMORY_FRACTION * 10**9, "a thing", "x")  # the fraction itself: accepted
+    for nbytes in (resources.MEMORY_FRACTION * 10**9 + 1, 0.95 * 10**9, 10**9):  # 10**9: exactly what is there
+        with pytest.raises(ConfigError, match="a thing needs about"):
+            resources.check_memory(nbytes, "a thing", "x")
 
 
 @pytest.mark.parametrize(
@@ -122,9 +133,9 @@ def test_every_built_in_components_size_is_checked_before_it_is_allocated(runner
 
 def test_components_that_fit_one_by_one_but_not_together_are_refused(runner, tmp_path, monkeypatch):
     """An ART embedding of 10^7 makes the cell's input weights and the linear context network each
-    8 GB to train (each under the 10 GB available), 18 GB together: refused before anything is
+    8 GB to train (each under the 10 GB crnn may use), 18 GB together: refused before anything is
     allocated, naming the largest part (unchecked, training grew past 17 GB)."""
-    monkeypatch.setattr(resources, "available_memory", lambda: 10**10)
+    monkeypatch.setattr(resources, "available_memory", lambda: 10**10 / resources.MEMORY_FRACTION)
     out = tmp_path / "run"
     result = invoke(runner, [*BASE, "--out", str(out), "--set", f"task.embedding_size={10**7}"])
     assert_one_line_error(result, "the model's weights (all components together) needs about 21.9 GB")

@@ -5,7 +5,10 @@ has (``--set task.train_size=10**12``, ``crnn sample -n 10**10``, ``crnn bench -
 100000``); the allocation then fails deep inside PyTorch (or the kernel kills the process).
 Code that is about to allocate something large estimates the bytes and calls
 :func:`check_memory`, which refuses with a one-line ``ConfigError`` (exit 2) naming the
-option to lower, before anything is allocated or written.
+option to lower, before anything is allocated or written. The estimates count what stays
+allocated, not the temporaries made while building it (an identity matrix while initialising
+a weight, a copy while casting), so an estimate may use only :data:`MEMORY_FRACTION` of the
+available memory.
 """
 
 from __future__ import annotations
@@ -42,16 +45,23 @@ def gigabytes(nbytes: float) -> str:
     return f"{nbytes / 1e9:.3g} GB"
 
 
+#: The share of the available memory an estimate may ask for; the rest is left for the
+#: temporaries the estimates leave out and for the rest of the process.
+MEMORY_FRACTION = 0.8
+
+
 def check_memory(nbytes: float, what: str, lower: str) -> None:
-    """Refuse (``ConfigError``, exit 2) if ``what`` needs more than the available memory.
+    """Refuse (``ConfigError``, exit 2) if ``what`` needs more than :data:`MEMORY_FRACTION`
+    of the available memory.
 
     ``nbytes`` is the estimate, ``what`` says what would be allocated (``"the ART training
     set"``), ``lower`` names the option(s) to lower (``"task.train_size"``).
     """
     free = available_memory()
-    if nbytes > free:
-        raise ConfigError(f"{what} needs about {gigabytes(nbytes)} of memory, more than the {gigabytes(free)} "
-                          f"available on this machine: lower {lower}")
+    if nbytes > MEMORY_FRACTION * free:
+        raise ConfigError(f"{what} needs about {gigabytes(nbytes)} of memory, more than the "
+                          f"{gigabytes(MEMORY_FRACTION * free)} crnn may use ({MEMORY_FRACTION:.0%} of the "
+                          f"{gigabytes(free)} available on this machine): lower {lower}")
 
 
 #: Float32 copies of each trained parameter alive at once: the value, its gradient and Adam's two moments.
@@ -60,7 +70,7 @@ TRAINED_COPIES = 4
 
 def check_parameters(count: float, what: str, lower: str) -> None:
     """Refuse (``ConfigError``, exit 2) ``count`` float32 parameters that, with their gradients
-    and Adam's two moments, need more than the available memory; called by a component's
+    and Adam's two moments, need more than :func:`check_memory` allows; called by a component's
     constructor before it allocates them (``what``: ``"the LSTM weights"``; ``lower``: the option)."""
     check_memory(TRAINED_COPIES * FLOAT32 * count, what, lower)
 

@@ -18,6 +18,7 @@ from ..layers.model import Built, ModelSpec, build_model, check_sizes
 from ..plugin_manager.manager import PluginSystem, get_plugins
 from ..rundirs.run import RunConfig, RunDirWriter, check_resume_identity, component_provenance, run_environment
 from ..rundirs.rundir import default_run_dir, dumps_json, is_run_dir
+from ..rundirs.weights import check_run_components
 from ..training.loggers import loggers_for, require_loggers
 from ..training.train import LOGGERS, Callback, Loop, StopOnSignal, TrainConfig, fit, train_config_from
 from .invocation import invocation_args
@@ -103,6 +104,7 @@ def run(
 
     dist = distributed.setup(config.train.device)  # joins the process group under torchrun, else a no-op
     if resume is not None:
+        check_run_components(resume, config.model, plugins)  # as crnn sample and load_run do
         check_resume_identity(resume, config, plugins)  # before the model it describes is allocated
     check_sizes(config.model, plugins)  # every component's size, before the first is allocated
     torch.manual_seed(config.train.seed)  # the model's initial weights depend on the seed only (a resume loads them)

@@ -10,8 +10,8 @@ from ..base.errors import CheckpointError, ConfigError
 from ..layers.model import Built, build_model, check_state_dtypes, check_weights_fit, load_weights
 from ..plugin_manager.manager import PluginSystem, get_plugins
 from .run import RunConfig, _check_counters, component_provenance
-from .rundir import atomic_write_bytes, load_checkpoint, read_json
-from .weights import FORMAT, SUFFIX, _safetensors_torch, check_components, load_safetensors
+from .rundir import atomic_write_bytes, load_checkpoint
+from .weights import FORMAT, SUFFIX, _safetensors_torch, check_run_components, load_safetensors
 
 
 def load_run(run_dir: Path | str, checkpoint: str = "best", device: str = "cpu",
@@ -33,8 +33,7 @@ def load_run(run_dir: Path | str, checkpoint: str = "best", device: str = "cpu",
     else:
         config = RunConfig.load(run_dir)
         plugins = plugins or get_plugins()
-        if (run_dir / "plugins.json").is_file():
-            check_components(run_dir / "plugins.json", config.model, read_json(run_dir / "plugins.json"), plugins)
+        check_run_components(run_dir, config.model, plugins)
         path = run_dir / "checkpoints" / f"{checkpoint}.pt"
         ckpt = load_checkpoint(path)
         _check_counters(ckpt, str(path))

@@ -429,6 +429,13 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return _parse_metrics(path.read_text(), path)
 
 
+def _complete_records(path: Path) -> list[dict[str, Any]]:
+    """The records of ``path``'s complete lines: a last line without its newline (the process was
+    killed while appending it) is left out."""
+    text = path.read_text() if path.exists() else ""
+    return _parse_metrics(text[: text.rfind("\n") + 1], path)
+
+
 def _parse_metrics(text: str, path: Path) -> list[dict[str, Any]]:
     records = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -471,9 +478,7 @@ def truncate_metrics(path: Path, last_epoch: int) -> None:
 
     A last line without its newline (the process was killed while appending it) is dropped too.
     """
-    text = path.read_text() if path.exists() else ""
-    complete_lines = text[: text.rfind("\n") + 1]
-    kept = [r for r in _parse_metrics(complete_lines, path) if r.get("epoch", 0) <= last_epoch]
+    kept = [r for r in _complete_records(path) if r.get("epoch", 0) <= last_epoch]
     text = "".join(json.dumps(r) + "\n" for r in kept)
     _guard(lambda: atomic_write_bytes(path, lambda f: f.write(text.encode())), path)
     lock = held_lock(path)
@@ -663,7 +668,10 @@ def repair_best(run_dir: Path, last: dict[str, Any]) -> bool:
 
 
 def _check_metrics_history(run_dir: Path, done: int) -> None:
-    """A resumed run at epoch ``done`` > 0 whose metrics.jsonl is gone lost its history: say so, do not recreate it."""
+    """A resumed run at epoch ``done`` > 0 whose metrics.jsonl is gone lost its history: say so, do
+    not recreate it. A file that lacks the records of some of those epochs (lines deleted or edited
+    out) is resumed with one warning naming them: a record cannot be recomputed, so refusing would
+    only stop the run for good."""
     path = run_dir / "metrics.jsonl"
     if done > 0 and not path.exists():
         raise CheckpointError(
@@ -671,6 +679,37 @@ def _check_metrics_history(run_dir: Path, done: int) -> None:
             f"1-{done} were deleted; put the file back (or create an empty one to continue without them: "
             f"touch {path})"
         )
+    missing = missing_epochs({record.get("epoch") for record in _complete_records(path)}, done)
+    if missing:
+        count = sum(b - a + 1 for a, b in missing)
+        logger.warning(f"crnn: {path} has no record of epoch{'s' if count > 1 else ''} {epoch_ranges(missing)} "
+                       f"of the {done} that checkpoints/last.pt has trained: the run continues; its history stays "
+                       f"without them")
+
+
+#: How many runs of consecutive epochs ``epoch_ranges`` names before it counts the rest.
+EPOCH_RANGES_SHOWN = 10
+
+
+def missing_epochs(recorded: set[Any], done: int) -> list[tuple[int, int]]:
+    """The epochs 1..``done`` not in ``recorded``, as (first, last) runs; in the time of the records,
+    not of ``done`` (a tampered checkpoint may claim any epoch)."""
+    missing, expected = [], 1
+    for epoch in sorted(e for e in recorded if isinstance(e, int) and 1 <= e <= done):
+        if epoch > expected:
+            missing.append((expected, epoch - 1))
+        expected = epoch + 1
+    if expected <= done:
+        missing.append((expected, done))
+    return missing
+
+
+def epoch_ranges(runs: list[tuple[int, int]]) -> str:
+    """(first, last) runs of epochs for a message: ``1-3, 7, 9-10`` (the first
+    :data:`EPOCH_RANGES_SHOWN`, then ``... (N epochs in all)``)."""
+    shown = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:EPOCH_RANGES_SHOWN]]
+    more = [f"... ({sum(b - a + 1 for a, b in runs)} epochs in all)"] if len(runs) > EPOCH_RANGES_SHOWN else []
+    return ", ".join(shown + more)
 
 
 def restart_command(run_dir: Path) -> str | None:

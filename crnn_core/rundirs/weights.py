@@ -30,7 +30,7 @@ from ..interfaces.kinds import kind_of
 from ..layers.model import Built, build_model, check_state_dtypes, check_weights_fit, load_weights
 from ..plugin_manager.manager import PluginSystem
 from .run import RunConfig
-from .rundir import no_duplicate_keys
+from .rundir import no_duplicate_keys, read_json
 
 #: The value of ``crnn.format`` in the files this version writes and reads.
 FORMAT = "crnn-safetensors/1"
@@ -151,6 +151,14 @@ def load_safetensors(path: Path, plugins: PluginSystem) -> tuple[Built, dict[str
     info = documents["crnn.checkpoint"] if isinstance(documents["crnn.checkpoint"], dict) else {}
     return built, {"epoch": info.get("epoch"), "step": info.get("step"),
                    "checkpoint": info.get("checkpoint"), "metadata": documents}
+
+
+def check_run_components(run_dir: Path, spec: Any, plugins: PluginSystem) -> None:
+    """:func:`check_components` for a run directory, against its ``plugins.json`` (if it has one):
+    before a run is loaded or resumed, so a component another package provides now is named."""
+    path = run_dir / "plugins.json"
+    if path.is_file():
+        check_components(path, spec, read_json(path), plugins)
 
 
 def check_components(path: Path, spec: Any, provenance: Any, plugins: PluginSystem) -> None:

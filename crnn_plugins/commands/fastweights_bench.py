@@ -74,6 +74,9 @@ FULL_LENGTH = (11, 25)
 FULL_HIDDEN = (50, 128)
 BACKENDS = ("fused", "compiled", "reference", "naive")
 SPREAD_WARN = 0.2  # IQR / median above which a timing is flagged
+#: Most calls ``--repeats`` and ``--warmup`` may ask for (each, per backend and point): more adds
+#: nothing to a median, and a typo such as 2**63 ran for ever.
+MAX_CALLS = 10**6
 # wall: elapsed time. cpu: the calling thread's CPU time (one thread only), which other
 # processes on a shared machine disturb much less than the elapsed time.
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
@@ -384,6 +387,9 @@ def run_benchmark(
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Time every backend at every grid point; returns the JSON document ``crnn bench --json`` prints."""
+    for name, value, least in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if not (isinstance(value, int) and least <= value <= MAX_CALLS):
+            raise ConfigError(f"{name} must be an integer between {least} and {MAX_CALLS}, got {value!r:.40}")
     dev = resolve_device(device)
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     points = [GridPoint(*shape) for shape in itertools.product(batches, lengths, hiddens, inner_steps)]
@@ -524,8 +530,10 @@ Examples:
 @click.option("--mode", "modes", type=click.Choice(MODES), multiple=True, help="modes (repeatable; default both)")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]))
-@click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1), help="timed calls per backend")
-@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="untimed calls first")
+@click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1, max=MAX_CALLS),
+              help="timed calls per backend")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0, max=MAX_CALLS),
+              help="untimed calls first")
 @click.option("--state", default="random", show_default=True, type=click.Choice(STATES),
               help="initial h0/A0: random (a learned initial state), zero, or art (h0 = 0, A0=None and no A_T: "
                    "the op as the zero-init ART training step calls it), art-learned (random h0/A0, no A_T: the "
