@@ -170,6 +170,8 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=None, help="task.train_size (default: the task's 100000)")
     ap.add_argument("--threads", type=int, default=None, help="train.threads")
     ap.add_argument("--json", action="store_true", help="print the records as JSON")
+    ap.add_argument("--json-out", default=None, metavar="PATH",
+                    help="also write the records as JSON to PATH, after each run (benchmarks/gpu_check.sh)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs per run; the last one is reported (2 with compile)")
     ap.add_argument("--backend", action="append", default=None, choices=["fused", "reference"],
                     help="cell.backend (repeatable; default both)")
@@ -200,6 +202,9 @@ def main() -> None:
                 print(f"init={init} backend={backend}: {rec['epoch_train_s']:.2f} s training (first epoch "
                       f"{rec['first_epoch_s']:.2f} s), {rec['command_s']:.2f} s command", file=sys.stderr)
                 records.append(rec)
+                if args.json_out:  # after each run, so a run cut short by its time limit keeps what it measured
+                    with open(args.json_out, "w") as fh:
+                        json.dump(records, fh, indent=2)
     if args.json:
         print(json.dumps(records, indent=2))
         return

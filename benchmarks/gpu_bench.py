@@ -11,6 +11,10 @@ Times, in one process on the same inputs, per shape and mode (``forward`` under
 * ``cudagraphs``  -- ``torch.compile(..., mode="reduce-overhead")`` (CUDA graphs), warm,
                      at the shapes listed in ``--graph-shapes`` only (compilation is slow).
 
+and, at one layer shape (``--layer-shape``, default B 1024, T 100, H 256), forward+backward of
+``nn.LSTM`` (cuDNN on a GPU) against the ``FastWeights`` layer, one layer of H units each, on the
+same input (``layers`` in the JSON document; measured first).
+
 Each backend's steady state is the median of ``--repeats`` calls timed
 after ``--warmup`` untimed calls (wall clock around a synchronised call); ``min``/``max`` are reported too. Compiled baselines are
 skipped for T > ``--max-compile-t`` (the reference's Python loop unrolls into the graph)
@@ -30,6 +34,7 @@ import time
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from crnn_plugins.fast_weights import fused as ff
 from crnn_plugins.commands.fastweights_bench import bench_inputs
@@ -102,7 +107,44 @@ def peak_memory(call: Callable, device: str) -> int | None:
     return torch.cuda.max_memory_allocated() - before
 
 
+def bench_layers(B: int, T: int, H: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Forward+backward of ``nn.LSTM`` and of the ``FastWeights`` layer (H units, one layer) on one
+    ``[B, T, H]`` input that needs its gradient too, as inside a network; medians and their ratio."""
+    from crnn_plugins.fast_weights.layer import FastWeights
+
+    dtype = getattr(torch, args.dtype)
+    x = torch.randn(B, T, H, device=args.device, dtype=dtype, requires_grad=True)
+    upstream = torch.randn(B, T, H, device=args.device, dtype=dtype)
+    rec: dict[str, Any] = {"B": B, "T": T, "H": H, "mode": "forward+backward", "dtype": args.dtype}
+    for name, make in (("lstm", lambda: nn.LSTM(H, H, batch_first=True)), ("fastweights", lambda: FastWeights(H, H))):
+        try:
+            layer = make().to(device=args.device, dtype=dtype)
+
+            def call(layer: nn.Module = layer) -> None:
+                layer.zero_grad(set_to_none=True)
+                x.grad = None
+                out, _ = layer(x)
+                out.backward(upstream)
+
+            rec[name] = time_call(call, args.repeats, args.warmup, args.device)
+            rec[name]["peak_memory_bytes"] = peak_memory(call, args.device)
+        except Exception as exc:  # noqa: BLE001 - record and go on: this is a report
+            rec[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+    lstm, fw = rec["lstm"].get("median_ms"), rec["fastweights"].get("median_ms")
+    if lstm and fw:
+        rec["fastweights/lstm"] = fw / lstm
+    shown = {k: f"{v:.3f} ms" if v else "error" for k, v in (("nn.LSTM", lstm), ("FastWeights", fw))}
+    print(f"layers B={B} T={T} H={H} forward+backward: " + ", ".join(f"{k} {v}" for k, v in shown.items()), flush=True)
+    return rec
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
+    layers = None
+    if args.layer_shape != "none":
+        B, T, H = (int(v) for v in args.layer_shape.split(","))
+        layers = bench_layers(B, T, H, args)
+        if args.json:
+            write_json(args.json, summary(args, [], 0.0, layers))
     dtype = getattr(torch, args.dtype)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape] if args.shape else DEFAULT_SHAPES
     graph_shapes = {tuple(int(v) for v in s.split(",")) for s in args.graph_shapes}
@@ -140,16 +182,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             records.append(rec)
             print(format_row(rec), flush=True)
             if args.json:  # after every record, so a run cut short by its time limit keeps what it measured
-                write_json(args.json, summary(args, records, compile_spent))
-    return summary(args, records, compile_spent)
+                write_json(args.json, summary(args, records, compile_spent, layers))
+    return summary(args, records, compile_spent, layers)
 
 
-def summary(args: argparse.Namespace, records: list[dict[str, Any]], compile_spent: float) -> dict[str, Any]:
-    """The JSON document: the device and versions, the settings, and the records so far."""
+def summary(args: argparse.Namespace, records: list[dict[str, Any]], compile_spent: float,
+            layers: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON document: the device and versions, the settings, the layer comparison and the records so far."""
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     return {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
             "fused_status": ff.device_status(args.device)[1], "repeats": args.repeats, "warmup": args.warmup,
-            "compile_seconds_total": compile_spent, "records": records}
+            "compile_seconds_total": compile_spent, "layers": layers, "records": records}
 
 
 def write_json(path: str, doc: dict[str, Any]) -> None:
@@ -200,6 +243,8 @@ def main() -> None:
     ap.add_argument("--shape", action="append", help="B,T,H,S (repeatable; default: a built-in list)")
     ap.add_argument("--graph-shapes", action="append", default=["128,11,50,1"],
                     help="shapes that also get the CUDA-graphs baseline")
+    ap.add_argument("--layer-shape", default="1024,100,256",
+                    help="B,T,H of the nn.LSTM vs FastWeights layer comparison (none: skip it)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..training import distributed
+from ..training.graphs import check_cuda_graphs
 from .configfile import FileLayer, dumps, file_layer, read_config_file, resolved_document
 from ..base.errors import ConfigError, CrnnError
 from ..interfaces.kinds import KINDS, SCOPES, parse_overrides
@@ -103,6 +104,8 @@ def run(
     import torch
 
     dist = distributed.setup(config.train.device)  # joins the process group under torchrun, else a no-op
+    check_cuda_graphs(config.train.cuda_graphs, torch.device(dist.device_name(config.train.device)), dist.enabled,
+                      config.train.adam_impl)  # before the run directory is written (fit checks it again)
     if resume is not None:
         check_run_components(resume, config.model, plugins)  # as crnn sample and load_run do
         check_resume_identity(resume, config, plugins)  # before the model it describes is allocated

@@ -38,9 +38,10 @@ from ..interfaces.options import build_options, option_defaults
 from ..training.train import Callback, Loop, TrainConfig, TrainState
 
 #: TrainConfig fields that may change when a run is resumed (they do not change its results;
-#: ``compile`` and ``adam_impl`` change them by float rounding only, see crnn_core/step.py).
+#: ``compile``, ``adam_impl`` and ``cuda_graphs`` change them by float rounding only, see
+#: crnn_core/training/step.py and graphs.py).
 RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "threads", "eval_batch_size", "loggers", "figure_every",
-                     "compile", "adam_impl")
+                     "compile", "adam_impl", "cuda_graphs")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from ..base.errors import ConfigError, CrnnError
 from ..interfaces.options import build_options, check_bounds, option, require
 from ..base.resources import usable_cpus
 from .threads import ThreadChooser, side_effect_free
+from .graphs import GraphedStep, check_cuda_graphs
 from .step import check_precision, forward_loss, grads_finite, make_adam, precision_context, set_adam_impl
 from ..interfaces.task import Batch, Task
 
@@ -78,6 +79,8 @@ class TrainConfig:
                                   "the first steps compile)")
     adam_impl: Literal["auto", "for-loop", "foreach", "fused"] = option(
         "auto", "Adam as a per-parameter loop, foreach or fused kernels (auto: fused); same results up to rounding")
+    cuda_graphs: bool = option(False, "on a GPU, capture the training step (forward, backward, fused Adam) in one "
+                                      "CUDA graph and replay it (same results up to rounding; docs/performance.md)")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -171,6 +174,7 @@ class Loop:
     stop_signal: int = 0  # a signal number set by a callback (StopOnSignal): Interrupted after this step
     step_loss: float = math.nan  # the global batch's loss at the latest step (NaN/inf when it was not finite)
     threads: ThreadChooser | None = None  # chooses the thread count while training, when train.threads is unset
+    graphed: GraphedStep | None = None  # replays the step as a CUDA graph (train.cuda_graphs; graphs.py)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -309,6 +313,9 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, callbacks: Sequence[C
     set_adam_impl(loop.optimizer, config.adam_impl)  # a restored optimizer comes with the checkpoint's
     net = loop.dist.wrap(model, loop.device)  # DistributedDataParallel when several processes train
     loop.loss_of = forward_loss(net, task.loss, config.precision, loop.device, config.compile)
+    if config.cuda_graphs:
+        loop.graphed = GraphedStep(loop.loss_of, loop.optimizer, model.parameters(), config.batch_size,
+                                   config.grad_clip, loop.device)
     model.train()
     while loop.state.epoch < config.epochs and not loop.stopped_early:
         _train_epoch(loop, net, callbacks)
@@ -329,6 +336,7 @@ def _prepare(model: nn.Module, task: Task, cfg: TrainConfig) -> Loop:
     dist = distributed.context()  # single-process unless launched by torchrun (crnn_core/training/distributed.py)
     device = resolve_device(dist.device_name(cfg.device))
     check_precision(cfg.precision, device)
+    check_cuda_graphs(cfg.cuda_graphs, device, dist.enabled, cfg.adam_impl)
     threads = cfg.threads or min(torch.get_num_threads(), usable_cpus())
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
@@ -404,6 +412,20 @@ def _trial_step(loop: Loop, index: torch.Tensor) -> None:
 
 def _step(loop: Loop, net: nn.Module, index: torch.Tensor) -> bool:
     """One optimisation step on the global batch ``index``; False (and no update) on a NaN/inf."""
+    if loop.graphed is not None:
+        loss_value, finite = loop.graphed.step(loop.train_data, index, lambda rows: _eager_update(loop, net, rows))
+    else:
+        loss_value, finite = _eager_update(loop, net, index)
+    loop.step_loss = loss_value
+    if finite:
+        loop.state.epoch_loss += loss_value * index.numel()
+        loop.state.epoch_count += index.numel()
+    return finite
+
+
+def _eager_update(loop: Loop, net: nn.Module, index: torch.Tensor) -> tuple[float, bool]:
+    """Forward, backward and the Adam update on the global batch ``index``, eagerly: the global
+    loss and whether it and every gradient were finite (only then is the update applied)."""
     local, weight = loop.dist.shard(index)  # this rank's part of the global batch (all of it alone)
     batch = take(loop.train_data, local)
     loss = loop.loss_of(batch) if loop.loss_of is not None else loop.task.loss(net(batch), batch)
@@ -411,7 +433,6 @@ def _step(loop: Loop, net: nn.Module, index: torch.Tensor) -> bool:
         loss = loss * weight
     loop.optimizer.zero_grad(set_to_none=True)
     loss_value = loop.dist.global_loss(loss)  # the global batch's loss, the same on every rank
-    loop.step_loss = loss_value
     finite = math.isfinite(loss_value)
     if finite:
         loss.backward()
@@ -422,9 +443,7 @@ def _step(loop: Loop, net: nn.Module, index: torch.Tensor) -> bool:
             finite = grads_finite(p for group in loop.optimizer.param_groups for p in group["params"])
     if finite:
         loop.optimizer.step()
-        loop.state.epoch_loss += loss_value * index.numel()
-        loop.state.epoch_count += index.numel()
-    return finite
+    return loss_value, finite
 
 
 def _validate(loop: Loop, callbacks: Sequence[Callback]) -> None:
