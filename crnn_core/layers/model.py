@@ -180,10 +180,12 @@ def weights_mismatch(model: nn.Module, state: Any, show: int = 3) -> str:
     return "; ".join(parts)
 
 
-def check_sizes(spec: Any, plugins: PluginSystem) -> nn.Module | None:
+def check_sizes(spec: Any, plugins: PluginSystem, batches: dict[str, int] | None = None) -> nn.Module | None:
     """Build the model ``spec`` describes on PyTorch's ``meta`` device (shapes only, no memory),
     so that every component's own size checks run before any component is allocated (built
     for real, the first components would be allocated before a later one refused its size).
+    With ``batches`` (option name -> batch size, e.g. ``{"train.batch_size": 128}``) the
+    widest layers' activations at those batch sizes are checked too (:func:`check_activations`).
     Returns that shape-only model, or None where a component cannot be built without memory
     (its own code failed: left to the real build). Refusals propagate as the real build's would."""
     try:
@@ -196,7 +198,31 @@ def check_sizes(spec: Any, plugins: PluginSystem) -> nn.Module | None:
     except Exception:  # noqa: BLE001 - the real build reports its own errors
         return None
     check_total_size(model)
+    for option, batch in (batches or {}).items():
+        check_activations(model, batch, option)
     return model
+
+
+#: Float32 values per layer output and example that a training step keeps at once: the output,
+#: what autograd saves of it for the backward, and its gradient.
+ACTIVATION_COPIES = 3
+
+
+def check_activations(model: nn.Module, batch: int, option: str) -> None:
+    """Refuse (one-line ``ConfigError``) a model whose layer outputs for one batch of ``batch``
+    examples cannot fit: each weight matrix's output width (its first dimension) times the
+    batch, :data:`ACTIVATION_COPIES` float32 copies each. A lower bound (a recurrent layer keeps
+    its outputs at every time step), enough to refuse an ART head of 10^7 units, whose
+    validation batches of 2048 would need 160 GB, before a process grows until it is killed."""
+    from ..base.resources import FLOAT32, check_memory
+
+    widths = {name: weight.shape[0] for name, weight in model.named_parameters() if weight.dim() == 2}
+    if not widths:
+        return
+    widest = max(widths, key=widths.__getitem__)
+    check_memory(ACTIVATION_COPIES * FLOAT32 * batch * sum(widths.values()),
+                 f"one batch of {batch} examples ({option}) through the model's layers",
+                 f"{option} or the widest layer ({widest}: {widths[widest]:.2g} outputs per example)")
 
 
 def check_total_size(model: nn.Module) -> None:
