@@ -9,14 +9,17 @@
 // * each block gets its own dynamic shared memory (filled with a NaN pattern, so a read
 //   of a value nobody wrote shows up as a mismatch);
 // * __shfl_xor_sync exchanges values among the 32 threads of a warp through per-warp
-//   slots and a warp-wide barrier.
+//   slots and a warp-wide barrier; __syncwarp is that warp barrier alone (all 32 lanes:
+//   the kernels only pass the full mask).
 // pthread barriers are understood by ThreadSanitizer: built with -fsanitize=thread, a
 // missing __syncthreads between a shared-memory write and another thread's read is
 // reported as a data race.
 //
 // The emulated device has `CRNN_EMU_SMEM_OPTIN` bytes of opt-in shared memory per block
 // (environment variable, default 232448 as on an H100), so the tests can force the
-// kernels' global-memory (W, history) paths at small shapes.
+// kernels' global-memory (W, history) paths at small shapes, and `CRNN_EMU_SMS`
+// multiprocessors (default 132, an H100's), which the warp-per-example launcher reads to
+// choose how many examples share a block.
 #pragma once
 
 #include <pthread.h>
@@ -44,7 +47,7 @@
 // ---- runtime types ---------------------------------------------------------------------
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorLaunchFailure = 4 };
 typedef struct CUstream_st* cudaStream_t;
-enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
 struct dim3 {
@@ -61,10 +64,16 @@ inline size_t smem_optin() {
   return env && *env ? static_cast<size_t>(std::strtoull(env, nullptr, 10)) : size_t(232448);
 }
 
+inline int multiprocessors() {
+  const char* env = std::getenv("CRNN_EMU_SMS");
+  return env && *env ? std::atoi(env) : 132;
+}
+
 // What the runtime calls record, for the harness to report.
 struct Stats {
   size_t max_dynamic_smem_set = 0;  // largest cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
   size_t last_launch_smem = 0;
+  unsigned last_launch_threads = 0;  // block size of the last launch
   int launches = 0;
 };
 inline Stats& stats() {
@@ -105,6 +114,12 @@ inline thread_local ThreadState tls;
 #define CRNN_DYNAMIC_SMEM(name) unsigned char* name = ::crnn_emu::tls.blk->smem
 
 inline void __syncthreads() { crnn_emu::tls.blk->bar->wait(); }
+
+// A barrier over the calling thread's warp (the mask must be the full warp's).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  if (mask != 0xffffffffu) std::abort();
+  crnn_emu::tls.blk->warp_bar[crnn_emu::tls.thread.x / crnn_emu::kWarp]->wait();
+}
 
 // Barrier, then the OR of every thread's predicate (three barriers: the flag of a round is
 // cleared only after every thread has read it, and is next set two rounds later).
@@ -148,6 +163,10 @@ inline cudaError_t cudaGetDevice(int* dev) {
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int /*dev*/) {
+  if (attr == cudaDevAttrMultiProcessorCount) {
+    *value = crnn_emu::multiprocessors();
+    return cudaSuccess;
+  }
   if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
   *value = static_cast<int>(crnn_emu::smem_optin());
   return cudaSuccess;
@@ -179,6 +198,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
   auto& st = stats();
   st.launches++;
   st.last_launch_smem = smem_bytes;
+  st.last_launch_threads = block.x;
   // The default limit is 48 KiB; more needs cudaFuncSetAttribute first (as on a GPU).
   if ((smem_bytes > 48 * 1024 && smem_bytes > st.max_dynamic_smem_set) || block.x % kWarp != 0 ||
       block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1) {
