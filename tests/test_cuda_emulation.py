@@ -310,38 +310,51 @@ def test_emulated_launch_refuses_a_batch_beyond_the_grid(emu_exe):
 
 needs_tsan = pytest.mark.skipif(not TSAN, reason="set CRNN_EMU_TSAN=1 to run the ThreadSanitizer checks (slower)")
 TSAN_ENV = {"TSAN_OPTIONS": "halt_on_error=0 report_signal_unsafe=0 history_size=2"}
-# One barrier whose removal must be caught: h_t written to shared memory at the end of a step
-# and read by other threads at the next one.
-DELETED_BARRIER = "    __syncthreads();  // h_t visible to the block (shared or global) before step t+1\n"
+# Per kernel: the file holding the barrier whose removal must be caught (h_t written to shared
+# memory at the end of a step and read by other threads at the next one), the barrier, and a
+# case that runs the kernel (the warp kernels with three examples in a block).
+TSAN_KERNELS = {
+    "block": ("fastweights_cuda.cu",
+              "    __syncthreads();  // h_t visible to the block (shared or global) before step t+1\n",
+              dict(B=1, H=64, sms=132)),
+    "warp": ("fastweights_cuda_warp.h",
+             "    __syncwarp();  // h_t visible to the warp (shared or global) before step t+1\n",
+             dict(B=3, H=50, sms=1)),
+}
 
 
-def tsan_case():
-    args, gout, gAT = make_case(1, 4, 64, torch.float32, 0.2)
-    return args, gout, gAT
+def run_tsan_case(exe: Path, work: Path, kernel: str, a_update: str = "previous"):
+    shape = TSAN_KERNELS[kernel][2]
+    args, gout, gAT = make_case(shape["B"], 4, shape["H"], torch.float32, 0.2)
+    env = dict(TSAN_ENV, CRNN_EMU_SMS=str(shape["sms"]))
+    res, _, proc = run_emulated(exe, work, args, gout, gAT, 2, "tanh", env_extra=env, a_update=a_update)
+    return args, gout, gAT, res, proc
 
 
 @needs_tsan
 @pytest.mark.slow
-def test_tsan_finds_no_race(tmp_path):
-    exe = build(tmp_path, tsan=True)
-    args, gout, gAT = tsan_case()
-    res, _, proc = run_emulated(exe, tmp_path / "run", args, gout, gAT, 2, "tanh", env_extra=TSAN_ENV)
+@pytest.mark.parametrize("kernel, a_update", [("block", "previous"), ("warp", "previous"), ("warp", "preliminary")])
+def test_tsan_finds_no_race(tmp_path, kernel, a_update):
+    exe = build(tmp_path, tsan=True, block_only=kernel == "block")
+    args, gout, gAT, res, proc = run_tsan_case(exe, tmp_path / "run", kernel, a_update)
     assert "ThreadSanitizer" not in proc.stderr, proc.stderr[-6000:]
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ref_fwd, _ = cpu_reference(args, gout, gAT, 2, "tanh")
+    ref_fwd, _ = cpu_reference(args, gout, gAT, 2, "tanh", a_update)
     close(ref_fwd["out"], res["out"], 1e-5, "forward out under TSan")
 
 
 @needs_tsan
 @pytest.mark.slow
-def test_tsan_catches_a_deleted_barrier(tmp_path):
-    source = (CSRC / "fastweights_cuda.cu").read_text()
-    assert source.count(DELETED_BARRIER) == 1, "the barrier this test deletes has moved; update DELETED_BARRIER"
-    mutant = tmp_path / "fastweights_cuda_mutant.cu"
-    mutant.write_text(source.replace(DELETED_BARRIER, ""))
-    exe = build(tmp_path, source=mutant, tsan=True)
-    args, gout, gAT = tsan_case()
-    _, _, proc = run_emulated(exe, tmp_path / "run", args, gout, gAT, 2, "tanh", env_extra=TSAN_ENV)
+@pytest.mark.parametrize("kernel", ["block", "warp"])
+def test_tsan_catches_a_deleted_barrier(tmp_path, kernel):
+    name, barrier, _ = TSAN_KERNELS[kernel]
+    source = (CSRC / name).read_text()
+    assert source.count(barrier) == 1, "the barrier this test deletes has moved; update TSAN_KERNELS"
+    # The mutant sits next to a copy of the .cu, whose quoted includes find it before csrc/'s.
+    shutil.copy(CSRC / "fastweights_cuda.cu", tmp_path / "fastweights_cuda.cu")
+    (tmp_path / name).write_text(source.replace(barrier, ""))
+    exe = build(tmp_path, source=tmp_path / "fastweights_cuda.cu", tsan=True, block_only=kernel == "block")
+    *_, proc = run_tsan_case(exe, tmp_path / "run", kernel)
     assert "WARNING: ThreadSanitizer: data race" in proc.stderr, proc.stderr[-3000:]
 
 
