@@ -9,6 +9,11 @@ multiple of 32, the largest supported H (1024), W and the history in shared memo
 shared memory past the default 48 KiB (the opt-in path), and both in global memory (forced
 by a smaller emulated shared-memory size, ``CRNN_EMU_SMEM_OPTIN``).
 
+For H <= 64 the launcher runs the warp-per-example kernels (``csrc/fastweights_cuda_warp.h``);
+the harness is built twice, as shipped and without them (``-DCRNN_CUDA_WARP_MAX_HIDDEN=0``), so
+that the block kernels keep their small-H cases. ``CRNN_EMU_SMS`` (the emulated multiprocessor
+count) makes the warp launcher put several examples in a block.
+
 The glue's library parts (dA0 = G^T zs, dW, the batch sums of dgamma/dbeta) are formed
 here from the kernels' raw outputs the way ``fastweights_cuda_glue.cpp`` forms them.
 
