@@ -218,7 +218,11 @@ def smoke(args: argparse.Namespace) -> None:
     """Small forward+backward on each shared-memory path, checked against the reference (for sanitizers)."""
     cases = [(2, 5, 7, 3, torch.float64, "tanh"),      # everything in the default 48 KiB
              (2, 25, 128, 1, torch.float32, "relu"),   # W and history in opted-in shared memory
-             (1, 9, 1024, 1, torch.float32, "relu")]   # W and history in global memory
+             (1, 9, 1024, 1, torch.float32, "relu"),   # W and history in global memory
+             # H <= 64, one warp per example: three examples per block (B > 2 x 132 SMs), keys
+             # in shared memory, then keys in global memory (three 300-step histories do not fit)
+             (300, 11, 50, 1, torch.float32, "relu"),
+             (270, 300, 64, 1, torch.float32, "tanh")]
     worst = 0.0
     for B, T, H, S, dtype, act in cases:
         inputs, upstream = bench_inputs(B, T, H, args.device, dtype)

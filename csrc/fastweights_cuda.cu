@@ -1,6 +1,7 @@
 // CUDA fast-weights forward and backward (Ba et al. 2016), persistent over the sequence.
 //
-// One launch per direction for the whole sequence; one block per example, one thread
+// One launch per direction for the whole sequence. Small H (<= 64) runs one warp per
+// example (fastweights_cuda_warp.h); the kernels here run one block per example, one thread
 // per hidden unit (blockDim = H rounded up to a warp, H <= kMaxHidden). W, the
 // per-step vectors, the score vectors and, where they fit, the history h_0..h_T live
 // in shared memory; everything a thread owns (its unit's p, z, du, dz, dp, and its
@@ -18,8 +19,8 @@
 // Includes only CUDA and standard headers: compile-check with
 //   nvcc -std=c++17 -arch=sm_90 -c csrc/fastweights_cuda.cu -o /tmp/fw.o
 // The tests also compile this file as plain C++ against a CPU emulation of the CUDA
-// runtime (tests/cuda_emu): the two hooks below, the dynamic shared-memory declaration
-// and the launch, are all it replaces.
+// runtime (tests/cuda_emu): the two hooks in fastweights_cuda_device.h, the dynamic
+// shared-memory declaration and the launch, are all it replaces.
 #include "fastweights_cuda.h"
 
 #include <cuda_runtime.h>
@@ -27,39 +28,17 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef CRNN_DYNAMIC_SMEM
-#define CRNN_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
-#endif
-#ifndef CRNN_LAUNCH
-#define CRNN_LAUNCH(kernel, grid, block, smem, stream, ...) \
-  kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
-#endif
+#include "fastweights_cuda_device.h"
+#include "fastweights_cuda_warp.h"
 
 namespace crnn {
 namespace cuda {
 namespace {
 
-// ReLU keeps a NaN (NaN < 0 is false), as torch.relu does.
-template <int ACT, typename T>
-__device__ __forceinline__ T act(T x) {
-  if (ACT == kRelu) return x < T(0) ? T(0) : x;
-  return tanh(x);
-}
-
-// f'(x) * g through y = f(x). ReLU: 0 where y <= 0 (even for a NaN or inf g), else g, as
-// torch's threshold_backward.
-template <int ACT, typename T>
-__device__ __forceinline__ T dact_mul(T y, T g) {
-  if (ACT == kRelu) return y <= T(0) ? T(0) : g;
-  return g * (T(1) - y * y);
-}
-
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+using device::act;
+using device::dact_mul;
+using device::rsqrt_t;
+using device::warp_sum;
 
 // Block-wide sums of a and b (blockDim.x is a multiple of 32); every thread gets both.
 template <typename T>
@@ -80,17 +59,6 @@ __device__ __forceinline__ void block_sum2(T& a, T& b, T* red) {
   }
   a = sa;
   b = sb;
-}
-
-template <typename T>
-__device__ __forceinline__ T rsqrt_t(T x);
-template <>
-__device__ __forceinline__ float rsqrt_t<float>(float x) {
-  return rsqrtf(x);
-}
-template <>
-__device__ __forceinline__ double rsqrt_t<double>(double x) {
-  return rsqrt(x);
 }
 
 // Shared memory sizes (in elements of T).
@@ -437,13 +405,6 @@ cudaError_t plan_smem(int64_t base_elems, int64_t H, int64_t Tn, SmemPlan* plan)
   return bytes <= limit ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(bytes));
-}
-
 inline int threads_for(int64_t H) { return static_cast<int>((H + 31) / 32 * 32); }
 
 // Plans shared memory for one block per sequence, raises the block's shared-memory limit
@@ -461,13 +422,16 @@ cudaError_t launch_planned(void (*kernel)(Params, int, int), int64_t base_elems,
   return cudaGetLastError();
 }
 
+// H <= warp::kWarpMaxHidden: one warp per example (fastweights_cuda_warp.h); else one block.
 template <typename T, int ACT>
 cudaError_t forward_impl(const FwdParams<T>& p, cudaStream_t stream) {
+  if (p.H <= warp::kWarpMaxHidden) return warp::forward<T, ACT>(p, stream);
   return launch_planned<T>(fastweights_forward_kernel<T, ACT>, fwd_base_elems(p.H, p.T_len), p, stream);
 }
 
 template <typename T, int ACT>
 cudaError_t backward_impl(const BwdParams<T>& p, cudaStream_t stream) {
+  if (p.H <= warp::kWarpMaxHidden) return warp::backward<T, ACT>(p, stream);
   return launch_planned<T>(fastweights_backward_kernel<T, ACT>, bwd_base_elems(p.H, p.T_len), p, stream);
 }
 

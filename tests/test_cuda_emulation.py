@@ -9,6 +9,11 @@ multiple of 32, the largest supported H (1024), W and the history in shared memo
 shared memory past the default 48 KiB (the opt-in path), and both in global memory (forced
 by a smaller emulated shared-memory size, ``CRNN_EMU_SMEM_OPTIN``).
 
+For H <= 64 the launcher runs the warp-per-example kernels (``csrc/fastweights_cuda_warp.h``);
+the harness is built twice, as shipped and without them (``-DCRNN_CUDA_WARP_MAX_HIDDEN=0``), so
+that the block kernels keep their small-H cases. ``CRNN_EMU_SMS`` (the emulated multiprocessor
+count) makes the warp launcher put several examples in a block.
+
 The glue's library parts (dA0 = G^T zs, dW, the batch sums of dgamma/dbeta) are formed
 here from the kernels' raw outputs the way ``fastweights_cuda_glue.cpp`` forms them.
 
@@ -45,10 +50,13 @@ LAM, ETA, EPS = 0.95, 0.5, 1e-5
 pytestmark = [pytest.mark.skipif(CXX is None, reason="no C++ compiler"), pytest.mark.usefixtures("fused_kernel")]
 
 
-def build(out_dir: Path, source: Path = CSRC / "fastweights_cuda.cu", tsan: bool = False) -> Path:
-    """Compile the .cu file (as C++) with the emulated runtime and the harness; returns the binary."""
-    exe = out_dir / ("emu_main_tsan" if tsan else "emu_main")
+def build(out_dir: Path, source: Path = CSRC / "fastweights_cuda.cu", tsan: bool = False,
+          block_only: bool = False) -> Path:
+    """Compile the .cu file (as C++) with the emulated runtime and the harness; returns the binary.
+    `block_only`: without the warp-per-example kernels (every H runs the block kernels)."""
+    exe = out_dir / (("emu_main_tsan" if tsan else "emu_main") + ("_block" if block_only else ""))
     cmd = [CXX, "-std=c++17", "-pthread", "-Wno-unknown-pragmas", f"-I{EMU}", f"-I{CSRC}",
+           *(["-DCRNN_CUDA_WARP_MAX_HIDDEN=0"] if block_only else []),
            "-x", "c++", str(source), "-x", "none", str(EMU / "emu_main.cpp"), "-o", str(exe)]
     cmd[1:1] = ["-O1", "-g", "-fsanitize=thread"] if tsan else ["-O1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -56,13 +64,24 @@ def build(out_dir: Path, source: Path = CSRC / "fastweights_cuda.cu", tsan: bool
     return exe
 
 
+CUDA_FILES = ("fastweights_cuda.cu", "fastweights_cuda.h", "fastweights_cuda_device.h", "fastweights_cuda_warp.h",
+              "fastweights_params.h")
+
+
 @pytest.fixture(scope="module")
-def emu_exe(tmp_path_factory) -> Path:
+def emu_builds(tmp_path_factory) -> dict[str, Path]:
+    """The harness as shipped ("warp": H <= 64 runs one warp per example) and without the
+    warp kernels ("block": the block-per-example kernels at every H)."""
     digest = hashlib.sha256()
-    for p in sorted(EMU.iterdir()) + [CSRC / "fastweights_cuda.cu", CSRC / "fastweights_cuda.h",
-                                      CSRC / "fastweights_params.h"]:
+    for p in sorted(EMU.iterdir()) + [CSRC / name for name in CUDA_FILES]:
         digest.update(p.read_bytes())
-    return build(tmp_path_factory.mktemp("emu_" + digest.hexdigest()[:8]))
+    out = tmp_path_factory.mktemp("emu_" + digest.hexdigest()[:8])
+    return {"warp": build(out), "block": build(out, block_only=True)}
+
+
+@pytest.fixture(scope="module")
+def emu_exe(emu_builds) -> Path:
+    return emu_builds["warp"]
 
 
 
@@ -180,19 +199,25 @@ def planned_bytes(B, T, H, dtype, plan):
 
 @pytest.mark.parametrize("B,T,H,S,act,dtype,a0,with_gA,optin,plan,a_update",
                          [c if len(c.values) == 11 else pytest.param(*c.values, "previous", id=c.id) for c in CASES])
-def test_emulated_cuda_kernels_match_cpu_kernel(emu_exe, tmp_path, B, T, H, S, act, dtype, a0, with_gA, optin,
+def test_emulated_cuda_kernels_match_cpu_kernel(emu_builds, tmp_path, B, T, H, S, act, dtype, a0, with_gA, optin,
                                                 plan, a_update):
+    """The block-per-example kernels (built without the warp kernels, so that small H reaches them too)."""
     args, gout, gAT = make_case(B, T, H, dtype, a0)
     gAT = gAT if with_gA else None
-    res, stats, proc = run_emulated(emu_exe, tmp_path / "case", args, gout, gAT, S, act, smem_optin=optin,
-                                    a_update=a_update)
+    res, stats, proc = run_emulated(emu_builds["block"], tmp_path / "case", args, gout, gAT, S, act,
+                                    smem_optin=optin, a_update=a_update)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    fwd_smem, bwd_smem, max_attr, launches = stats
+    fwd_smem, bwd_smem, max_attr, launches = stats[:4]
     assert launches == 4  # forward saving, forward not saving, forward without A_T, backward
     assert (fwd_smem, bwd_smem) == planned_bytes(B, T, H, dtype, plan), "the case no longer takes its path"
     if fwd_smem > 48 * 1024:
         assert max_attr >= fwd_smem, "the launch needed the shared-memory opt-in attribute"
 
+    compare_with_cpu(res, args, gout, gAT, S, act, dtype, a_update)
+
+
+def compare_with_cpu(res, args, gout, gAT, S, act, dtype, a_update):
+    """Every output, saved tensor and gradient of an emulated run against the CPU kernel's."""
     rtol_f, rtol_g = (1e-10, 1e-10) if dtype == torch.float64 else (1e-5, 1e-4)
     ref_fwd, ref_grads = cpu_reference(args, gout, gAT, S, act, a_update)
     for k in ("out", "AT", "zs", "xhat", "rstd"):
@@ -203,6 +228,74 @@ def test_emulated_cuda_kernels_match_cpu_kernel(emu_exe, tmp_path, B, T, H, S, a
     got = cuda_glue_grads(res, args, gAT, S)
     for name, a, b in zip(("dxp", "dh0", "dA0", "dW", "dgamma", "dbeta"), ref_grads, got):
         close(a, b, rtol_g, f"backward {name}")
+
+
+# --- The warp-per-example kernels (H <= 64) ------------------------------------------------------
+
+
+def warp_plan(B, T, H, dtype, backward, optin, sms):
+    """(shared bytes, examples per block, W in shared memory, keys in shared memory) that the
+    warp launcher should choose (plan_warp in csrc/fastweights_cuda_warp.h)."""
+    size = torch.finfo(dtype).bits // 8
+    per_warp = 3 * H + 2 * (T + 1) if backward else 2 * H + (T + 1)
+    wpb = max(1, min(8, -(-B // sms)))
+    while wpb > 1 and (T + 1 + wpb * per_warp) * size > optin:
+        wpb -= 1
+    nbytes = (T + 1 + wpb * per_warp) * size
+    w = nbytes + H * H * size <= optin
+    nbytes += H * H * size if w else 0
+    hist = nbytes + wpb * T * (H | 1) * size <= optin
+    nbytes += wpb * T * (H | 1) * size if hist else 0
+    return nbytes, wpb, w, hist
+
+
+H100_OPTIN = 232448
+# (B, T, H, S, act, dtype, A0 scale, with gA, emulated opt-in shared memory (None: an H100's),
+# emulated multiprocessors, expected (examples per block, W in shared memory, keys in shared
+# memory) of the forward, a_update).
+WARP_CASES = [
+    pytest.param(3, 5, 8, 1, "relu", torch.float32, 0.0, False, None, 132, (1, True, True), "previous",
+                 id="H8-S1-f32-zeroA0-one-per-block"),
+    # three examples per block, the second block with one warp and no example
+    pytest.param(5, 6, 50, 3, "tanh", torch.float64, 0.2, True, None, 2, (3, True, True), "previous",
+                 id="H50-S3-f64-A0-gA-3-per-block"),
+    pytest.param(5, 6, 50, 3, "tanh", torch.float64, 0.2, True, None, 2, (3, True, True), "preliminary",
+                 id="preliminary-H50-S3-f64-A0-gA-3-per-block"),
+    # two hidden units per lane (H = 64), T > 32 (a lane dots several keys), eight per block
+    pytest.param(8, 40, 64, 1, "relu", torch.float32, 0.2, True, None, 1, (8, True, True), "previous",
+                 id="H64-T40-S1-f32-8-per-block"),
+    pytest.param(4, 35, 64, 3, "tanh", torch.float64, 0.1, True, None, 1, (4, True, True), "preliminary",
+                 id="preliminary-H64-T35-S3-f64"),
+    # H not a multiple of 32 with two units per lane; W in shared memory, keys in global memory
+    pytest.param(2, 9, 33, 2, "relu", torch.float32, 0.2, True, 6144, 1, (2, True, False), "previous",
+                 id="H33-f32-W-smem-keys-global"),
+    # W and the keys in global memory
+    pytest.param(2, 9, 33, 2, "tanh", torch.float64, 0.2, True, 2048, 1, (2, False, False), "previous",
+                 id="H33-f64-global"),
+    pytest.param(2, 9, 33, 2, "tanh", torch.float64, 0.2, True, 2048, 1, (2, False, False), "preliminary",
+                 id="preliminary-H33-f64-global"),
+]
+
+
+@pytest.mark.parametrize("B,T,H,S,act,dtype,a0,with_gA,optin,sms,plan,a_update", WARP_CASES)
+def test_emulated_warp_kernels_match_cpu_kernel(emu_exe, tmp_path, B, T, H, S, act, dtype, a0, with_gA, optin, sms,
+                                                plan, a_update):
+    """H <= 64 runs one warp per example, several per block: the same results as the CPU kernel on
+    every memory plan, both a_updates, S = 1 and 3, float32 and float64."""
+    args, gout, gAT = make_case(B, T, H, dtype, a0)
+    gAT = gAT if with_gA else None
+    optin = optin or H100_OPTIN
+    res, stats, proc = run_emulated(emu_exe, tmp_path / "case", args, gout, gAT, S, act, smem_optin=optin,
+                                    a_update=a_update, env_extra={"CRNN_EMU_SMS": str(sms)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fwd_smem, bwd_smem, max_attr, launches, fwd_threads, bwd_threads = stats
+    assert launches == 4
+    fwd, bwd = warp_plan(B, T, H, dtype, False, optin, sms), warp_plan(B, T, H, dtype, True, optin, sms)
+    assert fwd[1:] == plan, "the case no longer takes its path"
+    assert (fwd_smem, fwd_threads) == (fwd[0], 32 * fwd[1]) and (bwd_smem, bwd_threads) == (bwd[0], 32 * bwd[1])
+    if max(fwd_smem, bwd_smem) > 48 * 1024:
+        assert max_attr >= max(fwd_smem, bwd_smem)
+    compare_with_cpu(res, args, gout, gAT, S, act, dtype, a_update)
 
 
 def test_emulated_launch_refuses_bad_shapes(emu_exe, tmp_path):
@@ -222,48 +315,63 @@ def test_emulated_launch_refuses_a_batch_beyond_the_grid(emu_exe):
 
 needs_tsan = pytest.mark.skipif(not TSAN, reason="set CRNN_EMU_TSAN=1 to run the ThreadSanitizer checks (slower)")
 TSAN_ENV = {"TSAN_OPTIONS": "halt_on_error=0 report_signal_unsafe=0 history_size=2"}
-# One barrier whose removal must be caught: h_t written to shared memory at the end of a step
-# and read by other threads at the next one.
-DELETED_BARRIER = "    __syncthreads();  // h_t visible to the block (shared or global) before step t+1\n"
+# Per kernel: the file holding the barrier whose removal must be caught (h_t written to shared
+# memory at the end of a step and read by other threads at the next one), the barrier, and a
+# case that runs the kernel (the warp kernels with three examples in a block).
+TSAN_KERNELS = {
+    "block": ("fastweights_cuda.cu",
+              "    __syncthreads();  // h_t visible to the block (shared or global) before step t+1\n",
+              dict(B=1, H=64, sms=132)),
+    "warp": ("fastweights_cuda_warp.h",
+             "    __syncwarp();  // h_t visible to the warp (shared or global) before step t+1\n",
+             dict(B=3, H=50, sms=1)),
+}
 
 
-def tsan_case():
-    args, gout, gAT = make_case(1, 4, 64, torch.float32, 0.2)
-    return args, gout, gAT
+def run_tsan_case(exe: Path, work: Path, kernel: str, a_update: str = "previous"):
+    shape = TSAN_KERNELS[kernel][2]
+    args, gout, gAT = make_case(shape["B"], 4, shape["H"], torch.float32, 0.2)
+    env = dict(TSAN_ENV, CRNN_EMU_SMS=str(shape["sms"]))
+    res, _, proc = run_emulated(exe, work, args, gout, gAT, 2, "tanh", env_extra=env, a_update=a_update)
+    return args, gout, gAT, res, proc
 
 
 @needs_tsan
 @pytest.mark.slow
-def test_tsan_finds_no_race(tmp_path):
-    exe = build(tmp_path, tsan=True)
-    args, gout, gAT = tsan_case()
-    res, _, proc = run_emulated(exe, tmp_path / "run", args, gout, gAT, 2, "tanh", env_extra=TSAN_ENV)
+@pytest.mark.parametrize("kernel, a_update", [("block", "previous"), ("warp", "previous"), ("warp", "preliminary")])
+def test_tsan_finds_no_race(tmp_path, kernel, a_update):
+    exe = build(tmp_path, tsan=True, block_only=kernel == "block")
+    args, gout, gAT, res, proc = run_tsan_case(exe, tmp_path / "run", kernel, a_update)
     assert "ThreadSanitizer" not in proc.stderr, proc.stderr[-6000:]
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ref_fwd, _ = cpu_reference(args, gout, gAT, 2, "tanh")
+    ref_fwd, _ = cpu_reference(args, gout, gAT, 2, "tanh", a_update)
     close(ref_fwd["out"], res["out"], 1e-5, "forward out under TSan")
 
 
 @needs_tsan
 @pytest.mark.slow
-def test_tsan_catches_a_deleted_barrier(tmp_path):
-    source = (CSRC / "fastweights_cuda.cu").read_text()
-    assert source.count(DELETED_BARRIER) == 1, "the barrier this test deletes has moved; update DELETED_BARRIER"
-    mutant = tmp_path / "fastweights_cuda_mutant.cu"
-    mutant.write_text(source.replace(DELETED_BARRIER, ""))
-    exe = build(tmp_path, source=mutant, tsan=True)
-    args, gout, gAT = tsan_case()
-    _, _, proc = run_emulated(exe, tmp_path / "run", args, gout, gAT, 2, "tanh", env_extra=TSAN_ENV)
+@pytest.mark.parametrize("kernel", ["block", "warp"])
+def test_tsan_catches_a_deleted_barrier(tmp_path, kernel):
+    name, barrier, _ = TSAN_KERNELS[kernel]
+    source = (CSRC / name).read_text()
+    assert source.count(barrier) == 1, "the barrier this test deletes has moved; update TSAN_KERNELS"
+    # The mutant sits next to a copy of the .cu, whose quoted includes find it before csrc/'s.
+    shutil.copy(CSRC / "fastweights_cuda.cu", tmp_path / "fastweights_cuda.cu")
+    (tmp_path / name).write_text(source.replace(barrier, ""))
+    exe = build(tmp_path, source=tmp_path / "fastweights_cuda.cu", tsan=True, block_only=kernel == "block")
+    *_, proc = run_tsan_case(exe, tmp_path / "run", kernel)
     assert "WARNING: ThreadSanitizer: data race" in proc.stderr, proc.stderr[-3000:]
 
 
 # --- NaN and inf: the same non-finite pattern as the reference (tests/test_fused_nonfinite.py) ---
 
 
+@pytest.mark.parametrize("kernel", ["warp", "block"])
 @pytest.mark.parametrize("a_update", ["previous", "preliminary"])
 @pytest.mark.parametrize("S", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_emulated_cuda_kernels_propagate_nan_and_inf_as_the_reference(emu_exe, tmp_path, dtype, S, a_update):
+def test_emulated_cuda_kernels_propagate_nan_and_inf_as_the_reference(emu_builds, tmp_path, dtype, S, a_update,
+                                                                      kernel):
     from .test_fused_nonfinite import poisoned, poisons, reference_patterns, upstream
 
     B, T = 4, 5
@@ -273,8 +381,8 @@ def test_emulated_cuda_kernels_propagate_nan_and_inf_as_the_reference(emu_exe, t
             gout, gAT = upstream(B, T, dtype)
             want = reference_patterns(inputs, gout, gAT, S, a_update)
             args = list(inputs.values())
-            res, _, proc = run_emulated(emu_exe, tmp_path / f"{n}-{bad}", args, gout, gAT, S, "relu",
-                                        a_update=a_update)
+            res, _, proc = run_emulated(emu_builds[kernel], tmp_path / f"{n}-{bad}", args, gout, gAT, S, "relu",
+                                        a_update=a_update, env_extra={"CRNN_EMU_SMS": "2"})
             assert proc.returncode == 0, proc.stderr[-2000:]
             got = dict(zip(("dxp", "dh0", "dA0", "dW", "dgamma", "dbeta"), cuda_glue_grads(res, args, gAT, S)))
             got.update(out=torch.from_numpy(res["out"]), A_T=torch.from_numpy(res["AT"]))
@@ -286,20 +394,23 @@ def test_emulated_cuda_kernels_propagate_nan_and_inf_as_the_reference(emu_exe, t
 # --- Variable lengths: a per-block loop bound; zeros after each example's end ---
 
 
+@pytest.mark.parametrize("kernel, H", [("warp", 9), ("warp", 64), ("block", 9)])
 @pytest.mark.parametrize("a_update", ["previous", "preliminary"])
 @pytest.mark.parametrize("S, act, dtype, optin", [(1, "relu", torch.float64, None), (2, "tanh", torch.float32, 2048)],
                          ids=["relu-S1-f64-smem", "tanh-S2-f32-global"])
-def test_emulated_cuda_kernels_with_lengths_match_cpu_kernel(emu_exe, tmp_path, S, act, dtype, optin, a_update):
+def test_emulated_cuda_kernels_with_lengths_match_cpu_kernel(emu_builds, tmp_path, S, act, dtype, optin, a_update,
+                                                             kernel, H):
     """Each example runs its own steps (padding holding NaN and inf): the emulated CUDA kernels
-    give the CPU kernel's outputs, saved tensors, A_T and gradients, with exact zeros after each end."""
-    B, T, H = 3, 6, 9
+    give the CPU kernel's outputs, saved tensors, A_T and gradients, with exact zeros after each end.
+    The warp kernels run the three examples in one block."""
+    B, T = 3, 6
     args, gout, gAT = make_case(B, T, H, dtype, 0.2)
     lengths = torch.tensor([4, 6, 1])
     for b, n in enumerate(lengths.tolist()):
         args[0][b, n:] = float("nan")
         args[0][b, n:, 0] = float("inf")
-    res, _, proc = run_emulated(emu_exe, tmp_path / "case", args, gout, gAT, S, act, smem_optin=optin,
-                                a_update=a_update, lengths=lengths)
+    res, _, proc = run_emulated(emu_builds[kernel], tmp_path / "case", args, gout, gAT, S, act, smem_optin=optin,
+                                a_update=a_update, lengths=lengths, env_extra={"CRNN_EMU_SMS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     rtol_f, rtol_g = (1e-10, 1e-10) if dtype == torch.float64 else (1e-5, 1e-4)
     ref_fwd, ref_grads = cpu_reference(args, gout, gAT, S, act, a_update, lengths)

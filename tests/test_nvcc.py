@@ -30,7 +30,7 @@ def cuda_include_dir() -> Path | None:
 
 
 def test_cuda_sources_include_no_pytorch_headers():
-    for name in ("fastweights_cuda.cu", "fastweights_cuda.h"):
+    for name in ("fastweights_cuda.cu", "fastweights_cuda.h", "fastweights_cuda_device.h", "fastweights_cuda_warp.h"):
         includes = re.findall(r'#include\s*[<"]([^>"]+)[>"]', (CSRC / name).read_text())
         assert includes, name
         for inc in includes:

@@ -70,7 +70,8 @@ __all__ = [
 PREBUILT_MODULE = "crnn_plugins._fastweights_C"
 CPU_SOURCES = ("fastweights_op.cpp",)
 CUDA_SOURCES = ("fastweights_cuda_glue.cpp", "fastweights_cuda.cu")
-HEADERS = ("fastweights_checks.h", "fastweights_cuda.h", "fastweights_params.h", *cpu_isa.PATH_HEADERS)
+HEADERS = ("fastweights_checks.h", "fastweights_cuda.h", "fastweights_cuda_device.h", "fastweights_cuda_warp.h",
+           "fastweights_params.h", *cpu_isa.PATH_HEADERS)
 
 _lock = threading.Lock()
 _state: dict[str, Any] | None = None

@@ -9,14 +9,19 @@
 // * each block gets its own dynamic shared memory (filled with a NaN pattern, so a read
 //   of a value nobody wrote shows up as a mismatch);
 // * __shfl_xor_sync exchanges values among the 32 threads of a warp through per-warp
-//   slots and a warp-wide barrier.
+//   slots and a warp-wide barrier; __syncwarp is that warp barrier alone (all 32 lanes:
+//   the kernels only pass the full mask).
 // pthread barriers are understood by ThreadSanitizer: built with -fsanitize=thread, a
-// missing __syncthreads between a shared-memory write and another thread's read is
-// reported as a data race.
+// missing __syncthreads or __syncwarp between a shared-memory write and another thread's
+// read is reported as a data race. Each barrier is a pair of pthread barriers used in
+// turn: ThreadSanitizer's model of one reused barrier lets a thread that leaves it late
+// acquire what a faster thread released at the *next* round, hiding races.
 //
 // The emulated device has `CRNN_EMU_SMEM_OPTIN` bytes of opt-in shared memory per block
 // (environment variable, default 232448 as on an H100), so the tests can force the
-// kernels' global-memory (W, history) paths at small shapes.
+// kernels' global-memory (W, history) paths at small shapes, and `CRNN_EMU_SMS`
+// multiprocessors (default 132, an H100's), which the warp-per-example launcher reads to
+// choose how many examples share a block.
 #pragma once
 
 #include <pthread.h>
@@ -44,7 +49,7 @@
 // ---- runtime types ---------------------------------------------------------------------
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorLaunchFailure = 4 };
 typedef struct CUstream_st* cudaStream_t;
-enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
 struct dim3 {
@@ -61,10 +66,16 @@ inline size_t smem_optin() {
   return env && *env ? static_cast<size_t>(std::strtoull(env, nullptr, 10)) : size_t(232448);
 }
 
+inline int multiprocessors() {
+  const char* env = std::getenv("CRNN_EMU_SMS");
+  return env && *env ? std::atoi(env) : 132;
+}
+
 // What the runtime calls record, for the harness to report.
 struct Stats {
   size_t max_dynamic_smem_set = 0;  // largest cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
   size_t last_launch_smem = 0;
+  unsigned last_launch_threads = 0;  // block size of the last launch
   int launches = 0;
 };
 inline Stats& stats() {
@@ -79,9 +90,16 @@ struct Barrier {
   void wait() { pthread_barrier_wait(&b); }
 };
 
+// Two pthread barriers used in turn (see the top of this file); each thread counts its rounds.
+struct AlternatingBarrier {
+  Barrier first, second;
+  explicit AlternatingBarrier(unsigned n) : first(n), second(n) {}
+  void wait(unsigned& rounds) { (rounds++ & 1u ? second : first).wait(); }
+};
+
 struct Block {
-  std::unique_ptr<Barrier> bar;
-  std::vector<std::unique_ptr<Barrier>> warp_bar;
+  std::unique_ptr<AlternatingBarrier> bar;
+  std::vector<std::unique_ptr<AlternatingBarrier>> warp_bar;
   std::vector<std::array<unsigned char, 8>> slots;  // two banks of one 8-byte slot per thread (shuffles)
   int or_flag[3] = {0, 0, 0};                        // __syncthreads_or, rotating
   unsigned char* smem = nullptr;
@@ -92,6 +110,7 @@ struct ThreadState {
   Block* blk = nullptr;
   int or_round = 0;
   unsigned shuffles = 0;  // this thread's shuffle count (its bank parity)
+  unsigned block_rounds = 0, warp_rounds = 0;  // barrier rounds passed (AlternatingBarrier)
 };
 inline thread_local ThreadState tls;
 
@@ -104,7 +123,13 @@ inline thread_local ThreadState tls;
 
 #define CRNN_DYNAMIC_SMEM(name) unsigned char* name = ::crnn_emu::tls.blk->smem
 
-inline void __syncthreads() { crnn_emu::tls.blk->bar->wait(); }
+inline void __syncthreads() { crnn_emu::tls.blk->bar->wait(crnn_emu::tls.block_rounds); }
+
+// A barrier over the calling thread's warp (the mask must be the full warp's).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  if (mask != 0xffffffffu) std::abort();
+  crnn_emu::tls.blk->warp_bar[crnn_emu::tls.thread.x / crnn_emu::kWarp]->wait(crnn_emu::tls.warp_rounds);
+}
 
 // Barrier, then the OR of every thread's predicate (three barriers: the flag of a round is
 // cleared only after every thread has read it, and is next set two rounds later).
@@ -113,11 +138,11 @@ inline int __syncthreads_or(int pred) {
   Block& b = *tls.blk;
   const int r = tls.or_round;
   tls.or_round = (r + 1) % 3;
-  b.bar->wait();
+  b.bar->wait(tls.block_rounds);
   if (pred) __atomic_store_n(&b.or_flag[r], 1, __ATOMIC_RELAXED);
-  b.bar->wait();
+  b.bar->wait(tls.block_rounds);
   const int v = __atomic_load_n(&b.or_flag[r], __ATOMIC_RELAXED);
-  b.bar->wait();
+  b.bar->wait(tls.block_rounds);
   if (tls.thread.x == 0) __atomic_store_n(&b.or_flag[(r + 2) % 3], 0, __ATOMIC_RELAXED);
   return v;
 }
@@ -133,7 +158,7 @@ inline T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask) {
   const unsigned tid = tls.thread.x, warp = tid / kWarp, lane = tid % kWarp;
   const unsigned bank = (tls.shuffles++ & 1u) * b.slots.size() / 2;
   std::memcpy(b.slots[bank + tid].data(), &v, sizeof(T));
-  b.warp_bar[warp]->wait();
+  b.warp_bar[warp]->wait(tls.warp_rounds);
   T out;
   std::memcpy(&out, b.slots[bank + warp * kWarp + (lane ^ static_cast<unsigned>(lane_mask))].data(),
               sizeof(T));
@@ -148,6 +173,10 @@ inline cudaError_t cudaGetDevice(int* dev) {
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int /*dev*/) {
+  if (attr == cudaDevAttrMultiProcessorCount) {
+    *value = crnn_emu::multiprocessors();
+    return cudaSuccess;
+  }
   if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
   *value = static_cast<int>(crnn_emu::smem_optin());
   return cudaSuccess;
@@ -179,6 +208,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
   auto& st = stats();
   st.launches++;
   st.last_launch_smem = smem_bytes;
+  st.last_launch_threads = block.x;
   // The default limit is 48 KiB; more needs cudaFuncSetAttribute first (as on a GPU).
   if ((smem_bytes > 48 * 1024 && smem_bytes > st.max_dynamic_smem_set) || block.x % kWarp != 0 ||
       block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1) {
@@ -189,8 +219,8 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
   std::vector<unsigned char> smem(smem_bytes + 16);
   for (unsigned bx = 0; bx < grid.x; ++bx) {
     Block blk;
-    blk.bar.reset(new Barrier(nt));
-    for (unsigned w = 0; w < nt / kWarp; ++w) blk.warp_bar.emplace_back(new Barrier(kWarp));
+    blk.bar.reset(new AlternatingBarrier(nt));
+    for (unsigned w = 0; w < nt / kWarp; ++w) blk.warp_bar.emplace_back(new AlternatingBarrier(kWarp));
     blk.slots.resize(2 * nt);
     // Garbage that reads back as NaN in float and double (0xFF bytes).
     std::memset(smem.data(), 0xFF, smem.size());
@@ -206,6 +236,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
         tls.blk = &blk;
         tls.or_round = 0;
         tls.shuffles = 0;
+        tls.block_rounds = tls.warp_rounds = 0;
         kernel(args...);
       });
     }

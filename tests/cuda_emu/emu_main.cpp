@@ -12,7 +12,8 @@
 // saving), out_nosave.bin / AT_nosave.bin (forward, saving nothing), out_noAT.bin (forward,
 // saving nothing, A_T not wanted: FwdParams::AT = nullptr), {dxp,dh0,dgamma_part,
 // dbeta_part}.bin and G.bin if need_G (backward, from this forward's saved tensors), and
-// stats.txt: "fwd_smem bwd_smem max_smem_attribute launches". Exit status 2 on a launch error.
+// stats.txt: "fwd_smem bwd_smem max_smem_attribute launches fwd_threads bwd_threads"
+// (threads: the block size). Exit status 2 on a launch error.
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -97,6 +98,7 @@ int run(const std::string& dir, int64_t B, int64_t Tn, int64_t H, int64_t S, int
   f.rstd = rstd.data();
   check(crnn::cuda::launch_forward(f, nullptr), "forward");
   const size_t fwd_smem = crnn_emu::stats().last_launch_smem;
+  const unsigned fwd_threads = crnn_emu::stats().last_launch_threads;
   write(dir + "/out.bin", out);
   write(dir + "/AT.bin", AT);
   write(dir + "/zs.bin", zs);
@@ -151,6 +153,7 @@ int run(const std::string& dir, int64_t B, int64_t Tn, int64_t H, int64_t S, int
   g.G = need_G ? G.data() : nullptr;
   check(crnn::cuda::launch_backward(g, nullptr), "backward");
   const size_t bwd_smem = crnn_emu::stats().last_launch_smem;
+  const unsigned bwd_threads = crnn_emu::stats().last_launch_threads;
   write(dir + "/dxp.bin", dxp);
   write(dir + "/dh0.bin", dh0);
   write(dir + "/dgamma_part.bin", dgp);
@@ -159,7 +162,7 @@ int run(const std::string& dir, int64_t B, int64_t Tn, int64_t H, int64_t S, int
 
   std::ofstream st(dir + "/stats.txt");
   st << fwd_smem << " " << bwd_smem << " " << crnn_emu::stats().max_dynamic_smem_set << " "
-     << crnn_emu::stats().launches << "\n";
+     << crnn_emu::stats().launches << " " << fwd_threads << " " << bwd_threads << "\n";
   return 0;
 }
 
