@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from torch import nn
 
 from crnn_core import ConfigError, option
 from crnn_core.base import resources
@@ -93,7 +94,8 @@ def test_huge_sizes_are_refused_before_the_run_directory_is_written(runner, tmp_
 def test_an_unroll_that_cannot_fit_is_refused_at_the_first_batch(runner, tmp_path, monkeypatch):
     """A batch whose backward would need more memory than there is: one line, exit 2 (not an allocator error)."""
     monkeypatch.setattr(resources, "available_memory", lambda: 2**31)
-    result = invoke(runner, [*BASE, "--out", str(tmp_path / "run"), "--set", "cell.hidden_size=1200"])
+    zero_init = [*BASE[:4], "zero", *BASE[5:]]  # the learned init's A head (1.4 million outputs per example) is refused before
+    result = invoke(runner, [*zero_init, "--out", str(tmp_path / "run"), "--set", "cell.hidden_size=1200"])
     assert_one_line_error(result, "a FastWeights unroll of 64 x 11 steps needs about")
     assert result.exit_code == 2
 
@@ -142,6 +144,28 @@ def test_components_that_fit_one_by_one_but_not_together_are_refused(runner, tmp
     assert "the largest weight: " in result.stderr
     assert result.exit_code == 2
     assert not out.exists()
+
+
+def test_a_batchs_activations_through_the_widest_layers_are_checked(runner, tmp_path, monkeypatch):
+    """An ART head of 10^7 units has 2 GB of weights (8 GB to train, under what crnn may use), but
+    one validation batch of 2048 through it is 82 GB of activations: refused before anything is
+    allocated (unchecked, the run grew to 22.6 GB and was killed by the OOM killer). A smaller
+    train.eval_batch_size with the same head is still refused, for its training batches."""
+    from crnn_core.layers.model import check_activations
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 2 * 10**10)
+    out = tmp_path / "run"
+    result = invoke(runner, [*BASE, "--out", str(out), "--set", f"task.head_hidden={10**7}"])
+    assert_one_line_error(result, "one batch of 2048 examples (train.eval_batch_size) through the model's layers")
+    assert "task_module.out.0.weight: 1e+07 outputs per example" in result.stderr
+    assert result.exit_code == 2 and not out.exists()
+    result = invoke(runner, [*BASE, "--out", str(out), "--set", f"task.head_hidden={10**7}",
+                             "--set", "train.eval_batch_size=16", "--batch-size", "1024"])
+    assert_one_line_error(result, "one batch of 1024 examples (train.batch_size)")
+    layer = nn.Linear(4, 1000)
+    check_activations(layer, 10**6, "train.batch_size")  # 12 GB: fits the 16 GB crnn may use here
+    with pytest.raises(ConfigError, match=r"lower train.batch_size or the widest layer \(weight: 1e\+03"):
+        check_activations(layer, 2 * 10**6, "train.batch_size")
 
 
 def test_the_learned_inits_heads_are_checked(monkeypatch):

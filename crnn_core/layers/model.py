@@ -199,28 +199,28 @@ def check_sizes(spec: Any, plugins: PluginSystem, batches: dict[str, int] | None
         return None
     check_total_size(model)
     for option, batch in (batches or {}).items():
-        check_activations(model, batch, option)
+        check_activations(model, batch, option, 1 if "eval" in option else ACTIVATION_COPIES)
     return model
 
 
 #: Float32 values per layer output and example that a training step keeps at once: the output,
-#: what autograd saves of it for the backward, and its gradient.
+#: what autograd saves of it for the backward, and its gradient (an evaluation keeps one).
 ACTIVATION_COPIES = 3
 
 
-def check_activations(model: nn.Module, batch: int, option: str) -> None:
+def check_activations(model: nn.Module, batch: int, option: str, copies: int = ACTIVATION_COPIES) -> None:
     """Refuse (one-line ``ConfigError``) a model whose layer outputs for one batch of ``batch``
     examples cannot fit: each weight matrix's output width (its first dimension) times the
-    batch, :data:`ACTIVATION_COPIES` float32 copies each. A lower bound (a recurrent layer keeps
-    its outputs at every time step), enough to refuse an ART head of 10^7 units, whose
-    validation batches of 2048 would need 160 GB, before a process grows until it is killed."""
+    batch, ``copies`` float32 copies each. A lower bound (a recurrent layer keeps its outputs at
+    every time step), enough to refuse an ART head of 10^7 units, whose validation batches of
+    2048 would need 82 GB, before a process grows until it is killed."""
     from ..base.resources import FLOAT32, check_memory
 
     widths = {name: weight.shape[0] for name, weight in model.named_parameters() if weight.dim() == 2}
     if not widths:
         return
     widest = max(widths, key=widths.__getitem__)
-    check_memory(ACTIVATION_COPIES * FLOAT32 * batch * sum(widths.values()),
+    check_memory(copies * FLOAT32 * batch * sum(widths.values()),
                  f"one batch of {batch} examples ({option}) through the model's layers",
                  f"{option} or the widest layer ({widest}: {widths[widest]:.2g} outputs per example)")
 
