@@ -12,7 +12,8 @@ from crnn_core import Callback, ModelSpec, TrainConfig, build_model, fit
 from crnn_core.base.resources import usable_cpus
 from crnn_core.rundirs.run import _checked_state
 from crnn_core.training import threads as threads_module
-from crnn_core.training.threads import MIN_EPOCH_STEPS, PROBE_EVERY, ThreadChooser, candidates, pick, side_effect_free
+from crnn_core.training.threads import (DRIFT, FIRST_INTERVAL, LAST_INTERVAL, MIN_EPOCH_STEPS, WINDOW, ThreadChooser,
+                                        candidates, pick, side_effect_free)
 
 pytestmark = pytest.mark.usefixtures("thread_count_kept")
 
@@ -24,18 +25,56 @@ def test_candidates_are_all_half_and_one_cpu():
     assert candidates(3) == [3, 2, 1]
 
 
-def test_fewer_threads_are_picked_only_when_clearly_faster():
-    assert pick({2: 1.0, 1: 1.1}) == 2  # within the margin: the larger count
-    assert pick({2: 1.0, 1: 0.9}) == 2
-    assert pick({2: 3.0, 1: 1.0}) == 1  # a busy machine
-    assert pick({16: 1.0, 8: 0.7, 1: 2.0}) == 8
+def test_the_current_count_is_kept_unless_another_is_clearly_faster():
+    assert pick({2: 1.0, 1: 1.1}, current=2) == 2
+    assert pick({2: 1.0, 1: 0.9}, current=2) == 2  # within the margin: kept
+    assert pick({2: 3.0, 1: 1.0}, current=2) == 1  # a busy machine
+    assert pick({16: 1.0, 8: 0.7, 1: 2.0}, current=16) == 8
+    assert pick({1: 1.05, 2: 1.0}, current=1) == 1  # a noisy busy machine does not switch back up
+    assert pick({1: 1.15, 2: 1.0}, current=1) == 2  # the machine became quiet
+    assert pick({16: 2.0, 8: 1.1, 1: 1.0}, current=16) == 8  # leaving: the largest within the margin
 
 
-def test_probes_are_due_at_epoch_starts_and_every_probe_interval_of_long_epochs():
-    chooser = ThreadChooser(2)
-    assert chooser.due(0, MIN_EPOCH_STEPS) and chooser.due(PROBE_EVERY, 5 * PROBE_EVERY)
-    assert not chooser.due(1, MIN_EPOCH_STEPS)
+def test_probes_are_due_at_epoch_starts_then_at_doubling_intervals_while_the_choice_holds():
+    machine = FakeMachine({2: 1.0, 1: 1.5})
+    chooser = ThreadChooser(2, clock=machine.clock)
     assert not chooser.due(0, MIN_EPOCH_STEPS - 1)  # a short epoch is not probed
+    assert chooser.due(0, MIN_EPOCH_STEPS)
+    probes_at = []
+    for step in range(1, 8 * FIRST_INTERVAL):
+        if chooser.due(step, 10**6):
+            probes_at.append(step)
+            chooser.probe(machine.trial)
+        chooser.record(1.0)  # steady step times: no drift
+    assert probes_at == [1, 1 + FIRST_INTERVAL, 1 + 3 * FIRST_INTERVAL, 1 + 7 * FIRST_INTERVAL]  # 100, 200, 400 apart
+    assert chooser.due(0, MIN_EPOCH_STEPS)  # every epoch starts with one
+    assert FIRST_INTERVAL < LAST_INTERVAL
+
+
+def test_step_times_that_drift_call_for_a_probe_at_once():
+    machine = FakeMachine({2: 1.0, 1: 1.5})
+    chooser = ThreadChooser(2, clock=machine.clock)
+    chooser.probe(machine.trial)
+    for _ in range(WINDOW):
+        chooser.record(1.0)  # the baseline after the probe
+    for _ in range(WINDOW // 2):
+        chooser.record(1.0 * DRIFT * 1.1)  # another process starts: half the window is slower
+    assert not chooser.due(5, 10**6)  # the median has not moved yet
+    for _ in range(WINDOW // 2 + 1):
+        chooser.record(1.0 * DRIFT * 1.1)
+    assert chooser.due(5, 10**6)
+    busy = FakeMachine({2: 5.0, 1: 1.0})
+    chooser._clock = busy.clock
+    assert chooser.probe(busy.trial) == 1
+    assert not chooser.due(5, 10**6)  # a probe starts a new baseline
+    for _ in range(WINDOW):
+        chooser.record(1.0)
+    for _ in range(WINDOW):
+        chooser.record(1.0 * DRIFT * 1.1)  # slower still: fewer threads than one cannot help
+    assert not chooser.due(5, 10**6)
+    for _ in range(WINDOW):
+        chooser.record(1.0 / (DRIFT * 1.1))  # the other processes ended: more threads may help
+    assert chooser.due(5, 10**6)
 
 
 class FakeMachine:
@@ -57,9 +96,9 @@ def test_a_probe_sets_the_count_it_picks_and_drops_a_clearly_slower_count_early(
     busy = FakeMachine({2: 5.0, 1: 1.0})
     chooser = ThreadChooser(2, clock=busy.clock)
     assert chooser.probe(busy.trial) == 1 and torch.get_num_threads() == 1 and chooser.current == 1
-    assert busy.trials == {2: 3, 1: 4}  # the current count first (3 timed), then 1 (a warm-up and 3)
+    assert busy.trials == {2: 3, 1: 3}  # the current count first, then 1
     assert chooser.probe(busy.trial) == 1
-    assert busy.trials == {2: 3 + 2, 1: 4 + 3}  # now 2 threads get a warm-up and one trial, 5x the fastest
+    assert busy.trials == {2: 3 + 1, 1: 3 + 3}  # now 2 threads get one trial, 5x the fastest
     quiet = FakeMachine({2: 1.0, 1: 1.5})
     chooser = ThreadChooser(2, clock=quiet.clock)
     assert chooser.probe(quiet.trial) == 2 and torch.get_num_threads() == 2
@@ -109,9 +148,9 @@ def _records(fresh_plugins, **config) -> tuple[list[dict], list[int]]:
 def test_trial_steps_change_no_result(fresh_plugins, monkeypatch, chosen):
     """A run whose probes pick `chosen` threads writes the records of a run pinned to `chosen`
     threads, with a sampling init (the trials draw from the RNG, which is put back)."""
-    monkeypatch.setattr(threads_module, "pick", lambda times: chosen)
-    monkeypatch.setattr(threads_module, "MIN_EPOCH_STEPS", 4)  # 20 steps of 8: probes at steps 0, 8 and 16
-    monkeypatch.setattr(threads_module, "PROBE_EVERY", 8)
+    monkeypatch.setattr(threads_module, "pick", lambda times, current: chosen)
+    monkeypatch.setattr(threads_module, "MIN_EPOCH_STEPS", 4)  # 20 steps of 8: probes at steps 0, 4 and 12
+    monkeypatch.setattr(threads_module, "FIRST_INTERVAL", 2)
     probed, seen = _records(fresh_plugins)
     assert set(seen) == {chosen}
     pinned, _ = _records(fresh_plugins, threads=chosen)

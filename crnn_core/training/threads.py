@@ -8,13 +8,17 @@ time beside two busy processes, with 1 thread 1.8x the quiet 2-thread time
 (benchmarks/results/threads_2026-12-07/NOTES.md).
 
 So, when ``train.threads`` is not set, :class:`ThreadChooser` times a few *trial steps* at each
-candidate count (all usable CPUs, half of them, one) at the start of every epoch and every
-:data:`PROBE_EVERY` steps, and trains at the largest count whose trial time is within
-:data:`MARGIN` of the fastest. A trial step is a forward and backward pass on the coming batch
-whose gradients are dropped; the torch RNG and the model's buffers are put back, so trials
-change no result. The thread count does change results by float rounding (PyTorch's parallel
-reductions split their sums by thread), so the count chosen is part of the checkpoint: a
-resumed run uses it until the next probe, and metrics.jsonl records each epoch's counts.
+candidate count (all usable CPUs, half of them, one) and trains at the largest count whose
+trial time is within :data:`MARGIN` of the fastest. It probes at the start of every epoch, again
+:data:`FIRST_INTERVAL` steps after a probe, then at doubling intervals while the choice holds
+(up to :data:`LAST_INTERVAL`), and at once when the training steps' own times drift by
+:data:`DRIFT` from what they were after the latest probe in a direction another count could
+help (another process started or ended).
+A trial step is a forward and backward pass on the coming batch whose gradients are dropped;
+the torch RNG and the model's buffers are put back, so trials change no result. The thread
+count does change results by float rounding (PyTorch's parallel reductions split their sums
+by thread), so the count chosen is part of the checkpoint: a resumed run uses it until its
+next probe, and metrics.jsonl records the latest choice of each epoch.
 """
 
 from __future__ import annotations
@@ -22,26 +26,38 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections import deque
 from typing import Callable
 
 import torch
 from torch import nn
 
-#: Steps between two probes within an epoch (each epoch starts with one).
-PROBE_EVERY = 1000
+#: Steps from a probe to the next while the choice holds: the first interval, doubled after
+#: each probe that keeps the count, up to the last; a probe that changes it starts again.
+FIRST_INTERVAL = 100
+LAST_INTERVAL = 3200
+
+#: Training steps whose median time is this factor slower or faster than the median of the
+#: first :data:`WINDOW` steps after the latest probe call for a probe at once.
+DRIFT = 1.5
+WINDOW = 20
 
 #: Epochs shorter than this are trained at the usable CPUs, without probes: a probe costs
-#: about eight steps, too much for a short epoch to win back.
+#: about eight steps, too much for a short run to win back.
 MIN_EPOCH_STEPS = 200
 
-#: Timed trial steps per candidate (their median counts); a candidate other than the current
-#: one runs one more, untimed, first (a changed thread count wakes the pool).
+#: Timed trial steps per candidate (their median counts).
 TRIALS = 3
 
 #: Fewer threads are chosen only when they are this much faster than more: on a quiet machine
 #: the counts are often within noise of each other, and results are reproducible only while
 #: the choice stays the same.
 MARGIN = 1.2
+
+#: The current count is kept while its time is within this factor of the fastest: a busy
+#: machine's trials are noisy (a step preempted for a time slice), and a switch to more threads
+#: there costs far more than a switch to fewer on a quiet one.
+STAY = 1.1
 
 #: A candidate whose trial takes this many times the fastest median so far is not timed further.
 ABANDON = 2 * MARGIN
@@ -52,29 +68,54 @@ def candidates(cpus: int) -> list[int]:
     return sorted({cpus, math.ceil(cpus / 2), 1}, reverse=True)
 
 
-def pick(times: dict[int, float], margin: float = MARGIN) -> int:
-    """The largest thread count whose time is within ``margin`` of the fastest of ``times``."""
+def pick(times: dict[int, float], current: int) -> int:
+    """``current`` while its time is within :data:`STAY` of the fastest of ``times``; else the
+    largest thread count within :data:`MARGIN` of the fastest."""
     fastest = min(times.values())
-    return max(count for count, seconds in times.items() if seconds <= margin * fastest)
+    if times.get(current, math.inf) <= STAY * fastest:
+        return current
+    return max(count for count, seconds in times.items() if seconds <= MARGIN * fastest)
 
 
 class ThreadChooser:
     """Chooses the intra-op thread count from timed trial steps (see the module docstring).
 
-    ``chooser.due(batch_in_epoch, steps_per_epoch)`` says whether a probe is due before this
-    step; ``chooser.probe(trial)`` times ``trial()`` at each candidate count, sets the count
-    chosen (``torch.set_num_threads``) and returns it.
+    Before each training step ``chooser.due(batch_in_epoch, steps_per_epoch)`` says whether a
+    probe is due; ``chooser.probe(trial)`` times ``trial()`` at each candidate count, sets the
+    count chosen (``torch.set_num_threads``) and returns it; ``chooser.record(seconds)`` takes
+    each training step's time.
     """
 
     def __init__(self, cpus: int, clock: Callable[[], float] = time.perf_counter) -> None:
         self.candidates = candidates(cpus)
         self.current = self.candidates[0]
         self._clock = clock
+        self._interval = FIRST_INTERVAL
+        self._steps_to_probe = 0
+        self._baseline: float | None = None  # median step time of the first WINDOW steps after a probe
+        self._recent: deque[float] = deque(maxlen=WINDOW)
 
     def due(self, batch_in_epoch: int, steps_per_epoch: int) -> bool:
-        """A probe is due at the epoch's start and every :data:`PROBE_EVERY` steps, in epochs of
-        at least :data:`MIN_EPOCH_STEPS` steps."""
-        return steps_per_epoch >= MIN_EPOCH_STEPS and batch_in_epoch % PROBE_EVERY == 0
+        """Whether to probe before this step: never in epochs shorter than :data:`MIN_EPOCH_STEPS`;
+        else at the epoch's start, when the interval has passed, or when step times drifted."""
+        if steps_per_epoch < MIN_EPOCH_STEPS:
+            return False
+        return batch_in_epoch == 0 or self._steps_to_probe <= 0 or self._drifted()
+
+    def record(self, seconds: float) -> None:
+        """One training step took ``seconds``."""
+        self._steps_to_probe -= 1
+        self._recent.append(seconds)
+        if self._baseline is None and len(self._recent) == WINDOW:
+            self._baseline = statistics.median(self._recent)
+
+    def _drifted(self) -> bool:
+        """Steps slowed down while more than one thread trains (fewer may help now), or sped up
+        while fewer than all do (more may): other processes started or ended."""
+        if self._baseline is None or len(self._recent) < WINDOW:
+            return False
+        ratio = statistics.median(self._recent) / self._baseline
+        return (ratio > DRIFT and self.current > 1) or (ratio < 1 / DRIFT and self.current < self.candidates[0])
 
     def use(self, count: int) -> None:
         """Train at ``count`` threads (a resumed run's recorded choice) until the next probe."""
@@ -85,12 +126,11 @@ class ThreadChooser:
         """Time ``trial`` at each candidate count, the current one first, and use the pick.
 
         A candidate is dropped after one trial :data:`ABANDON` times slower than the fastest so
-        far: on a busy machine the losing count costs a lot per trial."""
+        far: on a busy machine the losing count costs a lot per trial (waking its threads
+        included: there is no untimed warm-up)."""
         times: dict[int, float] = {}
         for count in sorted(self.candidates, key=lambda c: c != self.current):
             torch.set_num_threads(count)
-            if count != self.current:
-                trial()
             samples = []
             for _ in range(TRIALS):
                 start = self._clock()
@@ -99,8 +139,15 @@ class ThreadChooser:
                 if times and samples[-1] > ABANDON * min(times.values()):
                     break
             times[count] = statistics.median(samples)
-        self.use(pick(times))
-        return self.current
+        chosen = pick(times, self.current)
+        if chosen != self.current:
+            self._interval = FIRST_INTERVAL
+        self._steps_to_probe = self._interval
+        self._interval = min(2 * self._interval, LAST_INTERVAL)
+        self._baseline = None
+        self._recent.clear()
+        self.use(chosen)
+        return chosen
 
 
 def side_effect_free(model: nn.Module, trial: Callable[[], None]) -> Callable[[], None]:

@@ -369,7 +369,11 @@ def _train_epoch(loop: Loop, net: nn.Module, callbacks: Sequence[Callback]) -> N
         index = order[s.batch_in_epoch * cfg.batch_size : (s.batch_in_epoch + 1) * cfg.batch_size]
         if loop.threads is not None and loop.threads.due(s.batch_in_epoch, loop.steps_per_epoch):
             s.threads = loop.threads.probe(side_effect_free(loop.model, lambda: _trial_step(loop, index)))
-        if not _step(loop, net, index):
+        step_started = time.perf_counter()
+        finite = _step(loop, net, index)
+        if loop.threads is not None:
+            loop.threads.record(time.perf_counter() - step_started)
+        if not finite:
             if cfg.on_nonfinite == "stop":
                 notes = [note for cb in callbacks if (note := cb.on_nonfinite(loop))]
                 raise NonFinite(
