@@ -35,20 +35,33 @@ def test_the_current_count_is_kept_unless_another_is_clearly_faster():
     assert pick({16: 2.0, 8: 1.1, 1: 1.0}, current=16) == 8  # leaving: the largest within the margin
 
 
-def test_probes_are_due_at_epoch_starts_then_at_doubling_intervals_while_the_choice_holds():
+def test_probes_are_due_at_the_first_step_then_at_doubling_intervals_while_the_choice_holds():
     machine = FakeMachine({2: 1.0, 1: 1.5})
     chooser = ThreadChooser(2, clock=machine.clock)
-    assert not chooser.due(0, MIN_EPOCH_STEPS - 1)  # a short epoch is not probed
-    assert chooser.due(0, MIN_EPOCH_STEPS)
+    assert not chooser.due(MIN_EPOCH_STEPS - 1)  # a short epoch is not probed
+    assert chooser.due(MIN_EPOCH_STEPS)
     probes_at = []
     for step in range(1, 8 * FIRST_INTERVAL):
-        if chooser.due(step, 10**6):
+        if chooser.due(10**6):
             probes_at.append(step)
             chooser.probe(machine.trial)
         chooser.record(1.0)  # steady step times: no drift
-    assert probes_at == [1, 1 + FIRST_INTERVAL, 1 + 3 * FIRST_INTERVAL, 1 + 7 * FIRST_INTERVAL]  # 100, 200, 400 apart
-    assert chooser.due(0, MIN_EPOCH_STEPS)  # every epoch starts with one
+    assert probes_at == [1, 1 + FIRST_INTERVAL, 1 + 3 * FIRST_INTERVAL, 1 + 7 * FIRST_INTERVAL]  # intervals doubling
     assert FIRST_INTERVAL < LAST_INTERVAL
+
+
+def test_at_fewer_threads_only_drift_or_a_resume_calls_for_a_probe():
+    """On a busy machine a trial at more threads costs most; a quieter machine shows as faster steps."""
+    busy = FakeMachine({2: 5.0, 1: 1.0})
+    chooser = ThreadChooser(2, clock=busy.clock)
+    assert chooser.probe(busy.trial) == 1
+    for step in range(1, 2 * LAST_INTERVAL):
+        assert not chooser.due(10**6), step  # no interval probes
+        chooser.record(1.0)
+    chooser.resume(1)
+    assert chooser.due(10**6) and torch.get_num_threads() == 1  # a resumed run checks its recorded count
+    chooser.probe(busy.trial)
+    assert not chooser.due(10**6)
 
 
 def test_step_times_that_drift_call_for_a_probe_at_once():
@@ -59,22 +72,22 @@ def test_step_times_that_drift_call_for_a_probe_at_once():
         chooser.record(1.0)  # the baseline after the probe
     for _ in range(WINDOW // 2):
         chooser.record(1.0 * DRIFT * 1.1)  # another process starts: half the window is slower
-    assert not chooser.due(5, 10**6)  # the median has not moved yet
+    assert not chooser.due(10**6)  # the median has not moved yet
     for _ in range(WINDOW // 2 + 1):
         chooser.record(1.0 * DRIFT * 1.1)
-    assert chooser.due(5, 10**6)
+    assert chooser.due(10**6)
     busy = FakeMachine({2: 5.0, 1: 1.0})
     chooser._clock = busy.clock
     assert chooser.probe(busy.trial) == 1
-    assert not chooser.due(5, 10**6)  # a probe starts a new baseline
+    assert not chooser.due(10**6)  # a probe starts a new baseline
     for _ in range(WINDOW):
         chooser.record(1.0)
     for _ in range(WINDOW):
         chooser.record(1.0 * DRIFT * 1.1)  # slower still: fewer threads than one cannot help
-    assert not chooser.due(5, 10**6)
+    assert not chooser.due(10**6)
     for _ in range(WINDOW):
         chooser.record(1.0 / (DRIFT * 1.1))  # the other processes ended: more threads may help
-    assert chooser.due(5, 10**6)
+    assert chooser.due(10**6)
 
 
 class FakeMachine:
@@ -148,8 +161,9 @@ def _records(fresh_plugins, **config) -> tuple[list[dict], list[int]]:
 def test_trial_steps_change_no_result(fresh_plugins, monkeypatch, chosen):
     """A run whose probes pick `chosen` threads writes the records of a run pinned to `chosen`
     threads, with a sampling init (the trials draw from the RNG, which is put back)."""
+    torch.set_num_threads(2)  # the chooser's largest count (thread_count_kept restores the count after the test)
     monkeypatch.setattr(threads_module, "pick", lambda times, current: chosen)
-    monkeypatch.setattr(threads_module, "MIN_EPOCH_STEPS", 4)  # 20 steps of 8: probes at steps 0, 4 and 12
+    monkeypatch.setattr(threads_module, "MIN_EPOCH_STEPS", 4)  # 20 steps of 8: probes at steps 0, 2, 6 and 14
     monkeypatch.setattr(threads_module, "FIRST_INTERVAL", 2)
     probed, seen = _records(fresh_plugins)
     assert set(seen) == {chosen}

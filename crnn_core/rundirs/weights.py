@@ -173,6 +173,8 @@ def check_components(path: Path, spec: Any, provenance: Any, plugins: PluginSyst
         except KeyError:
             raise CheckpointError(f"{path}: its crnn.plugins names an unknown component kind '{scope:.40}'") from None
         name = getattr(spec, kind.scope, None) or recorded.get("name")
+        if recorded.get("name") not in (None, name):
+            continue  # the record is of another component than the model names: the model's own check speaks
         package, version = recorded.get("package", "?"), recorded.get("version", "?")
         if name not in plugins.registry(kind.plural):
             raise ConfigError(f"{path} needs the {kind.noun} '{name}' from the package {package} {version}, "

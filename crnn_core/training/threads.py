@@ -8,17 +8,18 @@ time beside two busy processes, with 1 thread 1.8x the quiet 2-thread time
 (benchmarks/results/threads_2026-12-07/NOTES.md).
 
 So, when ``train.threads`` is not set, :class:`ThreadChooser` times a few *trial steps* at each
-candidate count (all usable CPUs, half of them, one) and trains at the largest count whose
-trial time is within :data:`MARGIN` of the fastest. It probes at the start of every epoch, again
-:data:`FIRST_INTERVAL` steps after a probe, then at doubling intervals while the choice holds
-(up to :data:`LAST_INTERVAL`), and at once when the training steps' own times drift by
-:data:`DRIFT` from what they were after the latest probe in a direction another count could
-help (another process started or ended).
+candidate count (all usable CPUs, half of them, one) and keeps the current count unless
+another is clearly faster (:func:`pick`). It probes at the first step; training at all the
+CPUs, again :data:`FIRST_INTERVAL` steps after a probe, then at doubling intervals while the
+choice holds (up to :data:`LAST_INTERVAL`); at any count, it probes at once when the
+training steps' own times drift by :data:`DRIFT` from what they were after the latest probe,
+in a direction another count could help (another process started or ended). At fewer threads
+there are no other probes: on a busy machine a trial at more threads costs most.
 A trial step is a forward and backward pass on the coming batch whose gradients are dropped;
 the torch RNG and the model's buffers are put back, so trials change no result. The thread
 count does change results by float rounding (PyTorch's parallel reductions split their sums
-by thread), so the count chosen is part of the checkpoint: a resumed run uses it until its
-next probe, and metrics.jsonl records the latest choice of each epoch.
+by thread), so the count chosen is part of the checkpoint: a resumed run starts at it and
+probes at its first step; metrics.jsonl records the latest choice of each epoch.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import nn
 
 #: Steps from a probe to the next while the choice holds: the first interval, doubled after
 #: each probe that keeps the count, up to the last; a probe that changes it starts again.
-FIRST_INTERVAL = 100
+FIRST_INTERVAL = 400
 LAST_INTERVAL = 3200
 
 #: Training steps whose median time is this factor slower or faster than the median of the
@@ -80,7 +81,7 @@ def pick(times: dict[int, float], current: int) -> int:
 class ThreadChooser:
     """Chooses the intra-op thread count from timed trial steps (see the module docstring).
 
-    Before each training step ``chooser.due(batch_in_epoch, steps_per_epoch)`` says whether a
+    Before each training step ``chooser.due(steps_per_epoch)`` says whether a
     probe is due; ``chooser.probe(trial)`` times ``trial()`` at each candidate count, sets the
     count chosen (``torch.set_num_threads``) and returns it; ``chooser.record(seconds)`` takes
     each training step's time.
@@ -94,13 +95,20 @@ class ThreadChooser:
         self._steps_to_probe = 0
         self._baseline: float | None = None  # median step time of the first WINDOW steps after a probe
         self._recent: deque[float] = deque(maxlen=WINDOW)
+        self._pending = False  # a probe at the next step (a resumed run's recorded count is checked)
+        self._promised: float | None = None  # the trial time of the count the latest probe chose
+        self._rechecked = False  # the latest probe was itself a recheck of a broken promise
 
-    def due(self, batch_in_epoch: int, steps_per_epoch: int) -> bool:
+    def due(self, steps_per_epoch: int) -> bool:
         """Whether to probe before this step: never in epochs shorter than :data:`MIN_EPOCH_STEPS`;
-        else at the epoch's start, when the interval has passed, or when step times drifted."""
+        at the first step, after a resume, and when step times drifted; and, training at all the
+        CPUs, when the interval has passed (at fewer, a trial at more threads is what costs most
+        on a busy machine, and a quieter machine shows as faster steps)."""
         if steps_per_epoch < MIN_EPOCH_STEPS:
             return False
-        return batch_in_epoch == 0 or self._steps_to_probe <= 0 or self._drifted()
+        if self._pending or self._drifted():
+            return True
+        return self.current == self.candidates[0] and self._steps_to_probe <= 0
 
     def record(self, seconds: float) -> None:
         """One training step took ``seconds``."""
@@ -108,6 +116,11 @@ class ThreadChooser:
         self._recent.append(seconds)
         if self._baseline is None and len(self._recent) == WINDOW:
             self._baseline = statistics.median(self._recent)
+            # Steps far slower than the chosen count's trials: a busy machine's lucky trials
+            # chose more threads than it can run. Probe again, once.
+            broken = self._promised is not None and self._baseline > DRIFT * self._promised
+            if broken and self.current > 1 and not self._rechecked:
+                self._pending = True
 
     def _drifted(self) -> bool:
         """Steps slowed down while more than one thread trains (fewer may help now), or sped up
@@ -118,9 +131,15 @@ class ThreadChooser:
         return (ratio > DRIFT and self.current > 1) or (ratio < 1 / DRIFT and self.current < self.candidates[0])
 
     def use(self, count: int) -> None:
-        """Train at ``count`` threads (a resumed run's recorded choice) until the next probe."""
+        """Train at ``count`` threads until the next probe."""
         self.current = count
         torch.set_num_threads(count)
+
+    def resume(self, count: int) -> None:
+        """Continue a run that recorded ``count``: train at it until a probe at the next step
+        that is due (the machine may have changed since)."""
+        self.use(count)
+        self._pending = True
 
     def probe(self, trial: Callable[[], None]) -> int:
         """Time ``trial`` at each candidate count, the current one first, and use the pick.
@@ -140,12 +159,15 @@ class ThreadChooser:
                     break
             times[count] = statistics.median(samples)
         chosen = pick(times, self.current)
+        self._rechecked = self._pending and self._promised is not None and not self._rechecked
+        self._promised = times[chosen]
         if chosen != self.current:
             self._interval = FIRST_INTERVAL
         self._steps_to_probe = self._interval
         self._interval = min(2 * self._interval, LAST_INTERVAL)
         self._baseline = None
         self._recent.clear()
+        self._pending = False
         self.use(chosen)
         return chosen
 

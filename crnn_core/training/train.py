@@ -308,8 +308,8 @@ def fit(model: nn.Module, task: Task, config: TrainConfig, callbacks: Sequence[C
     torch.manual_seed(loop.dist.rank_seed(config.seed))
     for cb in callbacks:
         cb.on_fit_start(loop)  # may restore a checkpoint: weights, optimizer, state, RNG
-    if loop.threads is not None and loop.state.threads is not None:  # the resumed run's count until its next probe
-        loop.threads.use(min(loop.state.threads, loop.threads.candidates[0]))
+    if loop.threads is not None and loop.state.threads is not None:  # the resumed run starts at its recorded count
+        loop.threads.resume(min(loop.state.threads, loop.threads.candidates[0]))
     set_adam_impl(loop.optimizer, config.adam_impl)  # a restored optimizer comes with the checkpoint's
     net = loop.dist.wrap(model, loop.device)  # DistributedDataParallel when several processes train
     loop.loss_of = forward_loss(net, task.loss, config.precision, loop.device, config.compile)
@@ -367,7 +367,7 @@ def _train_epoch(loop: Loop, net: nn.Module, callbacks: Sequence[Callback]) -> N
     started = time.perf_counter()
     while s.batch_in_epoch < loop.steps_per_epoch:
         index = order[s.batch_in_epoch * cfg.batch_size : (s.batch_in_epoch + 1) * cfg.batch_size]
-        if loop.threads is not None and loop.threads.due(s.batch_in_epoch, loop.steps_per_epoch):
+        if loop.threads is not None and loop.threads.due(loop.steps_per_epoch):
             s.threads = loop.threads.probe(side_effect_free(loop.model, lambda: _trial_step(loop, index)))
         step_started = time.perf_counter()
         finite = _step(loop, net, index)
