@@ -99,9 +99,10 @@ def keep_thread_count() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def thread_count_kept() -> Iterator[None]:
-    """Each test of a module that uses this (``pytestmark``) leaves torch's thread count as it found it."""
+    """Every test leaves torch's thread count as it found it (an in-process `crnn run` or `fit` sets
+    it; a later test would otherwise start at another count)."""
     with keep_thread_count():
         yield
 
