@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base.env import warn
-from ..base.errors import ConfigError
+from ..base.errors import ConfigError, first_line
 
 #: Eager steps on a side stream before the capture (PyTorch's recipe uses a few).
 WARMUP_STEPS = 3
@@ -151,9 +151,8 @@ class GraphedStep:
             self.failed = True
             torch.cuda.synchronize(self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            first = (str(exc).splitlines() or [""])[0][:200]
             warn(f"train.cuda_graphs: the training step could not be captured in a CUDA graph "
-                 f"({type(exc).__name__}: {first}); training on with eager steps")
+                 f"({type(exc).__name__}: {first_line(exc, 200, empty='')}); training on with eager steps")
             return False
         finally:
             del self.optimizer.found_inf  # type: ignore[attr-defined]  # eager steps must not read it
