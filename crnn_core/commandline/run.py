@@ -109,8 +109,7 @@ def run(
     if resume is not None:
         check_run_components(resume, config.model, plugins)  # as crnn sample and load_run do
         check_resume_identity(resume, config, plugins)  # before the model it describes is allocated
-    check_sizes(config.model, plugins, {"train.batch_size": config.train.batch_size,  # every component's size and
-                                        "train.eval_batch_size": config.train.eval_batch_size})  # a batch's activations, before allocating
+    check_sizes(config.model, plugins, config.train)  # every component's size and a batch's activations, before allocating
     torch.manual_seed(config.train.seed)  # the model's initial weights depend on the seed only (a resume loads them)
     built = build_model(config.model, plugins)
     if resume is None:  # a new run records every option as resolved; a resumed one keeps what its checkpoint matches

@@ -180,12 +180,12 @@ def weights_mismatch(model: nn.Module, state: Any, show: int = 3) -> str:
     return "; ".join(parts)
 
 
-def check_sizes(spec: Any, plugins: PluginSystem, batches: dict[str, int] | None = None) -> nn.Module | None:
+def check_sizes(spec: Any, plugins: PluginSystem, train: Any = None) -> nn.Module | None:
     """Build the model ``spec`` describes on PyTorch's ``meta`` device (shapes only, no memory),
     so that every component's own size checks run before any component is allocated (built
     for real, the first components would be allocated before a later one refused its size).
-    With ``batches`` (option name -> batch size, e.g. ``{"train.batch_size": 128}``) the
-    widest layers' activations at those batch sizes are checked too (:func:`check_activations`).
+    With ``train`` (a ``TrainConfig``) the widest layers' activations at its ``batch_size``
+    (training) and ``eval_batch_size`` (evaluation) are checked too (:func:`check_activations`).
     Returns that shape-only model, or None where a component cannot be built without memory
     (its own code failed: left to the real build). Refusals propagate as the real build's would."""
     try:
@@ -198,8 +198,9 @@ def check_sizes(spec: Any, plugins: PluginSystem, batches: dict[str, int] | None
     except Exception:  # noqa: BLE001 - the real build reports its own errors
         return None
     check_total_size(model)
-    for option, batch in (batches or {}).items():
-        check_activations(model, batch, option, 1 if "eval" in option else ACTIVATION_COPIES)
+    if train is not None:
+        check_activations(model, train.batch_size, "train.batch_size", ACTIVATION_COPIES)
+        check_activations(model, train.eval_batch_size, "train.eval_batch_size", 1)
     return model
 
 
