@@ -233,3 +233,18 @@ def test_crnn_run_trains_a_stacked_fastweights_cell(runner, tmp_path):
     assert result.exit_code == 0, result.output
     model = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert {"rnn.cell.W", "rnn.cell.W_l1"} <= set(model), "the second layer is trained and saved"
+
+
+def test_crnn_run_warns_once_of_dropout_with_one_layer(tmp_path):
+    """The shape-only pre-build (model.check_sizes) builds the cell too; only the real build warns."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "crnn_core", "run", "--cell", "fastweights", "--init", "zero",
+                           "--task", "art", "--epochs", "1", "-q", "--set", "task.train_size=128",
+                           "--set", "task.val_size=64", "--set", "train.threads=1", "--set", "cell.hidden_size=8",
+                           "--set", "cell.dropout=0.3", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=dict(os.environ, CRNN_NO_PLUGINS="1"), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("dropout=0.3 applies between layers") == 1, proc.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
@@ -187,9 +188,11 @@ def check_sizes(spec: Any, plugins: PluginSystem, train: Any = None) -> nn.Modul
     With ``train`` (a ``TrainConfig``) the widest layers' activations at its ``batch_size``
     (training) and ``eval_batch_size`` (evaluation) are checked too (:func:`check_activations`).
     Returns that shape-only model, or None where a component cannot be built without memory
-    (its own code failed: left to the real build). Refusals propagate as the real build's would."""
+    (its own code failed: left to the real build). Refusals propagate as the real build's would;
+    warnings do not (the real build gives each once)."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             model = build_model(spec, plugins).model
     except CrnnError as exc:  # a size that cannot fit, an unknown name, an invalid option
         if getattr(exc, "plugin_failure", False):

@@ -176,6 +176,6 @@ def format_layer_table(doc: dict[str, Any]) -> str:
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
     s = doc["settings"]
     lines.append(f"FastWeights (fused) forward+backward ms, median of {s['repeats']} interleaved repeats "
-                 f"(IQR / median), {s['threads']} threads, {s['device']}. none / equal / random: no lengths, all T, "
+                 f"(IQR / median), {s['threads']} thread{'s' if s['threads'] != 1 else ''}, {s['device']}. none / equal / random: no lengths, all T, "
                  "uniform in [T/2, T]; bi: bidirectional; 2 uni: two unidirectional layers; lstm: nn.LSTM, same H")
     return "\n".join(lines)
